@@ -1,0 +1,194 @@
+"""Artifacts on disk: directories with a validated `manifest.json`, published atomically.
+
+Every artifact (dataset, model snapshot, embedding version, index, ranker) is a directory holding
+`manifest.json`. A new version is written into a temporary directory beside its target, fsynced and moved
+into place with `os.replace`; the `LATEST` pointer of its parent moves last. A crash at any point leaves the
+previous version whole, and leftover temporary directories are removed by `clean_tmp`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from adslog.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LATEST = "LATEST"
+TMP_PREFIX = ".tmp-"
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that shape an artifact's bytes, recorded in every manifest."""
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "pyarrow", "torch", "faiss", "hnswlib"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            out[name] = str(getattr(mod, "__version__", "unknown"))
+    return out
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file below `root`, then every directory, so a rename publishes durable bytes."""
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to `path` through a temporary file and `os.replace` (readers see old or new, never half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):  # numpy scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(path, f"corrupt JSON ({e})") from None
+
+
+def make_manifest(kind: str, schema_version: int, **fields: Any) -> dict[str, Any]:
+    """A manifest dict with the fields every artifact carries."""
+    m: dict[str, Any] = {
+        "kind": kind,
+        "schema_version": schema_version,
+        "created_unix": int(time.time()),
+        "artifact_id": uuid.uuid4().hex,
+        "library_versions": library_versions(),
+    }
+    m.update(fields)
+    return m
+
+
+def read_manifest(directory: Path, kind: str, max_schema_version: int) -> dict[str, Any]:
+    """Read and validate `directory/manifest.json` before anything else in the directory is read."""
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise DataError(directory, f"no such {kind} artifact directory")
+    m = read_json(path)
+    if not isinstance(m, dict):
+        raise DataError(path, "manifest is not a JSON object")
+    if m.get("kind") != kind:
+        raise DataError(path, f"expected an artifact of kind {kind!r}, found {m.get('kind')!r}")
+    v = m.get("schema_version")
+    if not isinstance(v, int) or v < 1 or v > max_schema_version:
+        raise DataError(path, f"unsupported schema_version {v!r} (this build reads 1..{max_schema_version})")
+    return m
+
+
+@contextlib.contextmanager
+def publishing(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory; on clean exit, fsync it and move it to `target` atomically.
+
+    On an exception the temporary directory is removed and `target` is untouched. With `overwrite`, an
+    existing `target` is swapped out and removed only after the new one is in place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not overwrite:
+        raise DataError(target, "already exists (pass overwrite to replace it)")
+    tmp = target.parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if not (tmp / MANIFEST).exists():
+            raise RuntimeError(f"artifact written to {target} has no {MANIFEST}")
+        fsync_tree(tmp)
+        old = None
+        if target.exists():
+            old = target.parent / f"{TMP_PREFIX}old-{target.name}.{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def set_latest(parent: Path, name: str) -> None:
+    """Point `parent/LATEST` at the child directory `name` (moved last, after the artifact is in place)."""
+    if not (Path(parent) / name / MANIFEST).exists():
+        raise DataError(Path(parent) / name, "cannot point LATEST at an unpublished artifact")
+    write_json_atomic(Path(parent) / LATEST, {"name": name})
+
+
+def get_latest(parent: Path) -> str | None:
+    """The child directory `parent/LATEST` points at, or None when nothing was published."""
+    p = Path(parent) / LATEST
+    if not p.exists():
+        return None
+    obj = read_json(p)
+    name = obj.get("name") if isinstance(obj, dict) else None
+    if not isinstance(name, str):
+        raise DataError(p, "corrupt LATEST pointer")
+    return name
+
+
+def clean_tmp(root: Path) -> int:
+    """Remove temporary directories and files left below `root` by a killed process; returns how many."""
+    n = 0
+    root = Path(root)
+    if not root.exists():
+        return 0
+    for dirpath, dirs, files in os.walk(root):
+        for name in list(dirs):
+            if name.startswith(TMP_PREFIX):
+                shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+                dirs.remove(name)
+                n += 1
+        for name in files:
+            if name.startswith(TMP_PREFIX):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(dirpath, name))
+                n += 1
+    if n:
+        log.info("removed %d leftover temporary entries below %s", n, root)
+    return n

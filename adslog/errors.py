@@ -1,0 +1,22 @@
+"""Domain errors. Library code raises these; `cli.py` turns them into `Error: ...` and exit code 1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DermError(Exception):
+    """Any error a user can act on: bad input, missing artifact, version skew."""
+
+
+class DataError(DermError):
+    """A problem with one file or directory: the message reads `<path>: <problem>`."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class VersionMismatchError(DermError):
+    """Two artifacts that must come from the same upstream version do not."""
