@@ -65,7 +65,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        json.dump(obj, f, indent=2, default=_json_default)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
@@ -135,22 +135,26 @@ def publishing(target: Path, overwrite: bool = False) -> Iterator[Path]:
         raise DataError(target, "already exists (pass overwrite to replace it)")
     tmp = target.parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    old: Path | None = None
     try:
         yield tmp
         if not (tmp / MANIFEST).exists():
             raise RuntimeError(f"artifact written to {target} has no {MANIFEST}")
         fsync_tree(tmp)
-        old = None
         if target.exists():
             old = target.parent / f"{TMP_PREFIX}old-{target.name}.{uuid.uuid4().hex[:8]}"
             os.replace(target, old)
         os.replace(tmp, target)
         fsync_dir(target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not target.exists():
+            os.replace(old, target)  # the new version never arrived: put the previous one back
+            old = None
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def set_latest(parent: Path, name: str) -> None:

@@ -87,7 +87,7 @@ class Dataset:
                 raise DataError(mpath, f"manifest has no integer {key!r}")
         try:
             ds = cls(root, m)
-        except (KeyError, ValueError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, AttributeError) as e:
             raise DataError(mpath, f"invalid column declaration ({e})") from None
         for table, cols in ds.columns.items():
             for req in REQUIRED.get(table, ()):

@@ -1,1 +1,31 @@
-"""placeholder"""
+"""index: approximate nearest-neighbour search over daily ad embeddings, behind one small protocol.
+
+Backends (faiss factory strings, hnswlib graphs) share one boundary: explicit int64 ids, contiguous float32
+L2-normalised vectors, results `(ids int64[n, k], scores float32[n, k])` with higher = better and `-1`/`-inf`
+pads. `build_index_artifact` / `load_index_artifact` publish and read an index as a versioned artifact.
+"""
+
+from index.artifact import KIND, SCHEMA_VERSION, build_index_artifact, load_index_artifact
+from index.base import (
+    AnnIndex,
+    Backend,
+    IndexConfig,
+    SearchParams,
+    exact_search,
+    make_index,
+    recall_against_exact,
+)
+
+__all__ = [
+    "KIND",
+    "SCHEMA_VERSION",
+    "AnnIndex",
+    "Backend",
+    "IndexConfig",
+    "SearchParams",
+    "build_index_artifact",
+    "exact_search",
+    "load_index_artifact",
+    "make_index",
+    "recall_against_exact",
+]

@@ -1,0 +1,151 @@
+"""The workspace: one directory holding every artifact of a deployment.
+
+    WORK/workspace.json                 the dataset's absolute path (so later commands may omit --data)
+    WORK/models/<task>/day=<D>/         upstream model snapshots (task: ctr, cvr), LATEST
+    WORK/embeddings/<task>/day=<D>/     embedding store versions (daily + pooled), LATEST
+    WORK/index/day=<D>/                 ANN index over the pooled ad embeddings of store version D, LATEST
+    WORK/ranker/day=<D>/                downstream ranker snapshots, LATEST
+    WORK/evals/day=<D>.json             per-day evaluation (`derm eval --json` document)
+    WORK/report.json, WORK/report.md    the demo's / last evaluation's report
+    WORK/.lock                          flock held by the process running a cycle; the kernel releases it when
+                                        the process dies, so a lock of a dead process is taken over at once
+
+Version directories are named `day=<D>`: the artifact made from data up to and including day D, which serves
+day D + 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from adslog.artifact import clean_tmp, get_latest, read_json, write_json_atomic
+from adslog.dataset import Dataset
+from adslog.errors import DataError, DermError
+
+WORKSPACE_FILE = "workspace.json"
+WORKSPACE_SCHEMA_VERSION = 1
+
+
+def version_name(day: int) -> str:
+    return f"day={int(day)}"
+
+
+def version_day(name: str) -> int:
+    if not name.startswith("day="):
+        raise ValueError(f"not a version name: {name!r}")
+    return int(name[4:])
+
+
+class Workspace:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    # -- creation / opening -------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, data: str | Path) -> Workspace:
+        """Create (or reuse) a workspace bound to the dataset at `data`."""
+        ws = cls(root)
+        ds_path = Path(data).resolve()
+        Dataset.open(ds_path, check_files=False)
+        ws.root.mkdir(parents=True, exist_ok=True)
+        f = ws.root / WORKSPACE_FILE
+        if f.exists():
+            bound = ws.data_path()
+            if bound != ds_path:
+                raise DataError(f, f"workspace is bound to dataset {bound}, not {ds_path}")
+            return ws
+        write_json_atomic(
+            f, {"kind": "workspace", "schema_version": WORKSPACE_SCHEMA_VERSION, "data": str(ds_path)}
+        )
+        return ws
+
+    @classmethod
+    def open(cls, root: str | Path, data: str | Path | None = None) -> Workspace:
+        """Open an existing workspace; with `data` given, create it when missing."""
+        ws = cls(root)
+        if not (ws.root / WORKSPACE_FILE).exists():
+            if data is not None:
+                return cls.create(root, data)
+            if not ws.root.exists():
+                raise DataError(ws.root, "workspace does not exist")
+            raise DataError(ws.root / WORKSPACE_FILE, "not a derm workspace (no workspace.json); pass --data")
+        if data is not None and Path(data).resolve() != ws.data_path():
+            raise DataError(
+                ws.root / WORKSPACE_FILE,
+                f"workspace is bound to {ws.data_path()}, not {Path(data).resolve()}",
+            )
+        return ws
+
+    def data_path(self) -> Path:
+        f = self.root / WORKSPACE_FILE
+        obj = read_json(f)
+        if not isinstance(obj, dict) or obj.get("kind") != "workspace" or "data" not in obj:
+            raise DataError(f, "corrupt workspace file")
+        return Path(obj["data"])
+
+    def dataset(self) -> Dataset:
+        return Dataset.open(self.data_path())
+
+    # -- layout -------------------------------------------------------------------------------------------
+    def models_dir(self, task: str) -> Path:
+        return self.root / "models" / task
+
+    def embeddings_dir(self, task: str) -> Path:
+        return self.root / "embeddings" / task
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def ranker_dir(self) -> Path:
+        return self.root / "ranker"
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.root / "evals"
+
+    def eval_path(self, day: int) -> Path:
+        return self.evals_dir / f"day={int(day)}.json"
+
+    def latest_day(self, parent: Path) -> int | None:
+        name = get_latest(parent)
+        return None if name is None else version_day(name)
+
+    def published_days(self, parent: Path) -> list[int]:
+        """Days with a complete (manifest present) version below `parent`, ascending."""
+        if not parent.exists():
+            return []
+        days = []
+        for p in parent.iterdir():
+            if p.is_dir() and p.name.startswith("day=") and (p / "manifest.json").exists():
+                days.append(version_day(p.name))
+        return sorted(days)
+
+    def version_before(self, parent: Path, day: int) -> int | None:
+        """The newest published version strictly before `day` that is not after LATEST (rollback aware)."""
+        latest = self.latest_day(parent)
+        cands = [d for d in self.published_days(parent) if d < day and (latest is None or d <= latest)]
+        return cands[-1] if cands else None
+
+    # -- concurrency --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock for a writing cycle. Leftover temp directories of a killed run are cleaned on entry."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DermError(f"{self.root}: another derm process is working in this workspace") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            clean_tmp(self.root)
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,183 @@
+"""The embedding store: one immutable version per (upstream model, day).
+
+    embeddings/<task>/day=<D>/manifest.json      kind "embedding_store": lineage, model version, day,
+                                                  heuristic and weight, counts, stability, coverage
+    embeddings/<task>/day=<D>/daily_<entity>.parquet   the day's raw embeddings: id, day, model_version, vector
+    embeddings/<task>/day=<D>/<entity>_{ids,vecs,state,prev,last_day}.npy   the pool after day D
+
+`vecs` are the unit-norm pooled vectors served to retrieval and the index; lookups memory-map them and find
+ids with one `searchsorted` (no Python loop per id).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
+from adslog.errors import DataError, DermError
+from adslog.workspace import version_name
+from embstore.aggregate import AggregationConfig, Pool, aggregate, stability
+
+STORE_KIND = "embedding_store"
+STORE_SCHEMA_VERSION = 1
+ENTITIES = ("user", "ad")
+
+
+def daily_table(ids: np.ndarray, vecs: np.ndarray, day: int, model_version: str) -> pa.Table:
+    dim = vecs.shape[1]
+    flat = pa.array(np.ascontiguousarray(vecs, np.float32).reshape(-1), pa.float32())
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "day": pa.array(np.full(len(ids), day, np.int32), pa.int32()),
+            "model_version": pa.array([model_version] * len(ids), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }
+    )
+
+
+def check_vectors(vecs: np.ndarray, where: str) -> None:
+    """Quality gate: finite, unit-norm vectors only."""
+    if len(vecs) == 0:
+        return
+    if not np.isfinite(vecs).all():
+        raise DermError(f"{where}: {int((~np.isfinite(vecs)).any(axis=1).sum())} embeddings contain NaN or inf; not published")
+    norms = np.linalg.norm(vecs, axis=1)
+    bad = np.abs(norms - 1) > 1e-3
+    if bad.any():
+        raise DermError(f"{where}: {int(bad.sum())} embeddings are not unit-norm; not published")
+
+
+class StoreVersion:
+    """A published store version, opened read-only (pool arrays memory-mapped)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.manifest = read_manifest(self.dir, STORE_KIND, STORE_SCHEMA_VERSION)
+        self._cache: dict[str, np.ndarray] = {}
+
+    @property
+    def day(self) -> int:
+        return int(self.manifest["day"])
+
+    @property
+    def lineage(self) -> str:
+        return str(self.manifest["lineage"])
+
+    @property
+    def version(self) -> str:
+        return f"{self.manifest['task']}:{version_name(self.day)}:{self.manifest['artifact_id'][:8]}"
+
+    def _arr(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            f = self.dir / f"{name}.npy"
+            try:
+                self._cache[name] = np.load(f, mmap_mode="r")
+            except (FileNotFoundError, ValueError, OSError) as e:
+                raise DataError(f, f"unreadable store array ({e})") from None
+        return self._cache[name]
+
+    def ids(self, entity: str) -> np.ndarray:
+        return np.asarray(self._arr(f"{entity}_ids"))
+
+    def vectors(self, entity: str) -> np.ndarray:
+        return np.asarray(self._arr(f"{entity}_vecs"), np.float32)
+
+    def pool(self, entity: str) -> Pool:
+        return Pool(
+            np.array(self._arr(f"{entity}_ids")),
+            np.array(self._arr(f"{entity}_state"), np.float32),
+            np.array(self._arr(f"{entity}_prev"), np.float32),
+            np.array(self._arr(f"{entity}_last_day")),
+        )
+
+    def lookup(self, entity: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vecs float32[n, dim], found bool[n]); rows of ids not in the pool are zeros."""
+        ids = np.asarray(ids, np.int64)
+        all_ids = self._arr(f"{entity}_ids")
+        vecs = self._arr(f"{entity}_vecs")
+        if len(all_ids) == 0:
+            return np.zeros((len(ids), int(self.manifest["dim"])), np.float32), np.zeros(len(ids), bool)
+        pos = np.clip(np.searchsorted(all_ids, ids), 0, len(all_ids) - 1)
+        found = all_ids[pos] == ids
+        out = np.asarray(vecs[pos], np.float32)
+        out[~found] = 0.0
+        return out, found
+
+
+def open_version(task_dir: Path, day: int) -> StoreVersion:
+    return StoreVersion(Path(task_dir) / version_name(day))
+
+
+def publish_day(
+    task_dir: Path,
+    task: str,
+    day: int,
+    model_manifest: dict[str, Any],
+    daily: dict[str, tuple[np.ndarray, np.ndarray]],
+    previous: StoreVersion | None,
+    cfg: AggregationConfig,
+    active: dict[str, np.ndarray],
+    back_inferred: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Aggregate day `day`'s daily embeddings into the previous version's pool and publish version `day`.
+
+    daily: entity -> (ids int64[m], vecs float32[m, dim]); active: entity -> ids active on the day (for
+    coverage: the share of them that had an embedding published before the day).
+    """
+    dim = int(model_manifest["dim"])
+    if previous is not None and previous.lineage != model_manifest["lineage"]:
+        previous = None  # a retrain from scratch starts a new lineage: its pool starts empty
+    stats: dict[str, Any] = {}
+    pools: dict[str, Pool] = {}
+    for entity in ENTITIES:
+        ids, vecs = daily[entity]
+        check_vectors(vecs, f"{task_dir}/{version_name(day)} daily {entity} embeddings")
+        before = previous.pool(entity) if previous is not None else Pool.empty(dim)
+        after = aggregate(before, ids, vecs, day, cfg)
+        check_vectors(after.vectors(), f"{task_dir}/{version_name(day)} pooled {entity} embeddings")
+        act = np.asarray(active.get(entity, ids), np.int64)
+        covered = np.isin(act, before.ids)
+        stats[entity] = {
+            "n_daily": int(len(ids)),
+            "n_pool": int(len(after)),
+            "n_dropped_ttl": int(len(np.setdiff1d(before.ids, after.ids))),
+            "stability": stability(before, after, day),
+            "coverage": float(covered.mean()) if len(act) else None,
+        }
+        pools[entity] = after
+    m = make_manifest(
+        STORE_KIND,
+        STORE_SCHEMA_VERSION,
+        task=task,
+        day=int(day),
+        dim=dim,
+        lineage=model_manifest["lineage"],
+        model_version=model_manifest["model_version"],
+        model_artifact=model_manifest["artifact_id"],
+        parent=previous.manifest["artifact_id"] if previous is not None else None,
+        aggregation={"heuristic": cfg.heuristic.value, "weight": cfg.weight, "ttl_days": cfg.ttl_days},
+        back_inferred=back_inferred,
+        stats=stats,
+        normalised=True,
+    )
+    target = Path(task_dir) / version_name(day)
+    with publishing(target, overwrite=overwrite) as tmp:
+        for entity in ENTITIES:
+            ids, vecs = daily[entity]
+            pq.write_table(daily_table(ids, vecs, day, model_manifest["model_version"]), tmp / f"daily_{entity}.parquet")
+            p = pools[entity]
+            np.save(tmp / f"{entity}_ids.npy", p.ids)
+            np.save(tmp / f"{entity}_vecs.npy", p.vectors())
+            np.save(tmp / f"{entity}_state.npy", p.state)
+            np.save(tmp / f"{entity}_prev.npy", p.prev)
+            np.save(tmp / f"{entity}_last_day.npy", p.last_day)
+        write_json_atomic(tmp / "manifest.json", m)
+    set_latest(task_dir, target.name)
+    return m

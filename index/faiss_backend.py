@@ -1,0 +1,340 @@
+"""faiss backend: any factory string, wrapped in `IndexIDMap2` so results carry our explicit int64 ids.
+
+How each operation maps onto faiss (checked against faiss 1.15):
+- Filters become `IDSelectorBatch` / `IDSelectorNot` / `IDSelectorAnd` passed in `SearchParameters(sel=...)`.
+  `IndexIDMap2` translates the selector to external ids (it wraps it in an `IDSelectorTranslated`), but only
+  indices that read `params.sel` honour it: Flat, IVF and HNSW directly under the IDMap. Everything else
+  (e.g. `IndexRefineFlat`, which silently ignores a top-level selector) and GPU clones over-fetch and
+  post-filter instead.
+- `remove`: `IndexIDMap2.remove_ids` is only correct over `IndexFlat`, which compacts in order. Over IVF it
+  silently corrupts the id mapping (IVF keeps its internal labels while the IDMap compacts its table), and
+  HNSW has no `remove_ids` at all; for those, removed entries are tombstoned: their slot in `id_map` is
+  rewritten to a unique negative id, which a range selector (or the post-filter) excludes.
+- Rows that come back short of k (HNSW under a very selective filter, IVF when the probed lists hold too
+  few eligible vectors) are answered by exact search over the eligible ids' reconstructed vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from adslog.errors import DataError, DermError
+from index.base import (
+    Backend,
+    IndexConfig,
+    SearchParams,
+    as_ids,
+    as_vectors,
+    check_ids_vecs,
+    check_k,
+    compact_rows,
+    fill_short_rows,
+    pad_results,
+)
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+TRAIN_SAMPLE_MAX = 100_000
+INT64_MAX = np.iinfo(np.int64).max
+OVERFETCH_FACTOR = 4
+
+
+class FaissIndex:
+    """An `AnnIndex` over faiss. Not safe for concurrent mutation; concurrent searches on CPU are fine."""
+
+    def __init__(self, config: IndexConfig) -> None:
+        if config.backend is not Backend.FAISS:
+            raise DermError(f"FaissIndex needs backend 'faiss', got {config.backend.value!r}")
+        self.config = config
+        self._index: Any = None  # faiss.IndexIDMap2 on CPU: the source of truth
+        self._n_tomb = 0
+        self._ids_cache: np.ndarray | None = None
+        self._gpu_index: Any = None
+        self._device = "cpu"
+        if config.device != "cpu":
+            from index.gpu import resolve_device
+
+            self._device = resolve_device(config.device)
+
+    # --- building and mutation ---------------------------------------------------------------------------
+
+    def build(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """Create the index from scratch. ids int64[n] (>= 0, unique), vecs float32[n, dim] L2-normalised."""
+        ids, vecs = check_ids_vecs(ids, vecs, self.config.dim)
+        try:
+            base = faiss.index_factory(self.config.dim, self.config.spec, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise DermError(f"invalid faiss spec {self.config.spec!r}: {_faiss_message(e)}") from None
+        ivf = faiss.try_extract_index_ivf(base)
+        if ivf is not None:
+            # reconstruct() for the exact fallback; stays valid because IVF entries are only ever tombstoned
+            ivf.set_direct_map_type(faiss.DirectMap.Array)
+        if not base.is_trained:
+            self._train(base, vecs)
+        index = faiss.IndexIDMap2(base)
+        if ids.size:
+            index.add_with_ids(vecs, ids)
+        self._index = index
+        self._n_tomb = 0
+        self._invalidate()
+        log.info("built faiss %r over %d vectors (dim %d)", self.config.spec, ids.size, self.config.dim)
+
+    def _train(self, base: Any, vecs: np.ndarray) -> None:
+        n = vecs.shape[0]
+        if n == 0:
+            raise DermError(f"spec {self.config.spec!r} needs training data, got 0 vectors")
+        rng = np.random.default_rng(self.config.seed)
+        sample = vecs if n <= TRAIN_SAMPLE_MAX else vecs[np.sort(rng.choice(n, TRAIN_SAMPLE_MAX, replace=False))]
+        ivf = faiss.try_extract_index_ivf(base)
+        if ivf is not None and sample.shape[0] < 39 * ivf.nlist:
+            log.warning(
+                "training %r on %d vectors; faiss recommends >= %d (39 per IVF list)",
+                self.config.spec,
+                sample.shape[0],
+                39 * ivf.nlist,
+            )
+        for cp in _clustering_params(ivf):
+            cp.seed = self.config.seed
+            # faiss fprintf()s its own "please provide at least" warning to stderr; we log it above instead
+            cp.min_points_per_centroid = 1
+        try:
+            base.train(sample)
+        except RuntimeError as e:
+            raise DermError(f"cannot train faiss {self.config.spec!r} on {n} vectors: {_faiss_message(e)}") from None
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """Add vectors; an id already present is replaced (old vector removed, new one added)."""
+        self._require_built()
+        ids, vecs = check_ids_vecs(ids, vecs, self.config.dim)
+        existing = ids[np.isin(ids, self.ids())]
+        if existing.size:
+            self.remove(existing)
+        if ids.size:
+            self._index.add_with_ids(vecs, ids)
+        self._invalidate()
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove the given ids; returns how many were present (absent ids are ignored)."""
+        self._require_built()
+        present = np.intersect1d(as_ids(ids), self.ids())
+        if present.size == 0:
+            return 0
+        if isinstance(self._inner(), faiss.IndexFlat):
+            n = int(self._index.remove_ids(faiss.IDSelectorBatch(present)))
+        else:
+            table = faiss.vector_to_array(self._index.id_map)
+            pos = np.flatnonzero(np.isin(table, present))
+            table[pos] = -2 - pos  # unique negative ids: never returned, never equal to a real id or -1
+            faiss.copy_array_to_vector(table, self._index.id_map)
+            self._index.construct_rev_map()
+            self._n_tomb += pos.size
+            n = int(pos.size)
+        self._invalidate()
+        return n
+
+    def _invalidate(self) -> None:
+        self._ids_cache = None
+        self._gpu_index = None
+
+    # --- queries -----------------------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        params: SearchParams | None = None,
+        allowed_ids: np.ndarray | None = None,
+        excluded_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product. queries float32[q, dim] -> (ids int64[q, k], scores float32[q, k]).
+
+        Missing results are (-1, -inf). With filters, k results come back whenever k eligible ids exist.
+        """
+        k = check_k(k)
+        queries = as_vectors(queries, self.config.dim, "queries", check_norm=False)
+        params = params or SearchParams()
+        allowed = None if allowed_ids is None else as_ids(allowed_ids, "allowed_ids")
+        excluded = None if excluded_ids is None else as_ids(excluded_ids, "excluded_ids")
+        nq = queries.shape[0]
+        n_int = 0 if self._index is None else int(self._index.ntotal)
+        if nq == 0 or self.ntotal == 0 or (allowed is not None and allowed.size == 0):
+            return pad_results(np.empty((nq, 0), np.int64), np.empty((nq, 0), np.float32), k)
+        filtered = allowed is not None or excluded is not None
+        gpu_index = self._gpu()
+        if gpu_index is None and _honours_selector(self._inner()):
+            refs: list[Any] = []
+            sel = self._selector(allowed, excluded, refs)
+            sp = self._search_params(params, sel, k, refs)
+            scores, ids = self._index.search(queries, min(k, n_int), params=sp)
+            out_ids, out_scores = pad_results(ids, scores, k)
+        else:
+            post = filtered or self._n_tomb > 0
+            k_fetch = min(n_int, OVERFETCH_FACTOR * k + 16 if post else k)
+            if gpu_index is not None:
+                if params.ef is not None:
+                    raise DermError("ef does not apply to faiss indices on the GPU")
+                if params.nprobe is not None:
+                    from index.gpu import set_nprobe
+
+                    set_nprobe(gpu_index, params.nprobe)
+                scores, ids = gpu_index.search(queries, k_fetch)
+            else:
+                refs = []
+                scores, ids = self._index.search(
+                    queries, k_fetch, params=self._search_params(params, None, k_fetch, refs)
+                )
+            if post:
+                keep = ids >= 0
+                if allowed is not None:
+                    keep &= np.isin(ids, allowed)
+                if excluded is not None:
+                    keep &= ~np.isin(ids, excluded)
+                out_ids, out_scores = compact_rows(ids, scores, keep, k)
+            else:
+                out_ids, out_scores = pad_results(ids, scores, k)
+        return fill_short_rows(self, queries, k, out_ids, out_scores, allowed, excluded)
+
+    def _selector(self, allowed: np.ndarray | None, excluded: np.ndarray | None, refs: list[Any]) -> Any:
+        """An IDSelector over external ids; `refs` keeps the Python objects alive (SWIG does not)."""
+        parts: list[Any] = []
+        if self._n_tomb:
+            parts.append(faiss.IDSelectorRange(0, int(INT64_MAX)))
+        if allowed is not None:
+            parts.append(faiss.IDSelectorBatch(allowed))
+        if excluded is not None and excluded.size:
+            inner = faiss.IDSelectorBatch(excluded)
+            refs.append(inner)
+            parts.append(faiss.IDSelectorNot(inner))
+        refs.extend(parts)
+        if not parts:
+            return None
+        sel = parts[0]
+        for p in parts[1:]:
+            sel = faiss.IDSelectorAnd(sel, p)
+            refs.append(sel)
+        return sel
+
+    def _search_params(self, params: SearchParams, sel: Any, k: int, refs: list[Any]) -> Any:
+        """A SearchParameters object matching the index structure, or None for library defaults."""
+        inner = self._inner()
+        if isinstance(inner, faiss.IndexRefine):
+            base_params = _structure_params(faiss.downcast_index(inner.base_index), params, None, k, self.config)
+            refs.append(base_params)
+            if base_params is None and sel is None:
+                return None
+            return faiss.IndexRefineSearchParameters(k_factor=inner.k_factor, base_index_params=base_params)
+        return _structure_params(inner, params, sel, k, self.config)
+
+    def _gpu(self) -> Any:
+        if self._device != "cuda" or self._index is None:
+            return None
+        if self._gpu_index is None:
+            from index.gpu import to_gpu
+
+            self._gpu_index = to_gpu(self._index)
+        return self._gpu_index
+
+    # --- state -------------------------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return 0 if self._index is None else int(self._index.ntotal) - self._n_tomb
+
+    def ids(self) -> np.ndarray:
+        """int64[ntotal] ids present, in storage order (read-only view; copy before modifying)."""
+        if self._index is None:
+            return np.empty(0, np.int64)
+        if self._ids_cache is None:
+            table = faiss.vector_to_array(self._index.id_map).astype(np.int64, copy=False)
+            self._ids_cache = table[table >= 0] if self._n_tomb else table
+            self._ids_cache.flags.writeable = False
+        return self._ids_cache
+
+    def get_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """float32[len(ids), dim] stored vectors (decoded codes for compressed specs); DermError for unknown ids."""
+        self._require_built()
+        ids = as_ids(ids)
+        missing = ~np.isin(ids, self.ids())
+        if missing.any():
+            raise DermError(f"{int(missing.sum())} id(s) not in the index (first {int(ids[missing][0])})")
+        if ids.size == 0:
+            return np.empty((0, self.config.dim), np.float32)
+        return np.ascontiguousarray(self._index.reconstruct_batch(ids), dtype=np.float32)
+
+    def _inner(self) -> Any:
+        self._require_built()
+        return faiss.downcast_index(self._index.index)
+
+    def _require_built(self) -> None:
+        if self._index is None:
+            raise DermError("the index is empty: call build(ids, vecs) first")
+
+    # --- persistence -------------------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write `directory/index.faiss` (the CPU index, tombstones included)."""
+        self._require_built()
+        faiss.write_index(self._index, str(Path(directory) / INDEX_FILE))
+
+    @classmethod
+    def load(cls, directory: Path, config: IndexConfig) -> FaissIndex:
+        path = Path(directory) / INDEX_FILE
+        if not path.is_file():
+            raise DataError(path, "faiss index file not found")
+        try:
+            raw = faiss.read_index(str(path))
+        except RuntimeError as e:
+            raise DataError(path, f"cannot read faiss index ({_faiss_message(e)})") from None
+        if not isinstance(raw, faiss.IndexIDMap2):
+            raise DataError(path, f"expected an IndexIDMap2, found {type(raw).__name__}")
+        if raw.d != config.dim:
+            raise DataError(path, f"index dim {raw.d} does not match config dim {config.dim}")
+        if raw.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise DataError(path, "index metric is not inner product")
+        out = cls(config)
+        out._index = raw
+        out._n_tomb = int((faiss.vector_to_array(raw.id_map) < 0).sum())
+        return out
+
+
+def _structure_params(inner: Any, params: SearchParams, sel: Any, k: int, config: IndexConfig) -> Any:
+    if isinstance(inner, faiss.IndexIVF):
+        if params.ef is not None:
+            raise DermError(f"ef does not apply to faiss spec {config.spec!r} (use nprobe)")
+        if params.nprobe is None and sel is None:
+            return None
+        return faiss.SearchParametersIVF(sel=sel, nprobe=params.nprobe or inner.nprobe)
+    if isinstance(inner, faiss.IndexHNSW):
+        if params.nprobe is not None:
+            raise DermError(f"nprobe does not apply to faiss spec {config.spec!r} (use ef)")
+        if params.ef is None and sel is None:
+            return None
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=max(params.ef or inner.hnsw.efSearch, k))
+    if params.ef is not None or params.nprobe is not None:
+        raise DermError(f"search params ef/nprobe do not apply to faiss spec {config.spec!r}")
+    return None if sel is None else faiss.SearchParameters(sel=sel)
+
+
+def _honours_selector(inner: Any) -> bool:
+    return isinstance(inner, faiss.IndexFlat | faiss.IndexIVF | faiss.IndexHNSW)
+
+
+def _clustering_params(ivf: Any) -> list[Any]:
+    out = []
+    if ivf is not None:
+        out.append(ivf.cp)
+        pq = getattr(ivf, "pq", None)
+        if pq is not None:
+            out.append(pq.cp)
+    return out
+
+
+def _faiss_message(e: Exception) -> str:
+    """The useful last line of a faiss C++ exception ("Error in ... at file:line: Error: '...' failed: msg")."""
+    return str(e).strip().splitlines()[-1][-300:]

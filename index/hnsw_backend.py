@@ -1,0 +1,276 @@
+"""hnswlib backend: labels are our int64 ids (hnswlib stores them as size_t, hence ids >= 0).
+
+hnswlib facts this module relies on (hnswlib 0.8):
+- space "ip" returns distance `1 - dot`; scores are converted back to `dot` (higher = better).
+- `add_items` with an existing live label updates that element's vector in place. With
+  `allow_replace_deleted=True` it refuses a *deleted* label, so re-adding a removed id first calls
+  `unmark_deleted`; brand-new labels use `replace_deleted=True` to reuse deleted slots. Passing
+  `replace_deleted=True` for an existing label would re-label a vacant slot and leave a duplicate, so updates
+  and inserts are split.
+- `knn_query` raises RuntimeError when it cannot fill k columns for every row (deleted elements, small ef):
+  we retry with a larger ef, then a smaller k, and pad.
+- `set_ef` mutates the index, so concurrent searches with different `ef` are not safe.
+Filters: a selective filter (<= EXACT_FILTER_MAX eligible ids) is answered by exact search over the eligible
+vectors, which beats the Python filter callback; a broad one (>= OVERFETCH_MIN_FRACTION of the index) by
+over-fetch and vectorised post-filter; anything in between by hnswlib's `filter=` callback. Rows still short
+of k fall back to exact search over the eligible ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hnswlib
+import numpy as np
+
+from adslog.errors import DataError, DermError
+from index.base import (
+    Backend,
+    IndexConfig,
+    SearchParams,
+    as_ids,
+    as_vectors,
+    check_ids_vecs,
+    check_k,
+    compact_rows,
+    eligible_mask,
+    exact_search,
+    fill_short_rows,
+    pad_results,
+)
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.hnsw"
+LIVE_IDS_FILE = "live_ids.npy"
+EXACT_FILTER_MAX = 4096
+OVERFETCH_MIN_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class HnswSpec:
+    """Build-time graph parameters parsed from the spec: "HNSW", "HNSW32", "M16,efc200", "M16,efc200,ef64"."""
+
+    M: int = 16
+    ef_construction: int = 200
+    ef: int = 64
+
+    @classmethod
+    def parse(cls, spec: str) -> HnswSpec:
+        values: dict[str, int] = {}
+        keys = {"M": "M", "HNSW": "M", "efc": "ef_construction", "ef": "ef"}
+        for tok in (t.strip() for t in spec.split(",")):
+            m = re.fullmatch(r"(HNSW|M|efc|ef)(\d*)", tok)
+            if m is None or (m.group(1) != "HNSW" and not m.group(2)):
+                raise DermError(f"bad hnswlib spec {spec!r}: token {tok!r} (expected HNSW[M], M<int>, efc<int>, ef<int>)")
+            if m.group(2):
+                value = int(m.group(2))
+                if value <= 0:
+                    raise DermError(f"bad hnswlib spec {spec!r}: {tok!r} must be positive")
+                values[keys[m.group(1)]] = value
+        return cls(**values)
+
+
+class HnswIndex:
+    """An `AnnIndex` over hnswlib (CPU only)."""
+
+    def __init__(self, config: IndexConfig) -> None:
+        if config.backend is not Backend.HNSWLIB:
+            raise DermError(f"HnswIndex needs backend 'hnswlib', got {config.backend.value!r}")
+        if config.device == "cuda":
+            raise DermError("the hnswlib backend runs on CPU only; use device 'cpu' or 'auto'")
+        self.config = config
+        self.spec = HnswSpec.parse(config.spec)
+        self._index: Any = None
+        self._live = np.empty(0, np.int64)  # sorted ids present (not deleted)
+
+    # --- building and mutation ---------------------------------------------------------------------------
+
+    def build(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """Create the graph. ids int64[n] (>= 0, unique), vecs float32[n, dim] L2-normalised."""
+        ids, vecs = check_ids_vecs(ids, vecs, self.config.dim)
+        index = hnswlib.Index(space="ip", dim=self.config.dim)
+        index.init_index(
+            max_elements=max(ids.size, 1),
+            ef_construction=self.spec.ef_construction,
+            M=self.spec.M,
+            random_seed=self.config.seed,
+            allow_replace_deleted=True,
+        )
+        index.set_ef(self.spec.ef)
+        if ids.size:
+            index.add_items(vecs, ids)
+        self._index = index
+        self._live = np.sort(ids)
+        log.info("built hnswlib %r over %d vectors (dim %d)", self.config.spec, ids.size, self.config.dim)
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """Add vectors; an id already present (or removed earlier) gets its vector replaced."""
+        self._require_built()
+        ids, vecs = check_ids_vecs(ids, vecs, self.config.dim)
+        if ids.size == 0:
+            return
+        known = np.asarray(self._index.get_ids_list(), dtype=np.int64)
+        deleted = np.setdiff1d(known, self._live)
+        revive = np.isin(ids, deleted)
+        for label in ids[revive]:  # only ids removed earlier and added back
+            self._index.unmark_deleted(int(label))
+        update = revive | np.isin(ids, self._live)
+        if update.any():
+            self._index.add_items(vecs[update], ids[update], replace_deleted=False)
+        new = ~update
+        n_new = int(new.sum())
+        if n_new:
+            vacant = deleted.size - int(revive.sum())
+            need = self._index.element_count + max(0, n_new - vacant)
+            if need > self._index.get_max_elements():
+                self._index.resize_index(max(need, int(self._index.get_max_elements() * 1.25)))
+            self._index.add_items(vecs[new], ids[new], replace_deleted=True)
+        self._live = np.union1d(self._live, ids)
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Mark the given ids deleted; returns how many were present (absent ids are ignored)."""
+        self._require_built()
+        present = np.intersect1d(as_ids(ids), self._live)
+        for label in present:
+            self._index.mark_deleted(int(label))
+        self._live = np.setdiff1d(self._live, present)
+        return int(present.size)
+
+    # --- queries -----------------------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        params: SearchParams | None = None,
+        allowed_ids: np.ndarray | None = None,
+        excluded_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product. queries float32[q, dim] -> (ids int64[q, k], scores float32[q, k]).
+
+        Missing results are (-1, -inf). With filters, k results come back whenever k eligible ids exist.
+        """
+        k = check_k(k)
+        queries = as_vectors(queries, self.config.dim, "queries", check_norm=False)
+        params = params or SearchParams()
+        if params.nprobe is not None:
+            raise DermError("nprobe does not apply to the hnswlib backend (use ef)")
+        ef = params.ef or self.spec.ef
+        allowed = None if allowed_ids is None else as_ids(allowed_ids, "allowed_ids")
+        excluded = None if excluded_ids is None else as_ids(excluded_ids, "excluded_ids")
+        nq, n_live = queries.shape[0], self._live.size
+        empty = (np.empty((nq, 0), np.int64), np.empty((nq, 0), np.float32))
+        if nq == 0 or n_live == 0:
+            return pad_results(*empty, k)
+        if allowed is None and excluded is None:
+            out = self._knn(queries, min(k, n_live), ef)
+        else:
+            eligible = self._live[eligible_mask(self._live, allowed, excluded)]
+            if eligible.size == 0:
+                return pad_results(*empty, k)
+            if eligible.size <= EXACT_FILTER_MAX:
+                return exact_search(eligible, self.get_vectors(eligible), queries, k)
+            frac = eligible.size / n_live
+            if frac >= OVERFETCH_MIN_FRACTION:
+                k_fetch = min(n_live, math.ceil(2 * k / frac) + 8)
+                ids, scores = self._knn(queries, k_fetch, max(ef, k_fetch))
+                out = compact_rows(ids, scores, np.isin(ids, eligible), k)
+            else:
+                allowed_set = set(eligible.tolist())
+                out = self._knn(queries, min(k, eligible.size), ef, allowed_set.__contains__)
+        out_ids, out_scores = pad_results(*out, k)
+        return fill_short_rows(self, queries, k, out_ids, out_scores, allowed, excluded)
+
+    def _knn(self, queries: np.ndarray, k: int, ef: int, filt: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """hnswlib knn_query with (-1, -inf) padding; retries when hnswlib cannot fill k columns."""
+        attempts = [(k, max(ef, k)), (k, max(4 * ef, 4 * k))]
+        kk = k // 2
+        while kk >= 1:
+            attempts.append((kk, max(4 * ef, 4 * kk)))
+            kk //= 2
+        # the Python filter callback needs the GIL: threads would only contend for it
+        threads = 1 if filt is not None else -1
+        for kk, ef_try in attempts:
+            self._index.set_ef(ef_try)
+            try:
+                labels, dist = self._index.knn_query(queries, k=kk, num_threads=threads, filter=filt)
+            except RuntimeError as e:
+                if "contiguous 2D array" not in str(e):
+                    raise DermError(f"hnswlib search failed: {e}") from None
+                log.debug("hnswlib could not return k=%d with ef=%d; retrying", kk, ef_try)
+                continue
+            finally:
+                self._index.set_ef(self.spec.ef)
+            scores = (1.0 - dist).astype(np.float32)
+            return labels.astype(np.int64), scores
+        n = queries.shape[0]
+        return np.full((n, 0), -1, np.int64), np.full((n, 0), -np.inf, np.float32)
+
+    # --- state -------------------------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._live.size)
+
+    def ids(self) -> np.ndarray:
+        """int64[ntotal] ids present, sorted (read-only view; copy before modifying)."""
+        view = self._live.view()
+        view.flags.writeable = False
+        return view
+
+    def get_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """float32[len(ids), dim] stored vectors; DermError for ids not present."""
+        ids = as_ids(ids)
+        missing = ~np.isin(ids, self._live)
+        if missing.any():
+            raise DermError(f"{int(missing.sum())} id(s) not in the index (first {int(ids[missing][0])})")
+        if ids.size == 0:
+            return np.empty((0, self.config.dim), np.float32)
+        vecs = self._index.get_items(ids, return_type="numpy")
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def _require_built(self) -> None:
+        if self._index is None:
+            raise DermError("the index is empty: call build(ids, vecs) first")
+
+    # --- persistence -------------------------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write `index.hnsw` (graph, vectors, deletion marks) and `live_ids.npy` (int64, sorted)."""
+        self._require_built()
+        directory = Path(directory)
+        self._index.save_index(str(directory / INDEX_FILE))
+        np.save(directory / LIVE_IDS_FILE, self._live, allow_pickle=False)
+
+    @classmethod
+    def load(cls, directory: Path, config: IndexConfig) -> HnswIndex:
+        directory = Path(directory)
+        out = cls(config)
+        for name in (INDEX_FILE, LIVE_IDS_FILE):
+            if not (directory / name).is_file():
+                raise DataError(directory / name, "hnswlib index file not found")
+        try:
+            live = np.load(directory / LIVE_IDS_FILE, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DataError(directory / LIVE_IDS_FILE, f"cannot read live ids ({e})") from None
+        if live.dtype != np.int64 or live.ndim != 1:
+            raise DataError(directory / LIVE_IDS_FILE, f"expected int64[n], found {live.dtype}{list(live.shape)}")
+        index = hnswlib.Index(space="ip", dim=config.dim)
+        try:
+            index.load_index(str(directory / INDEX_FILE), max_elements=0, allow_replace_deleted=True)
+        except RuntimeError as e:
+            raise DataError(directory / INDEX_FILE, f"cannot read hnswlib index ({e})") from None
+        missing = np.setdiff1d(live, np.asarray(index.get_ids_list(), dtype=np.int64))
+        if missing.size:
+            raise DataError(directory / INDEX_FILE, f"{missing.size} live id(s) missing from the graph")
+        index.set_ef(out.spec.ef)
+        out._index = index
+        out._live = live
+        return out
+

@@ -1,0 +1,119 @@
+"""Parquet -> tensors. One code path builds the inputs for training, daily inference and the ranker.
+
+`Inputs` holds what every batch needs (entity feature tables, the activity log) and turns id arrays into
+tensors: `impression_batch` for training/scoring impressions, `user_batch` / `ad_batch` for embedding entities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from adslog.dataset import Dataset
+from adslog.sequences import ActivityLog
+from towers.features import EntityTable, FeatureSpec, _cat_index, context_rows, hash_ids
+
+SEQ_AD_SALT, SEQ_ADV_SALT = 101, 102
+
+
+@dataclass
+class ImpressionArrays:
+    """Columns of a set of impressions as numpy arrays (n rows). `conversion` is the label as known at the
+    cutoff: a conversion whose `conversion_ts` is after the cutoff counts as 0 (it has not happened yet)."""
+
+    user_id: np.ndarray  # int64[n]
+    ad_id: np.ndarray  # int64[n]
+    ts: np.ndarray  # int64[n]
+    day: np.ndarray  # int32[n]
+    click: np.ndarray  # float32[n]
+    conversion: np.ndarray  # float32[n]
+    ctx: np.ndarray  # int64[n, F_ctx]
+    ctx_ref: np.ndarray  # int64[n, F_ctx], position fixed to the reference slot
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    def take(self, idx: np.ndarray) -> ImpressionArrays:
+        return ImpressionArrays(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+class Inputs:
+    def __init__(self, ds: Dataset, spec: FeatureSpec, activity: ActivityLog, seq_len: int) -> None:
+        self.ds = ds
+        self.spec = spec
+        self.users = EntityTable(ds, spec, "user")
+        self.ads = EntityTable(ds, spec, "ad")
+        self.activity = activity
+        self.seq_len = seq_len
+        n_cat = next((f.size for f in spec.ad if f.name == spec.ad_category), 1)
+        self._n_cat = n_cat
+
+    def impressions(self, days: list[int], label_cutoff_ts: int | None = None) -> ImpressionArrays:
+        cols = ["user_id", "ad_id", "ts", "day", "click"]
+        imp_cols = self.ds.columns["impressions"]
+        has_conv = "conversion" in imp_cols
+        if has_conv:
+            cols.append("conversion")
+            if "conversion_ts" in imp_cols:
+                cols.append("conversion_ts")
+        cols += [f.name for f in self.spec.context if f.name in imp_cols]
+        t = self.ds.impressions(days, cols)
+        return self.arrays(t, label_cutoff_ts)
+
+    def arrays(self, t: pa.Table, label_cutoff_ts: int | None = None) -> ImpressionArrays:
+        n = t.num_rows
+        if "conversion" in t.column_names:
+            conv = t.column("conversion").to_numpy().astype(np.float32)
+            if label_cutoff_ts is not None and "conversion_ts" in t.column_names:
+                conv = conv * (t.column("conversion_ts").to_numpy() < label_cutoff_ts)
+        else:
+            conv = np.zeros(n, np.float32)
+        return ImpressionArrays(
+            user_id=t.column("user_id").to_numpy().astype(np.int64),
+            ad_id=t.column("ad_id").to_numpy().astype(np.int64),
+            ts=t.column("ts").to_numpy().astype(np.int64),
+            day=t.column("day").to_numpy().astype(np.int32),
+            click=t.column("click").to_numpy().astype(np.float32),
+            conversion=conv.astype(np.float32),
+            ctx=context_rows(self.spec, t),
+            ctx_ref=context_rows(self.spec, t, reference=True),
+        )
+
+    def user_batch(self, user_ids: np.ndarray, ts: np.ndarray) -> dict[str, torch.Tensor]:
+        """User-tower inputs: features + the activity sequence strictly before `ts` (int64[n])."""
+        cat, num, dense = self.users.rows(user_ids)
+        s = self.activity.sequences(user_ids, ts, self.seq_len)
+        seq_cat = _cat_index(self.ads.attribute(self.spec.ad_category or "", s.ad_id).astype(np.int64), self._n_cat)
+        seq_cat = np.where(s.ad_id >= 0, seq_cat, 0)
+        return {
+            "user_cat": torch.from_numpy(cat),
+            "user_num": torch.from_numpy(num),
+            "user_dense": torch.from_numpy(dense),
+            "seq_ad": torch.from_numpy(hash_ids(s.ad_id, self.spec.id_buckets, SEQ_AD_SALT)),
+            "seq_adv": torch.from_numpy(hash_ids(s.advertiser_id, self.spec.id_buckets, SEQ_ADV_SALT)),
+            "seq_cat": torch.from_numpy(seq_cat),
+            "seq_kind": torch.from_numpy(s.kind.astype(np.int64)),
+        }
+
+    def ad_batch(self, ad_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        cat, num, dense = self.ads.rows(ad_ids)
+        return {"ad_cat": torch.from_numpy(cat), "ad_num": torch.from_numpy(num), "ad_dense": torch.from_numpy(dense)}
+
+    def impression_batch(self, a: ImpressionArrays, reference_context: bool = False) -> dict[str, torch.Tensor]:
+        b = self.user_batch(a.user_id, a.ts)
+        b.update(self.ad_batch(a.ad_id))
+        b["ctx"] = torch.from_numpy(a.ctx_ref if reference_context else a.ctx)
+        b["click"] = torch.from_numpy(a.click)
+        b["conversion"] = torch.from_numpy(a.conversion)
+        b["ad_id"] = torch.from_numpy(a.ad_id)
+        b["ad_bucket"] = torch.from_numpy(hash_ids(a.ad_id, self.spec.id_buckets, 0))
+        return b
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}

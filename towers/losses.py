@@ -1,0 +1,65 @@
+"""Losses of the upstream model's training task.
+
+In-batch sampled softmax with logQ correction (Yi et al., RecSys 2019, "Sampling-bias-corrected neural
+modeling"): for each positive (user, ad) pair in the batch, the candidates are the Pin embeddings of all ads in
+the batch. logit(i, j) = u_i . p_j / tau - log Q(ad_j), for the positive and the negatives alike, where Q(ad) is a
+streaming estimate of the probability that the ad is in a batch's candidate set. Popular ads appear as negatives
+more often than their share of positives; subtracting log Q removes that bias. Accidental hits (another
+candidate column holding the same ad as the positive) are masked out.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CandidateFrequency(nn.Module):
+    """Streaming estimate of Q(ad) = P(ad in a batch's candidate set), over hashed ad buckets.
+
+    counts <- decay * counts + 1[ad in batch]; batches <- decay * batches + 1; Q = counts / batches.
+    Buffers are part of the training state, so an incremental step resumes with the same estimate.
+    """
+
+    def __init__(self, buckets: int, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("counts", torch.zeros(buckets, dtype=torch.float64))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, buckets: torch.Tensor) -> None:
+        present = torch.zeros_like(self.counts)
+        present[buckets.unique()] = 1.0
+        self.counts.mul_(self.decay).add_(present)
+        self.batches.mul_(self.decay).add_(1.0)
+
+    def log_q(self, buckets: torch.Tensor) -> torch.Tensor:
+        q = self.counts[buckets] / self.batches.clamp(min=1e-12)
+        return q.clamp(min=1e-6, max=1.0).log().float()
+
+
+def sampled_softmax_loss(
+    user_emb: torch.Tensor,
+    cand_emb: torch.Tensor,
+    pos_index: torch.Tensor,
+    cand_ids: torch.Tensor,
+    log_q: torch.Tensor | None,
+    tau: torch.Tensor,
+) -> torch.Tensor:
+    """Mean cross-entropy of each positive against the batch's candidates.
+
+    user_emb: (P, D) user embeddings of the positive pairs; cand_emb: (B, D) Pin embeddings of every candidate;
+    pos_index: int64 (P,) column of each positive's own ad among the candidates; cand_ids: int64 (B,) ad ids of
+    the candidates (for masking accidental hits); log_q: (B,) log Q of each candidate or None (no correction);
+    tau: scalar temperature.
+    """
+    logits = user_emb @ cand_emb.T / tau  # (P, B)
+    if log_q is not None:
+        logits = logits - log_q.unsqueeze(0)
+    same_ad = cand_ids.unsqueeze(0) == cand_ids[pos_index].unsqueeze(1)  # (P, B)
+    own = torch.zeros_like(same_ad)
+    own[torch.arange(len(pos_index)), pos_index] = True
+    logits = logits.masked_fill(same_ad & ~own, float("-inf"))
+    return F.cross_entropy(logits, pos_index)

@@ -1,0 +1,123 @@
+"""The upstream model: user tower, Pin (ad) tower and the overall interaction tower.
+
+Towers are plain `nn.Module`s with no loss (the training task in `towers.train` holds the losses), so the daily
+export loads only the tower it needs. Both entity towers turn their inputs into feature *tokens* of width C
+(`FieldEncoder`), mix them, and emit one L2-normalised embedding of width `dim`. Context (surface, position)
+enters only the interaction tower, so it cannot contaminate the entity embeddings.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from towers.config import TowerConfig
+from towers.features import FeatureSpec
+
+
+class FieldEncoder(nn.Module):
+    """Entity inputs -> tokens (B, T, C): one per id / categorical field, one for all numerics, one per dense
+    vector (a linear projection of the pretrained representation)."""
+
+    def __init__(self, spec: FeatureSpec, entity: str, c: int) -> None:
+        super().__init__()
+        self.cats = nn.ModuleList(nn.Embedding(f.size, c, padding_idx=0) for f in spec.cats(entity))
+        n_num = len(spec.nums(entity))
+        self.num = nn.Linear(n_num, c) if n_num else None
+        self.dense_sizes = [f.size for f in spec.denses(entity)]
+        self.dense = nn.ModuleList(nn.Linear(s, c) for s in self.dense_sizes)
+        self.n_tokens = len(self.cats) + (1 if n_num else 0) + len(self.dense)
+
+    def forward(self, cat: torch.Tensor, num: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        toks = [emb(cat[:, j]) for j, emb in enumerate(self.cats)]
+        if self.num is not None:
+            toks.append(self.num(num))
+        o = 0
+        for size, proj in zip(self.dense_sizes, self.dense, strict=True):
+            toks.append(proj(dense[:, o : o + size]))
+            o += size
+        return torch.stack(toks, dim=1)
+
+
+class SequenceEncoder(nn.Module):
+    """The user's activity sequence (B, L) -> one token (B, 1, C): each event is the sum of its ad-id,
+    advertiser, category and event-kind embeddings; tokens are mean-pooled over valid slots."""
+
+    def __init__(self, spec: FeatureSpec, c: int, n_categories: int) -> None:
+        super().__init__()
+        self.ad = nn.Embedding(spec.id_buckets, c, padding_idx=0)
+        self.adv = nn.Embedding(spec.id_buckets, c, padding_idx=0)
+        self.cat = nn.Embedding(max(n_categories, 1), c, padding_idx=0)
+        self.kind = nn.Embedding(4, c, padding_idx=0)
+
+    def forward(
+        self, seq_ad: torch.Tensor, seq_adv: torch.Tensor, seq_cat: torch.Tensor, seq_kind: torch.Tensor
+    ) -> torch.Tensor:
+        tok = self.ad(seq_ad) + self.adv(seq_adv) + self.cat(seq_cat) + self.kind(seq_kind)  # (B, L, C)
+        mask = (seq_kind > 0).unsqueeze(-1).float()
+        pooled = (tok * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return pooled.unsqueeze(1)
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-2], sizes[1:-1], strict=False):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+class EntityTower(nn.Module):
+    """User tower (with the activity sequence) or Pin tower (static features only, so an ad is embeddable at
+    launch). Output: float32 (B, dim), unit L2 norm."""
+
+    def __init__(self, spec: FeatureSpec, entity: str, cfg: TowerConfig) -> None:
+        super().__init__()
+        c = cfg.token_dim
+        self.fields = FieldEncoder(spec, entity, c)
+        n_cat = next((f.size for f in spec.ad if f.name == spec.ad_category), 1)
+        self.sequence = SequenceEncoder(spec, c, n_cat) if entity == "user" else None
+        t = self.fields.n_tokens + (1 if self.sequence is not None else 0)
+        self.backbone = mlp([t * c, *cfg.hidden, cfg.dim])
+
+    def forward(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+        toks = self.fields(batch[f"{prefix}_cat"], batch[f"{prefix}_num"], batch[f"{prefix}_dense"])
+        if self.sequence is not None:
+            seq = self.sequence(batch["seq_ad"], batch["seq_adv"], batch["seq_cat"], batch["seq_kind"])
+            toks = torch.cat([toks, seq], dim=1)
+        return F.normalize(self.backbone(toks.flatten(1)), dim=-1)
+
+
+class InteractionTower(nn.Module):
+    """Both embeddings, their product and the context -> one logit per task: (B, 2) = (ctr, cvr)."""
+
+    def __init__(self, spec: FeatureSpec, cfg: TowerConfig) -> None:
+        super().__init__()
+        c = cfg.token_dim
+        self.ctx = nn.ModuleList(nn.Embedding(f.size, c) for f in spec.context)
+        self.head = mlp([3 * cfg.dim + len(spec.context) * c, *cfg.hidden, 2])
+
+    def forward(self, user_emb: torch.Tensor, ad_emb: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        parts = [user_emb, ad_emb, user_emb * ad_emb] + [e(ctx[:, j]) for j, e in enumerate(self.ctx)]
+        return self.head(torch.cat(parts, dim=1))
+
+
+class DermModel(nn.Module):
+    """User tower + Pin tower + interaction tower. `forward` returns (user_emb, ad_emb, logits)."""
+
+    def __init__(self, spec: FeatureSpec, cfg: TowerConfig) -> None:
+        super().__init__()
+        self.user_tower = EntityTower(spec, "user", cfg)
+        self.pin_tower = EntityTower(spec, "ad", cfg)
+        self.interaction = InteractionTower(spec, cfg)
+        # tau = exp(log_tau), clamped to [0.01, 1] where used
+        self.log_tau = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(cfg.temperature_init)))))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        u = self.user_tower(batch, "user")
+        a = self.pin_tower(batch, "ad")
+        return u, a, self.interaction(u, a, batch["ctx"])
+
+    def temperature(self) -> torch.Tensor:
+        return self.log_tau.exp().clamp(0.01, 1.0)

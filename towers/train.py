@@ -1,0 +1,266 @@
+"""Training task (model + losses) and snapshots of the upstream model.
+
+A snapshot is an artifact `models/<task>/day=<D>/` holding `weights.pt` (the model's state_dict),
+`train_state.pt` (optimiser state and the logQ estimator, for incremental steps) and a manifest with the
+config, the feature spec (with numeric statistics of the training days), the days seen, the parent snapshot
+and the lineage id. Training from scratch starts a new lineage; an incremental step keeps its parent's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
+from adslog.dataset import Dataset
+from adslog.errors import DataError, DermError
+from adslog.progress import Progress, no_progress
+from adslog.sequences import ActivityLog
+from adslog.workspace import version_name
+from towers.batches import Inputs, to_device
+from towers.config import Task, TowerConfig
+from towers.features import FeatureSpec, build_feature_spec
+from towers.losses import CandidateFrequency, sampled_softmax_loss
+from towers.model import DermModel
+
+log = logging.getLogger(__name__)
+
+MODEL_KIND = "tower_model"
+MODEL_SCHEMA_VERSION = 1
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DermError("--device cuda: no CUDA device is available to torch on this machine")
+    if device not in ("cpu", "cuda"):
+        raise DermError(f"unknown device {device!r} (choose auto, cpu or cuda)")
+    return torch.device(device)
+
+
+class TrainTask(nn.Module):
+    """The model plus its losses: BCE for CTR (all impressions) and CVR (clicked impressions, post-click
+    label as known at the cutoff), and the logQ-corrected in-batch softmax on the task's positive pairs.
+
+    For the CVR model, positives (conversions) are rare; every impression's ad in the (large) batch is a
+    candidate, so each positive still meets batch_size - 1 real negatives (we use large batches, no buffer)."""
+
+    def __init__(self, model: DermModel, cfg: TowerConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.freq = CandidateFrequency(model.user_tower.fields.cats[0].num_embeddings, cfg.logq_decay)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        u, a, logits = self.model(batch)
+        click, conv = batch["click"], batch["conversion"]
+        l_ctr = F.binary_cross_entropy_with_logits(logits[:, 0], click)
+        clicked = click > 0
+        l_cvr = (
+            F.binary_cross_entropy_with_logits(logits[clicked, 1], conv[clicked])
+            if clicked.any()
+            else logits.sum() * 0.0
+        )
+        positive = (click if cfg.task is Task.CTR else conv) > 0
+        if self.training:
+            self.freq.update(batch["ad_bucket"])
+        if positive.any() and cfg.weight_contrastive > 0:
+            pos_index = positive.nonzero().squeeze(1)
+            log_q = self.freq.log_q(batch["ad_bucket"]) if cfg.logq else None
+            l_con = sampled_softmax_loss(u[pos_index], a, pos_index, batch["ad_id"], log_q, self.model.temperature())
+        else:
+            l_con = logits.sum() * 0.0
+        total = cfg.weight_ctr * l_ctr + cfg.weight_cvr * l_cvr + cfg.weight_contrastive * l_con
+        return total, {"ctr": float(l_ctr), "cvr": float(l_cvr), "contrastive": float(l_con)}
+
+
+@dataclass
+class Snapshot:
+    task: TrainTask
+    optimizer: torch.optim.Optimizer
+    spec: FeatureSpec
+    config: TowerConfig
+    manifest: dict[str, Any]
+    path: Path | None
+
+    @property
+    def model(self) -> DermModel:
+        return self.task.model
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model_version"])
+
+
+def new_snapshot(spec: FeatureSpec, cfg: TowerConfig, device: torch.device) -> Snapshot:
+    torch.manual_seed(cfg.seed)
+    model = DermModel(spec, cfg)
+    task = TrainTask(model, cfg).to(device)
+    opt = torch.optim.Adam(task.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return Snapshot(task, opt, spec, cfg, {"lineage": uuid.uuid4().hex, "days_seen": [], "parent": None}, None)
+
+
+def load_snapshot(directory: Path, device: torch.device | str = "cpu", with_state: bool = True) -> Snapshot:
+    """Load a snapshot; the manifest is validated before the weights are read."""
+    directory = Path(directory)
+    m = read_manifest(directory, MODEL_KIND, MODEL_SCHEMA_VERSION)
+    dev = torch.device(device)
+    cfg = TowerConfig.from_json(m["config"])
+    spec = FeatureSpec.from_json(m["feature_spec"])
+    model = DermModel(spec, cfg)
+    task = TrainTask(model, cfg)
+    try:
+        model.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        task.to(dev)
+        if with_state:
+            state = torch.load(directory / "train_state.pt", map_location="cpu", weights_only=True)
+            opt.load_state_dict(state["optimizer"])
+            task.freq.load_state_dict(state["freq"])
+    except (FileNotFoundError, RuntimeError, KeyError) as e:
+        raise DataError(directory, f"unreadable model snapshot ({str(e).splitlines()[0]})") from None
+    return Snapshot(task, opt, spec, cfg, m, directory)
+
+
+def save_snapshot(snap: Snapshot, parent_dir: Path, day: int, stats: dict[str, Any], overwrite: bool = False) -> dict:
+    """Publish the snapshot as `parent_dir/day=<day>` and move LATEST to it."""
+    target = Path(parent_dir) / version_name(day)
+    m = make_manifest(
+        MODEL_KIND,
+        MODEL_SCHEMA_VERSION,
+        task=snap.config.task.value,
+        day=int(day),
+        days_seen=list(snap.manifest.get("days_seen", [])),
+        parent=snap.manifest.get("parent"),
+        lineage=snap.manifest["lineage"],
+        config=snap.config.to_json(),
+        feature_spec=snap.spec.to_json(),
+        dim=snap.config.dim,
+        train_stats=stats,
+    )
+    m["model_version"] = f"{m['lineage'][:8]}-{m['artifact_id'][:8]}"
+    with publishing(target, overwrite=overwrite) as tmp:
+        torch.save(snap.task.model.state_dict(), tmp / "weights.pt")
+        torch.save({"optimizer": snap.optimizer.state_dict(), "freq": snap.task.freq.state_dict()}, tmp / "train_state.pt")
+        write_json_atomic(tmp / "manifest.json", m)
+    set_latest(parent_dir, target.name)
+    snap.manifest = m
+    snap.path = target
+    return m
+
+
+def run_epochs(
+    task: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]],
+    n: int,
+    epochs: int,
+    batch_size: int,
+    device: torch.device,
+    progress: Progress = no_progress,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train `task` (a module returning (loss, parts)) for `epochs` shuffled passes over rows 0..n-1;
+    `make_batch(row_indices)` builds each batch. Returns loss history and throughput. Shared by the upstream
+    towers and the downstream ranker."""
+    if n == 0:
+        raise DermError("no impressions to train on")
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = max(1, n // batch_size)
+    total = steps_per_epoch * epochs
+    task.train()
+    t0 = time.perf_counter()
+    step = 0
+    hist: list[dict[str, float]] = []
+    for _epoch in range(epochs):
+        perm = rng.permutation(n)
+        run: dict[str, float] = {}
+        for s in range(steps_per_epoch):
+            batch = to_device(make_batch(perm[s * batch_size : (s + 1) * batch_size]), device)
+            loss, parts = task(batch)
+            if not torch.isfinite(loss):
+                raise DermError("training diverged: loss is not finite")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in {"loss": float(loss), **parts}.items():
+                run[k] = run.get(k, 0.0) + v
+            step += 1
+            progress("train", step, total)
+        hist.append({k: round(v / steps_per_epoch, 6) for k, v in run.items()})
+    secs = time.perf_counter() - t0
+    task.eval()
+    return {
+        "epochs": epochs,
+        "rows": n,
+        "seconds": round(secs, 3),
+        "samples_per_second": round(steps_per_epoch * batch_size * epochs / max(secs, 1e-9), 1),
+        "loss_by_epoch": hist,
+    }
+
+
+def train_towers(
+    ds: Dataset,
+    days: list[int],
+    cfg: TowerConfig,
+    out_dir: Path,
+    parent: Path | None = None,
+    device: str = "auto",
+    progress: Progress = no_progress,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train from scratch over `days` (parent None) or one increment from the snapshot at `parent`, and
+    publish the result as `out_dir/day=<max(days)>`. Returns the new snapshot's manifest."""
+    if not days:
+        raise DermError("no training days given")
+    for d in days:
+        ds.check_day(d)
+    dev = resolve_device(device)
+    last = max(days)
+    if parent is None:
+        spec = build_feature_spec(ds, days, cfg.id_buckets)
+        snap = new_snapshot(spec, cfg, dev)
+        epochs = cfg.epochs_initial
+    else:
+        snap = load_snapshot(parent, dev)
+        seen = snap.manifest["days_seen"]
+        if seen and min(days) <= max(seen):
+            raise DermError(f"{parent}: snapshot has already seen day {max(seen)}; an increment must be later")
+        snap.manifest = {
+            "lineage": snap.manifest["lineage"],
+            "days_seen": list(seen),
+            "parent": snap.manifest["artifact_id"],
+        }
+        epochs = snap.config.epochs_incremental
+    activity = ActivityLog.from_dataset(ds, last)
+    inputs = Inputs(ds, snap.spec, activity, snap.config.seq_len)
+    arrays = inputs.impressions(sorted(days), label_cutoff_ts=(last + 1) * 86400)
+    stats = run_epochs(
+        snap.task,
+        snap.optimizer,
+        lambda idx: inputs.impression_batch(arrays.take(idx)),
+        len(arrays),
+        epochs,
+        snap.config.batch_size,
+        dev,
+        progress,
+        seed=snap.config.seed + last,
+    )
+    stats["temperature"] = float(snap.model.temperature())
+    stats["device"] = dev.type
+    snap.manifest["days_seen"] = sorted(set(snap.manifest["days_seen"]) | set(days))
+    log.info("trained %s towers on days %s..%s: %s rows/s", cfg.task.value, min(days), last, stats["samples_per_second"])
+    return save_snapshot(snap, out_dir, last, stats, overwrite=overwrite)
