@@ -66,6 +66,24 @@ def _dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (u * v).sum(-1, dtype=np.float32)
 
 
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Tie-aware ROC-AUC (Mann-Whitney): P(score_pos > score_neg) + 0.5 P(equal). NaN without both classes."""
+    s = np.asarray(scores).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="stable")
+    s, y = s[order], y[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    pos_g = np.add.reduceat(y.astype(np.int64), starts)
+    neg_g = np.diff(np.r_[starts, len(s)]) - pos_g
+    neg_before = np.cumsum(neg_g) - neg_g
+    u = float(np.sum(pos_g * (neg_before + 0.5 * neg_g)))
+    return u / (n_pos * n_neg)
+
+
 @dataclass
 class Truth:
     """Every latent array of a synthetic world. Shapes: U users, A ads, V advertisers, D / C latent dims.

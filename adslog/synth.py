@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from adslog.dataset import DatasetWriter
 from adslog.errors import DermError
-from adslog.oracle import ORACLE_DIR, REFERENCE_POSITION, REFERENCE_SURFACE, Oracle, Truth, _sigmoid
+from adslog.oracle import ORACLE_DIR, REFERENCE_POSITION, REFERENCE_SURFACE, Oracle, Truth, _sigmoid, roc_auc
 from adslog.progress import Progress, no_progress
 from adslog.schema import ColumnKind, ColumnSpec
 
@@ -92,19 +92,9 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         positive = (
-            "n_users",
-            "n_ads",
-            "n_days",
-            "impressions_per_day",
-            "n_advertisers",
-            "n_categories",
-            "n_regions",
-            "latent_dim",
-            "conversion_latent_dim",
-            "content_dim",
-            "min_campaign_days",
-            "n_candidates",
-        )
+            "n_users n_ads n_days impressions_per_day n_advertisers n_categories n_regions latent_dim "
+            "conversion_latent_dim content_dim min_campaign_days n_candidates"
+        ).split()
         for name in positive:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -149,24 +139,6 @@ def _impression_columns() -> list[ColumnSpec]:
         ColumnSpec("p_click", "float32", K.ORACLE, doc="true P(click) of the simulator"),
         ColumnSpec("p_conversion", "float32", K.ORACLE, doc="true P(conversion | click) of the simulator"),
     ]
-
-
-def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Tie-aware ROC-AUC (Mann-Whitney): P(score_pos > score_neg) + 0.5 P(equal). NaN without both classes."""
-    s = np.asarray(scores).ravel()
-    y = np.asarray(labels).ravel().astype(bool)
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(s, kind="stable")
-    s, y = s[order], y[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    pos_g = np.add.reduceat(y.astype(np.int64), starts)
-    neg_g = np.diff(np.r_[starts, len(s)]) - pos_g
-    neg_before = np.cumsum(neg_g) - neg_g
-    u = float(np.sum(pos_g * (neg_before + 0.5 * neg_g)))
-    return u / (n_pos * n_neg)
 
 
 def _cum(weights: np.ndarray) -> np.ndarray:
@@ -447,7 +419,7 @@ def _serve(world: World, cfg: SynthConfig, day: int, rng: np.random.Generator) -
         "p_click": p_click[order],
         "p_conversion": p_conv[order],
         "p_click_nonpersonal": p_np[order],
-        "n_live": np.int64(len(live)),
+        "live": live,
     }
 
 
@@ -524,9 +496,9 @@ def generate(
             ad_counts += np.bincount(d["arow"], minlength=cfg.n_ads)
             n_clicks += int(d["click"].sum())
             n_conv += int(d["conversion"].sum())
-            live_counts.append(int(d["n_live"]))
+            live_counts.append(len(d["live"]))
             off_parts.append(_offsite(world, cfg, day, rng))
-            log.debug("day %d: %d impressions, %d live ads", day, len(d["ts"]), d["n_live"])
+            log.debug("day %d: %d impressions, %d live ads", day, len(d["ts"]), live_counts[-1])
             progress("synth", i + 1, cfg.n_days)
         off = {k: np.concatenate([p[k] for p in off_parts]) for k in ("urow", "vrow", "ts")}
         w.write_table(

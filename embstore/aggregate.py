@@ -108,6 +108,8 @@ def stability(before: Pool, after: Pool, day: int) -> dict[str, float | None]:
     """Mean cosine between consecutive days' vectors of entities with a daily embedding on day-1 and day:
     `raw` compares the two daily embeddings, `pooled` the pooled vectors before and after today's update."""
     both_ids = after.ids[after.last_day == day]
+    if len(before) == 0 or len(both_ids) == 0:
+        return {"raw": None, "pooled": None, "n": 0}
     pb, fb = _find(before.ids, both_ids)
     sel = fb & (before.last_day[pb] == day - 1)
     ids = both_ids[sel]

@@ -88,10 +88,13 @@ def build_index_artifact(
             self_check=self_check,
             upstream=dict(upstream),
             config=config.to_json(),
+            backend_version=_backend_version(config.backend),
             files=files,
         )
         write_json_atomic(tmp / MANIFEST, manifest)
-    log.info("published %s index %r (%d vectors) at %s", config.backend.value, config.spec, index.ntotal, out_dir)
+    log.info(
+        "published %s index %r (%d vectors) at %s", config.backend.value, config.spec, index.ntotal, out_dir
+    )
     return manifest
 
 
@@ -136,3 +139,17 @@ def load_index_artifact(
     if index.ntotal != m["n_vectors"]:
         raise DataError(path, f"manifest says {m['n_vectors']} vectors, index holds {index.ntotal}")
     return index, m
+
+
+def _backend_version(backend: Backend) -> str:
+    """The installed version of the backend library (hnswlib has no `__version__`, so ask its metadata)."""
+    from importlib import metadata
+
+    for dist in (
+        ("faiss-cpu", "faiss-gpu", "faiss") if backend is Backend.FAISS else ("hnswlib", "chroma-hnswlib")
+    ):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"

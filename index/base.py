@@ -12,11 +12,15 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from adslog.errors import DermError
+
+if TYPE_CHECKING:
+    from index.faiss_backend import FaissIndex
+    from index.hnsw_backend import HnswIndex
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +194,9 @@ def check_k(k: Any) -> int:
     return int(k)
 
 
-def eligible_mask(ids: np.ndarray, allowed_ids: np.ndarray | None, excluded_ids: np.ndarray | None) -> np.ndarray:
+def eligible_mask(
+    ids: np.ndarray, allowed_ids: np.ndarray | None, excluded_ids: np.ndarray | None
+) -> np.ndarray:
     """bool[len(ids)]: which of `ids` pass the allow/exclude filters (vectorised)."""
     mask = np.ones(ids.shape[0], dtype=bool)
     if allowed_ids is not None:
@@ -258,7 +264,13 @@ def fill_short_rows(
     short = np.flatnonzero(found < min(k, eligible.size))
     if short.size == 0:
         return out_ids, out_scores
-    log.debug("%d of %d rows short of k=%d: exact search over %d eligible ids", short.size, len(found), k, eligible.size)
+    log.debug(
+        "%d of %d rows short of k=%d: exact search over %d eligible ids",
+        short.size,
+        len(found),
+        k,
+        eligible.size,
+    )
     vecs = index.get_vectors(eligible)
     ex_ids, ex_scores = exact_search(eligible, vecs, queries[short], k)
     out_ids = out_ids.copy()
@@ -332,26 +344,29 @@ def recall_against_exact(
     queries = as_vectors(queries, index.config.dim, "queries", check_norm=False)
     if queries.shape[0] == 0:
         raise DermError("recall needs at least one query")
+    if ad_ids.size == 0:
+        raise DermError("recall needs a non-empty index")
     ad_vecs = as_vectors(ad_vecs, index.config.dim, "ad vectors", check_norm=False)
     _, ex_scores = exact_search(ad_ids, ad_vecs, queries, k)
     ann_ids, _ = index.search(queries, k, params)
     order = np.argsort(ad_ids)
     sorted_ids = ad_ids[order]
-    pos = np.clip(np.searchsorted(sorted_ids, ann_ids), 0, max(sorted_ids.size - 1, 0))
-    known = (ann_ids >= 0) & (sorted_ids[pos] == ann_ids) if sorted_ids.size else np.zeros_like(ann_ids, bool)
-    true_scores = np.einsum("qd,qkd->qk", queries, ad_vecs[order[pos]])
+    pos = np.clip(np.searchsorted(sorted_ids, ann_ids), 0, sorted_ids.size - 1)
+    known = (ann_ids >= 0) & (sorted_ids[pos] == ann_ids)
+    true_scores = np.empty(ann_ids.shape, np.float32)
+    for lo in range(0, queries.shape[0], 1024):  # blocks bound the [q, k, dim] gather's memory
+        hi = lo + 1024
+        true_scores[lo:hi] = np.einsum("qd,qkd->qk", queries[lo:hi], ad_vecs[order[pos[lo:hi]]])
     kth = ex_scores[:, -1] if ad_ids.size >= k else np.full(queries.shape[0], -np.inf, np.float32)
     hits = (known & (true_scores >= kth[:, None] - 1e-6)).sum(axis=1)
     denom = min(k, ad_ids.size)
-    if denom == 0:
-        return 1.0
     return float(np.mean(np.minimum(hits, denom) / denom))
 
 
 # --- dispatch ------------------------------------------------------------------------------------------------
 
 
-def index_class(backend: Backend) -> type:
+def index_class(backend: Backend) -> type[FaissIndex] | type[HnswIndex]:
     """The AnnIndex implementation for `backend` (imported lazily: each backend pulls in its library)."""
     if backend is Backend.FAISS:
         from index.faiss_backend import FaissIndex

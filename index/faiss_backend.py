@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from adslog.errors import DataError, DermError
@@ -39,10 +39,14 @@ from index.base import (
 
 log = logging.getLogger(__name__)
 
+# faiss's bundled type stubs lag its SWIG API (SearchParameters keyword arguments, DirectMap, HNSW params)
+faiss: Any = _faiss
+
 INDEX_FILE = "index.faiss"
 TRAIN_SAMPLE_MAX = 100_000
 INT64_MAX = np.iinfo(np.int64).max
 OVERFETCH_FACTOR = 4
+GPU_MAX_K = 2048  # classic faiss GPU indices cap k (and over-fetched k); larger requests run on the CPU index
 
 
 class FaissIndex:
@@ -90,7 +94,9 @@ class FaissIndex:
         if n == 0:
             raise DermError(f"spec {self.config.spec!r} needs training data, got 0 vectors")
         rng = np.random.default_rng(self.config.seed)
-        sample = vecs if n <= TRAIN_SAMPLE_MAX else vecs[np.sort(rng.choice(n, TRAIN_SAMPLE_MAX, replace=False))]
+        sample = (
+            vecs if n <= TRAIN_SAMPLE_MAX else vecs[np.sort(rng.choice(n, TRAIN_SAMPLE_MAX, replace=False))]
+        )
         ivf = faiss.try_extract_index_ivf(base)
         if ivf is not None and sample.shape[0] < 39 * ivf.nlist:
             log.warning(
@@ -106,7 +112,9 @@ class FaissIndex:
         try:
             base.train(sample)
         except RuntimeError as e:
-            raise DermError(f"cannot train faiss {self.config.spec!r} on {n} vectors: {_faiss_message(e)}") from None
+            raise DermError(
+                f"cannot train faiss {self.config.spec!r} on {n} vectors: {_faiss_message(e)}"
+            ) from None
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         """Add vectors; an id already present is replaced (old vector removed, new one added)."""
@@ -166,7 +174,7 @@ class FaissIndex:
         if nq == 0 or self.ntotal == 0 or (allowed is not None and allowed.size == 0):
             return pad_results(np.empty((nq, 0), np.int64), np.empty((nq, 0), np.float32), k)
         filtered = allowed is not None or excluded is not None
-        gpu_index = self._gpu()
+        gpu_index = self._gpu() if k <= GPU_MAX_K // OVERFETCH_FACTOR - 16 else None
         if gpu_index is None and _honours_selector(self._inner()):
             refs: list[Any] = []
             sel = self._selector(allowed, excluded, refs)
@@ -224,7 +232,9 @@ class FaissIndex:
         """A SearchParameters object matching the index structure, or None for library defaults."""
         inner = self._inner()
         if isinstance(inner, faiss.IndexRefine):
-            base_params = _structure_params(faiss.downcast_index(inner.base_index), params, None, k, self.config)
+            base_params = _structure_params(
+                faiss.downcast_index(inner.base_index), params, None, k, self.config
+            )
             refs.append(base_params)
             if base_params is None and sel is None:
                 return None
@@ -326,12 +336,18 @@ def _honours_selector(inner: Any) -> bool:
 
 
 def _clustering_params(ivf: Any) -> list[Any]:
+    """The k-means parameters faiss will use to train `ivf` (coarse quantizer, and PQ codebooks if any)."""
     out = []
     if ivf is not None:
+        ivf = faiss.downcast_index(ivf)  # try_extract_index_ivf returns a base-class proxy without .pq
         out.append(ivf.cp)
         pq = getattr(ivf, "pq", None)
         if pq is not None:
             out.append(pq.cp)
+        if getattr(ivf, "do_polysemous_training", False):
+            # index_factory turns this on for IVF-PQ; it only serves polysemous_ht filtering (unused here)
+            # and multiplies training time (~10x on small data)
+            ivf.do_polysemous_training = False
     return out
 
 

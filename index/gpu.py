@@ -27,7 +27,7 @@ def num_gpus() -> int:
 
 
 def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when faiss sees a GPU, else "cpu"; "cuda" without a GPU raises DermError."""
+    """ "auto" -> "cuda" when faiss sees a GPU, else "cpu"; "cuda" without a GPU raises DermError."""
     if device == "cpu":
         return "cpu"
     n = num_gpus()

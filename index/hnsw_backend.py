@@ -67,7 +67,9 @@ class HnswSpec:
         for tok in (t.strip() for t in spec.split(",")):
             m = re.fullmatch(r"(HNSW|M|efc|ef)(\d*)", tok)
             if m is None or (m.group(1) != "HNSW" and not m.group(2)):
-                raise DermError(f"bad hnswlib spec {spec!r}: token {tok!r} (expected HNSW[M], M<int>, efc<int>, ef<int>)")
+                raise DermError(
+                    f"bad hnswlib spec {spec!r}: token {tok!r} (expected HNSW[M], M<int>, efc<int>, ef<int>)"
+                )
             if m.group(2):
                 value = int(m.group(2))
                 if value <= 0:
@@ -260,7 +262,9 @@ class HnswIndex:
         except (ValueError, OSError) as e:
             raise DataError(directory / LIVE_IDS_FILE, f"cannot read live ids ({e})") from None
         if live.dtype != np.int64 or live.ndim != 1:
-            raise DataError(directory / LIVE_IDS_FILE, f"expected int64[n], found {live.dtype}{list(live.shape)}")
+            raise DataError(
+                directory / LIVE_IDS_FILE, f"expected int64[n], found {live.dtype}{list(live.shape)}"
+            )
         index = hnswlib.Index(space="ip", dim=config.dim)
         try:
             index.load_index(str(directory / INDEX_FILE), max_elements=0, allow_replace_deleted=True)
@@ -273,4 +277,3 @@ class HnswIndex:
         out._index = index
         out._live = live
         return out
-

@@ -65,7 +65,7 @@ class Ranker(nn.Module):
         self.ad = FieldEncoder(spec, "ad", c)
         n_cat = next((f.size for f in spec.ad if f.name == spec.ad_category), 1)
         self.sequence = SequenceEncoder(spec, c, n_cat)
-        self.ctx = nn.ModuleList(nn.Embedding(f.size, c) for f in spec.context)
+        self.ctx = nn.ModuleList(nn.Embedding(f.size, c, sparse=True) for f in spec.context)
         n_derm = len(cfg.derm_inputs)
         n_dots = sum(1 for t in ("ctr", "cvr") if f"{t}-user" in cfg.derm_inputs and f"{t}-ad" in cfg.derm_inputs)
         width = (self.user.n_tokens + self.ad.n_tokens + 1 + len(spec.context)) * c
@@ -76,7 +76,7 @@ class Ranker(nn.Module):
         parts = [
             self.user(b["user_cat"], b["user_num"], b["user_dense"]).flatten(1),
             self.ad(b["ad_cat"], b["ad_num"], b["ad_dense"]).flatten(1),
-            self.sequence(b["seq_ad"], b["seq_adv"], b["seq_cat"], b["seq_kind"]).flatten(1),
+            self.sequence(b).flatten(1),
         ]
         parts += [e(b["ctx"][:, j]) for j, e in enumerate(self.ctx)]
         for name in self.cfg.derm_inputs:

@@ -29,6 +29,7 @@ from embstore.store import StoreVersion, open_version
 from ranking.model import Ranker, RankerConfig
 from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.features import FeatureSpec, build_feature_spec
+from towers.optim import TowerOptimizer
 from towers.train import resolve_device, run_epochs
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class RankerTask(nn.Module):
 @dataclass
 class RankerSnapshot:
     ranker: Ranker
-    optimizer: torch.optim.Optimizer
+    optimizer: TowerOptimizer
     spec: FeatureSpec
     config: RankerConfig
     manifest: dict[str, Any]
@@ -125,7 +126,7 @@ def load_ranker(directory: Path, device: torch.device | str = "cpu") -> RankerSn
     try:
         ranker.load_state_dict(torch.load(Path(directory) / "weights.pt", map_location="cpu", weights_only=True))
         ranker.to(torch.device(device))
-        opt = torch.optim.Adam(ranker.parameters(), lr=cfg.lr)
+        opt = TowerOptimizer(ranker, lr=cfg.lr)
         opt.load_state_dict(torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True))
     except (FileNotFoundError, RuntimeError, KeyError) as e:
         raise DataError(directory, f"unreadable ranker snapshot ({str(e).splitlines()[0]})") from None
@@ -191,7 +192,7 @@ def train_ranker(
         spec = build_feature_spec(ds, days, cfg.id_buckets)
         derm_dim = _derm_dim(ws, cfg.derm_inputs)
         ranker = Ranker(spec, cfg, derm_dim).to(dev)
-        snap = RankerSnapshot(ranker, torch.optim.Adam(ranker.parameters(), lr=cfg.lr), spec, cfg, {})
+        snap = RankerSnapshot(ranker, TowerOptimizer(ranker, lr=cfg.lr), spec, cfg, {})
         lineage, days_seen, parent_id, epochs = uuid.uuid4().hex, [], None, cfg.epochs_initial
     else:
         snap = load_ranker(parent, dev)

@@ -16,7 +16,7 @@ from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
 from towers.features import EntityTable, FeatureSpec, _cat_index, context_rows, hash_ids
 
-SEQ_AD_SALT, SEQ_ADV_SALT = 101, 102
+SEQ_AD_SALT, SEQ_ADV_SALT, LOGQ_SALT = 101, 102, 103
 
 
 @dataclass
@@ -88,14 +88,17 @@ class Inputs:
         s = self.activity.sequences(user_ids, ts, self.seq_len)
         seq_cat = _cat_index(self.ads.attribute(self.spec.ad_category or "", s.ad_id).astype(np.int64), self._n_cat)
         seq_cat = np.where(s.ad_id >= 0, seq_cat, 0)
+        m, L = s.ad_id.shape
+        _, _, seq_dense = self.ads.rows(s.ad_id.reshape(-1))  # unknown / padded ads give zeros
         return {
             "user_cat": torch.from_numpy(cat),
             "user_num": torch.from_numpy(num),
             "user_dense": torch.from_numpy(dense),
-            "seq_ad": torch.from_numpy(hash_ids(s.ad_id, self.spec.id_buckets, SEQ_AD_SALT)),
-            "seq_adv": torch.from_numpy(hash_ids(s.advertiser_id, self.spec.id_buckets, SEQ_ADV_SALT)),
+            "seq_ad": torch.from_numpy(hash_ids(s.ad_id, self.spec.seq_ad_buckets, SEQ_AD_SALT)),
+            "seq_adv": torch.from_numpy(hash_ids(s.advertiser_id, self.spec.seq_adv_buckets, SEQ_ADV_SALT)),
             "seq_cat": torch.from_numpy(seq_cat),
             "seq_kind": torch.from_numpy(s.kind.astype(np.int64)),
+            "seq_dense": torch.from_numpy(seq_dense.reshape(m, L, -1)),
         }
 
     def ad_batch(self, ad_ids: np.ndarray) -> dict[str, torch.Tensor]:
@@ -109,7 +112,7 @@ class Inputs:
         b["click"] = torch.from_numpy(a.click)
         b["conversion"] = torch.from_numpy(a.conversion)
         b["ad_id"] = torch.from_numpy(a.ad_id)
-        b["ad_bucket"] = torch.from_numpy(hash_ids(a.ad_id, self.spec.id_buckets, 0))
+        b["ad_bucket"] = torch.from_numpy(hash_ids(a.ad_id, self.spec.id_buckets, LOGQ_SALT))
         return b
 
 

@@ -66,6 +66,8 @@ class FeatureSpec:
     context: tuple[Field, ...]
     id_buckets: int
     ad_category: str | None  # ad column used as the category token of sequence events
+    seq_ad_buckets: int = 2
+    seq_adv_buckets: int = 2
 
     def cats(self, entity: str) -> list[Field]:
         return [f for f in getattr(self, entity) if f.kind in ("id", "categorical")]
@@ -83,6 +85,8 @@ class FeatureSpec:
             "context": [asdict(f) for f in self.context],
             "id_buckets": self.id_buckets,
             "ad_category": self.ad_category,
+            "seq_ad_buckets": self.seq_ad_buckets,
+            "seq_adv_buckets": self.seq_adv_buckets,
         }
 
     @classmethod
@@ -93,12 +97,26 @@ class FeatureSpec:
             context=tuple(Field(**f) for f in d["context"]),
             id_buckets=int(d["id_buckets"]),
             ad_category=d.get("ad_category"),
+            seq_ad_buckets=int(d["seq_ad_buckets"]),
+            seq_adv_buckets=int(d["seq_adv_buckets"]),
         )
 
 
 def _vector_column(col: pa.ChunkedArray | pa.Array, dim: int) -> np.ndarray:
     arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), np.float32).reshape(len(arr), dim)
+
+
+def id_bucket_count(n_distinct: int, cap: int) -> int:
+    """Buckets for an id column with `n_distinct` known values: the next power of two >= 2x that (so new ids
+    still mostly land in free buckets), at least 1,024, at most `cap`."""
+    return int(min(cap, max(1024, 1 << int(np.ceil(np.log2(max(2 * n_distinct, 2)))))))
+
+
+def _distinct(ds: Dataset, table: str, column: str) -> int:
+    import pyarrow.compute as pc
+
+    return int(pc.count_distinct(ds.table(table, [column]).column(column)).as_py())
 
 
 def _entity_fields(ds: Dataset, table: str, active_ids: np.ndarray, id_buckets: int) -> tuple[Field, ...]:
@@ -114,12 +132,12 @@ def _entity_fields(ds: Dataset, table: str, active_ids: np.ndarray, id_buckets: 
     fields: list[Field] = []
     for c in cols:
         if c.kind is ColumnKind.ID:
-            fields.append(Field(c.name, "id", id_buckets))
+            fields.append(Field(c.name, "id", id_bucket_count(_distinct(ds, table, c.name), id_buckets)))
         elif c.kind is ColumnKind.CATEGORICAL:
             assert c.cardinality is not None
             fields.append(Field(c.name, "categorical", c.cardinality + 1))
     if not any(f.name == key for f in fields):
-        fields.insert(0, Field(key, "id", id_buckets))
+        fields.insert(0, Field(key, "id", id_bucket_count(len(ids), id_buckets)))
     for c in cols:
         if c.kind is ColumnKind.NUMERIC:
             x = t.column(c.name).to_numpy(zero_copy_only=False).astype(np.float64)[active]
@@ -147,12 +165,15 @@ def build_feature_spec(ds: Dataset, train_days: list[int], id_buckets: int) -> F
     )
     ad_cols = ds.columns["ads"]
     cat_col = "category" if "category" in ad_cols and ad_cols["category"].kind is ColumnKind.CATEGORICAL else None
+    n_adv = _distinct(ds, "ads", "advertiser_id") if "advertiser_id" in ad_cols else _distinct(ds, "ads", "ad_id")
     return FeatureSpec(
         user=_entity_fields(ds, "users", users, id_buckets),
         ad=_entity_fields(ds, "ads", ads, id_buckets),
         context=context,
         id_buckets=id_buckets,
         ad_category=cat_col,
+        seq_ad_buckets=id_bucket_count(_distinct(ds, "ads", "ad_id"), id_buckets),
+        seq_adv_buckets=id_bucket_count(n_adv, id_buckets),
     )
 
 

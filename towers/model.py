@@ -22,7 +22,7 @@ class FieldEncoder(nn.Module):
 
     def __init__(self, spec: FeatureSpec, entity: str, c: int) -> None:
         super().__init__()
-        self.cats = nn.ModuleList(nn.Embedding(f.size, c, padding_idx=0) for f in spec.cats(entity))
+        self.cats = nn.ModuleList(nn.Embedding(f.size, c, padding_idx=0, sparse=True) for f in spec.cats(entity))
         n_num = len(spec.nums(entity))
         self.num = nn.Linear(n_num, c) if n_num else None
         self.dense_sizes = [f.size for f in spec.denses(entity)]
@@ -42,19 +42,23 @@ class FieldEncoder(nn.Module):
 
 class SequenceEncoder(nn.Module):
     """The user's activity sequence (B, L) -> one token (B, 1, C): each event is the sum of its ad-id,
-    advertiser, category and event-kind embeddings; tokens are mean-pooled over valid slots."""
+    advertiser, category and event-kind embeddings and a projection of the ad's dense content vectors (so a
+    user with two clicks already has an interest estimate); tokens are mean-pooled over valid slots."""
 
     def __init__(self, spec: FeatureSpec, c: int, n_categories: int) -> None:
         super().__init__()
-        self.ad = nn.Embedding(spec.id_buckets, c, padding_idx=0)
-        self.adv = nn.Embedding(spec.id_buckets, c, padding_idx=0)
+        n_dense = sum(f.size for f in spec.denses("ad"))
+        self.content = nn.Linear(n_dense, c) if n_dense else None
+        self.ad = nn.Embedding(spec.seq_ad_buckets, c, padding_idx=0, sparse=True)
+        self.adv = nn.Embedding(spec.seq_adv_buckets, c, padding_idx=0, sparse=True)
         self.cat = nn.Embedding(max(n_categories, 1), c, padding_idx=0)
         self.kind = nn.Embedding(4, c, padding_idx=0)
 
-    def forward(
-        self, seq_ad: torch.Tensor, seq_adv: torch.Tensor, seq_cat: torch.Tensor, seq_kind: torch.Tensor
-    ) -> torch.Tensor:
-        tok = self.ad(seq_ad) + self.adv(seq_adv) + self.cat(seq_cat) + self.kind(seq_kind)  # (B, L, C)
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        seq_kind = b["seq_kind"]
+        tok = self.ad(b["seq_ad"]) + self.adv(b["seq_adv"]) + self.cat(b["seq_cat"]) + self.kind(seq_kind)  # (B, L, C)
+        if self.content is not None:
+            tok = tok + self.content(b["seq_dense"])
         mask = (seq_kind > 0).unsqueeze(-1).float()
         pooled = (tok * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return pooled.unsqueeze(1)
@@ -84,7 +88,7 @@ class EntityTower(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
         toks = self.fields(batch[f"{prefix}_cat"], batch[f"{prefix}_num"], batch[f"{prefix}_dense"])
         if self.sequence is not None:
-            seq = self.sequence(batch["seq_ad"], batch["seq_adv"], batch["seq_cat"], batch["seq_kind"])
+            seq = self.sequence(batch)
             toks = torch.cat([toks, seq], dim=1)
         return F.normalize(self.backbone(toks.flatten(1)), dim=-1)
 

@@ -32,6 +32,7 @@ from towers.config import Task, TowerConfig
 from towers.features import FeatureSpec, build_feature_spec
 from towers.losses import CandidateFrequency, sampled_softmax_loss
 from towers.model import DermModel
+from towers.optim import TowerOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class TrainTask(nn.Module):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.freq = CandidateFrequency(model.user_tower.fields.cats[0].num_embeddings, cfg.logq_decay)
+        self.freq = CandidateFrequency(cfg.id_buckets, cfg.logq_decay)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
@@ -84,13 +85,13 @@ class TrainTask(nn.Module):
         else:
             l_con = logits.sum() * 0.0
         total = cfg.weight_ctr * l_ctr + cfg.weight_cvr * l_cvr + cfg.weight_contrastive * l_con
-        return total, {"ctr": float(l_ctr), "cvr": float(l_cvr), "contrastive": float(l_con)}
+        return total, {"ctr": l_ctr.item(), "cvr": l_cvr.item(), "contrastive": l_con.item()}
 
 
 @dataclass
 class Snapshot:
     task: TrainTask
-    optimizer: torch.optim.Optimizer
+    optimizer: TowerOptimizer
     spec: FeatureSpec
     config: TowerConfig
     manifest: dict[str, Any]
@@ -109,7 +110,7 @@ def new_snapshot(spec: FeatureSpec, cfg: TowerConfig, device: torch.device) -> S
     torch.manual_seed(cfg.seed)
     model = DermModel(spec, cfg)
     task = TrainTask(model, cfg).to(device)
-    opt = torch.optim.Adam(task.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = TowerOptimizer(task.model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return Snapshot(task, opt, spec, cfg, {"lineage": uuid.uuid4().hex, "days_seen": [], "parent": None}, None)
 
 
@@ -124,7 +125,7 @@ def load_snapshot(directory: Path, device: torch.device | str = "cpu", with_stat
     task = TrainTask(model, cfg)
     try:
         model.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = TowerOptimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
         task.to(dev)
         if with_state:
             state = torch.load(directory / "train_state.pt", map_location="cpu", weights_only=True)
@@ -164,7 +165,7 @@ def save_snapshot(snap: Snapshot, parent_dir: Path, day: int, stats: dict[str, A
 
 def run_epochs(
     task: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: TowerOptimizer,
     make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]],
     n: int,
     epochs: int,

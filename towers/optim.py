@@ -1,0 +1,41 @@
+"""Optimiser for models with large embedding tables: SparseAdam on the tables (sparse gradients touch only the
+rows a batch uses), Adam on the dense weights. A dense Adam over 10^7 embedding rows costs far more per step
+than the whole forward/backward pass on CPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class TowerOptimizer:
+    """SparseAdam for sparse `nn.Embedding` weights, Adam for everything else; one state_dict for both."""
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0) -> None:
+        sparse_ids = {
+            id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse
+        }
+        sparse = [p for p in model.parameters() if id(p) in sparse_ids]
+        dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+        self.sparse = torch.optim.SparseAdam(sparse, lr=lr) if sparse else None
+        self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        if self.sparse is not None:
+            self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        if self.sparse is not None:
+            self.sparse.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict() if self.sparse else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dense.load_state_dict(state["dense"])
+        if self.sparse is not None and state.get("sparse") is not None:
+            self.sparse.load_state_dict(state["sparse"])

@@ -1,0 +1,274 @@
+"""The daily cycle and the bootstrap that precedes it.
+
+bootstrap(train days W = [a..b]):
+    towers trained from scratch on W -> models/<task>/day=b
+    back inference with that snapshot for each day of W -> embeddings/<task>/day=a..b (marked back_inferred;
+        allowed because these days only train downstream models, never evaluate them)
+    index over the pooled ads of store version b -> index/day=b
+    ranker trained on W (day d's rows read the store version before d) -> ranker/day=b
+
+run_day(d), in order:
+    1. evaluate d with the versions published before d -> evals/day=d.json
+    2. towers: one increment on d from the snapshot before d -> models/<task>/day=d
+    3. inference for d's active users and ads (+ launch embeddings of ads going live on d+1), aggregated into
+       the pool -> embeddings/<task>/day=d
+    4. index over the new pool -> index/day=d
+    5. ranker: one increment on d (embeddings of the version before d) -> ranker/day=d
+
+Every stage first checks whether its version is already published and skips it, so a run killed at any point
+(even SIGKILL) resumes where it stopped and recomputes no published artifact; `overwrite` recomputes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adslog.artifact import read_json, write_json_atomic
+from adslog.dataset import Dataset
+from adslog.errors import DataError, DermError
+from adslog.progress import Progress, no_progress
+from adslog.sequences import ActivityLog
+from adslog.workspace import Workspace, version_name
+from embstore.aggregate import AggregationConfig, Heuristic
+from embstore.store import StoreVersion, open_version, publish_day
+from eval.evaluate import evaluate_day
+from index import Backend, IndexConfig, build_index_artifact
+from ranking.model import RankerConfig
+from ranking.train import train_ranker
+from towers.config import Task, TowerConfig
+from towers.infer import embed_day
+from towers.train import load_snapshot, train_towers
+
+log = logging.getLogger(__name__)
+
+CYCLE_FILE = "cycle.json"
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    """Everything the daily cycle needs, written to WORK/cycle.json at bootstrap and reused every day."""
+
+    tasks: tuple[str, ...] = ("ctr",)
+    towers: TowerConfig = field(default_factory=TowerConfig)
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    self_check_queries: int = 1000
+    self_check_k: int = 100
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if "ctr" not in self.tasks:
+            raise ValueError("the ctr upstream model is required (it feeds the ad index)")
+        for t in self.tasks:
+            Task(t)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tasks": list(self.tasks),
+            "towers": self.towers.to_json(),
+            "ranker": self.ranker.to_json(),
+            "aggregation": {"heuristic": self.aggregation.heuristic.value, "weight": self.aggregation.weight,
+                            "ttl_days": self.aggregation.ttl_days},
+            "index": {"backend": self.index.backend.value, "spec": self.index.spec, "metric": self.index.metric},
+            "self_check_queries": self.self_check_queries,
+            "self_check_k": self.self_check_k,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], device: str = "auto") -> CycleConfig:
+        towers = TowerConfig.from_json(d["towers"])
+        agg = d["aggregation"]
+        return cls(
+            tasks=tuple(d["tasks"]),
+            towers=towers,
+            ranker=RankerConfig.from_json(d["ranker"]),
+            aggregation=AggregationConfig(Heuristic(agg["heuristic"]), float(agg["weight"]), int(agg["ttl_days"])),
+            index=IndexConfig(backend=Backend(d["index"]["backend"]), spec=d["index"]["spec"], dim=towers.dim,
+                              metric=d["index"]["metric"]),
+            self_check_queries=int(d["self_check_queries"]),
+            self_check_k=int(d["self_check_k"]),
+            device=device,
+        )
+
+
+def save_cycle_config(ws: Workspace, cfg: CycleConfig) -> None:
+    write_json_atomic(ws.root / CYCLE_FILE, cfg.to_json())
+
+
+def load_cycle_config(ws: Workspace, device: str = "auto") -> CycleConfig:
+    p = ws.root / CYCLE_FILE
+    if not p.exists():
+        raise DataError(p, "workspace has no cycle config: run `derm train` (or `derm demo`) first")
+    try:
+        return CycleConfig.from_json(read_json(p), device)
+    except (KeyError, ValueError, TypeError) as e:
+        raise DataError(p, f"invalid cycle config ({e})") from None
+
+
+class Timer:
+    """Seconds per stage, summed over calls."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def stage(self, name: str) -> Callable[[], None]:
+        t0 = time.perf_counter()
+
+        def done() -> None:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 3)
+
+        return done
+
+
+def _task_cfg(cfg: CycleConfig, task: str) -> TowerConfig:
+    from dataclasses import replace
+
+    return replace(cfg.towers, task=Task(task), seed=cfg.towers.seed + (0 if task == "ctr" else 1))
+
+
+def publish_embeddings(
+    ws: Workspace, ds: Dataset, task: str, day: int, cfg: CycleConfig, model_day: int, back_inferred: bool,
+    activity: ActivityLog | None = None, overwrite: bool = False,
+) -> dict[str, Any]:
+    """Infer day `day` with snapshot `model_day` and publish store version `day` (skips if published)."""
+    sdir = ws.embeddings_dir(task)
+    if (sdir / version_name(day) / "manifest.json").exists() and not overwrite:
+        return open_version(sdir, day).manifest
+    snap = load_snapshot(ws.models_dir(task) / version_name(model_day), cfg_device(cfg), with_state=False)
+    prev_day = ws.version_before(sdir, day)
+    previous: StoreVersion | None = open_version(sdir, prev_day) if prev_day is not None else None
+    known = previous.ids("ad") if previous is not None else None
+    daily = embed_day(ds, snap, day, known, activity)
+    imp = ds.impressions(day, ["user_id", "ad_id"])
+    active = {"user": np.unique(imp.column("user_id").to_numpy()), "ad": np.unique(imp.column("ad_id").to_numpy())}
+    return publish_day(
+        sdir, task, day, snap.manifest, {"user": (daily.user_ids, daily.user_vecs), "ad": (daily.ad_ids, daily.ad_vecs)},
+        previous, cfg.aggregation, active, back_inferred=back_inferred, overwrite=overwrite,
+    )
+
+
+def cfg_device(cfg: CycleConfig) -> str:
+    from towers.train import resolve_device
+
+    return resolve_device(cfg.device).type
+
+
+def publish_index(ws: Workspace, day: int, cfg: CycleConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Build the ad index over store version `day` of the ctr model (skips if published)."""
+    target = ws.index_dir / version_name(day)
+    if (target / "manifest.json").exists() and not overwrite:
+        return read_json(target / "manifest.json")
+    store = open_version(ws.embeddings_dir("ctr"), day)
+    ids, vecs = store.ids("ad"), store.vectors("ad")
+    users = store.vectors("user")
+    rng = np.random.default_rng(day)
+    q = users[rng.choice(len(users), min(cfg.self_check_queries, len(users)), replace=False)] if len(users) else None
+    m = build_index_artifact(
+        target, ids, vecs, cfg.index,
+        upstream={"embedding_version": store.manifest["artifact_id"], "lineage": store.lineage, "day": day},
+        self_check_queries=q, k=min(cfg.self_check_k, len(ids)), overwrite=overwrite,
+    )
+    from adslog.artifact import set_latest
+
+    set_latest(ws.index_dir, target.name)
+    return m
+
+
+def bootstrap(
+    ws: Workspace, train_days: list[int], cfg: CycleConfig, progress: Progress = no_progress, timer: Timer | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train everything from scratch on `train_days` and publish the versions of their last day."""
+    ds = ws.dataset()
+    timer = timer or Timer()
+    train_days = sorted(train_days)
+    last = train_days[-1]
+    save_cycle_config(ws, cfg)
+    activity = None
+    for task in cfg.tasks:
+        mdir = ws.models_dir(task)
+        if overwrite or not (mdir / version_name(last) / "manifest.json").exists():
+            done = timer.stage(f"train_{task}")
+            train_towers(ds, train_days, _task_cfg(cfg, task), mdir, device=cfg.device, progress=progress, overwrite=overwrite)
+            done()
+        done = timer.stage(f"embed_{task}")
+        for i, d in enumerate(train_days):
+            if activity is None or d != train_days[0]:
+                activity = ActivityLog.from_dataset(ds, d)
+            publish_embeddings(ws, ds, task, d, cfg, last, back_inferred=True, activity=activity, overwrite=overwrite)
+            progress(f"embed {task}", i + 1, len(train_days))
+        done()
+    done = timer.stage("index")
+    publish_index(ws, last, cfg, overwrite)
+    done()
+    if overwrite or not (ws.ranker_dir / version_name(last) / "manifest.json").exists():
+        done = timer.stage("ranker")
+        train_ranker(ws, ds, train_days, cfg.ranker, None, cfg.device, progress, overwrite)
+        done()
+    return {"train_days": train_days, "stage_seconds": timer.seconds}
+
+
+def run_day(
+    ws: Workspace, day: int, cfg: CycleConfig | None = None, progress: Progress = no_progress,
+    timer: Timer | None = None, overwrite: bool = False,
+) -> dict[str, Any]:
+    """One daily cycle for `day` (see the module docstring). Returns the day's eval document and timings."""
+    ds = ws.dataset()
+    ds.check_day(day)
+    cfg = cfg or load_cycle_config(ws)
+    timer = timer or Timer()
+    names = [ws.models_dir(t) / version_name(day) for t in cfg.tasks]
+    names += [ws.embeddings_dir(t) / version_name(day) for t in cfg.tasks]
+    names += [ws.index_dir / version_name(day), ws.ranker_dir / version_name(day)]
+    if not overwrite and ws.eval_path(day).exists() and all((n / "manifest.json").exists() for n in names):
+        log.info("day %d is already published; skipping (use overwrite to recompute)", day)
+        return {"day": day, "skipped": True, "eval": read_json(ws.eval_path(day)), "stage_seconds": {}}
+    if ws.version_before(ws.models_dir("ctr"), day) is None:
+        raise DermError(f"{ws.root}: no model snapshot before day {day}: train first (`derm train`)")
+    if overwrite or not ws.eval_path(day).exists():
+        done = timer.stage("eval")
+        doc = evaluate_day(ws, day)
+        write_json_atomic(ws.eval_path(day), doc)
+        done()
+    doc = read_json(ws.eval_path(day))
+    for task in cfg.tasks:
+        mdir = ws.models_dir(task)
+        if overwrite or not (mdir / version_name(day) / "manifest.json").exists():
+            parent = ws.version_before(mdir, day)
+            if parent is None:
+                raise DermError(f"{mdir}: no snapshot before day {day}")
+            done = timer.stage(f"train_{task}")
+            train_towers(ds, [day], _task_cfg(cfg, task), mdir, parent=mdir / version_name(parent),
+                         device=cfg.device, progress=progress, overwrite=overwrite)
+            done()
+        done = timer.stage(f"embed_{task}")
+        publish_embeddings(ws, ds, task, day, cfg, day, back_inferred=False, overwrite=overwrite)
+        done()
+    done = timer.stage("index")
+    publish_index(ws, day, cfg, overwrite)
+    done()
+    if overwrite or not (ws.ranker_dir / version_name(day) / "manifest.json").exists():
+        parent = ws.version_before(ws.ranker_dir, day)
+        done = timer.stage("ranker")
+        train_ranker(ws, ds, [day], cfg.ranker, ws.ranker_dir / version_name(parent) if parent is not None else None,
+                     cfg.device, progress, overwrite)
+        done()
+    return {"day": day, "skipped": False, "eval": doc, "stage_seconds": timer.seconds}
+
+
+def run_days(ws: Workspace, days: list[int], cfg: CycleConfig | None = None, progress: Progress = no_progress,
+             overwrite: bool = False) -> list[dict[str, Any]]:
+    with ws.lock():
+        return [run_day(ws, d, cfg, progress, overwrite=overwrite) for d in days]
+
+
+def model_dir_for(ws: Workspace, task: str, day: int) -> Path:
+    return ws.models_dir(task) / version_name(day)
