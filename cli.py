@@ -1,1 +1,473 @@
-def main():\n    pass
+"""`derm`: the command-line interface. Thin: each command builds a config, calls one library function and
+prints its result (a summary, or one JSON document with --json). Library errors become `Error: ...` on stderr
+and exit code 1; nothing else is printed then."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from adslog.errors import DermError
+
+log = logging.getLogger("derm")
+
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+# -- output helpers -----------------------------------------------------------------------------------------
+class Bars:
+    """Progress callback drawing one line per stage on stderr, only on a terminal and never with --json."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self._last = 0.0
+        self._stage = ""
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if stage == self._stage and done < total and now - self._last < 0.1:
+            return
+        if stage != self._stage and self._stage:
+            sys.stderr.write("\n")
+        self._stage, self._last = stage, now
+        width = 30
+        fill = int(width * done / max(total, 1))
+        sys.stderr.write(f"\r{stage:<14} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+            self._stage = ""
+        sys.stderr.flush()
+
+
+def _setup(as_json: bool, verbose: bool = False) -> Bars:
+    logging.basicConfig(
+        level=logging.ERROR if as_json else (logging.INFO if verbose else logging.WARNING),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    if as_json:
+        warnings.simplefilter("ignore")
+    return Bars(not as_json)
+
+
+def _emit(obj: Any, as_json: bool, human: Callable[[Any], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(obj, indent=2, default=_default))
+    else:
+        click.echo(human(obj))
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def _kv(d: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {v}" for k, v in d.items() if not isinstance(v, dict | list))
+
+
+class DermGroup(click.Group):
+    """Turns domain errors (and config validation errors) into `Error: ...`, exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DermError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+        except ValueError as e:  # frozen-config validation (__post_init__)
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(1)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
+work_option = click.option("--work", required=True, type=click.Path(file_okay=False), help="Workspace directory.")
+data_option = click.option(
+    "--data", type=click.Path(), default=None, help="Dataset directory (default: the one the workspace is bound to)."
+)
+device_option = click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where compute runs.")
+
+
+def _workspace(work: str, data: str | None) -> Any:
+    from adslog.workspace import Workspace
+
+    return Workspace.open(work, data)
+
+
+def _days(ds: Any, first: int | None, last: int | None, default_last: int) -> list[int]:
+    a = ds.first_day if first is None else ds.check_day(first)
+    b = default_last if last is None else ds.check_day(last)
+    if b < a:
+        raise DermError(f"{ds.root}: empty day range {a}..{b}")
+    return list(range(a, b + 1))
+
+
+# -- the CLI ------------------------------------------------------------------------------------------------
+@click.group(cls=DermGroup)
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """derm: ads candidate generation and ranking with decoupled entity representations (DERM)."""
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+
+
+@main.group(cls=DermGroup)
+def data() -> None:
+    """Create datasets: the synthetic ads log, or imports of real logs."""
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--users", type=int, default=None, help="Number of users (default 10,000).")
+@click.option("--ads", type=int, default=None, help="Number of ads over the whole period (default 6,000).")
+@click.option("--days", type=int, default=None, help="Number of days (default 14).")
+@click.option("--impressions-per-day", type=int, default=None, help="Impressions per day (default 100,000).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
+@json_option
+@click.pass_context
+def data_synth(ctx: click.Context, out: str, users: int | None, ads: int | None, days: int | None,
+               impressions_per_day: int | None, seed: int | None, overwrite: bool, as_json: bool) -> None:
+    """Generate the built-in synthetic ads log into OUT."""
+    from adslog.synth import SynthConfig, generate
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    given = {"n_users": users, "n_ads": ads, "n_days": days, "impressions_per_day": impressions_per_day, "seed": seed}
+    cfg = SynthConfig(**{k: v for k, v in given.items() if v is not None})
+    stats = generate(cfg, out, bars, overwrite=overwrite)
+    _emit({"out": str(Path(out).resolve()), "stats": stats}, as_json, lambda o: f"wrote {o['out']}\n" + _kv(o["stats"]))
+
+
+@data.group("import", cls=DermGroup)
+def data_import() -> None:
+    """Import a real log (MovieLens-100K, Gowalla, or your own CSV/Parquet)."""
+
+
+def _import_summary(o: dict[str, Any]) -> str:
+    return _kv(o)
+
+
+@data_import.command("movielens-100k")
+@click.argument("src", type=click.Path())
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
+@json_option
+@click.pass_context
+def import_movielens(ctx: click.Context, src: str, out: str, overwrite: bool, as_json: bool) -> None:
+    """Import RecBole's ml-100k files (click = rating >= 4, conversion = rating == 5: stand-ins)."""
+    from adslog.importers import import_movielens_100k
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    _emit(import_movielens_100k(src, out, bars, overwrite), as_json, _import_summary)
+
+
+@data_import.command("gowalla")
+@click.argument("src", type=click.Path())
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
+@json_option
+@click.pass_context
+def import_gowalla_cmd(ctx: click.Context, src: str, out: str, overwrite: bool, as_json: bool) -> None:
+    """Import the LightGCN Gowalla split (train = day 0, test = day 1, every pair a click)."""
+    from adslog.importers import import_gowalla
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    _emit(import_gowalla(src, out, bars, overwrite), as_json, _import_summary)
+
+
+@data_import.command("generic")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--impressions", required=True, type=click.Path(), help="CSV or Parquet log, one row per impression.")
+@click.option("--user-col", required=True, help="Column holding the user id.")
+@click.option("--item-col", required=True, help="Column holding the ad / item id.")
+@click.option("--ts-col", required=True, help="Column holding unix seconds.")
+@click.option("--click-col", required=True, help="Column holding the 0/1 click label.")
+@click.option("--conversion-col", default=None, help="Column holding a 0/1 conversion label.")
+@click.option("--users", type=click.Path(), default=None, help="Optional users file (features).")
+@click.option("--items", type=click.Path(), default=None, help="Optional items file (features).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
+@json_option
+@click.pass_context
+def import_generic_cmd(ctx: click.Context, out: str, impressions: str, user_col: str, item_col: str, ts_col: str,
+                       click_col: str, conversion_col: str | None, users: str | None, items: str | None,
+                       overwrite: bool, as_json: bool) -> None:
+    """Import your own log; string ids get a stored vocabulary."""
+    from adslog.importers import GenericImportConfig, import_generic
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    cfg = GenericImportConfig(
+        impressions=Path(impressions), user_col=user_col, item_col=item_col, ts_col=ts_col, click_col=click_col,
+        conversion_col=conversion_col, users=Path(users) if users else None, items=Path(items) if items else None,
+    )
+    _emit(import_generic(cfg, out, bars, overwrite), as_json, _import_summary)
+
+
+@main.command()
+@work_option
+@data_option
+@click.option("--first-day", type=int, default=None, help="First training day (default: the data's first day).")
+@click.option("--last-day", type=int, default=None, help="Last training day (default: first day + 6).")
+@click.option("--task", type=click.Choice(["ctr", "cvr"]), default="ctr", show_default=True, help="Upstream model.")
+@click.option("--epochs", type=int, default=None, help="Epochs over the window (default 2).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--overwrite", is_flag=True, help="Retrain even if the snapshot exists (starts a new lineage).")
+@device_option
+@json_option
+@click.pass_context
+def train(ctx: click.Context, work: str, data: str | None, first_day: int | None, last_day: int | None, task: str,
+          epochs: int | None, seed: int, overwrite: bool, device: str, as_json: bool) -> None:
+    """Train the upstream user, Pin and interaction towers from scratch on a window of days."""
+    from dataclasses import replace
+
+    from towers.config import Task, TowerConfig
+    from towers.train import train_towers
+    from workflow.cycle import CYCLE_FILE, CycleConfig, load_cycle_config, save_cycle_config
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    ws = _workspace(work, data)
+    ds = ws.dataset()
+    first = ds.first_day if first_day is None else first_day
+    days = _days(ds, first, last_day, min(first + 6, ds.last_day))
+    cycle = load_cycle_config(ws, device) if (ws.root / CYCLE_FILE).exists() else CycleConfig(device=device)
+    cfg = replace(cycle.towers, task=Task(task), seed=seed, **({"epochs_initial": epochs} if epochs else {}))
+    if task not in cycle.tasks:
+        cycle = replace(cycle, tasks=(*cycle.tasks, task))
+    save_cycle_config(ws, replace(cycle, towers=replace(cycle.towers, seed=seed)))
+    with ws.lock():
+        m = train_towers(ds, days, cfg, ws.models_dir(task), device=device, progress=bars, overwrite=overwrite)
+    out = {"model": str(ws.models_dir(task) / f"day={m['day']}"), "model_version": m["model_version"],
+           "lineage": m["lineage"], "days": days, **{k: m["train_stats"][k] for k in ("rows", "seconds", "samples_per_second")}}
+    _emit(out, as_json, _kv)
+
+
+@main.command()
+@work_option
+@click.option("--day", type=int, default=None, help="Day to embed (default: the latest snapshot's day).")
+@click.option("--from", "day_from", type=int, default=None, help="First day of a range (back inference).")
+@click.option("--to", "day_to", type=int, default=None, help="Last day of a range.")
+@click.option("--task", type=click.Choice(["ctr", "cvr"]), default="ctr", show_default=True, help="Upstream model.")
+@click.option("--overwrite", is_flag=True, help="Recompute a published version.")
+@device_option
+@json_option
+@click.pass_context
+def embed(ctx: click.Context, work: str, day: int | None, day_from: int | None, day_to: int | None, task: str,
+          overwrite: bool, device: str, as_json: bool) -> None:
+    """Embed a day's active users and ads and publish the aggregated store version.
+
+    Days up to the snapshot's last training day are back inference (allowed only to train downstream models)."""
+    from workflow.cycle import load_cycle_config, publish_embeddings
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    ws = _workspace(work, None)
+    ds = ws.dataset()
+    cfg = load_cycle_config(ws, device)
+    mday = ws.latest_day(ws.models_dir(task))
+    if mday is None:
+        raise DermError(f"{ws.models_dir(task)}: no {task} model snapshot: run `derm train` first")
+    if day is not None:
+        days = [ds.check_day(day)]
+    elif day_from is not None or day_to is not None:
+        days = _days(ds, day_from, day_to, mday)
+    else:
+        days = [mday]
+    out = []
+    with ws.lock():
+        for i, d in enumerate(days):
+            if d > mday:
+                raise DermError(f"{ws.models_dir(task)}: no snapshot covers day {d} (latest is day {mday}); "
+                                "use `derm daily` to train forward")
+            m = publish_embeddings(ws, ds, task, d, cfg, mday, back_inferred=d < mday, overwrite=overwrite)
+            out.append({"day": d, "version": f"day={d}", "stats": m["stats"], "back_inferred": m["back_inferred"]})
+            bars("embed", i + 1, len(days))
+    _emit({"task": task, "versions": out}, as_json,
+          lambda o: "\n".join(f"day {v['day']}: {v['stats']['user']['n_pool']} users, {v['stats']['ad']['n_pool']} ads in the pool"
+                              for v in o["versions"]))
+
+
+@main.group(cls=DermGroup)
+def index() -> None:
+    """Build and inspect ANN indices over the pooled ad embeddings."""
+
+
+@index.command("build")
+@work_option
+@click.option("--day", type=int, default=None, help="Store version to index (default: the latest).")
+@click.option("--backend", type=click.Choice(["faiss", "hnswlib"]), default=None, help="Index library (default faiss).")
+@click.option("--spec", default=None, help='faiss factory string ("Flat", "IVF1024,Flat", "HNSW32,Flat") or hnswlib "HNSW32".')
+@click.option("--overwrite", is_flag=True, help="Rebuild a published index version.")
+@device_option
+@json_option
+@click.pass_context
+def index_build(ctx: click.Context, work: str, day: int | None, backend: str | None, spec: str | None,
+                overwrite: bool, device: str, as_json: bool) -> None:
+    """Build the ad index over an embedding store version and publish it (with a recall self-check)."""
+    from dataclasses import replace
+
+    from index import Backend
+    from workflow.cycle import load_cycle_config, publish_index, save_cycle_config
+
+    _setup(as_json, ctx.obj["verbose"])
+    ws = _workspace(work, None)
+    cfg = load_cycle_config(ws, device)
+    if backend or spec:
+        b = Backend(backend) if backend else cfg.index.backend
+        s = spec or ("HNSW32" if b is Backend.HNSWLIB else "Flat")
+        cfg = replace(cfg, index=replace(cfg.index, backend=b, spec=s, device=device))
+        save_cycle_config(ws, cfg)
+    d = day if day is not None else ws.latest_day(ws.embeddings_dir("ctr"))
+    if d is None:
+        raise DermError(f"{ws.embeddings_dir('ctr')}: no embedding store version: run `derm embed` first")
+    with ws.lock():
+        m = publish_index(ws, d, cfg, overwrite)
+    out = {"index": str(ws.index_dir / f"day={d}"), "backend": m["backend"], "spec": m["spec"], "n_vectors": m["n_vectors"],
+           "build_seconds": m["build_seconds"], "self_check": m.get("self_check")}
+    _emit(out, as_json, lambda o: _kv(o) + f"\nself-check recall@{(o['self_check'] or {}).get('k')}: "
+          f"{(o['self_check'] or {}).get('recall')}")
+
+
+@main.group(cls=DermGroup)
+def ranker() -> None:
+    """Train the downstream ranker."""
+
+
+@ranker.command("train")
+@work_option
+@click.option("--first-day", type=int, default=None, help="First training day (default: the data's first day).")
+@click.option("--last-day", type=int, default=None, help="Last training day (default: the latest store version's day).")
+@click.option("--overwrite", is_flag=True, help="Retrain a published ranker version.")
+@device_option
+@json_option
+@click.pass_context
+def ranker_train(ctx: click.Context, work: str, first_day: int | None, last_day: int | None, overwrite: bool,
+                 device: str, as_json: bool) -> None:
+    """Train the ranker from scratch; day d's rows use the embeddings published before d."""
+    from ranking.train import train_ranker
+    from workflow.cycle import load_cycle_config
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    ws = _workspace(work, None)
+    ds = ws.dataset()
+    cfg = load_cycle_config(ws, device)
+    sday = ws.latest_day(ws.embeddings_dir("ctr"))
+    days = _days(ds, first_day, last_day, sday if sday is not None else ds.last_day)
+    with ws.lock():
+        m = train_ranker(ws, ds, days, cfg.ranker, None, device, bars, overwrite)
+    st = m["train_stats"]
+    out = {"ranker": str(ws.ranker_dir / f"day={m['day']}"), "days": days, "rows": st["rows"], "seconds": st["seconds"],
+           "calibration_ctr": {k: st["calibration_ctr"][k] for k in ("predicted", "observed")},
+           "embedding_versions": m["embedding_versions"]}
+    _emit(out, as_json, _kv)
+
+
+@main.command()
+@work_option
+@data_option
+@click.option("--day", type=int, default=None, help="Day to run.")
+@click.option("--from", "day_from", type=int, default=None, help="First day of a range.")
+@click.option("--to", "day_to", type=int, default=None, help="Last day of a range.")
+@click.option("--overwrite", is_flag=True, help="Recompute days that are already published.")
+@device_option
+@json_option
+@click.pass_context
+def daily(ctx: click.Context, work: str, data: str | None, day: int | None, day_from: int | None, day_to: int | None,
+          overwrite: bool, device: str, as_json: bool) -> None:
+    """Run the daily cycle: evaluate the day, train one increment, embed, aggregate, index, refresh the ranker."""
+    from workflow.cycle import load_cycle_config, run_days
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    ws = _workspace(work, data)
+    ds = ws.dataset()
+    if day is not None:
+        days = [ds.check_day(day)]
+    elif day_from is not None and day_to is not None:
+        days = _days(ds, day_from, day_to, day_to)
+    else:
+        raise DermError("give --day D or --from D1 --to D2")
+    results = run_days(ws, days, load_cycle_config(ws, device), bars, overwrite)
+    out = [{"day": r["day"], "skipped": r["skipped"], "stage_seconds": r["stage_seconds"],
+            "recall_at_k": r["eval"]["retrieval"]["recall_at_k"], "roc_auc": r["eval"]["ranking"].get("roc_auc")}
+           for r in results]
+    _emit({"days": out}, as_json, lambda o: "\n".join(
+        f"day {d['day']}: {'skipped (already published)' if d['skipped'] else 'done'}; recall@k {d['recall_at_k']}, "
+        f"ROC-AUC {d['roc_auc']}" for d in o["days"]))
+
+
+@main.command()
+@work_option
+@click.option("--user", "user_id", required=True, type=int, help="User id.")
+@click.option("--k", type=int, default=20, show_default=True, help="Number of results.")
+@click.option("--candidates", type=int, default=None, help="ANN candidates to re-rank (default 5k).")
+@click.option("--day", type=int, default=None, help="Query day (default: the day after the latest version).")
+@json_option
+@click.pass_context
+def query(ctx: click.Context, work: str, user_id: int, k: int, candidates: int | None, day: int | None,
+          as_json: bool) -> None:
+    """Retrieve and rank the nearest live ads for a user. Always prints one JSON object."""
+    from ranking.serve import query as run_query
+
+    _setup(True, ctx.obj["verbose"])
+    res = run_query(_workspace(work, None), user_id, k, candidates, day)
+    click.echo(json.dumps(res, indent=2, default=_default))
+
+
+@main.command("eval")
+@work_option
+@data_option
+@click.option("--day", type=int, default=None, help="Day to evaluate (default: the data's last day).")
+@click.option("--k", "ks", default="20,100", show_default=True, help="Comma-separated K values.")
+@json_option
+@click.pass_context
+def eval_cmd(ctx: click.Context, work: str, data: str | None, day: int | None, ks: str, as_json: bool) -> None:
+    """Evaluate a day with the versions published before it: recall@K, AUCs, embedding stats."""
+    from eval.evaluate import evaluate_day
+    from workflow.report import summary_table
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    try:
+        kk = tuple(int(x) for x in ks.split(",") if x.strip())
+    except ValueError:
+        raise DermError(f"--k: not a comma-separated list of integers: {ks!r}") from None
+    if not kk or min(kk) < 1:
+        raise DermError("--k: give at least one K >= 1")
+    doc = evaluate_day(_workspace(work, data), day, kk, bars)
+    _emit(doc, as_json, lambda d: f"day {d['day']} (embeddings of day {d['embedding_day']})\n" + "\n".join(summary_table(d)))
+
+
+@main.command()
+@click.option("--work", default="demo", show_default=True, type=click.Path(file_okay=False), help="Workspace directory.")
+@json_option
+@click.pass_context
+def demo(ctx: click.Context, work: str, as_json: bool) -> None:
+    """Run the whole system on the built-in synthetic ads log and report (resumes after an interruption)."""
+    from workflow.demo import run_demo
+    from workflow.report import summary_table
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    s = run_demo(work, progress=bars)
+    if as_json:
+        _emit(s, True, str)
+        return
+    lines = [f"derm demo: evaluated day {s['eval_day']} (trained on {len(s['train_days'])} days, "
+             f"{len(s['daily_days'])} daily cycles)", "", *summary_table(s["report"]), "",
+             "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items()),
+             f"total: {s['total_seconds']:.1f} s", f"report: {Path(work).resolve() / 'report.md'}"]
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -121,15 +121,15 @@ def publish_day(
     model_manifest: dict[str, Any],
     daily: dict[str, tuple[np.ndarray, np.ndarray]],
     previous: StoreVersion | None,
-    cfg: AggregationConfig,
+    cfg: dict[str, AggregationConfig],
     active: dict[str, np.ndarray],
     back_inferred: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Aggregate day `day`'s daily embeddings into the previous version's pool and publish version `day`.
 
-    daily: entity -> (ids int64[m], vecs float32[m, dim]); active: entity -> ids active on the day (for
-    coverage: the share of them that had an embedding published before the day).
+    daily: entity -> (ids int64[m], vecs float32[m, dim]); cfg: entity -> its aggregation heuristic; active:
+    entity -> ids active on the day (for coverage: the share of them that had an embedding published before).
     """
     dim = int(model_manifest["dim"])
     if previous is not None and previous.lineage != model_manifest["lineage"]:
@@ -140,7 +140,7 @@ def publish_day(
         ids, vecs = daily[entity]
         check_vectors(vecs, f"{task_dir}/{version_name(day)} daily {entity} embeddings")
         before = previous.pool(entity) if previous is not None else Pool.empty(dim)
-        after = aggregate(before, ids, vecs, day, cfg)
+        after = aggregate(before, ids, vecs, day, cfg[entity])
         check_vectors(after.vectors(), f"{task_dir}/{version_name(day)} pooled {entity} embeddings")
         act = np.asarray(active.get(entity, ids), np.int64)
         covered = np.isin(act, before.ids)
@@ -162,7 +162,9 @@ def publish_day(
         model_version=model_manifest["model_version"],
         model_artifact=model_manifest["artifact_id"],
         parent=previous.manifest["artifact_id"] if previous is not None else None,
-        aggregation={"heuristic": cfg.heuristic.value, "weight": cfg.weight, "ttl_days": cfg.ttl_days},
+        aggregation={
+            e: {"heuristic": c.heuristic.value, "weight": c.weight, "ttl_days": c.ttl_days} for e, c in cfg.items()
+        },
         back_inferred=back_inferred,
         stats=stats,
         normalised=True,

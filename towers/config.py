@@ -26,7 +26,7 @@ class TowerConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     epochs_initial: int = 2
-    epochs_incremental: int = 1
+    epochs_incremental: int = 2
     weight_ctr: float = 1.0
     weight_cvr: float = 1.0
     weight_contrastive: float = 1.0

@@ -2,8 +2,9 @@
 
 A user's daily embedding is its state at the end of the day (features + the activity sequence of all events
 before the next day starts): the last embedding of the day. Ads are embedded from static features only (the Pin
-tower sees no engagement), so ads scheduled to go live tomorrow that have no embedding yet get their *launch*
-embedding today, and tomorrow's index can serve them from their first hour.
+tower sees no engagement), so every ad impressed today or live tomorrow by schedule is embedded with today's
+snapshot: ads going live tomorrow get their *launch* embedding today, tomorrow's index serves them from their
+first hour, and every served ad vector lives in the same model version's space as the users'.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def embed_day(
     known_ad_ids: np.ndarray | None = None,
     activity: ActivityLog | None = None,
 ) -> DailyEmbeddings:
-    """Embeddings of day `day`'s active users and ads, plus launch embeddings of ads live on day + 1 that are
-    not in `known_ad_ids` (int64, the ads already in the pool)."""
+    """Embeddings of day `day`'s active users, and of the ads impressed on `day` or live on day + 1;
+    `n_launch_ads` counts those not in `known_ad_ids` (int64, the ads already in the pool)."""
     ds.check_day(day)
     imp = ds.impressions(day, ["user_id", "ad_id"])
     users = np.unique(imp.column("user_id").to_numpy()).astype(np.int64)
@@ -72,7 +73,7 @@ def embed_day(
     tomorrow = ds.live_ads(day + 1) if day < ds.last_day else ds.live_ads(day)
     known = np.union1d(ads, known_ad_ids if known_ad_ids is not None else np.zeros(0, np.int64))
     launch = np.setdiff1d(tomorrow, known)
-    all_ads = np.union1d(ads, launch)
+    all_ads = np.union1d(ads, tomorrow)
     if activity is None:
         activity = ActivityLog.from_dataset(ds, day)
     inputs = Inputs(ds, snap.spec, activity, snap.config.seq_len)
