@@ -95,11 +95,18 @@ class DermGroup(click.Group):
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
-work_option = click.option("--work", required=True, type=click.Path(file_okay=False), help="Workspace directory.")
-data_option = click.option(
-    "--data", type=click.Path(), default=None, help="Dataset directory (default: the one the workspace is bound to)."
+work_option = click.option(
+    "--work", required=True, type=click.Path(file_okay=False), help="Workspace directory."
 )
-device_option = click.option("--device", type=DEVICE, default="auto", show_default=True, help="Where compute runs.")
+data_option = click.option(
+    "--data",
+    type=click.Path(),
+    default=None,
+    help="Dataset directory (default: the one the workspace is bound to).",
+)
+device_option = click.option(
+    "--device", type=DEVICE, default="auto", show_default=True, help="Where compute runs."
+)
 
 
 def _workspace(work: str, data: str | None) -> Any:
@@ -141,16 +148,37 @@ def data() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @json_option
 @click.pass_context
-def data_synth(ctx: click.Context, out: str, users: int | None, ads: int | None, days: int | None,
-               impressions_per_day: int | None, seed: int | None, overwrite: bool, as_json: bool) -> None:
+def data_synth(
+    ctx: click.Context,
+    out: str,
+    users: int | None,
+    ads: int | None,
+    days: int | None,
+    impressions_per_day: int | None,
+    seed: int | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
     """Generate the built-in synthetic ads log into OUT."""
     from adslog.synth import SynthConfig, generate
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    given = {"n_users": users, "n_ads": ads, "n_days": days, "impressions_per_day": impressions_per_day, "seed": seed}
+    given = {
+        "n_users": users,
+        "n_ads": ads,
+        "n_days": days,
+        "impressions_per_day": impressions_per_day,
+        "seed": seed,
+    }
+    if ads is not None:  # keep the default 15 ads per advertiser when the ad count is scaled
+        given["n_advertisers"] = max(1, min(SynthConfig.n_advertisers, ads // 15))
     cfg = SynthConfig(**{k: v for k, v in given.items() if v is not None})
     stats = generate(cfg, out, bars, overwrite=overwrite)
-    _emit({"out": str(Path(out).resolve()), "stats": stats}, as_json, lambda o: f"wrote {o['out']}\n" + _kv(o["stats"]))
+    _emit(
+        {"out": str(Path(out).resolve()), "stats": stats},
+        as_json,
+        lambda o: f"wrote {o['out']}\n" + _kv(o["stats"]),
+    )
 
 
 @data.group("import", cls=DermGroup)
@@ -192,7 +220,9 @@ def import_gowalla_cmd(ctx: click.Context, src: str, out: str, overwrite: bool, 
 
 @data_import.command("generic")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--impressions", required=True, type=click.Path(), help="CSV or Parquet log, one row per impression.")
+@click.option(
+    "--impressions", required=True, type=click.Path(), help="CSV or Parquet log, one row per impression."
+)
 @click.option("--user-col", required=True, help="Column holding the user id.")
 @click.option("--item-col", required=True, help="Column holding the ad / item id.")
 @click.option("--ts-col", required=True, help="Column holding unix seconds.")
@@ -203,16 +233,33 @@ def import_gowalla_cmd(ctx: click.Context, src: str, out: str, overwrite: bool, 
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @json_option
 @click.pass_context
-def import_generic_cmd(ctx: click.Context, out: str, impressions: str, user_col: str, item_col: str, ts_col: str,
-                       click_col: str, conversion_col: str | None, users: str | None, items: str | None,
-                       overwrite: bool, as_json: bool) -> None:
+def import_generic_cmd(
+    ctx: click.Context,
+    out: str,
+    impressions: str,
+    user_col: str,
+    item_col: str,
+    ts_col: str,
+    click_col: str,
+    conversion_col: str | None,
+    users: str | None,
+    items: str | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
     """Import your own log; string ids get a stored vocabulary."""
     from adslog.importers import GenericImportConfig, import_generic
 
     bars = _setup(as_json, ctx.obj["verbose"])
     cfg = GenericImportConfig(
-        impressions=Path(impressions), user_col=user_col, item_col=item_col, ts_col=ts_col, click_col=click_col,
-        conversion_col=conversion_col, users=Path(users) if users else None, items=Path(items) if items else None,
+        impressions=Path(impressions),
+        user_col=user_col,
+        item_col=item_col,
+        ts_col=ts_col,
+        click_col=click_col,
+        conversion_col=conversion_col,
+        users=Path(users) if users else None,
+        items=Path(items) if items else None,
     )
     _emit(import_generic(cfg, out, bars, overwrite), as_json, _import_summary)
 
@@ -220,21 +267,36 @@ def import_generic_cmd(ctx: click.Context, out: str, impressions: str, user_col:
 @main.command()
 @work_option
 @data_option
-@click.option("--first-day", type=int, default=None, help="First training day (default: the data's first day).")
+@click.option(
+    "--first-day", type=int, default=None, help="First training day (default: the data's first day)."
+)
 @click.option("--last-day", type=int, default=None, help="Last training day (default: first day + 6).")
-@click.option("--task", type=click.Choice(["ctr", "cvr"]), default="ctr", show_default=True, help="Upstream model.")
+@click.option(
+    "--task", type=click.Choice(["ctr", "cvr"]), default="ctr", show_default=True, help="Upstream model."
+)
 @click.option("--epochs", type=int, default=None, help="Epochs over the window (default 2).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--overwrite", is_flag=True, help="Retrain even if the snapshot exists (starts a new lineage).")
 @device_option
 @json_option
 @click.pass_context
-def train(ctx: click.Context, work: str, data: str | None, first_day: int | None, last_day: int | None, task: str,
-          epochs: int | None, seed: int, overwrite: bool, device: str, as_json: bool) -> None:
+def train(
+    ctx: click.Context,
+    work: str,
+    data: str | None,
+    first_day: int | None,
+    last_day: int | None,
+    task: str,
+    epochs: int | None,
+    seed: int,
+    overwrite: bool,
+    device: str,
+    as_json: bool,
+) -> None:
     """Train the upstream user, Pin and interaction towers from scratch on a window of days."""
     from dataclasses import replace
 
-    from towers.config import Task, TowerConfig
+    from towers.config import Task
     from towers.train import train_towers
     from workflow.cycle import CYCLE_FILE, CycleConfig, load_cycle_config, save_cycle_config
 
@@ -244,14 +306,23 @@ def train(ctx: click.Context, work: str, data: str | None, first_day: int | None
     first = ds.first_day if first_day is None else first_day
     days = _days(ds, first, last_day, min(first + 6, ds.last_day))
     cycle = load_cycle_config(ws, device) if (ws.root / CYCLE_FILE).exists() else CycleConfig(device=device)
-    cfg = replace(cycle.towers, task=Task(task), seed=seed, **({"epochs_initial": epochs} if epochs else {}))
+    cfg = replace(cycle.towers, task=Task(task), seed=seed)
+    if epochs:
+        cfg = replace(cfg, epochs_initial=epochs)
     if task not in cycle.tasks:
         cycle = replace(cycle, tasks=(*cycle.tasks, task))
     save_cycle_config(ws, replace(cycle, towers=replace(cycle.towers, seed=seed)))
     with ws.lock():
-        m = train_towers(ds, days, cfg, ws.models_dir(task), device=device, progress=bars, overwrite=overwrite)
-    out = {"model": str(ws.models_dir(task) / f"day={m['day']}"), "model_version": m["model_version"],
-           "lineage": m["lineage"], "days": days, **{k: m["train_stats"][k] for k in ("rows", "seconds", "samples_per_second")}}
+        m = train_towers(
+            ds, days, cfg, ws.models_dir(task), device=device, progress=bars, overwrite=overwrite
+        )
+    out = {
+        "model": str(ws.models_dir(task) / f"day={m['day']}"),
+        "model_version": m["model_version"],
+        "lineage": m["lineage"],
+        "days": days,
+        **{k: m["train_stats"][k] for k in ("rows", "seconds", "samples_per_second")},
+    }
     _emit(out, as_json, _kv)
 
 
@@ -260,13 +331,24 @@ def train(ctx: click.Context, work: str, data: str | None, first_day: int | None
 @click.option("--day", type=int, default=None, help="Day to embed (default: the latest snapshot's day).")
 @click.option("--from", "day_from", type=int, default=None, help="First day of a range (back inference).")
 @click.option("--to", "day_to", type=int, default=None, help="Last day of a range.")
-@click.option("--task", type=click.Choice(["ctr", "cvr"]), default="ctr", show_default=True, help="Upstream model.")
+@click.option(
+    "--task", type=click.Choice(["ctr", "cvr"]), default="ctr", show_default=True, help="Upstream model."
+)
 @click.option("--overwrite", is_flag=True, help="Recompute a published version.")
 @device_option
 @json_option
 @click.pass_context
-def embed(ctx: click.Context, work: str, day: int | None, day_from: int | None, day_to: int | None, task: str,
-          overwrite: bool, device: str, as_json: bool) -> None:
+def embed(
+    ctx: click.Context,
+    work: str,
+    day: int | None,
+    day_from: int | None,
+    day_to: int | None,
+    task: str,
+    overwrite: bool,
+    device: str,
+    as_json: bool,
+) -> None:
     """Embed a day's active users and ads and publish the aggregated store version.
 
     Days up to the snapshot's last training day are back inference (allowed only to train downstream models)."""
@@ -289,14 +371,23 @@ def embed(ctx: click.Context, work: str, day: int | None, day_from: int | None, 
     with ws.lock():
         for i, d in enumerate(days):
             if d > mday:
-                raise DermError(f"{ws.models_dir(task)}: no snapshot covers day {d} (latest is day {mday}); "
-                                "use `derm daily` to train forward")
+                raise DermError(
+                    f"{ws.models_dir(task)}: no snapshot covers day {d} (latest is day {mday}); "
+                    "use `derm daily` to train forward"
+                )
             m = publish_embeddings(ws, ds, task, d, cfg, mday, back_inferred=d < mday, overwrite=overwrite)
-            out.append({"day": d, "version": f"day={d}", "stats": m["stats"], "back_inferred": m["back_inferred"]})
+            out.append(
+                {"day": d, "version": f"day={d}", "stats": m["stats"], "back_inferred": m["back_inferred"]}
+            )
             bars("embed", i + 1, len(days))
-    _emit({"task": task, "versions": out}, as_json,
-          lambda o: "\n".join(f"day {v['day']}: {v['stats']['user']['n_pool']} users, {v['stats']['ad']['n_pool']} ads in the pool"
-                              for v in o["versions"]))
+    _emit(
+        {"task": task, "versions": out},
+        as_json,
+        lambda o: "\n".join(
+            f"day {v['day']}: {v['stats']['user']['n_pool']} users, {v['stats']['ad']['n_pool']} ads in the pool"
+            for v in o["versions"]
+        ),
+    )
 
 
 @main.group(cls=DermGroup)
@@ -307,14 +398,28 @@ def index() -> None:
 @index.command("build")
 @work_option
 @click.option("--day", type=int, default=None, help="Store version to index (default: the latest).")
-@click.option("--backend", type=click.Choice(["faiss", "hnswlib"]), default=None, help="Index library (default faiss).")
-@click.option("--spec", default=None, help='faiss factory string ("Flat", "IVF1024,Flat", "HNSW32,Flat") or hnswlib "HNSW32".')
+@click.option(
+    "--backend", type=click.Choice(["faiss", "hnswlib"]), default=None, help="Index library (default faiss)."
+)
+@click.option(
+    "--spec",
+    default=None,
+    help='faiss factory string ("Flat", "IVF1024,Flat", "HNSW32,Flat") or hnswlib "HNSW32".',
+)
 @click.option("--overwrite", is_flag=True, help="Rebuild a published index version.")
 @device_option
 @json_option
 @click.pass_context
-def index_build(ctx: click.Context, work: str, day: int | None, backend: str | None, spec: str | None,
-                overwrite: bool, device: str, as_json: bool) -> None:
+def index_build(
+    ctx: click.Context,
+    work: str,
+    day: int | None,
+    backend: str | None,
+    spec: str | None,
+    overwrite: bool,
+    device: str,
+    as_json: bool,
+) -> None:
     """Build the ad index over an embedding store version and publish it (with a recall self-check)."""
     from dataclasses import replace
 
@@ -334,10 +439,22 @@ def index_build(ctx: click.Context, work: str, day: int | None, backend: str | N
         raise DermError(f"{ws.embeddings_dir('ctr')}: no embedding store version: run `derm embed` first")
     with ws.lock():
         m = publish_index(ws, d, cfg, overwrite)
-    out = {"index": str(ws.index_dir / f"day={d}"), "backend": m["backend"], "spec": m["spec"], "n_vectors": m["n_vectors"],
-           "build_seconds": m["build_seconds"], "self_check": m.get("self_check")}
-    _emit(out, as_json, lambda o: _kv(o) + f"\nself-check recall@{(o['self_check'] or {}).get('k')}: "
-          f"{(o['self_check'] or {}).get('recall')}")
+    out = {
+        "index": str(ws.index_dir / f"day={d}"),
+        "backend": m["backend"],
+        "spec": m["spec"],
+        "n_vectors": m["n_vectors"],
+        "build_seconds": m["build_seconds"],
+        "self_check": m.get("self_check"),
+    }
+    _emit(
+        out,
+        as_json,
+        lambda o: (
+            _kv(o) + f"\nself-check recall@{(o['self_check'] or {}).get('k')}: "
+            f"{(o['self_check'] or {}).get('recall')}"
+        ),
+    )
 
 
 @main.group(cls=DermGroup)
@@ -347,14 +464,25 @@ def ranker() -> None:
 
 @ranker.command("train")
 @work_option
-@click.option("--first-day", type=int, default=None, help="First training day (default: the data's first day).")
-@click.option("--last-day", type=int, default=None, help="Last training day (default: the latest store version's day).")
+@click.option(
+    "--first-day", type=int, default=None, help="First training day (default: the data's first day)."
+)
+@click.option(
+    "--last-day", type=int, default=None, help="Last training day (default: the latest store version's day)."
+)
 @click.option("--overwrite", is_flag=True, help="Retrain a published ranker version.")
 @device_option
 @json_option
 @click.pass_context
-def ranker_train(ctx: click.Context, work: str, first_day: int | None, last_day: int | None, overwrite: bool,
-                 device: str, as_json: bool) -> None:
+def ranker_train(
+    ctx: click.Context,
+    work: str,
+    first_day: int | None,
+    last_day: int | None,
+    overwrite: bool,
+    device: str,
+    as_json: bool,
+) -> None:
     """Train the ranker from scratch; day d's rows use the embeddings published before d."""
     from ranking.train import train_ranker
     from workflow.cycle import load_cycle_config
@@ -368,9 +496,14 @@ def ranker_train(ctx: click.Context, work: str, first_day: int | None, last_day:
     with ws.lock():
         m = train_ranker(ws, ds, days, cfg.ranker, None, device, bars, overwrite)
     st = m["train_stats"]
-    out = {"ranker": str(ws.ranker_dir / f"day={m['day']}"), "days": days, "rows": st["rows"], "seconds": st["seconds"],
-           "calibration_ctr": {k: st["calibration_ctr"][k] for k in ("predicted", "observed")},
-           "embedding_versions": m["embedding_versions"]}
+    out = {
+        "ranker": str(ws.ranker_dir / f"day={m['day']}"),
+        "days": days,
+        "rows": st["rows"],
+        "seconds": st["seconds"],
+        "calibration_ctr": {k: st["calibration_ctr"][k] for k in ("predicted", "observed")},
+        "embedding_versions": m["embedding_versions"],
+    }
     _emit(out, as_json, _kv)
 
 
@@ -384,8 +517,17 @@ def ranker_train(ctx: click.Context, work: str, first_day: int | None, last_day:
 @device_option
 @json_option
 @click.pass_context
-def daily(ctx: click.Context, work: str, data: str | None, day: int | None, day_from: int | None, day_to: int | None,
-          overwrite: bool, device: str, as_json: bool) -> None:
+def daily(
+    ctx: click.Context,
+    work: str,
+    data: str | None,
+    day: int | None,
+    day_from: int | None,
+    day_to: int | None,
+    overwrite: bool,
+    device: str,
+    as_json: bool,
+) -> None:
     """Run the daily cycle: evaluate the day, train one increment, embed, aggregate, index, refresh the ranker."""
     from workflow.cycle import load_cycle_config, run_days
 
@@ -399,12 +541,25 @@ def daily(ctx: click.Context, work: str, data: str | None, day: int | None, day_
     else:
         raise DermError("give --day D or --from D1 --to D2")
     results = run_days(ws, days, load_cycle_config(ws, device), bars, overwrite)
-    out = [{"day": r["day"], "skipped": r["skipped"], "stage_seconds": r["stage_seconds"],
-            "recall_at_k": r["eval"]["retrieval"]["recall_at_k"], "roc_auc": r["eval"]["ranking"].get("roc_auc")}
-           for r in results]
-    _emit({"days": out}, as_json, lambda o: "\n".join(
-        f"day {d['day']}: {'skipped (already published)' if d['skipped'] else 'done'}; recall@k {d['recall_at_k']}, "
-        f"ROC-AUC {d['roc_auc']}" for d in o["days"]))
+    out = [
+        {
+            "day": r["day"],
+            "skipped": r["skipped"],
+            "stage_seconds": r["stage_seconds"],
+            "recall_at_k": r["eval"]["retrieval"]["recall_at_k"],
+            "roc_auc": r["eval"]["ranking"].get("roc_auc"),
+        }
+        for r in results
+    ]
+    _emit(
+        {"days": out},
+        as_json,
+        lambda o: "\n".join(
+            f"day {d['day']}: {'skipped (already published)' if d['skipped'] else 'done'}; recall@k {d['recall_at_k']}, "
+            f"ROC-AUC {d['roc_auc']}"
+            for d in o["days"]
+        ),
+    )
 
 
 @main.command()
@@ -415,8 +570,15 @@ def daily(ctx: click.Context, work: str, data: str | None, day: int | None, day_
 @click.option("--day", type=int, default=None, help="Query day (default: the day after the latest version).")
 @json_option
 @click.pass_context
-def query(ctx: click.Context, work: str, user_id: int, k: int, candidates: int | None, day: int | None,
-          as_json: bool) -> None:
+def query(
+    ctx: click.Context,
+    work: str,
+    user_id: int,
+    k: int,
+    candidates: int | None,
+    day: int | None,
+    as_json: bool,
+) -> None:
     """Retrieve and rank the nearest live ads for a user. Always prints one JSON object."""
     from ranking.serve import query as run_query
 
@@ -432,7 +594,9 @@ def query(ctx: click.Context, work: str, user_id: int, k: int, candidates: int |
 @click.option("--k", "ks", default="20,100", show_default=True, help="Comma-separated K values.")
 @json_option
 @click.pass_context
-def eval_cmd(ctx: click.Context, work: str, data: str | None, day: int | None, ks: str, as_json: bool) -> None:
+def eval_cmd(
+    ctx: click.Context, work: str, data: str | None, day: int | None, ks: str, as_json: bool
+) -> None:
     """Evaluate a day with the versions published before it: recall@K, AUCs, embedding stats."""
     from eval.evaluate import evaluate_day
     from workflow.report import summary_table
@@ -445,11 +609,17 @@ def eval_cmd(ctx: click.Context, work: str, data: str | None, day: int | None, k
     if not kk or min(kk) < 1:
         raise DermError("--k: give at least one K >= 1")
     doc = evaluate_day(_workspace(work, data), day, kk, bars)
-    _emit(doc, as_json, lambda d: f"day {d['day']} (embeddings of day {d['embedding_day']})\n" + "\n".join(summary_table(d)))
+    _emit(
+        doc,
+        as_json,
+        lambda d: f"day {d['day']} (embeddings of day {d['embedding_day']})\n" + "\n".join(summary_table(d)),
+    )
 
 
 @main.command()
-@click.option("--work", default="demo", show_default=True, type=click.Path(file_okay=False), help="Workspace directory.")
+@click.option(
+    "--work", default="demo", show_default=True, type=click.Path(file_okay=False), help="Workspace directory."
+)
 @json_option
 @click.pass_context
 def demo(ctx: click.Context, work: str, as_json: bool) -> None:
@@ -462,10 +632,16 @@ def demo(ctx: click.Context, work: str, as_json: bool) -> None:
     if as_json:
         _emit(s, True, str)
         return
-    lines = [f"derm demo: evaluated day {s['eval_day']} (trained on {len(s['train_days'])} days, "
-             f"{len(s['daily_days'])} daily cycles)", "", *summary_table(s["report"]), "",
-             "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items()),
-             f"total: {s['total_seconds']:.1f} s", f"report: {Path(work).resolve() / 'report.md'}"]
+    lines = [
+        f"derm demo: evaluated day {s['eval_day']} (trained on {len(s['train_days'])} days, "
+        f"{len(s['daily_days'])} daily cycles)",
+        "",
+        *summary_table(s["report"]),
+        "",
+        "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items()),
+        f"total: {s['total_seconds']:.1f} s",
+        f"report: {Path(work).resolve() / 'report.md'}",
+    ]
     click.echo("\n".join(lines))
 
 

@@ -96,7 +96,8 @@ class Dataset:
                     raise DataError(mpath, f"table {table!r} does not declare required column {req.name!r}")
                 if got.dtype != req.dtype:
                     raise DataError(
-                        mpath, f"table {table!r} column {req.name!r} declared {got.dtype}, must be {req.dtype}"
+                        mpath,
+                        f"table {table!r} column {req.name!r} declared {got.dtype}, must be {req.dtype}",
                     )
         if check_files:
             ds.validate_files()
@@ -226,7 +227,9 @@ class DatasetWriter:
     ) -> None:
         self.out = Path(out).resolve()
         self.name = name
-        self.columns: dict[str, dict[str, ColumnSpec]] = {"impressions": {c.name: c for c in impression_columns}}
+        self.columns: dict[str, dict[str, ColumnSpec]] = {
+            "impressions": {c.name: c for c in impression_columns}
+        }
         self._ctx = publishing(self.out, overwrite=overwrite)
         self.tmp: Path | None = None
         self._finished = False

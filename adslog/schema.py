@@ -25,7 +25,7 @@ Every column carries a *kind* so that towers and the ranker build their encoders
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import pyarrow as pa
@@ -34,7 +34,7 @@ DATASET_KIND = "dataset"
 DATASET_SCHEMA_VERSION = 1
 
 
-class ColumnKind(str, Enum):
+class ColumnKind(StrEnum):
     ID = "id"
     TIME = "time"
     CATEGORICAL = "categorical"

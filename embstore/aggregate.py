@@ -12,12 +12,12 @@ served and indexed are re-normalised, because a mean of unit vectors is shorter 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 
-class Heuristic(str, Enum):
+class Heuristic(StrEnum):
     ACC = "acc"
     MA = "ma"
     AP = "ap"
@@ -79,7 +79,12 @@ def aggregate(pool: Pool, ids: np.ndarray, vecs: np.ndarray, day: int, cfg: Aggr
     last_day = np.full(n, -(2**31) + 1, np.int32)
     had = np.zeros(n, bool)
     old_pos = np.searchsorted(all_ids, pool.ids)
-    state[old_pos], prev[old_pos], last_day[old_pos], had[old_pos] = pool.state, pool.prev, pool.last_day, True
+    state[old_pos], prev[old_pos], last_day[old_pos], had[old_pos] = (
+        pool.state,
+        pool.prev,
+        pool.last_day,
+        True,
+    )
     new_pos = np.searchsorted(all_ids, ids)
     seen_before = had[new_pos]
     if cfg.heuristic is Heuristic.ACC:

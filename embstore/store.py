@@ -46,7 +46,9 @@ def check_vectors(vecs: np.ndarray, where: str) -> None:
     if len(vecs) == 0:
         return
     if not np.isfinite(vecs).all():
-        raise DermError(f"{where}: {int((~np.isfinite(vecs)).any(axis=1).sum())} embeddings contain NaN or inf; not published")
+        raise DermError(
+            f"{where}: {int((~np.isfinite(vecs)).any(axis=1).sum())} embeddings contain NaN or inf; not published"
+        )
     norms = np.linalg.norm(vecs, axis=1)
     bad = np.abs(norms - 1) > 1e-3
     if bad.any():
@@ -163,7 +165,8 @@ def publish_day(
         model_artifact=model_manifest["artifact_id"],
         parent=previous.manifest["artifact_id"] if previous is not None else None,
         aggregation={
-            e: {"heuristic": c.heuristic.value, "weight": c.weight, "ttl_days": c.ttl_days} for e, c in cfg.items()
+            e: {"heuristic": c.heuristic.value, "weight": c.weight, "ttl_days": c.ttl_days}
+            for e, c in cfg.items()
         },
         back_inferred=back_inferred,
         stats=stats,
@@ -173,7 +176,9 @@ def publish_day(
     with publishing(target, overwrite=overwrite) as tmp:
         for entity in ENTITIES:
             ids, vecs = daily[entity]
-            pq.write_table(daily_table(ids, vecs, day, model_manifest["model_version"]), tmp / f"daily_{entity}.parquet")
+            pq.write_table(
+                daily_table(ids, vecs, day, model_manifest["model_version"]), tmp / f"daily_{entity}.parquet"
+            )
             p = pools[entity]
             np.save(tmp / f"{entity}_ids.npy", p.ids)
             np.save(tmp / f"{entity}_vecs.npy", p.vectors())

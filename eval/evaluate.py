@@ -40,7 +40,9 @@ def _group(users: np.ndarray, ads: np.ndarray) -> tuple[np.ndarray, list[np.ndar
     return uniq, [np.unique(x) for x in np.split(a, start[1:])]
 
 
-def oracle_topk(data_root: Path, users: np.ndarray, live: np.ndarray, day: int, k: int, chunk: int = 256) -> np.ndarray | None:
+def oracle_topk(
+    data_root: Path, users: np.ndarray, live: np.ndarray, day: int, k: int, chunk: int = 256
+) -> np.ndarray | None:
     """Top-k live ads by true p_click at the reference context, int64[n_users, k]; None without an oracle."""
     from adslog.oracle import Oracle  # synthetic data only
 
@@ -71,7 +73,9 @@ def evaluate_day(
     retriever = Retriever(ws, day, ds)
     store = retriever.store
     imp_cols = ["user_id", "ad_id", "click", "ts", "day"] + [
-        c for c in ("surface", "position", "p_click", "conversion", "conversion_ts") if c in ds.columns["impressions"]
+        c
+        for c in ("surface", "position", "p_click", "conversion", "conversion_ts")
+        if c in ds.columns["impressions"]
     ]
     imp = ds.impressions(day, imp_cols)
     clicked = imp.filter(pc.equal(imp.column("click"), 1))
@@ -117,7 +121,10 @@ def evaluate_day(
         if d is None:
             continue
         v = open_version(ws.embeddings_dir(task), d)
-        active = {"user": np.unique(imp.column("user_id").to_numpy()), "ad": np.unique(imp.column("ad_id").to_numpy())}
+        active = {
+            "user": np.unique(imp.column("user_id").to_numpy()),
+            "ad": np.unique(imp.column("ad_id").to_numpy()),
+        }
         embeddings[task] = {
             e: {
                 "stability": v.manifest["stats"][e]["stability"],

@@ -67,7 +67,9 @@ class Ranker(nn.Module):
         self.sequence = SequenceEncoder(spec, c, n_cat)
         self.ctx = nn.ModuleList(nn.Embedding(f.size, c, sparse=True) for f in spec.context)
         n_derm = len(cfg.derm_inputs)
-        n_dots = sum(1 for t in ("ctr", "cvr") if f"{t}-user" in cfg.derm_inputs and f"{t}-ad" in cfg.derm_inputs)
+        n_dots = sum(
+            1 for t in ("ctr", "cvr") if f"{t}-user" in cfg.derm_inputs and f"{t}-ad" in cfg.derm_inputs
+        )
         width = (self.user.n_tokens + self.ad.n_tokens + 1 + len(spec.context)) * c
         width += n_derm * (derm_dim + 1) + n_dots
         self.mlp = mlp([width, *cfg.hidden, 2])

@@ -25,7 +25,9 @@ def serving_day(ws: Workspace) -> int:
     """The day a freshly published workspace serves: the day after its latest embedding version."""
     d = ws.latest_day(ws.embeddings_dir("ctr"))
     if d is None:
-        raise DermError(f"{ws.root}: nothing is published in this workspace (run `derm demo` or `derm daily`)")
+        raise DermError(
+            f"{ws.root}: nothing is published in this workspace (run `derm demo` or `derm daily`)"
+        )
     return d + 1
 
 
@@ -44,7 +46,9 @@ class TwoStage:
         self.inputs: Inputs | None = None
         if self.ranker is not None:
             last = min(self.day - 1, self.ds.last_day)
-            self.inputs = Inputs(self.ds, self.ranker.spec, ActivityLog.from_dataset(self.ds, last), self.ranker.config.seq_len)
+            self.inputs = Inputs(
+                self.ds, self.ranker.spec, ActivityLog.from_dataset(self.ds, last), self.ranker.config.seq_len
+            )
             self.lookup = DermLookup(ws, self.ranker.config.derm_inputs)
 
     @property
@@ -87,13 +91,21 @@ class TwoStage:
             {"ad_id": int(ids[i]), "score": _num(scores[i]), "rank_score": float(p_ctr[i]), "rank": r + 1}
             for r, i in enumerate(order)
         ]
-        return {"user_id": int(user_id), "day": self.day, "path": c.path[0], "versions": self.versions, "results": results}
+        return {
+            "user_id": int(user_id),
+            "day": self.day,
+            "path": c.path[0],
+            "versions": self.versions,
+            "results": results,
+        }
 
 
 def _num(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def query(ws: Workspace, user_id: int, k: int = 20, candidates: int | None = None, day: int | None = None) -> dict[str, Any]:
+def query(
+    ws: Workspace, user_id: int, k: int = 20, candidates: int | None = None, day: int | None = None
+) -> dict[str, Any]:
     """The two-stage answer for one user as the `derm query --json` document."""
     return TwoStage(ws, day).query(user_id, k, candidates)

@@ -30,7 +30,7 @@ from ranking.model import Ranker, RankerConfig
 from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.features import FeatureSpec, build_feature_spec
 from towers.optim import TowerOptimizer
-from towers.train import resolve_device, run_epochs
+from towers.train import init_output_bias, resolve_device, run_epochs
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class RankerTask(nn.Module):
             if clicked.any()
             else logits.sum() * 0.0
         )
-        return l_ctr + l_cvr, {"ctr": float(l_ctr), "cvr": float(l_cvr)}
+        return l_ctr + l_cvr, {"ctr": l_ctr.item(), "cvr": l_cvr.item()}
 
 
 @dataclass
@@ -103,7 +103,9 @@ class DermLookup:
         return out
 
 
-def attach(batch: dict[str, torch.Tensor], derm: dict[str, np.ndarray], idx: np.ndarray | None) -> dict[str, torch.Tensor]:
+def attach(
+    batch: dict[str, torch.Tensor], derm: dict[str, np.ndarray], idx: np.ndarray | None
+) -> dict[str, torch.Tensor]:
     for k, v in derm.items():
         batch[k] = torch.from_numpy(v if idx is None else v[idx])
     return batch
@@ -124,10 +126,14 @@ def load_ranker(directory: Path, device: torch.device | str = "cpu") -> RankerSn
     spec = FeatureSpec.from_json(m["feature_spec"])
     ranker = Ranker(spec, cfg, int(m["derm_dim"]))
     try:
-        ranker.load_state_dict(torch.load(Path(directory) / "weights.pt", map_location="cpu", weights_only=True))
+        ranker.load_state_dict(
+            torch.load(Path(directory) / "weights.pt", map_location="cpu", weights_only=True)
+        )
         ranker.to(torch.device(device))
         opt = TowerOptimizer(ranker, lr=cfg.lr)
-        opt.load_state_dict(torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True))
+        opt.load_state_dict(
+            torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True)
+        )
     except (FileNotFoundError, RuntimeError, KeyError) as e:
         raise DataError(directory, f"unreadable ranker snapshot ({str(e).splitlines()[0]})") from None
     ranker.eval()
@@ -165,7 +171,13 @@ def calibration(pred: np.ndarray, label: np.ndarray, buckets: int = 10) -> dict[
     for b in range(buckets):
         sel = which == b
         if sel.any():
-            rows.append({"predicted": float(pred[sel].mean()), "observed": float(label[sel].mean()), "n": int(sel.sum())})
+            rows.append(
+                {
+                    "predicted": float(pred[sel].mean()),
+                    "observed": float(label[sel].mean()),
+                    "n": int(sel.sum()),
+                }
+            )
     return {"predicted": float(pred.mean()), "observed": float(label.mean()), "buckets": rows}
 
 
@@ -198,12 +210,18 @@ def train_ranker(
         snap = load_ranker(parent, dev)
         cfg = snap.config
         derm_dim = int(snap.manifest["derm_dim"])
-        lineage, days_seen, parent_id = snap.manifest["lineage"], snap.manifest["days_seen"], snap.manifest["artifact_id"]
+        lineage, days_seen, parent_id = (
+            snap.manifest["lineage"],
+            snap.manifest["days_seen"],
+            snap.manifest["artifact_id"],
+        )
         epochs = cfg.epochs_incremental
     inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, last), cfg.seq_len)
     arrays = inputs.impressions(sorted(days), label_cutoff_ts=(last + 1) * 86400)
     lookup = DermLookup(ws, cfg.derm_inputs)
     derm = lookup.features(arrays, derm_dim)
+    if parent is None:
+        init_output_bias(snap.ranker.mlp, arrays.click, arrays.conversion)
     task = RankerTask(snap.ranker)
     stats = run_epochs(
         task,

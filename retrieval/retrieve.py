@@ -25,7 +25,9 @@ from index import SearchParams, load_index_artifact
 POPULARITY_DAYS = 7
 
 
-def popularity(ds: Dataset, day: int, live: np.ndarray, window: int = POPULARITY_DAYS) -> tuple[np.ndarray, np.ndarray]:
+def popularity(
+    ds: Dataset, day: int, live: np.ndarray, window: int = POPULARITY_DAYS
+) -> tuple[np.ndarray, np.ndarray]:
     """Live ads ordered by clicks in the `window` days before `day` (ties by ad_id), with their click counts.
     Every live ad is in the list (unclicked ones last), so the list is as long as the eligible set."""
     days = [d for d in range(day - window, day) if ds.first_day <= d <= ds.last_day]
@@ -71,8 +73,12 @@ class Retriever:
         store_day = ws.version_before(store_dir, self.day)
         index_day = ws.version_before(ws.index_dir, self.day)
         if store_day is None and index_day is None:
-            raise DermError(f"{ws.root}: nothing is published before day {self.day} (run `derm demo` or `derm daily`)")
-        self.store: StoreVersion | None = open_version(store_dir, store_day) if store_day is not None else None
+            raise DermError(
+                f"{ws.root}: nothing is published before day {self.day} (run `derm demo` or `derm daily`)"
+            )
+        self.store: StoreVersion | None = (
+            open_version(store_dir, store_day) if store_day is not None else None
+        )
         self.index = None
         self.index_manifest: dict = {}
         if index_day is not None and self.store is not None:
@@ -81,17 +87,24 @@ class Retriever:
                 if index_day != store_day:
                     raise VersionMismatchError(
                         f"{ws.index_dir}: index {version_name(index_day)} does not match embedding store "
-                        f"{version_name(store_day)} (pass allow_skew to mix them)"
+                        f"{version_name(store_day or 0)} (pass allow_skew to mix them)"
                     )
-                expect = {"embedding_version": self.store.manifest["artifact_id"], "lineage": self.store.lineage}
-            self.index, self.index_manifest = load_index_artifact(Path(ws.index_dir) / version_name(index_day), expect)
+                expect = {
+                    "embedding_version": self.store.manifest["artifact_id"],
+                    "lineage": self.store.lineage,
+                }
+            self.index, self.index_manifest = load_index_artifact(
+                Path(ws.index_dir) / version_name(index_day), expect
+            )
         self.live = self.ds.live_ads(self.day)
         self.popular, self.popular_clicks = popularity(self.ds, self.day, self.live)
         self.versions = {}
         if self.store is not None:
             self.versions["embeddings"] = self.store.version
         if self.index is not None:
-            self.versions["index"] = f"index:{version_name(index_day)}:{self.index_manifest['artifact_id'][:8]}"  # type: ignore[arg-type]
+            self.versions["index"] = (
+                f"index:{version_name(index_day)}:{self.index_manifest['artifact_id'][:8]}"  # type: ignore[arg-type]
+            )
 
     def user_embeddings(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.store is None:

@@ -86,7 +86,9 @@ class Inputs:
         """User-tower inputs: features + the activity sequence strictly before `ts` (int64[n])."""
         cat, num, dense = self.users.rows(user_ids)
         s = self.activity.sequences(user_ids, ts, self.seq_len)
-        seq_cat = _cat_index(self.ads.attribute(self.spec.ad_category or "", s.ad_id).astype(np.int64), self._n_cat)
+        seq_cat = _cat_index(
+            self.ads.attribute(self.spec.ad_category or "", s.ad_id).astype(np.int64), self._n_cat
+        )
         seq_cat = np.where(s.ad_id >= 0, seq_cat, 0)
         m, L = s.ad_id.shape
         _, _, seq_dense = self.ads.rows(s.ad_id.reshape(-1))  # unknown / padded ads give zeros
@@ -103,9 +105,15 @@ class Inputs:
 
     def ad_batch(self, ad_ids: np.ndarray) -> dict[str, torch.Tensor]:
         cat, num, dense = self.ads.rows(ad_ids)
-        return {"ad_cat": torch.from_numpy(cat), "ad_num": torch.from_numpy(num), "ad_dense": torch.from_numpy(dense)}
+        return {
+            "ad_cat": torch.from_numpy(cat),
+            "ad_num": torch.from_numpy(num),
+            "ad_dense": torch.from_numpy(dense),
+        }
 
-    def impression_batch(self, a: ImpressionArrays, reference_context: bool = False) -> dict[str, torch.Tensor]:
+    def impression_batch(
+        self, a: ImpressionArrays, reference_context: bool = False
+    ) -> dict[str, torch.Tensor]:
         b = self.user_batch(a.user_id, a.ts)
         b.update(self.ad_batch(a.ad_id))
         b["ctx"] = torch.from_numpy(a.ctx_ref if reference_context else a.ctx)

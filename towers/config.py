@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Task(str, Enum):
+class Task(StrEnum):
     """Which engagement the model's contrastive pairs come from: clicks (CTR model) or conversions (CVR)."""
 
     CTR = "ctr"

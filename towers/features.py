@@ -164,8 +164,12 @@ def build_feature_spec(ds: Dataset, train_days: list[int], id_buckets: int) -> F
         if c.name not in required
     )
     ad_cols = ds.columns["ads"]
-    cat_col = "category" if "category" in ad_cols and ad_cols["category"].kind is ColumnKind.CATEGORICAL else None
-    n_adv = _distinct(ds, "ads", "advertiser_id") if "advertiser_id" in ad_cols else _distinct(ds, "ads", "ad_id")
+    cat_col = (
+        "category" if "category" in ad_cols and ad_cols["category"].kind is ColumnKind.CATEGORICAL else None
+    )
+    n_adv = (
+        _distinct(ds, "ads", "advertiser_id") if "advertiser_id" in ad_cols else _distinct(ds, "ads", "ad_id")
+    )
     return FeatureSpec(
         user=_entity_fields(ds, "users", users, id_buckets),
         ad=_entity_fields(ds, "ads", ads, id_buckets),
@@ -195,7 +199,9 @@ class EntityTable:
         self.num_fields = spec.nums(entity)
         self.dense_fields = spec.denses(entity)
         present = set(ds.columns[table])
-        names = [key] + [f.name for f in (*self.cat_fields, *self.num_fields, *self.dense_fields) if f.name != key]
+        names = [key] + [
+            f.name for f in (*self.cat_fields, *self.num_fields, *self.dense_fields) if f.name != key
+        ]
         t = ds.table(table, [n for n in names if n in present])
         ids = t.column(key).to_numpy().astype(np.int64)
         order = np.argsort(ids)

@@ -34,7 +34,9 @@ class DailyEmbeddings:
 
 
 @torch.no_grad()
-def embed_users(snap: Snapshot, inputs: Inputs, user_ids: np.ndarray, ts: np.ndarray, batch: int = 8192) -> np.ndarray:
+def embed_users(
+    snap: Snapshot, inputs: Inputs, user_ids: np.ndarray, ts: np.ndarray, batch: int = 8192
+) -> np.ndarray:
     """float32[n, dim] user embeddings with sequences strictly before `ts`."""
     dev = next(snap.model.parameters()).device
     snap.model.eval()

@@ -28,6 +28,9 @@ class CandidateFrequency(nn.Module):
     incremental step resumes with the same estimate.
     """
 
+    counts: torch.Tensor
+    batches: torch.Tensor
+
     def __init__(self, buckets: int, decay: float) -> None:
         super().__init__()
         self.decay = decay

@@ -22,7 +22,9 @@ class FieldEncoder(nn.Module):
 
     def __init__(self, spec: FeatureSpec, entity: str, c: int) -> None:
         super().__init__()
-        self.cats = nn.ModuleList(nn.Embedding(f.size, c, padding_idx=0, sparse=True) for f in spec.cats(entity))
+        self.cats = nn.ModuleList(
+            nn.Embedding(f.size, c, padding_idx=0, sparse=True) for f in spec.cats(entity)
+        )
         n_num = len(spec.nums(entity))
         self.num = nn.Linear(n_num, c) if n_num else None
         self.dense_sizes = [f.size for f in spec.denses(entity)]
@@ -56,7 +58,9 @@ class SequenceEncoder(nn.Module):
 
     def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         seq_kind = b["seq_kind"]
-        tok = self.ad(b["seq_ad"]) + self.adv(b["seq_adv"]) + self.cat(b["seq_cat"]) + self.kind(seq_kind)  # (B, L, C)
+        tok = (
+            self.ad(b["seq_ad"]) + self.adv(b["seq_adv"]) + self.cat(b["seq_cat"]) + self.kind(seq_kind)
+        )  # (B, L, C)
         if self.content is not None:
             tok = tok + self.content(b["seq_dense"])
         mask = (seq_kind > 0).unsqueeze(-1).float()

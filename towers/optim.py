@@ -14,13 +14,12 @@ class TowerOptimizer:
     """SparseAdam for sparse `nn.Embedding` weights, Adam for everything else; one state_dict for both."""
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0) -> None:
-        sparse_ids = {
-            id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse
-        }
+        sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
         sparse = [p for p in model.parameters() if id(p) in sparse_ids]
         dense = [p for p in model.parameters() if id(p) not in sparse_ids]
         self.sparse = torch.optim.SparseAdam(sparse, lr=lr) if sparse else None
         self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
+        self._base_lrs = [float(g["lr"]) for g in self._groups()]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.dense.zero_grad(set_to_none=set_to_none)
@@ -31,6 +30,14 @@ class TowerOptimizer:
         self.dense.step()
         if self.sparse is not None:
             self.sparse.step()
+
+    def _groups(self) -> list[dict[str, Any]]:
+        return list(self.dense.param_groups) + (list(self.sparse.param_groups) if self.sparse else [])
+
+    def set_lr_scale(self, scale: float) -> None:
+        """Set every group's learning rate to `scale` times the configured one (1.0 restores it)."""
+        for g, lr in zip(self._groups(), self._base_lrs, strict=True):
+            g["lr"] = lr * scale
 
     def state_dict(self) -> dict[str, Any]:
         return {"dense": self.dense.state_dict(), "sparse": self.sparse.state_dict() if self.sparse else None}

@@ -82,7 +82,11 @@ class CycleConfig:
             "ranker": self.ranker.to_json(),
             "aggregation": _agg_json(self.aggregation),
             "ad_aggregation": _agg_json(self.ad_aggregation),
-            "index": {"backend": self.index.backend.value, "spec": self.index.spec, "metric": self.index.metric},
+            "index": {
+                "backend": self.index.backend.value,
+                "spec": self.index.spec,
+                "metric": self.index.metric,
+            },
             "self_check_queries": self.self_check_queries,
             "self_check_k": self.self_check_k,
         }
@@ -96,8 +100,12 @@ class CycleConfig:
             ranker=RankerConfig.from_json(d["ranker"]),
             aggregation=_agg_from(d["aggregation"]),
             ad_aggregation=_agg_from(d["ad_aggregation"]),
-            index=IndexConfig(backend=Backend(d["index"]["backend"]), spec=d["index"]["spec"], dim=towers.dim,
-                              metric=d["index"]["metric"]),
+            index=IndexConfig(
+                backend=Backend(d["index"]["backend"]),
+                spec=d["index"]["spec"],
+                dim=towers.dim,
+                metric=d["index"]["metric"],
+            ),
             self_check_queries=int(d["self_check_queries"]),
             self_check_k=int(d["self_check_k"]),
             device=device,
@@ -148,8 +156,15 @@ def _task_cfg(cfg: CycleConfig, task: str) -> TowerConfig:
 
 
 def publish_embeddings(
-    ws: Workspace, ds: Dataset, task: str, day: int, cfg: CycleConfig, model_day: int, back_inferred: bool,
-    activity: ActivityLog | None = None, overwrite: bool = False,
+    ws: Workspace,
+    ds: Dataset,
+    task: str,
+    day: int,
+    cfg: CycleConfig,
+    model_day: int,
+    back_inferred: bool,
+    activity: ActivityLog | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Infer day `day` with snapshot `model_day` and publish store version `day` (skips if published)."""
     sdir = ws.embeddings_dir(task)
@@ -161,10 +176,20 @@ def publish_embeddings(
     known = previous.ids("ad") if previous is not None else None
     daily = embed_day(ds, snap, day, known, activity)
     imp = ds.impressions(day, ["user_id", "ad_id"])
-    active = {"user": np.unique(imp.column("user_id").to_numpy()), "ad": np.unique(imp.column("ad_id").to_numpy())}
+    active = {
+        "user": np.unique(imp.column("user_id").to_numpy()),
+        "ad": np.unique(imp.column("ad_id").to_numpy()),
+    }
     return publish_day(
-        sdir, task, day, snap.manifest, {"user": (daily.user_ids, daily.user_vecs), "ad": (daily.ad_ids, daily.ad_vecs)},
-        previous, {"user": cfg.aggregation, "ad": cfg.ad_aggregation}, active, back_inferred=back_inferred,
+        sdir,
+        task,
+        day,
+        snap.manifest,
+        {"user": (daily.user_ids, daily.user_vecs), "ad": (daily.ad_ids, daily.ad_vecs)},
+        previous,
+        {"user": cfg.aggregation, "ad": cfg.ad_aggregation},
+        active,
+        back_inferred=back_inferred,
         overwrite=overwrite,
     )
 
@@ -184,11 +209,20 @@ def publish_index(ws: Workspace, day: int, cfg: CycleConfig, overwrite: bool = F
     ids, vecs = store.ids("ad"), store.vectors("ad")
     users = store.vectors("user")
     rng = np.random.default_rng(day)
-    q = users[rng.choice(len(users), min(cfg.self_check_queries, len(users)), replace=False)] if len(users) else None
+    q = (
+        users[rng.choice(len(users), min(cfg.self_check_queries, len(users)), replace=False)]
+        if len(users)
+        else None
+    )
     m = build_index_artifact(
-        target, ids, vecs, cfg.index,
+        target,
+        ids,
+        vecs,
+        cfg.index,
         upstream={"embedding_version": store.manifest["artifact_id"], "lineage": store.lineage, "day": day},
-        self_check_queries=q, k=min(cfg.self_check_k, len(ids)), overwrite=overwrite,
+        self_check_queries=q,
+        k=min(cfg.self_check_k, len(ids)),
+        overwrite=overwrite,
     )
     from adslog.artifact import set_latest
 
@@ -197,7 +231,11 @@ def publish_index(ws: Workspace, day: int, cfg: CycleConfig, overwrite: bool = F
 
 
 def bootstrap(
-    ws: Workspace, train_days: list[int], cfg: CycleConfig, progress: Progress = no_progress, timer: Timer | None = None,
+    ws: Workspace,
+    train_days: list[int],
+    cfg: CycleConfig,
+    progress: Progress = no_progress,
+    timer: Timer | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train everything from scratch on `train_days` and publish the versions of their last day."""
@@ -211,13 +249,23 @@ def bootstrap(
         mdir = ws.models_dir(task)
         if overwrite or not (mdir / version_name(last) / "manifest.json").exists():
             done = timer.stage(f"train_{task}")
-            train_towers(ds, train_days, _task_cfg(cfg, task), mdir, device=cfg.device, progress=progress, overwrite=overwrite)
+            train_towers(
+                ds,
+                train_days,
+                _task_cfg(cfg, task),
+                mdir,
+                device=cfg.device,
+                progress=progress,
+                overwrite=overwrite,
+            )
             done()
         done = timer.stage(f"embed_{task}")
         for i, d in enumerate(train_days):
             if activity is None or d != train_days[0]:
                 activity = ActivityLog.from_dataset(ds, d)
-            publish_embeddings(ws, ds, task, d, cfg, last, back_inferred=True, activity=activity, overwrite=overwrite)
+            publish_embeddings(
+                ws, ds, task, d, cfg, last, back_inferred=True, activity=activity, overwrite=overwrite
+            )
             progress(f"embed {task}", i + 1, len(train_days))
         done()
     done = timer.stage("index")
@@ -231,8 +279,12 @@ def bootstrap(
 
 
 def run_day(
-    ws: Workspace, day: int, cfg: CycleConfig | None = None, progress: Progress = no_progress,
-    timer: Timer | None = None, overwrite: bool = False,
+    ws: Workspace,
+    day: int,
+    cfg: CycleConfig | None = None,
+    progress: Progress = no_progress,
+    timer: Timer | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """One daily cycle for `day` (see the module docstring). Returns the day's eval document and timings."""
     ds = ws.dataset()
@@ -260,8 +312,16 @@ def run_day(
             if parent is None:
                 raise DermError(f"{mdir}: no snapshot before day {day}")
             done = timer.stage(f"train_{task}")
-            train_towers(ds, [day], _task_cfg(cfg, task), mdir, parent=mdir / version_name(parent),
-                         device=cfg.device, progress=progress, overwrite=overwrite)
+            train_towers(
+                ds,
+                [day],
+                _task_cfg(cfg, task),
+                mdir,
+                parent=mdir / version_name(parent),
+                device=cfg.device,
+                progress=progress,
+                overwrite=overwrite,
+            )
             done()
         done = timer.stage(f"embed_{task}")
         publish_embeddings(ws, ds, task, day, cfg, day, back_inferred=False, overwrite=overwrite)
@@ -272,14 +332,27 @@ def run_day(
     if overwrite or not (ws.ranker_dir / version_name(day) / "manifest.json").exists():
         parent = ws.version_before(ws.ranker_dir, day)
         done = timer.stage("ranker")
-        train_ranker(ws, ds, [day], cfg.ranker, ws.ranker_dir / version_name(parent) if parent is not None else None,
-                     cfg.device, progress, overwrite)
+        train_ranker(
+            ws,
+            ds,
+            [day],
+            cfg.ranker,
+            ws.ranker_dir / version_name(parent) if parent is not None else None,
+            cfg.device,
+            progress,
+            overwrite,
+        )
         done()
     return {"day": day, "skipped": False, "eval": doc, "stage_seconds": timer.seconds}
 
 
-def run_days(ws: Workspace, days: list[int], cfg: CycleConfig | None = None, progress: Progress = no_progress,
-             overwrite: bool = False) -> list[dict[str, Any]]:
+def run_days(
+    ws: Workspace,
+    days: list[int],
+    cfg: CycleConfig | None = None,
+    progress: Progress = no_progress,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
     with ws.lock():
         return [run_day(ws, d, cfg, progress, overwrite=overwrite) for d in days]
 

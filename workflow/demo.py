@@ -24,6 +24,9 @@ from adslog.progress import Progress, no_progress
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
 from eval.evaluate import evaluate_day
+from index import IndexConfig
+from ranking.model import RankerConfig
+from towers.config import TowerConfig
 from workflow.cycle import CycleConfig, Timer, bootstrap, run_day
 from workflow.report import write_report_md
 
@@ -37,12 +40,33 @@ class DemoConfig:
     cycle: CycleConfig = field(default_factory=CycleConfig)
     ks: tuple[int, ...] = (20, 100)
 
+    @classmethod
+    def tiny(cls, seed: int = 0) -> DemoConfig:
+        """A demo small enough for unit tests (~20 s on 2 cores), large enough that trained models beat chance."""
+        return cls(
+            synth=SynthConfig(n_users=1500, n_ads=900, n_days=7, impressions_per_day=15_000, seed=seed),
+            train_days=4,
+            cycle=CycleConfig(
+                towers=TowerConfig(
+                    dim=16, token_dim=8, hidden=(64,), batch_size=512, epochs_initial=2, seed=seed
+                ),
+                ranker=RankerConfig(
+                    token_dim=8, hidden=(64,), batch_size=512, lr=5e-3, epochs_initial=3, seed=seed
+                ),
+                index=IndexConfig(dim=16),
+                self_check_queries=200,
+                device="cpu",
+            ),
+        )
+
     def __post_init__(self) -> None:
         if not 1 <= self.train_days <= self.synth.n_days - 2:
             raise ValueError("train_days must leave at least one daily cycle and one evaluation day")
 
 
-def run_demo(work: str | Path, cfg: DemoConfig | None = None, progress: Progress = no_progress) -> dict[str, Any]:
+def run_demo(
+    work: str | Path, cfg: DemoConfig | None = None, progress: Progress = no_progress
+) -> dict[str, Any]:
     """Run (or resume) the demo in `work`; returns {"report": eval doc, "stage_seconds", "total_seconds", ...}."""
     cfg = cfg or DemoConfig()
     t0 = time.perf_counter()

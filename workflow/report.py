@@ -55,11 +55,18 @@ def write_report_md(path: Path, summary: dict[str, Any]) -> None:
     ]
     emb = doc.get("embeddings", {})
     if emb:
-        lines += ["## Embeddings", "", "| model | entity | coverage | stability (raw) | stability (pooled) |", "|---|---|---|---|---|"]
+        lines += [
+            "## Embeddings",
+            "",
+            "| model | entity | coverage | stability (raw) | stability (pooled) |",
+            "|---|---|---|---|---|",
+        ]
         for task, ents in emb.items():
             for e, v in ents.items():
                 st = v.get("stability") or {}
-                lines.append(f"| {task} | {e} | {_f(v.get('coverage'))} | {_f(st.get('raw'))} | {_f(st.get('pooled'))} |")
+                lines.append(
+                    f"| {task} | {e} | {_f(v.get('coverage'))} | {_f(st.get('raw'))} | {_f(st.get('pooled'))} |"
+                )
         lines.append("")
 
     Path(path).write_text("\n".join(lines))

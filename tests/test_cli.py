@@ -1,0 +1,149 @@
+"""The CLI through click's CliRunner: happy paths assert outputs and artifacts, error paths assert exit code 1
+and the exact `Error:` line, and every command has help text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    r = runner.invoke(main, list(args), catch_exceptions=False)
+    return r.exit_code, r.stdout, r.stderr
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for name, cmd in group.commands.items():
+        out.append((*prefix, name))
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, (*prefix, name))
+    return out
+
+
+def test_every_command_has_help() -> None:
+    cmds = _commands(main)
+    names = {" ".join(c) for c in cmds}
+    for required in (
+        "data synth",
+        "data import movielens-100k",
+        "data import gowalla",
+        "data import generic",
+        "train",
+        "embed",
+        "index build",
+        "query",
+        "ranker train",
+        "eval",
+        "daily",
+        "demo",
+    ):
+        assert required in names
+    for c in cmds:
+        code, out, _ = _run(*c, "--help")
+        assert code == 0
+        cmd = main
+        for part in c:
+            cmd = cmd.commands[part]  # type: ignore[attr-defined]
+        assert cmd.help and cmd.help.strip(), f"{' '.join(c)} has no help text"
+        assert "Usage:" in out
+
+
+def test_synth_json(tmp_path: Path) -> None:
+    out = tmp_path / "d"
+    code, stdout, stderr = _run(
+        "data",
+        "synth",
+        str(out),
+        "--users",
+        "300",
+        "--ads",
+        "200",
+        "--days",
+        "3",
+        "--impressions-per-day",
+        "2000",
+        "--json",
+    )
+    assert code == 0 and stderr == ""
+    doc = json.loads(stdout)
+    assert doc["stats"]["n_impressions"] == 6000
+    assert (out / "manifest.json").exists()
+    code, _, stderr = _run("data", "synth", str(out), "--users", "300", "--ads", "200", "--days", "3")
+    assert code == 1 and stderr == f"Error: {out.resolve()}: already exists (pass overwrite to replace it)\n"
+
+
+def test_eval_json_matches_report(demo_ws: tuple[Path, dict]) -> None:
+    work, s = demo_ws
+    code, stdout, stderr = _run("eval", "--work", str(work), "--json")
+    assert code == 0 and stderr == ""
+    assert json.loads(stdout) == json.loads((work / "report.json").read_text())
+    code, stdout, _ = _run("eval", "--work", str(work))
+    assert code == 0 and "| recall@100 |" in stdout and "popularity" in stdout
+
+
+def test_query_json(demo_ws: tuple[Path, dict]) -> None:
+    work, s = demo_ws
+    code, stdout, stderr = _run("query", "--work", str(work), "--user", "5", "--k", "4")
+    assert code == 0 and stderr == ""
+    doc = json.loads(stdout)
+    assert set(doc) == {"user_id", "day", "path", "versions", "results"}
+    assert doc["path"] == "cold_start" and len(doc["results"]) == 4
+    assert set(doc["results"][0]) == {"ad_id", "score", "rank_score", "rank"}
+
+
+def test_daily_skips_published_day(demo_ws: tuple[Path, dict]) -> None:
+    work, s = demo_ws
+    code, stdout, stderr = _run("daily", "--work", str(work), "--day", str(s["daily_days"][0]), "--json")
+    assert code == 0 and stderr == ""
+    assert json.loads(stdout)["days"][0]["skipped"] is True
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("eval", "--work", "{tmp}/nope"), "Error: {tmp}/nope: workspace does not exist"),
+        (("query", "--work", "{tmp}/nope", "--user", "1"), "Error: {tmp}/nope: workspace does not exist"),
+        (("daily", "--work", "{tmp}/nope", "--day", "1"), "Error: {tmp}/nope: workspace does not exist"),
+        (("data", "import", "gowalla", "{tmp}/nope", "{tmp}/out"), None),
+    ],
+)
+def test_missing_paths_are_domain_errors(tmp_path: Path, args: tuple[str, ...], expected: str | None) -> None:
+    code, stdout, stderr = _run(*(a.format(tmp=tmp_path) for a in args))
+    assert code == 1 and stdout == ""
+    assert stderr.startswith("Error: ") and stderr.count("\n") == 1
+    if expected:
+        assert stderr == expected.format(tmp=tmp_path) + "\n"
+
+
+def test_day_outside_range(demo_ws: tuple[Path, dict]) -> None:
+    work, s = demo_ws
+    data = Path(s["data"])
+    code, stdout, stderr = _run("eval", "--work", str(work), "--day", "5", "--json")
+    assert code == 1 and stdout == ""
+    first, last = s["train_days"][0], s["eval_day"]
+    assert stderr == f"Error: {data}: day 5 is outside the data's range {first}..{last}\n"
+
+
+def test_corrupt_partition_is_named(demo_ws: tuple[Path, dict], tmp_path: Path) -> None:
+    import shutil
+
+    work, s = demo_ws
+    data = tmp_path / "data"
+    shutil.copytree(s["data"], data)
+    part = sorted((data / "impressions" / f"day={s['eval_day']}").glob("*.parquet"))[0]
+    part.write_bytes(b"not parquet at all")
+    code, stdout, stderr = _run("data", "synth", str(tmp_path / "x"), "--users", "0")
+    assert code == 1 and stderr.startswith("Error: ")  # config validation is a domain error too
+    ws2 = tmp_path / "w2"
+    code, stdout, stderr = _run("eval", "--work", str(ws2), "--data", str(data), "--json")
+    assert code == 1 and stdout == ""
+    assert stderr.startswith(f"Error: {part}: unreadable Parquet file")

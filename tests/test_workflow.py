@@ -1,0 +1,149 @@
+"""End to end on the tiny demo: every stage publishes, the report has every key, a trained model beats chance,
+reruns recompute nothing, and evaluation is point-in-time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adslog.artifact import read_json
+from adslog.errors import DermError, VersionMismatchError
+from adslog.workspace import Workspace, version_name
+from embstore.store import open_version
+from eval.evaluate import evaluate_day
+from ranking.serve import TwoStage, query
+from retrieval.retrieve import Retriever
+from workflow.cycle import run_day
+from workflow.demo import DemoConfig, run_demo
+
+
+def _artifact_ids(work: Path) -> dict[str, str]:
+    out = {}
+    for m in sorted(work.rglob("manifest.json")):
+        if "data" in m.relative_to(work).parts[:1]:
+            continue
+        out[str(m.relative_to(work))] = read_json(m)["artifact_id"]
+    return out
+
+
+def test_report_has_every_key(demo_ws: tuple[Path, dict]) -> None:
+    work, summary = demo_ws
+    doc = json.loads((work / "report.json").read_text())
+    assert doc == summary["report"]
+    for key in ("day", "embedding_day", "train_days", "versions", "retrieval", "ranking", "embeddings"):
+        assert key in doc
+    assert doc["embedding_day"] == doc["day"] - 1
+    r = doc["retrieval"]
+    for key in ("recall_at_k", "popularity_recall_at_k", "oracle_recall_at_k", "relevance_recall_at_k"):
+        assert set(r[key]) == {"20", "100"}
+        assert all(0.0 <= v <= 1.0 for v in r[key].values())
+    assert r["n_users"] > 50 and 0 <= r["n_cold"] < r["n_users"]
+    assert set(doc["ranking"]) >= {"roc_auc", "pr_auc", "oracle_roc_auc"}
+    assert set(doc["embeddings"]["ctr"]) == {"user", "ad"}
+    assert set(doc["versions"]) == {"embeddings", "index", "ranker"}
+    assert (work / "report.md").read_text().startswith(f"# derm report: day {doc['day']}")
+
+
+def test_trained_models_beat_chance(demo_ws: tuple[Path, dict]) -> None:
+    doc = demo_ws[1]["report"]
+    assert doc["ranking"]["roc_auc"] > 0.58
+    assert (
+        doc["ranking"]["oracle_roc_auc"] > doc["ranking"]["roc_auc"] - 0.02
+        or doc["ranking"]["oracle_roc_auc"] > 0.7
+    )
+    # random retrieval of 100 from the live ads would find ~100 / n_live of the clicked ads
+    r = doc["retrieval"]
+    assert r["recall_at_k"]["100"] > 3 * 100 / r["n_live_ads"]
+
+
+def test_every_stage_published_each_day(demo_ws: tuple[Path, dict]) -> None:
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    published = s["train_days"] + s["daily_days"]
+    assert ws.published_days(ws.embeddings_dir("ctr")) == published
+    assert ws.published_days(ws.models_dir("ctr")) == [s["train_days"][-1], *s["daily_days"]]
+    assert ws.published_days(ws.index_dir) == [s["train_days"][-1], *s["daily_days"]]
+    assert ws.published_days(ws.ranker_dir) == [s["train_days"][-1], *s["daily_days"]]
+    for d in s["daily_days"] + [s["eval_day"]]:
+        assert ws.eval_path(d).exists()
+    # back inference is marked, daily versions are not
+    assert open_version(ws.embeddings_dir("ctr"), s["train_days"][0]).manifest["back_inferred"] is True
+    assert open_version(ws.embeddings_dir("ctr"), s["daily_days"][-1]).manifest["back_inferred"] is False
+    # no temp directory is left anywhere
+    assert not [p for p in work.rglob(".tmp-*")]
+
+
+def test_rerun_recomputes_nothing(demo_ws: tuple[Path, dict]) -> None:
+    work, _ = demo_ws
+    before = _artifact_ids(work)
+    again = run_demo(work, DemoConfig.tiny())
+    assert _artifact_ids(work) == before
+    assert "train_ctr" not in again["stage_seconds"] and "ranker" not in again["stage_seconds"]
+    assert run_day(Workspace.open(work), again["daily_days"][0])["skipped"] is True
+
+
+def test_eval_uses_only_versions_before_the_day(demo_ws: tuple[Path, dict]) -> None:
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    day = s["daily_days"][0]
+    doc = evaluate_day(ws, day)
+    assert doc["embedding_day"] == day - 1
+    assert version_name(day - 1) in doc["versions"]["embeddings"]
+    assert version_name(day - 1) in doc["versions"]["index"]
+    assert version_name(day - 1) in doc["versions"]["ranker"]
+    assert doc == read_json(ws.eval_path(day))
+
+
+def test_query_two_stage(demo_ws: tuple[Path, dict]) -> None:
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    ts = TwoStage(ws)
+    assert ts.day == s["eval_day"]
+    user = int(ws.dataset().impressions(s["daily_days"][-1], ["user_id"]).column("user_id")[0].as_py())
+    res = ts.query(user, k=10, candidates=50)
+    assert res["path"] == "ann" and res["user_id"] == user and res["day"] == s["eval_day"]
+    assert len(res["results"]) == 10
+    assert [r["rank"] for r in res["results"]] == list(range(1, 11))
+    rank_scores = [r["rank_score"] for r in res["results"]]
+    assert rank_scores == sorted(rank_scores, reverse=True)
+    live = set(ws.dataset().live_ads(ts.day).tolist())
+    assert all(r["ad_id"] in live for r in res["results"])
+    assert len({r["ad_id"] for r in res["results"]}) == 10
+    # an unknown user is answered by the cold-start path, still k results
+    cold = query(ws, 123, k=7)
+    assert cold["path"] == "cold_start" and len(cold["results"]) == 7
+
+
+def test_retrieval_filters_to_live_ads_and_refuses_skew(demo_ws: tuple[Path, dict], tmp_path: Path) -> None:
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    day = s["eval_day"]
+    r = Retriever(ws, day)
+    users = r.store.ids("user")[:20]  # type: ignore[union-attr]
+    c = r.retrieve(users, 30)
+    live = ws.dataset().live_ads(day)
+    assert np.isin(c.ids, live).all() and all(p == "ann" for p in c.path)
+    excluded = c.ids[0, :5]
+    c2 = r.retrieve(users[:1], 30, excluded_ids=excluded)
+    assert not np.isin(c2.ids, excluded).any() and (c2.ids >= 0).all()
+    # version skew: point the index LATEST / versions at a different day than the store
+    import shutil
+
+    skew = tmp_path / "skew"
+    shutil.copytree(work, skew)
+    ws2 = Workspace(skew)
+    last_index = ws2.index_dir / version_name(day - 1)
+    shutil.rmtree(last_index)
+    with pytest.raises(VersionMismatchError, match="does not match embedding store"):
+        Retriever(ws2, day)
+    assert Retriever(ws2, day, allow_skew=True).index is not None
+
+
+def test_nothing_published_is_an_error(tmp_path: Path, demo_ws: tuple[Path, dict]) -> None:
+    work, s = demo_ws
+    ws = Workspace.create(tmp_path / "empty", Workspace.open(work).data_path())
+    with pytest.raises(DermError, match="nothing is published"):
+        query(ws, 1)
