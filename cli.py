@@ -115,6 +115,10 @@ def _workspace(work: str, data: str | None) -> Any:
     return Workspace.open(work, data)
 
 
+def _span(days: list[int]) -> dict[str, int]:
+    return {"first": days[0], "last": days[-1], "n": len(days)}
+
+
 def _days(ds: Any, first: int | None, last: int | None, default_last: int) -> list[int]:
     a = ds.first_day if first is None else ds.check_day(first)
     b = default_last if last is None else ds.check_day(last)
@@ -320,7 +324,7 @@ def train(
         "model": str(ws.models_dir(task) / f"day={m['day']}"),
         "model_version": m["model_version"],
         "lineage": m["lineage"],
-        "days": days,
+        "days": _span(days),
         **{k: m["train_stats"][k] for k in ("rows", "seconds", "samples_per_second")},
     }
     _emit(out, as_json, _kv)
@@ -498,7 +502,7 @@ def ranker_train(
     st = m["train_stats"]
     out = {
         "ranker": str(ws.ranker_dir / f"day={m['day']}"),
-        "days": days,
+        "days": _span(days),
         "rows": st["rows"],
         "seconds": st["seconds"],
         "calibration_ctr": {k: st["calibration_ctr"][k] for k in ("predicted", "observed")},

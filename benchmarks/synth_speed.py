@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from adslog.synth import SynthConfig, generate
+from common import write_result
 
-RESULTS = Path(__file__).resolve().parent / "results" / "synth_speed.json"
+from adslog.synth import SynthConfig, generate
 
 
 def main() -> None:
@@ -32,21 +30,14 @@ def main() -> None:
         stats = generate(cfg, Path(tmp) / "synth")
         seconds = time.perf_counter() - t0
     result = {
+        "command": "python benchmarks/synth_speed.py",
         "impressions": stats["n_impressions"],
         "seconds": round(seconds, 3),
         "impressions_per_minute": round(stats["n_impressions"] / seconds * 60),
         "config": asdict(cfg),
         "stats": stats,
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        },
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_result("synth_speed", result)
     print(json.dumps({k: result[k] for k in ("impressions", "seconds", "impressions_per_minute")}))
 
 

@@ -1,0 +1,32 @@
+"""`make bench`: run every benchmark script in benchmarks/ (each writes benchmarks/results/<name>.json), then
+regenerate docs/RESULTS.md from those files. Prints each script's wall time and the total."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SKIP = {"run_all.py", "render_results.py", "common.py"}
+
+
+def main() -> int:
+    t0 = time.perf_counter()
+    failed = []
+    for script in sorted(HERE.glob("*.py")):
+        if script.name in SKIP or script.name.startswith("_"):
+            continue
+        t = time.perf_counter()
+        rc = subprocess.run([sys.executable, str(script)], cwd=HERE.parent).returncode
+        print(f"{script.name}: exit {rc} in {time.perf_counter() - t:.0f} s", flush=True)
+        if rc:
+            failed.append(script.name)
+    rc = subprocess.run([sys.executable, str(HERE / "render_results.py")], cwd=HERE.parent).returncode
+    print(f"total: {time.perf_counter() - t0:.0f} s; failed: {failed or 'none'}")
+    return 1 if failed or rc else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
