@@ -570,8 +570,9 @@ def daily(
 @work_option
 @click.option("--user", "user_id", required=True, type=int, help="User id.")
 @click.option("--k", type=int, default=20, show_default=True, help="Number of results.")
-@click.option("--candidates", type=int, default=None, help="ANN candidates to re-rank (default 5k).")
+@click.option("--candidates", type=int, default=None, help="ANN candidates to re-rank (default 5 x k).")
 @click.option("--day", type=int, default=None, help="Query day (default: the day after the latest version).")
+@device_option
 @json_option
 @click.pass_context
 def query(
@@ -581,13 +582,14 @@ def query(
     k: int,
     candidates: int | None,
     day: int | None,
+    device: str,
     as_json: bool,
 ) -> None:
     """Retrieve and rank the nearest live ads for a user. Always prints one JSON object."""
     from ranking.serve import query as run_query
 
     _setup(True, ctx.obj["verbose"])
-    res = run_query(_workspace(work, None), user_id, k, candidates, day)
+    res = run_query(_workspace(work, None), user_id, k, candidates, day, device)
     click.echo(json.dumps(res, indent=2, default=_default))
 
 
@@ -596,10 +598,11 @@ def query(
 @data_option
 @click.option("--day", type=int, default=None, help="Day to evaluate (default: the data's last day).")
 @click.option("--k", "ks", default="20,100", show_default=True, help="Comma-separated K values.")
+@device_option
 @json_option
 @click.pass_context
 def eval_cmd(
-    ctx: click.Context, work: str, data: str | None, day: int | None, ks: str, as_json: bool
+    ctx: click.Context, work: str, data: str | None, day: int | None, ks: str, device: str, as_json: bool
 ) -> None:
     """Evaluate a day with the versions published before it: recall@K, AUCs, embedding stats."""
     from eval.evaluate import evaluate_day
@@ -612,7 +615,7 @@ def eval_cmd(
         raise DermError(f"--k: not a comma-separated list of integers: {ks!r}") from None
     if not kk or min(kk) < 1:
         raise DermError("--k: give at least one K >= 1")
-    doc = evaluate_day(_workspace(work, data), day, kk, bars)
+    doc = evaluate_day(_workspace(work, data), day, kk, bars, device)
     _emit(
         doc,
         as_json,
@@ -624,15 +627,19 @@ def eval_cmd(
 @click.option(
     "--work", default="demo", show_default=True, type=click.Path(file_okay=False), help="Workspace directory."
 )
+@device_option
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, work: str, as_json: bool) -> None:
+def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
     """Run the whole system on the built-in synthetic ads log and report (resumes after an interruption)."""
-    from workflow.demo import run_demo
+    from dataclasses import replace
+
+    from workflow.demo import DemoConfig, run_demo
     from workflow.report import summary_table
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    s = run_demo(work, progress=bars)
+    cfg = DemoConfig()
+    s = run_demo(work, replace(cfg, cycle=replace(cfg.cycle, device=device)), progress=bars)
     if as_json:
         _emit(s, True, str)
         return

@@ -30,9 +30,17 @@ def main() -> None:
     }
     path = write_result("demo", result)
     r = s["report"]
-    print(json.dumps({"results": str(path), "recall_at_k": r["retrieval"]["recall_at_k"],
-                      "popularity_recall_at_k": r["retrieval"]["popularity_recall_at_k"],
-                      "roc_auc": r["ranking"]["roc_auc"], "total_seconds": s["total_seconds"]}))
+    print(
+        json.dumps(
+            {
+                "results": str(path),
+                "recall_at_k": r["retrieval"]["recall_at_k"],
+                "popularity_recall_at_k": r["retrieval"]["popularity_recall_at_k"],
+                "roc_auc": r["ranking"]["roc_auc"],
+                "total_seconds": s["total_seconds"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from eval.metrics import overlap_at_k, pr_auc, recall_at_k, roc_auc
 from ranking.train import DermLookup, load_ranker, score
 from retrieval.retrieve import Retriever
 from towers.batches import Inputs
+from towers.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,14 @@ def oracle_topk(
 
 
 def evaluate_day(
-    ws: Workspace, day: int | None = None, ks: tuple[int, ...] = (20, 100), progress: Progress = no_progress
+    ws: Workspace,
+    day: int | None = None,
+    ks: tuple[int, ...] = (20, 100),
+    progress: Progress = no_progress,
+    device: str = "cpu",
 ) -> dict[str, Any]:
-    """The `derm eval --json` document for `day` (default: the data's last day)."""
+    """The `derm eval --json` document for `day` (default: the data's last day); the ranker scores on
+    `device` (auto | cpu | cuda)."""
     ds = ws.dataset()
     day = ds.last_day if day is None else ds.check_day(day)
     ks = tuple(sorted(set(ks)))
@@ -100,7 +106,7 @@ def evaluate_day(
     versions = dict(cand.versions)
     rday = ws.version_before(ws.ranker_dir, day)
     if rday is not None:
-        snap = load_ranker(Path(ws.ranker_dir) / version_name(rday))
+        snap = load_ranker(Path(ws.ranker_dir) / version_name(rday), resolve_device(device))
         versions["ranker"] = snap.version
         inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, day), snap.config.seq_len)
         arrays = inputs.arrays(imp)

@@ -19,6 +19,7 @@ from ranking.train import DermLookup, RankerSnapshot, load_ranker, score
 from retrieval.retrieve import Retriever
 from towers.batches import ImpressionArrays, Inputs
 from towers.features import reference_context
+from towers.train import resolve_device
 
 
 def serving_day(ws: Workspace) -> int:
@@ -34,14 +35,18 @@ def serving_day(ws: Workspace) -> int:
 class TwoStage:
     """Retriever + ranker for one query day, loaded once and reused for many users."""
 
-    def __init__(self, ws: Workspace, day: int | None = None, allow_skew: bool = False) -> None:
+    def __init__(
+        self, ws: Workspace, day: int | None = None, allow_skew: bool = False, device: str = "cpu"
+    ) -> None:
         self.ws = ws
         self.ds = ws.dataset()
         self.day = serving_day(ws) if day is None else int(day)
         self.retriever = Retriever(ws, self.day, self.ds, allow_skew=allow_skew)
         rday = ws.version_before(ws.ranker_dir, self.day)
         self.ranker: RankerSnapshot | None = (
-            load_ranker(Path(ws.ranker_dir) / version_name(rday)) if rday is not None else None
+            load_ranker(Path(ws.ranker_dir) / version_name(rday), resolve_device(device))
+            if rday is not None
+            else None
         )
         self.inputs: Inputs | None = None
         if self.ranker is not None:
@@ -105,7 +110,12 @@ def _num(x: float) -> float | None:
 
 
 def query(
-    ws: Workspace, user_id: int, k: int = 20, candidates: int | None = None, day: int | None = None
+    ws: Workspace,
+    user_id: int,
+    k: int = 20,
+    candidates: int | None = None,
+    day: int | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """The two-stage answer for one user as the `derm query --json` document."""
-    return TwoStage(ws, day).query(user_id, k, candidates)
+    return TwoStage(ws, day, device=device).query(user_id, k, candidates)

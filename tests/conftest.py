@@ -23,8 +23,6 @@ except ImportError:  # pragma: no cover - faiss is a test requirement through th
 
 from workflow.demo import DemoConfig, run_demo  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
 def demo_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:

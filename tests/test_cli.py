@@ -147,3 +147,39 @@ def test_corrupt_partition_is_named(demo_ws: tuple[Path, dict], tmp_path: Path) 
     code, stdout, stderr = _run("eval", "--work", str(ws2), "--data", str(data), "--json")
     assert code == 1 and stdout == ""
     assert stderr.startswith(f"Error: {part}: unreadable Parquet file")
+
+
+def test_movielens_end_to_end(tmp_path: Path) -> None:
+    """Import the real MovieLens-100K log and run the manual path: train, embed, index, ranker, eval, query."""
+    src = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "movielens_100k"
+    if not (src / "ml-100k.inter").exists():
+        pytest.skip(f"{src} not available")
+    ml, w = tmp_path / "ml", tmp_path / "w"
+    assert _run("data", "import", "movielens-100k", str(src), str(ml), "--json")[0] == 0
+    first, last = 10124, 10183  # the first 60 days
+    code, out, err = _run(
+        "train",
+        "--work",
+        str(w),
+        "--data",
+        str(ml),
+        "--first-day",
+        str(first),
+        "--last-day",
+        str(last),
+        "--epochs",
+        "1",
+        "--json",
+    )
+    assert code == 0 and err == "" and json.loads(out)["days"] == {"first": first, "last": last, "n": 60}
+    assert _run("embed", "--work", str(w), "--from", str(first), "--to", str(last), "--json")[0] == 0
+    assert _run("index", "build", "--work", str(w), "--json")[0] == 0
+    assert _run("ranker", "train", "--work", str(w), "--json")[0] == 0
+    code, out, err = _run("eval", "--work", str(w), "--day", str(last + 1), "--json")
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    assert doc["embedding_day"] == last and doc["retrieval"]["n_users"] > 0
+    assert "oracle_recall_at_k" not in doc["retrieval"] and "oracle_roc_auc" not in doc["ranking"]
+    assert 0.0 <= doc["ranking"]["roc_auc"] <= 1.0
+    code, out, _ = _run("query", "--work", str(w), "--user", "1", "--k", "5")
+    assert code == 0 and len(json.loads(out)["results"]) == 5

@@ -147,3 +147,25 @@ def test_nothing_published_is_an_error(tmp_path: Path, demo_ws: tuple[Path, dict
     ws = Workspace.create(tmp_path / "empty", Workspace.open(work).data_path())
     with pytest.raises(DermError, match="nothing is published"):
         query(ws, 1)
+
+
+def test_no_oracle_column_reaches_a_model(demo_ws: tuple[Path, dict]) -> None:
+    """The synthetic data has oracle columns (p_click, p_conversion) and oracle factors; no model input may
+    contain them: the feature specs stored with every snapshot name only id/categorical/numeric/dense columns."""
+    work, _ = demo_ws
+    ws = Workspace.open(work)
+    ds = ws.dataset()
+    oracle = {n for t in ds.columns.values() for n, c in t.items() if c.kind.value == "oracle"}
+    assert oracle == {"p_click", "p_conversion"}
+    specs = [read_json(p)["feature_spec"] for p in (work / "models").rglob("manifest.json")]
+    specs += [read_json(p)["feature_spec"] for p in (work / "ranker").rglob("manifest.json")]
+    assert len(specs) >= 2
+    for spec in specs:
+        names = {f["name"] for part in ("user", "ad", "context") for f in spec[part]}
+        assert names and not names & oracle
+        assert {f["kind"] for part in ("user", "ad", "context") for f in spec[part]} <= {
+            "id",
+            "categorical",
+            "numeric",
+            "dense_vector",
+        }

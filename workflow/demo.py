@@ -91,7 +91,7 @@ def run_demo(
             doc = read_json(ws.eval_path(last))
         else:
             done = timer.stage("eval")
-            doc = evaluate_day(ws, last, cfg.ks)
+            doc = evaluate_day(ws, last, cfg.ks, device=cfg.cycle.device)
             write_json_atomic(ws.eval_path(last), doc)
             done()
         write_json_atomic(ws.root / "report.json", doc)
