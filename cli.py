@@ -656,5 +656,22 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
+@main.command()
+@work_option
+@click.option("--to", "to_day", required=True, type=int, help="Day whose versions become live again.")
+@json_option
+@click.pass_context
+def rollback(ctx: click.Context, work: str, to_day: int, as_json: bool) -> None:
+    """Point LATEST of models, embeddings, index and ranker back to day D together; later versions move to
+    WORK/rejected/ and are recomputed by the next `derm daily`."""
+    from workflow.rollback import rollback as run_rollback
+
+    _setup(as_json, ctx.obj["verbose"])
+    ws = _workspace(work, None)
+    with ws.lock():
+        out = run_rollback(ws, to_day)
+    _emit(out, as_json, lambda o: f"live versions: day={o['to']}; moved {len(o['moved'])} later versions to rejected/")
+
+
 if __name__ == "__main__":
     main()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adslog.errors import DataError
+from adslog.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def publishing(target: Path, overwrite: bool = False) -> Iterator[Path]:
         if not (tmp / MANIFEST).exists():
             raise RuntimeError(f"artifact written to {target} has no {MANIFEST}")
         fsync_tree(tmp)
+        crash_point("publish", str(target))
         if target.exists():
             old = target.parent / f"{TMP_PREFIX}old-{target.name}.{uuid.uuid4().hex[:8]}"
             os.replace(target, old)

@@ -20,3 +20,7 @@ class DataError(DermError):
 
 class VersionMismatchError(DermError):
     """Two artifacts that must come from the same upstream version do not."""
+
+
+class QualityGateError(DermError):
+    """A new version failed a quality gate and was not published; the previous version stays live."""

@@ -132,6 +132,18 @@ class Workspace:
         cands = [d for d in self.published_days(parent) if d < day and (latest is None or d <= latest)]
         return cands[-1] if cands else None
 
+    def serving_version(self, parents: list[Path], day: int) -> int | None:
+        """The newest version strictly before `day` that is published in *every* family in `parents` and not
+        after any family's LATEST. A daily cycle moves the LATEST pointers one family at a time; readers that
+        pick their versions with this rule never see a half-moved cycle (a new store with yesterday's index),
+        so a cycle killed or refused by a quality gate midway leaves yesterday's versions serving together."""
+        common: set[int] | None = None
+        for parent in parents:
+            latest = self.latest_day(parent)
+            days = {d for d in self.published_days(parent) if d < day and (latest is None or d <= latest)}
+            common = days if common is None else common & days
+        return max(common) if common else None
+
     # -- concurrency --------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

@@ -11,6 +11,7 @@ ids with one `searchsorted` (no Python loop per id).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
-from adslog.errors import DataError, DermError
+from adslog.errors import DataError, QualityGateError
 from adslog.workspace import version_name
 from embstore.aggregate import AggregationConfig, Pool, aggregate, stability
 
@@ -41,18 +42,32 @@ def daily_table(ids: np.ndarray, vecs: np.ndarray, day: int, model_version: str)
     )
 
 
+@dataclass(frozen=True)
+class StoreGates:
+    """Quality gates checked before a store version is written (a refused version is never published).
+
+    max_coverage_drop: the largest allowed fall, in absolute share, of an entity's coverage from yesterday's
+    version (coverage = share of the day's active entities that had an embedding published before the day).
+    NaN / inf and non-unit vectors are always refused."""
+
+    max_coverage_drop: float = 0.2
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_coverage_drop <= 1.0:
+            raise ValueError("max_coverage_drop must be in [0, 1]")
+
+
 def check_vectors(vecs: np.ndarray, where: str) -> None:
     """Quality gate: finite, unit-norm vectors only."""
     if len(vecs) == 0:
         return
     if not np.isfinite(vecs).all():
-        raise DermError(
-            f"{where}: {int((~np.isfinite(vecs)).any(axis=1).sum())} embeddings contain NaN or inf; not published"
-        )
+        n_bad = int((~np.isfinite(vecs)).any(axis=1).sum())
+        raise QualityGateError(f"{where}: {n_bad} embeddings contain NaN or inf; not published")
     norms = np.linalg.norm(vecs, axis=1)
     bad = np.abs(norms - 1) > 1e-3
     if bad.any():
-        raise DermError(f"{where}: {int(bad.sum())} embeddings are not unit-norm; not published")
+        raise QualityGateError(f"{where}: {int(bad.sum())} embeddings are not unit-norm; not published")
 
 
 class StoreVersion:
@@ -88,7 +103,15 @@ class StoreVersion:
         return np.asarray(self._arr(f"{entity}_ids"))
 
     def vectors(self, entity: str) -> np.ndarray:
-        return np.asarray(self._arr(f"{entity}_vecs"), np.float32)
+        """Unit-norm float32 [n, dim] (float16 storage is widened and re-normalised)."""
+        return self._widen(self._arr(f"{entity}_vecs"))
+
+    @staticmethod
+    def _widen(v: np.ndarray) -> np.ndarray:
+        out = np.asarray(v, np.float32)
+        if v.dtype == np.float16 and len(out):
+            out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
 
     def pool(self, entity: str) -> Pool:
         return Pool(
@@ -107,7 +130,7 @@ class StoreVersion:
             return np.zeros((len(ids), int(self.manifest["dim"])), np.float32), np.zeros(len(ids), bool)
         pos = np.clip(np.searchsorted(all_ids, ids), 0, len(all_ids) - 1)
         found = all_ids[pos] == ids
-        out = np.asarray(vecs[pos], np.float32)
+        out = self._widen(vecs[pos])
         out[~found] = 0.0
         return out, found
 
@@ -127,11 +150,16 @@ def publish_day(
     active: dict[str, np.ndarray],
     back_inferred: bool = False,
     overwrite: bool = False,
+    gates: StoreGates | None = None,
+    float16: bool = False,
 ) -> dict[str, Any]:
     """Aggregate day `day`'s daily embeddings into the previous version's pool and publish version `day`.
 
     daily: entity -> (ids int64[m], vecs float32[m, dim]); cfg: entity -> its aggregation heuristic; active:
     entity -> ids active on the day (for coverage: the share of them that had an embedding published before).
+    gates: quality gates checked before anything is written (QualityGateError: nothing is published and
+    yesterday's version stays live). float16: store the served vectors as float16 (half the bytes; lookups
+    still return float32); the pool state used by aggregation stays float32.
     """
     dim = int(model_manifest["dim"])
     if previous is not None and previous.lineage != model_manifest["lineage"]:
@@ -154,6 +182,18 @@ def publish_day(
             "coverage": float(covered.mean()) if len(act) else None,
         }
         pools[entity] = after
+        prev_cov = previous.manifest["stats"][entity]["coverage"] if previous is not None else None
+        cov = stats[entity]["coverage"]
+        if (
+            gates is not None
+            and prev_cov is not None
+            and cov is not None
+            and prev_cov - cov > gates.max_coverage_drop
+        ):
+            raise QualityGateError(
+                f"{task_dir}/{version_name(day)}: {entity} coverage fell from {prev_cov:.3f} to {cov:.3f}, more than "
+                f"the allowed {gates.max_coverage_drop:.3f}; not published"
+            )
     m = make_manifest(
         STORE_KIND,
         STORE_SCHEMA_VERSION,
@@ -171,6 +211,7 @@ def publish_day(
         back_inferred=back_inferred,
         stats=stats,
         normalised=True,
+        storage_dtype="float16" if float16 else "float32",
     )
     target = Path(task_dir) / version_name(day)
     with publishing(target, overwrite=overwrite) as tmp:
@@ -181,7 +222,7 @@ def publish_day(
             )
             p = pools[entity]
             np.save(tmp / f"{entity}_ids.npy", p.ids)
-            np.save(tmp / f"{entity}_vecs.npy", p.vectors())
+            np.save(tmp / f"{entity}_vecs.npy", p.vectors().astype(np.float16 if float16 else np.float32))
             np.save(tmp / f"{entity}_state.npy", p.state)
             np.save(tmp / f"{entity}_prev.npy", p.prev)
             np.save(tmp / f"{entity}_last_day.npy", p.last_day)

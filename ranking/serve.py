@@ -23,8 +23,10 @@ from towers.train import resolve_device
 
 
 def serving_day(ws: Workspace) -> int:
-    """The day a freshly published workspace serves: the day after its latest embedding version."""
-    d = ws.latest_day(ws.embeddings_dir("ctr"))
+    """The day a workspace serves: the day after the newest version live in both the store and the index."""
+    d = ws.serving_version([ws.embeddings_dir("ctr"), ws.index_dir], 2**31 - 1)
+    if d is None:
+        d = ws.latest_day(ws.embeddings_dir("ctr"))
     if d is None:
         raise DermError(
             f"{ws.root}: nothing is published in this workspace (run `derm demo` or `derm daily`)"

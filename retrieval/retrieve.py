@@ -2,7 +2,8 @@
 
 For query day d, retrieval reads the store version and the index published before d (both `day=<d-1>` in a
 daily cycle), and refuses to mix an index built from a different store version (version skew) unless told to.
-Only ads live on day d by schedule are eligible; callers may exclude ads or advertisers.
+Store and index are read at the same day: the newest one published in both (`Workspace.serving_version`), and
+the index's manifest must name that store version as its source. Only ads live on day d by schedule are eligible; callers may exclude ads or advertisers.
 
 Cold start: a user with no pooled embedding is answered from the most-clicked live ads of the 7 days before d
 (ties by ad_id), the `cold_start` path.
@@ -72,6 +73,12 @@ class Retriever:
         store_dir = ws.embeddings_dir(task)
         store_day = ws.version_before(store_dir, self.day)
         index_day = ws.version_before(ws.index_dir, self.day)
+        if not allow_skew:
+            # serve the newest day published (and at or before LATEST) in both families: a cycle that moved
+            # the store's pointer but not yet the index's is invisible here
+            both = ws.serving_version([store_dir, ws.index_dir], self.day)
+            if both is not None:
+                store_day = index_day = both
         if store_day is None and index_day is None:
             raise DermError(
                 f"{ws.root}: nothing is published before day {self.day} (run `derm demo` or `derm daily`)"

@@ -129,17 +129,27 @@ def test_retrieval_filters_to_live_ads_and_refuses_skew(demo_ws: tuple[Path, dic
     excluded = c.ids[0, :5]
     c2 = r.retrieve(users[:1], 30, excluded_ids=excluded)
     assert not np.isin(c2.ids, excluded).any() and (c2.ids >= 0).all()
-    # version skew: point the index LATEST / versions at a different day than the store
+    # version skew: the index published for day-1 was built from another store version
     import shutil
 
     skew = tmp_path / "skew"
     shutil.copytree(work, skew)
     ws2 = Workspace(skew)
-    last_index = ws2.index_dir / version_name(day - 1)
-    shutil.rmtree(last_index)
-    with pytest.raises(VersionMismatchError, match="does not match embedding store"):
+    shutil.rmtree(ws2.index_dir / version_name(day - 1))
+    shutil.copytree(ws2.index_dir / version_name(day - 2), ws2.index_dir / version_name(day - 1))
+    with pytest.raises(VersionMismatchError, match="embedding_version"):
         Retriever(ws2, day)
     assert Retriever(ws2, day, allow_skew=True).index is not None
+    # a half-moved cycle (store LATEST at day-1, index LATEST still at day-2) serves day-2 for both
+    from adslog.artifact import set_latest
+
+    half = tmp_path / "half"
+    shutil.copytree(work, half)
+    ws3 = Workspace(half)
+    set_latest(ws3.index_dir, version_name(day - 2))
+    r3 = Retriever(ws3, day)
+    assert r3.store is not None and r3.store.day == day - 2
+    assert version_name(day - 2) in r3.versions["index"]
 
 
 def test_nothing_published_is_an_error(tmp_path: Path, demo_ws: tuple[Path, dict]) -> None:

@@ -24,6 +24,7 @@ from torch import nn
 from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from adslog.dataset import Dataset
 from adslog.errors import DataError, DermError
+from adslog.faults import crash_point
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import version_name
@@ -182,6 +183,7 @@ def run_epochs(
     device: torch.device,
     progress: Progress = no_progress,
     seed: int = 0,
+    crash_detail: str = "",
 ) -> dict[str, Any]:
     """Train `task` (a module returning (loss, parts)) for `epochs` shuffled passes over rows 0..n-1;
     `make_batch(row_indices)` builds each batch. Returns loss history and throughput. Shared by the upstream
@@ -213,6 +215,8 @@ def run_epochs(
             for k, v in {"loss": loss.item(), **parts}.items():
                 run[k] = run.get(k, 0.0) + v
             step += 1
+            if step == 1:
+                crash_point("train", crash_detail)
             progress("train", step, total)
         hist.append({k: round(v / steps_per_epoch, 6) for k, v in run.items()})
     secs = time.perf_counter() - t0
@@ -288,6 +292,7 @@ def train_towers(
         dev,
         progress,
         seed=snap.config.seed + last,
+        crash_detail=str(Path(out_dir) / version_name(last)),
     )
     stats["temperature"] = snap.model.temperature().item()
     stats["device"] = dev.type

@@ -15,6 +15,11 @@ run_day(d), in order:
     4. index over the new pool -> index/day=d
     5. ranker: one increment on d (embeddings of the version before d) -> ranker/day=d
 
+Quality gates: a store version with NaN / non-unit vectors or a coverage drop over `gates.max_coverage_drop`
+is never written; an index whose self-check recall is under `min_index_recall` is moved to WORK/rejected/.
+Either way the run fails with QualityGateError and readers keep serving yesterday's store and index
+(`Workspace.serving_version` picks the newest day live in both).
+
 Every stage first checks whether its version is already published and skips it, so a run killed at any point
 (even SIGKILL) resumes where it stopped and recomputes no published artifact; `overwrite` recomputes.
 """
@@ -32,12 +37,12 @@ import numpy as np
 
 from adslog.artifact import read_json, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import DataError, DermError
+from adslog.errors import DataError, DermError, QualityGateError
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from embstore.aggregate import AggregationConfig, Heuristic
-from embstore.store import StoreVersion, open_version, publish_day
+from embstore.store import StoreGates, StoreVersion, open_version, publish_day
 from eval.evaluate import evaluate_day
 from index import Backend, IndexConfig, build_index_artifact
 from ranking.model import RankerConfig
@@ -45,6 +50,7 @@ from ranking.train import train_ranker
 from towers.config import Task, TowerConfig
 from towers.infer import embed_day
 from towers.train import load_snapshot, train_towers
+from workflow.rollback import reject_version
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +73,16 @@ class CycleConfig:
     index: IndexConfig = field(default_factory=IndexConfig)
     self_check_queries: int = 1000
     self_check_k: int = 100
+    # quality gates: a day whose store would lose more coverage than this, or whose index self-check recall is
+    # below the threshold, is not published and yesterday's versions stay live
+    gates: StoreGates = field(default_factory=StoreGates)
+    min_index_recall: float = 0.9
+    store_float16: bool = False
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_index_recall <= 1.0:
+            raise ValueError("min_index_recall must be in [0, 1]")
         if "ctr" not in self.tasks:
             raise ValueError("the ctr upstream model is required (it feeds the ad index)")
         for t in self.tasks:
@@ -89,6 +102,9 @@ class CycleConfig:
             },
             "self_check_queries": self.self_check_queries,
             "self_check_k": self.self_check_k,
+            "max_coverage_drop": self.gates.max_coverage_drop,
+            "min_index_recall": self.min_index_recall,
+            "store_float16": self.store_float16,
         }
 
     @classmethod
@@ -108,6 +124,9 @@ class CycleConfig:
             ),
             self_check_queries=int(d["self_check_queries"]),
             self_check_k=int(d["self_check_k"]),
+            gates=StoreGates(float(d.get("max_coverage_drop", StoreGates.max_coverage_drop))),
+            min_index_recall=float(d.get("min_index_recall", cls.min_index_recall)),
+            store_float16=bool(d.get("store_float16", False)),
             device=device,
         )
 
@@ -191,6 +210,8 @@ def publish_embeddings(
         active,
         back_inferred=back_inferred,
         overwrite=overwrite,
+        gates=None if back_inferred else cfg.gates,
+        float16=cfg.store_float16,
     )
 
 
@@ -327,8 +348,16 @@ def run_day(
         publish_embeddings(ws, ds, task, day, cfg, day, back_inferred=False, overwrite=overwrite)
         done()
     done = timer.stage("index")
-    publish_index(ws, day, cfg, overwrite)
+    im = publish_index(ws, day, cfg, overwrite)
     done()
+    recall = (im.get("self_check") or {}).get("recall")
+    if recall is not None and recall < cfg.min_index_recall:
+        msg = (
+            f"{ws.index_dir / version_name(day)}: self-check recall {recall:.4f} is under the threshold "
+            f"{cfg.min_index_recall}; not published"
+        )
+        reject_version(ws, ws.index_dir, day, msg)
+        raise QualityGateError(msg)
     if overwrite or not (ws.ranker_dir / version_name(day) / "manifest.json").exists():
         parent = ws.version_before(ws.ranker_dir, day)
         done = timer.stage("ranker")
