@@ -410,6 +410,8 @@ def index() -> None:
     default=None,
     help='faiss factory string ("Flat", "IVF1024,Flat", "HNSW32,Flat") or hnswlib "HNSW32".',
 )
+@click.option("--nprobe", type=int, default=None, help="Default IVF lists visited per query (query-time).")
+@click.option("--ef", type=int, default=None, help="Default HNSW search beam width (query-time).")
 @click.option("--overwrite", is_flag=True, help="Rebuild a published index version.")
 @device_option
 @json_option
@@ -420,45 +422,150 @@ def index_build(
     day: int | None,
     backend: str | None,
     spec: str | None,
+    nprobe: int | None,
+    ef: int | None,
     overwrite: bool,
     device: str,
     as_json: bool,
 ) -> None:
-    """Build the ad index over an embedding store version and publish it (with a recall self-check)."""
+    """Build the ad index over an embedding store version from scratch and publish it (with a recall self-check)."""
+    from index import SearchParams
+    from index.versions import rebuild_workspace_index
+
+    _setup(as_json, ctx.obj["verbose"])
+    ws, cfg, d = _index_target(work, day, backend, spec, device)
+    params = SearchParams(ef=ef, nprobe=nprobe) if ef is not None or nprobe is not None else None
+    with ws.lock():
+        m = rebuild_workspace_index(
+            ws, d, cfg.index, params, cfg.self_check_queries, cfg.self_check_k, overwrite
+        )
+    _emit(_index_summary(ws, d, m), as_json, _index_text)
+
+
+@index.command("refresh")
+@work_option
+@click.option("--day", type=int, default=None, help="Store version to index (default: the latest).")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "in_place", "rebuild"]),
+    default="auto",
+    show_default=True,
+    help="auto: update the previous version in place when few ads changed and the index allows it.",
+)
+@click.option("--overwrite", is_flag=True, help="Recompute a published index version.")
+@device_option
+@json_option
+@click.pass_context
+def index_refresh(
+    ctx: click.Context, work: str, day: int | None, mode: str, overwrite: bool, device: str, as_json: bool
+) -> None:
+    """Publish the index of a store version from the previous index version: in place or rebuilt."""
+    from index.refresh import RefreshConfig, RefreshMode
+    from index.versions import publish_workspace_index
+
+    _setup(as_json, ctx.obj["verbose"])
+    ws, cfg, d = _index_target(work, day, None, None, device)
+    with ws.lock():
+        m = publish_workspace_index(
+            ws,
+            d,
+            cfg.index,
+            RefreshConfig(mode=RefreshMode(mode)),
+            None,
+            cfg.self_check_queries,
+            cfg.self_check_k,
+            overwrite,
+        )
+    _emit(_index_summary(ws, d, m), as_json, _index_text)
+
+
+@index.command("tune")
+@work_option
+@click.option("--day", type=int, default=None, help="Index version to tune (default: LATEST).")
+@click.option("--k", type=int, default=100, show_default=True, help="Recall@k against exact search.")
+@click.option("--queries", "n_queries", type=int, default=1000, show_default=True, help="User embeddings used.")
+@click.option(
+    "--values", default=None, help="Comma-separated nprobe / ef values (default: a ladder for the index)."
+)
+@json_option
+@click.pass_context
+def index_tune(
+    ctx: click.Context, work: str, day: int | None, k: int, n_queries: int, values: str | None, as_json: bool
+) -> None:
+    """Sweep ef / nprobe of an index version: recall@k against exact search and queries per second."""
+    from index.versions import tune_workspace_index
+
+    _setup(as_json, ctx.obj["verbose"])
+    if k < 1 or n_queries < 1:
+        raise DermError("--k and --queries must be >= 1")
+    vals = None
+    if values is not None:
+        try:
+            vals = [int(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise DermError(f"--values: not a comma-separated list of integers: {values!r}") from None
+        if not vals or min(vals) < 1:
+            raise DermError("--values: give at least one value >= 1")
+    doc = tune_workspace_index(_workspace(work, None), day, k, n_queries, vals)
+
+    def text(o: dict[str, Any]) -> str:
+        knob = o["knob"] or "exact"
+        head = f"{o['backend']} {o['spec']!r}, recall@{o['k']} over {o['n_queries']} queries"
+        head += f" (default {knob} {o['default']})" if o["knob"] else ""
+        rows = [f"{knob:>8}  recall@{o['k']:<5} QPS"]
+        rows += [f"{str(p['value'] or '-'):>8}  {p['recall_at_k']:<12.4f} {p['qps']:,.0f}" for p in o["points"]]
+        return head + "\n" + "\n".join(rows)
+
+    _emit(doc, as_json, text)
+
+
+def _index_target(
+    work: str, day: int | None, backend: str | None, spec: str | None, device: str
+) -> tuple[Any, Any, int]:
+    """(workspace, cycle config with the index choice applied, store day) for `index build` / `refresh`."""
     from dataclasses import replace
 
     from index import Backend
-    from workflow.cycle import load_cycle_config, publish_index, save_cycle_config
+    from workflow.cycle import load_cycle_config, save_cycle_config
 
-    _setup(as_json, ctx.obj["verbose"])
     ws = _workspace(work, None)
     cfg = load_cycle_config(ws, device)
     if backend or spec:
         b = Backend(backend) if backend else cfg.index.backend
         s = spec or ("HNSW32" if b is Backend.HNSWLIB else "Flat")
-        cfg = replace(cfg, index=replace(cfg.index, backend=b, spec=s, device=device))
+        cfg = replace(cfg, index=replace(cfg.index, backend=b, spec=s))
         save_cycle_config(ws, cfg)
+    cfg = replace(cfg, index=replace(cfg.index, device=device))
     d = day if day is not None else ws.latest_day(ws.embeddings_dir("ctr"))
     if d is None:
         raise DermError(f"{ws.embeddings_dir('ctr')}: no embedding store version: run `derm embed` first")
-    with ws.lock():
-        m = publish_index(ws, d, cfg, overwrite)
-    out = {
-        "index": str(ws.index_dir / f"day={d}"),
+    return ws, cfg, d
+
+
+def _index_summary(ws: Any, day: int, m: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "index": str(ws.index_dir / f"day={day}"),
         "backend": m["backend"],
         "spec": m["spec"],
         "n_vectors": m["n_vectors"],
         "build_seconds": m["build_seconds"],
+        "search_params": m.get("search_params"),
         "self_check": m.get("self_check"),
+        "refresh": m.get("refresh"),
     }
-    _emit(
-        out,
-        as_json,
-        lambda o: (
-            _kv(o) + f"\nself-check recall@{(o['self_check'] or {}).get('k')}: "
-            f"{(o['self_check'] or {}).get('recall')}"
-        ),
-    )
+
+
+def _index_text(o: dict[str, Any]) -> str:
+    sc, r = o["self_check"] or {}, o["refresh"] or {}
+    sp = {k: v for k, v in (o["search_params"] or {}).items() if v is not None}
+    out = _kv(o) + f"\nsearch params: {sp or 'none (exact)'}"
+    out += f"\nself-check recall@{sc.get('k')}: {sc.get('recall')}"
+    if r:
+        out += (
+            f"\nrefresh: {r.get('mode')} ({r.get('reason')}): +{r.get('added')} -{r.get('removed')} "
+            f"~{r.get('replaced')} in {r.get('seconds')} s"
+        )
+    return out
 
 
 @main.group(cls=DermGroup)
@@ -598,11 +705,26 @@ def query(
 @data_option
 @click.option("--day", type=int, default=None, help="Day to evaluate (default: the data's last day).")
 @click.option("--k", "ks", default="20,100", show_default=True, help="Comma-separated K values.")
+@click.option(
+    "--report",
+    "report_dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Also write DIR/report.md and its figures (recall@K, AUC and embeddings by day, ANN recall vs QPS); "
+    "with --json the document gains a `report` key listing them.",
+)
 @device_option
 @json_option
 @click.pass_context
 def eval_cmd(
-    ctx: click.Context, work: str, data: str | None, day: int | None, ks: str, device: str, as_json: bool
+    ctx: click.Context,
+    work: str,
+    data: str | None,
+    day: int | None,
+    ks: str,
+    report_dir: str | None,
+    device: str,
+    as_json: bool,
 ) -> None:
     """Evaluate a day with the versions published before it: recall@K, AUCs, embedding stats."""
     from eval.evaluate import evaluate_day
@@ -615,11 +737,21 @@ def eval_cmd(
         raise DermError(f"--k: not a comma-separated list of integers: {ks!r}") from None
     if not kk or min(kk) < 1:
         raise DermError("--k: give at least one K >= 1")
-    doc = evaluate_day(_workspace(work, data), day, kk, bars, device)
+    ws = _workspace(work, data)
+    doc = evaluate_day(ws, day, kk, bars, device)
+    files = ""
+    if report_dir is not None:
+        from eval.report import write_report
+
+        rep = write_report(ws, doc["day"], report_dir, bars, doc=doc, device=device)
+        doc = {**doc, "report": {"dir": rep["dir"], "files": rep["files"]}}
+        files = f"\nreport: {Path(rep['dir']) / 'report.md'} ({', '.join(rep['files'][1:])})"
     _emit(
         doc,
         as_json,
-        lambda d: f"day {d['day']} (embeddings of day {d['embedding_day']})\n" + "\n".join(summary_table(d)),
+        lambda d: (
+            f"day {d['day']} (embeddings of day {d['embedding_day']})\n" + "\n".join(summary_table(d)) + files
+        ),
     )
 
 

@@ -44,11 +44,15 @@ def main() -> None:
     ids = np.sort(rng.choice(2**40, N, replace=False)).astype(np.int64)
     state = rng.standard_normal((N, DIM), dtype=np.float32)
     pool = Pool(ids, state, state.copy(), np.zeros(N, np.int32))
-    upd = np.concatenate([rng.choice(ids, UPDATES // 2, replace=False), rng.choice(2**40, UPDATES // 2) + 2**41])
+    upd = np.concatenate(
+        [rng.choice(ids, UPDATES // 2, replace=False), rng.choice(2**40, UPDATES // 2) + 2**41]
+    )
     vecs = rng.standard_normal((UPDATES, DIM), dtype=np.float32)
     cfg = AggregationConfig()
     tmp = Path(tempfile.mkdtemp(prefix="store_speed_"))
-    times: dict[str, list[float]] = {k: [] for k in ("aggregate", "aggregate_ref", "publish", "publish_ref", "lookup", "lookup_ref")}
+    times: dict[str, list[float]] = {
+        k: [] for k in ("aggregate", "aggregate_ref", "publish", "publish_ref", "lookup", "lookup_ref")
+    }
     try:
         after = aggregate(pool, upd, vecs, 1, cfg)
         for i in range(REPEATS):
@@ -58,7 +62,9 @@ def main() -> None:
             def publish(i: int = i) -> None:
                 with publishing(tmp / f"day={i}") as d:
                     write_pool(d, "user", after)
-                    write_json_atomic(d / "manifest.json", make_manifest(STORE_KIND, STORE_SCHEMA_VERSION, day=i, dim=DIM))
+                    write_json_atomic(
+                        d / "manifest.json", make_manifest(STORE_KIND, STORE_SCHEMA_VERSION, day=i, dim=DIM)
+                    )
 
             def publish_ref(i: int = i) -> None:
                 with open(tmp / f"ref{i}.npy", "wb") as f:
@@ -74,8 +80,8 @@ def main() -> None:
             v.lookup("user", q[:10])  # open the memory maps
             mem = np.ascontiguousarray(after.vectors())
             qpos = np.searchsorted(after.ids, q)
-            times["lookup"].append(timed(lambda: v.lookup("user", q)))
-            times["lookup_ref"].append(timed(lambda: mem[qpos].copy()))
+            times["lookup"].append(timed(lambda v=v, q=q: v.lookup("user", q)))
+            times["lookup_ref"].append(timed(lambda mem=mem, qpos=qpos: mem[qpos].copy()))
             shutil.rmtree(tmp / f"day={i}")
             os.remove(tmp / f"ref{i}.npy")
     finally:
@@ -97,7 +103,11 @@ def main() -> None:
         "daily": daily_by_stage(),
     }
     path = write_result("store_speed", result)
-    print(json.dumps({k: v for k, v in result.items() if k not in ("all_seconds", "daily")} | {"results": str(path)}))
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k not in ("all_seconds", "daily")} | {"results": str(path)}
+        )
+    )
 
 
 def daily_by_stage() -> dict:

@@ -7,6 +7,19 @@ live ads, ties by ad_id) and, on synthetic data, the oracle (live ads ranked by 
 context) and `relevance_recall_at_k` (overlap of our top K with the oracle's top K).
 Ranking: the ranker published before d scores every impression of d (real context); ROC-AUC and PR-AUC of its
 CTR head, and `oracle_roc_auc` of the logged p_click on the same impressions.
+
+Added in schema 1 without changing any earlier key (all K-keyed maps use the `--k` values):
+- retrieval: `ndcg_at_k`, `hit_rate_at_k` and their `popularity_` / `oracle_` / `random_` twins; `random_*` are
+  exact expectations for a uniformly random top K of the live ads (recall = |clicked ∩ live| / |clicked| *
+  K / n_live per user), not a seeded draw. `recall_curve` {"k", "ours", "popularity", "random", "oracle"} at
+  CURVE_KS plus the `--k` values (for plots). `vs_popularity` {K: {"diff", "lo", "hi", "p_value", "n_boot"}}:
+  paired-bootstrap 95 % interval of ours - popularity recall@K, resampling users (1000 replicates, seed 0).
+  `by_surface` {surface: {"n_users", "recall_at_k", "popularity_recall_at_k"}}: relevant = the ads the user
+  clicked on that surface.
+- ranking: `log_loss`, `gauc` (impression-weighted mean of per-user ROC-AUC over users with both classes;
+  `gauc_detail` holds the weighting, the unweighted mean and the counts), `calibration` (predicted vs observed
+  CTR by prediction decile, with ECE), `constant_log_loss` (log loss of always predicting the day's observed
+  CTR), `oracle_log_loss`, `oracle_gauc`, and `by_surface` {surface: the same metrics on its impressions}.
 """
 
 from __future__ import annotations
@@ -23,7 +36,23 @@ from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from embstore.store import open_version
-from eval.metrics import overlap_at_k, pr_auc, recall_at_k, roc_auc
+from eval.bootstrap import paired_bootstrap
+from eval.metrics import (
+    by_group,
+    calibration,
+    gauc,
+    hit_rate_at_k,
+    log_loss,
+    ndcg_at_k,
+    overlap_at_k,
+    pr_auc,
+    random_hit_rate_at_k,
+    random_ndcg_at_k,
+    random_recall_at_k,
+    recall_at_k,
+    recall_per_user,
+    roc_auc,
+)
 from ranking.train import DermLookup, load_ranker, score
 from retrieval.retrieve import Retriever
 from towers.batches import Inputs
@@ -32,6 +61,37 @@ from towers.train import resolve_device
 log = logging.getLogger(__name__)
 
 EVAL_SCHEMA_VERSION = 1
+CURVE_KS = (10, 20, 50, 100, 200)
+BOOTSTRAP_REPLICATES = 1000
+
+
+def surface_names(ds: Any) -> dict[int, str]:
+    """Surface code -> name when the dataset's column doc lists one name per code (the synthetic log does)."""
+    spec = ds.columns["impressions"].get("surface")
+    if spec is None:
+        return {}
+    names = [x.strip() for x in (spec.doc or "").split(",")]
+    return dict(enumerate(names)) if spec.cardinality and len(names) == spec.cardinality else {}
+
+
+def _ranking_metrics(
+    p: np.ndarray, y: np.ndarray, users: np.ndarray, oracle: np.ndarray | None
+) -> dict[str, Any]:
+    g = gauc(p, y, users)
+    out: dict[str, Any] = {
+        "n_impressions": int(len(p)),
+        "roc_auc": roc_auc(p, y),
+        "pr_auc": pr_auc(p, y),
+        "log_loss": log_loss(p, y),
+        "gauc": g["gauc"],
+        "predicted_ctr": float(p.mean()) if len(p) else None,
+        "observed_ctr": float(y.mean()) if len(y) else None,
+    }
+    if oracle is not None:
+        out["oracle_roc_auc"] = roc_auc(oracle, y)
+        out["oracle_log_loss"] = log_loss(oracle, y)
+        out["oracle_gauc"] = gauc(oracle, y, users)["gauc"]
+    return out
 
 
 def _group(users: np.ndarray, ads: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -74,7 +134,8 @@ def evaluate_day(
     ds = ws.dataset()
     day = ds.last_day if day is None else ds.check_day(day)
     ks = tuple(sorted(set(ks)))
-    kmax = max(ks)
+    curve_ks = tuple(sorted(set(ks) | set(CURVE_KS)))
+    kmax = max(curve_ks)
     progress("eval", 0, 3)
     retriever = Retriever(ws, day, ds)
     store = retriever.store
@@ -96,11 +157,56 @@ def evaluate_day(
         "recall_at_k": {str(k): recall_at_k(cand.ids, relevant, k) for k in ks},
         "popularity_recall_at_k": {str(k): recall_at_k(pop, relevant, k) for k in ks},
     }
+    live = retriever.live
     progress("eval", 1, 3)
     otop = oracle_topk(ds.root, users, retriever.live, day, kmax) if ds.has_oracle else None
     if otop is not None:
         retrieval["oracle_recall_at_k"] = {str(k): recall_at_k(otop, relevant, k) for k in ks}
         retrieval["relevance_recall_at_k"] = {str(k): overlap_at_k(cand.ids, otop, k) for k in ks}
+    systems = {"": cand.ids, "popularity_": pop} | ({"oracle_": otop} if otop is not None else {})
+    for prefix, top in systems.items():
+        retrieval[f"{prefix}ndcg_at_k"] = {str(k): ndcg_at_k(top, relevant, k) for k in ks}
+        retrieval[f"{prefix}hit_rate_at_k"] = {str(k): hit_rate_at_k(top, relevant, k) for k in ks}
+    retrieval["random_recall_at_k"] = {str(k): random_recall_at_k(relevant, live, k) for k in ks}
+    retrieval["random_ndcg_at_k"] = {str(k): random_ndcg_at_k(relevant, live, k) for k in ks}
+    retrieval["random_hit_rate_at_k"] = {str(k): random_hit_rate_at_k(relevant, live, k) for k in ks}
+    curve: dict[str, Any] = {
+        "k": list(curve_ks),
+        "ours": [recall_at_k(cand.ids, relevant, k) for k in curve_ks],
+        "popularity": [recall_at_k(pop, relevant, k) for k in curve_ks],
+        "random": [random_recall_at_k(relevant, live, k) for k in curve_ks],
+    }
+    if otop is not None:
+        curve["oracle"] = [recall_at_k(otop, relevant, k) for k in curve_ks]
+    retrieval["recall_curve"] = curve
+    retrieval["vs_popularity"] = {}
+    for k in ks:
+        if len(users) == 0:
+            break
+        b = paired_bootstrap(
+            np.mean,
+            recall_per_user(cand.ids, relevant, k),
+            recall_per_user(pop, relevant, k),
+            n=BOOTSTRAP_REPLICATES,
+            seed=0,
+        )
+        retrieval["vs_popularity"][str(k)] = {x: b[x] for x in ("diff", "lo", "hi", "p_value", "n_boot")}
+    names = surface_names(ds)
+    if "surface" in clicked.column_names and len(users):
+        by_surface = {}
+        surf = clicked.column("surface").to_numpy()
+        for code in np.unique(surf):
+            sel = surf == code
+            su, srel = _group(
+                clicked.column("user_id").to_numpy()[sel], clicked.column("ad_id").to_numpy()[sel]
+            )
+            rows = np.searchsorted(users, su)
+            by_surface[names.get(int(code), str(int(code)))] = {
+                "n_users": int(len(su)),
+                "recall_at_k": {str(k): recall_at_k(cand.ids[rows], srel, k) for k in ks},
+                "popularity_recall_at_k": {str(k): recall_at_k(pop[rows], srel, k) for k in ks},
+            }
+        retrieval["by_surface"] = by_surface
     progress("eval", 2, 3)
     ranking: dict[str, Any] = {}
     versions = dict(cand.versions)
@@ -112,15 +218,22 @@ def evaluate_day(
         arrays = inputs.arrays(imp)
         derm = DermLookup(ws, snap.config.derm_inputs).features(arrays, int(snap.manifest["derm_dim"]))
         p_ctr, _ = score(snap, inputs, arrays, derm)
-        ranking = {
-            "n_impressions": int(len(arrays)),
-            "roc_auc": roc_auc(p_ctr, arrays.click),
-            "pr_auc": pr_auc(p_ctr, arrays.click),
-            "predicted_ctr": float(p_ctr.mean()) if len(p_ctr) else None,
-            "observed_ctr": float(arrays.click.mean()) if len(arrays) else None,
-        }
-        if "p_click" in imp.column_names:
-            ranking["oracle_roc_auc"] = roc_auc(imp.column("p_click").to_numpy(), arrays.click)
+        y = arrays.click
+        oracle_p = imp.column("p_click").to_numpy() if "p_click" in imp.column_names else None
+        ranking = _ranking_metrics(p_ctr, y, arrays.user_id, oracle_p)
+        g = gauc(p_ctr, y, arrays.user_id)
+        ranking["gauc_detail"] = {"weighting": "impressions", **{x: g[x] for x in g if x != "gauc"}}
+        ranking["calibration"] = calibration(p_ctr, y)
+        ranking["constant_log_loss"] = log_loss(np.full(len(y), y.mean()), y) if len(y) else None
+        if "surface" in imp.column_names:
+            surf = imp.column("surface").to_numpy()
+            cols = [p_ctr, y, arrays.user_id]
+            ranking["by_surface"] = by_group(
+                lambda p, yy, u, *o: _ranking_metrics(p, yy, u, o[0] if o else None),
+                surf,
+                *(cols + ([oracle_p] if oracle_p is not None else [])),
+                names=names,
+            )
     embeddings: dict[str, Any] = {}
     for task in ("ctr", "cvr"):
         d = ws.version_before(ws.embeddings_dir(task), day)

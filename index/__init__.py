@@ -2,7 +2,9 @@
 
 Backends (faiss factory strings, hnswlib graphs) share one boundary: explicit int64 ids, contiguous float32
 L2-normalised vectors, results `(ids int64[n, k], scores float32[n, k])` with higher = better and `-1`/`-inf`
-pads. `build_index_artifact` / `load_index_artifact` publish and read an index as a versioned artifact.
+pads. `build_index_artifact` / `load_index_artifact` publish and read an index as a versioned artifact;
+`refresh_index_artifact` publishes the next version by an in-place update or a rebuild (recorded);
+`tune` sweeps nprobe / ef against exact search. `index.versions` does both for a workspace.
 """
 
 from index.artifact import KIND, SCHEMA_VERSION, build_index_artifact, load_index_artifact
@@ -15,6 +17,8 @@ from index.base import (
     make_index,
     recall_against_exact,
 )
+from index.refresh import RefreshConfig, RefreshMode, refresh_index_artifact
+from index.tune import TunePoint, tune
 
 __all__ = [
     "KIND",
@@ -22,10 +26,15 @@ __all__ = [
     "AnnIndex",
     "Backend",
     "IndexConfig",
+    "RefreshConfig",
+    "RefreshMode",
     "SearchParams",
+    "TunePoint",
     "build_index_artifact",
     "exact_search",
     "load_index_artifact",
     "make_index",
     "recall_against_exact",
+    "refresh_index_artifact",
+    "tune",
 ]

@@ -46,56 +46,102 @@ def build_index_artifact(
     k: int = 100,
     params: SearchParams | None = None,
     overwrite: bool = False,
+    refresh: dict[str, Any] | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Build an index over (ids int64[n], vecs float32[n, dim]), self-check it, publish it at `out_dir`.
 
-    The self-check is recall@k of the index against exact search on the original vectors for
-    `self_check_queries` (float32[q, dim]) with `params`. Publication is atomic: on any failure an earlier
-    artifact at `out_dir` is left whole. Returns the manifest written.
+    `params` become the index's query-time defaults (recorded, resolved, in the manifest's `search_params`;
+    `load_index_artifact` applies them, and any search may pass others). The self-check is recall@k of the
+    index against exact search on the original vectors for `self_check_queries` (float32[q, dim]) with those
+    defaults. `refresh` is the record of how this version came about (see `index.refresh`); its `seconds`
+    count from `started` (a `time.perf_counter()` value, default: the start of the build). Publication is
+    atomic: on any failure an earlier artifact at `out_dir` is left whole. Returns the manifest written.
     """
-    out_dir = Path(out_dir)
     if not isinstance(upstream, dict):
         raise DermError("upstream must be a dict, e.g. {'embedding_version': ..., 'lineage': ...}")
-    k = check_k(k)
-    params = params or SearchParams()
     ids, vecs = check_ids_vecs(ids, vecs, config.dim)
-    queries = None
-    if self_check_queries is not None:
-        queries = as_vectors(self_check_queries, config.dim, "self-check queries", check_norm=False)
-    with publishing(out_dir, overwrite=overwrite) as tmp:
+    queries = _check_queries(self_check_queries, config.dim)
+    k = check_k(k)
+    with publishing(Path(out_dir), overwrite=overwrite) as tmp:
         index = make_index(config)
         t0 = time.perf_counter()
+        started = t0 if started is None else started
         index.build(ids, vecs)
         build_seconds = time.perf_counter() - t0
-        self_check = None
-        if queries is not None and queries.shape[0]:
-            recall = recall_against_exact(index, queries, k, params, ad_ids=ids, ad_vecs=vecs)
-            self_check = {"k": k, "n_queries": int(queries.shape[0]), "recall": recall}
-            log.info("self-check recall@%d = %.4f over %d queries", k, recall, queries.shape[0])
-        index.save(tmp)
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        manifest = make_manifest(
-            KIND,
-            SCHEMA_VERSION,
-            backend=config.backend.value,
-            spec=config.spec,
-            dim=config.dim,
-            metric=config.metric,
-            normalised=True,
-            n_vectors=int(index.ntotal),
-            build_seconds=round(build_seconds, 4),
-            search_params=params.to_json(),
-            self_check=self_check,
-            upstream=dict(upstream),
-            config=config.to_json(),
-            backend_version=_backend_version(config.backend),
-            files=files,
+        if params is not None:
+            index.set_default_params(params)
+        if refresh is not None:
+            refresh = {**refresh, "mode": "rebuild"}
+        manifest = write_index_version(
+            tmp, index, ids, vecs, upstream, queries, k, build_seconds, refresh, started
         )
-        write_json_atomic(tmp / MANIFEST, manifest)
     log.info(
         "published %s index %r (%d vectors) at %s", config.backend.value, config.spec, index.ntotal, out_dir
     )
     return manifest
+
+
+def write_index_version(
+    tmp: Path,
+    index: AnnIndex,
+    ids: np.ndarray,
+    vecs: np.ndarray,
+    upstream: dict[str, Any],
+    queries: np.ndarray | None,
+    k: int,
+    build_seconds: float,
+    refresh: dict[str, Any] | None,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """Self-check `index` against exact search over (ids, vecs), save it and its manifest into `tmp`.
+
+    Called inside `publishing(...)`: the caller's context fsyncs and moves `tmp` into place. The refresh
+    record's `seconds` run from `started` to now (after the save), when both are given.
+    """
+    config = index.config
+    self_check = None
+    if queries is not None and queries.shape[0] and ids.size:
+        t0 = time.perf_counter()
+        kk = min(k, int(ids.size))
+        recall = recall_against_exact(index, queries, kk, None, ad_ids=ids, ad_vecs=vecs)
+        self_check = {
+            "k": kk,
+            "n_queries": int(queries.shape[0]),
+            "recall": recall,
+            "seconds": round(time.perf_counter() - t0, 4),
+        }
+        log.info("self-check recall@%d = %.4f over %d queries", kk, recall, queries.shape[0])
+    index.save(tmp)
+    files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+    if refresh is not None and started is not None:
+        refresh = {**refresh, "seconds": round(time.perf_counter() - started, 4)}
+    manifest = make_manifest(
+        KIND,
+        SCHEMA_VERSION,
+        backend=config.backend.value,
+        spec=config.spec,
+        dim=config.dim,
+        metric=config.metric,
+        normalised=True,
+        n_vectors=int(index.ntotal),
+        build_seconds=round(build_seconds, 4),
+        search_params=index.default_params().to_json(),
+        self_check=self_check,
+        upstream=dict(upstream),
+        config=config.to_json(),
+        backend_version=_backend_version(config.backend),
+        refresh=refresh,
+        files=files,
+    )
+    write_json_atomic(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _check_queries(queries: np.ndarray | None, dim: int) -> np.ndarray | None:
+    if queries is None:
+        return None
+    return as_vectors(queries, dim, "self-check queries", check_norm=False)
 
 
 def load_index_artifact(
@@ -138,6 +184,12 @@ def load_index_artifact(
     index: AnnIndex = index_class(Backend(config.backend)).load(directory, config)
     if index.ntotal != m["n_vectors"]:
         raise DataError(path, f"manifest says {m['n_vectors']} vectors, index holds {index.ntotal}")
+    sp = m.get("search_params")
+    if isinstance(sp, dict):
+        try:
+            index.set_default_params(SearchParams(ef=sp.get("ef"), nprobe=sp.get("nprobe")))
+        except DermError as e:
+            raise DataError(path, f"invalid search_params ({e})") from None
     return index, m
 
 

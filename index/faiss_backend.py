@@ -46,6 +46,7 @@ INDEX_FILE = "index.faiss"
 TRAIN_SAMPLE_MAX = 100_000
 INT64_MAX = np.iinfo(np.int64).max
 OVERFETCH_FACTOR = 4
+_NO_PARAMS = SearchParams()
 GPU_MAX_K = 2048  # classic faiss GPU indices cap k (and over-fetched k); larger requests run on the CPU index
 
 
@@ -60,6 +61,8 @@ class FaissIndex:
         self._n_tomb = 0
         self._ids_cache: np.ndarray | None = None
         self._gpu_index: Any = None
+        self._params_cache: dict[tuple[int | None, int | None, int], Any] = {}
+        self._plain = False  # Flat / IVF / HNSW directly under the IDMap: takes SearchParameters, fast path
         self._device = "cpu"
         if config.device != "cpu":
             from index.gpu import resolve_device
@@ -75,28 +78,53 @@ class FaissIndex:
             base = faiss.index_factory(self.config.dim, self.config.spec, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
             raise DermError(f"invalid faiss spec {self.config.spec!r}: {_faiss_message(e)}") from None
-        ivf = faiss.try_extract_index_ivf(base)
-        if ivf is not None:
-            # reconstruct() for the exact fallback; stays valid because IVF entries are only ever tombstoned
-            ivf.set_direct_map_type(faiss.DirectMap.Array)
-        if not base.is_trained:
-            self._train(base, vecs)
-        index = faiss.IndexIDMap2(base)
-        if ids.size:
-            index.add_with_ids(vecs, ids)
+        index = self._build_on_gpu(base, ids, vecs) if self._device == "cuda" else None
+        if index is None:
+            ivf = faiss.try_extract_index_ivf(base)
+            if ivf is not None:
+                # reconstruct() for the exact fallback; stays valid because IVF entries are only tombstoned
+                ivf.set_direct_map_type(faiss.DirectMap.Array)
+            if not base.is_trained:
+                self._train(base, vecs)
+            index = faiss.IndexIDMap2(base)
+            if ids.size:
+                index.add_with_ids(vecs, ids)
         self._index = index
         self._n_tomb = 0
         self._invalidate()
+        self._plain = _honours_selector(self._inner())
         log.info("built faiss %r over %d vectors (dim %d)", self.config.spec, ids.size, self.config.dim)
+
+    def _build_on_gpu(self, base: Any, ids: np.ndarray, vecs: np.ndarray) -> Any:
+        """Train and fill `base` on the GPU (k-means and list assignment are the build's cost); the CPU copy
+        comes back as the source of truth. None, with a warning, where faiss cannot build this spec there."""
+        from index.gpu import build_on_gpu
+
+        for cp in _clustering_params(faiss.try_extract_index_ivf(base)):
+            cp.seed = self.config.seed
+            cp.min_points_per_centroid = 1
+        try:
+            index = build_on_gpu(base, self._train_sample(vecs), ids, vecs)
+        except DermError as e:
+            log.warning("building %r on the CPU: %s", self.config.spec, e)
+            return None
+        ivf = faiss.try_extract_index_ivf(index.index)
+        if ivf is not None:
+            ivf.set_direct_map_type(faiss.DirectMap.Array)
+        return index
+
+    def _train_sample(self, vecs: np.ndarray) -> np.ndarray:
+        n = vecs.shape[0]
+        if n <= TRAIN_SAMPLE_MAX:
+            return vecs
+        rng = np.random.default_rng(self.config.seed)
+        return vecs[np.sort(rng.choice(n, TRAIN_SAMPLE_MAX, replace=False))]
 
     def _train(self, base: Any, vecs: np.ndarray) -> None:
         n = vecs.shape[0]
         if n == 0:
             raise DermError(f"spec {self.config.spec!r} needs training data, got 0 vectors")
-        rng = np.random.default_rng(self.config.seed)
-        sample = (
-            vecs if n <= TRAIN_SAMPLE_MAX else vecs[np.sort(rng.choice(n, TRAIN_SAMPLE_MAX, replace=False))]
-        )
+        sample = self._train_sample(vecs)
         ivf = faiss.try_extract_index_ivf(base)
         if ivf is not None and sample.shape[0] < 39 * ivf.nlist:
             log.warning(
@@ -120,7 +148,7 @@ class FaissIndex:
         """Add vectors; an id already present is replaced (old vector removed, new one added)."""
         self._require_built()
         ids, vecs = check_ids_vecs(ids, vecs, self.config.dim)
-        existing = ids[np.isin(ids, self.ids())]
+        existing = ids[np.isin(ids, self.ids(), assume_unique=True)]
         if existing.size:
             self.remove(existing)
         if ids.size:
@@ -130,14 +158,14 @@ class FaissIndex:
     def remove(self, ids: np.ndarray) -> int:
         """Remove the given ids; returns how many were present (absent ids are ignored)."""
         self._require_built()
-        present = np.intersect1d(as_ids(ids), self.ids())
+        present = np.intersect1d(np.unique(as_ids(ids)), self.ids(), assume_unique=True)
         if present.size == 0:
             return 0
         if isinstance(self._inner(), faiss.IndexFlat):
             n = int(self._index.remove_ids(faiss.IDSelectorBatch(present)))
         else:
             table = faiss.vector_to_array(self._index.id_map)
-            pos = np.flatnonzero(np.isin(table, present))
+            pos = np.flatnonzero(np.isin(table, present, assume_unique=True))
             table[pos] = -2 - pos  # unique negative ids: never returned, never equal to a real id or -1
             faiss.copy_array_to_vector(table, self._index.id_map)
             self._index.construct_rev_map()
@@ -149,6 +177,7 @@ class FaissIndex:
     def _invalidate(self) -> None:
         self._ids_cache = None
         self._gpu_index = None
+        self._params_cache.clear()
 
     # --- queries -----------------------------------------------------------------------------------------
 
@@ -164,6 +193,9 @@ class FaissIndex:
 
         Missing results are (-1, -inf). With filters, k results come back whenever k eligible ids exist.
         """
+        fast = self._search_fast(queries, k, params, allowed_ids, excluded_ids)
+        if fast is not None:
+            return fast
         k = check_k(k)
         queries = as_vectors(queries, self.config.dim, "queries", check_norm=False)
         params = params or SearchParams()
@@ -208,6 +240,43 @@ class FaissIndex:
                 out_ids, out_scores = pad_results(ids, scores, k)
         return fill_short_rows(self, queries, k, out_ids, out_scores, allowed, excluded)
 
+    def _search_fast(
+        self,
+        queries: Any,
+        k: Any,
+        params: SearchParams | None,
+        allowed_ids: Any,
+        excluded_ids: Any,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The unfiltered common case in a few microseconds, or None to take the general path.
+
+        Taken only for contiguous float32 [q, dim] finite queries, 0 < k <= stored vectors, no tombstones,
+        no GPU clone and an index that takes SearchParameters; the answer is final when every row came back
+        full (faiss sorts results, so a full last column means full rows), else the general path pads and
+        fills short rows.
+        """
+        if (
+            allowed_ids is not None
+            or excluded_ids is not None
+            or self._n_tomb
+            or self._device != "cpu"
+            or not self._plain
+            or type(queries) is not np.ndarray
+            or queries.dtype != np.float32
+            or queries.ndim != 2
+            or queries.shape[1] != self.config.dim
+            or not queries.flags.c_contiguous
+            or type(k) is not int
+            or not 0 < k <= self._index.ntotal
+            or not np.isfinite(queries).all()
+        ):
+            return None
+        sp = self._search_params(params or _NO_PARAMS, None, k, [])
+        scores, ids = self._index.search(queries, k, params=sp)
+        if queries.shape[0] and ids[:, -1].min() < 0:
+            return None
+        return ids, scores
+
     def _selector(self, allowed: np.ndarray | None, excluded: np.ndarray | None, refs: list[Any]) -> Any:
         """An IDSelector over external ids; `refs` keeps the Python objects alive (SWIG does not)."""
         parts: list[Any] = []
@@ -229,7 +298,20 @@ class FaissIndex:
         return sel
 
     def _search_params(self, params: SearchParams, sel: Any, k: int, refs: list[Any]) -> Any:
-        """A SearchParameters object matching the index structure, or None for library defaults."""
+        """A SearchParameters object matching the index structure, or None for library defaults.
+
+        Without a selector the object depends only on (ef, nprobe, k), so it is cached: making a SWIG object
+        per call is a measurable share of a single-query search. faiss only reads it during a search.
+        """
+        if sel is None:
+            key = (params.ef, params.nprobe, k)
+            if key not in self._params_cache:
+                held: list[Any] = []
+                self._params_cache[key] = (self._make_search_params(params, None, k, held), held)
+            return self._params_cache[key][0]
+        return self._make_search_params(params, sel, k, refs)
+
+    def _make_search_params(self, params: SearchParams, sel: Any, k: int, refs: list[Any]) -> Any:
         inner = self._inner()
         if isinstance(inner, faiss.IndexRefine):
             base_params = _structure_params(
@@ -270,12 +352,61 @@ class FaissIndex:
         """float32[len(ids), dim] stored vectors (decoded codes for compressed specs); DermError for unknown ids."""
         self._require_built()
         ids = as_ids(ids)
-        missing = ~np.isin(ids, self.ids())
-        if missing.any():
-            raise DermError(f"{int(missing.sum())} id(s) not in the index (first {int(ids[missing][0])})")
         if ids.size == 0:
             return np.empty((0, self.config.dim), np.float32)
-        return np.ascontiguousarray(self._index.reconstruct_batch(ids), dtype=np.float32)
+        try:  # IndexIDMap2 looks ids up in its reverse map and raises for unknown (or removed) ones
+            vecs = self._index.reconstruct_batch(ids)
+        except RuntimeError:
+            missing = ~np.isin(ids, self.ids())
+            raise DermError(
+                f"{int(missing.sum())} id(s) not in the index (first {int(ids[missing][0])})"
+            ) from None
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def default_params(self) -> SearchParams:
+        """The faiss index's own query defaults (IVF nprobe, HNSW efSearch), saved inside the index file."""
+        inner = self._inner()
+        if isinstance(inner, faiss.IndexRefine):
+            inner = faiss.downcast_index(inner.base_index)
+        if isinstance(inner, faiss.IndexIVF):
+            return SearchParams(nprobe=int(inner.nprobe))
+        if isinstance(inner, faiss.IndexHNSW):
+            return SearchParams(ef=int(inner.hnsw.efSearch))
+        return SearchParams()
+
+    def set_default_params(self, params: SearchParams) -> None:
+        inner = self._inner()
+        if isinstance(inner, faiss.IndexRefine):
+            inner = faiss.downcast_index(inner.base_index)
+        _structure_params(inner, params, None, 1, self.config)  # raises for ef/nprobe that do not apply
+        if params.nprobe is not None:
+            inner.nprobe = params.nprobe
+        if params.ef is not None:
+            inner.hnsw.efSearch = params.ef
+        self._invalidate()
+
+    def in_place_blocker(self) -> str | None:
+        """Why this index cannot be updated in place (None: it can: Flat and IVF over full vectors)."""
+        inner = self._inner()
+        if isinstance(inner, faiss.IndexRefine):
+            return "faiss refine indices cannot remove vectors"
+        if isinstance(inner, faiss.IndexHNSW):
+            return "faiss HNSW graphs cannot remove vectors"
+        if isinstance(inner, faiss.IndexFlat | faiss.IndexIVFFlat):
+            return None
+        return f"faiss {self.config.spec!r} stores compressed codes: changed vectors cannot be told apart"
+
+    @property
+    def tombstones(self) -> int:
+        """Removed entries still stored (IVF/HNSW keep them until a rebuild); searches skip them."""
+        return self._n_tomb
+
+    def tombstone_fraction_after(self, n_removed: int, n_added: int) -> float:
+        """Share of stored entries that would be tombstones after removing n_removed and adding n_added."""
+        if isinstance(self._inner(), faiss.IndexFlat):
+            return 0.0  # IndexFlat compacts on removal
+        stored = int(self._index.ntotal) + n_added
+        return (self._n_tomb + n_removed) / max(stored, 1)
 
     def _inner(self) -> Any:
         self._require_built()
@@ -310,6 +441,7 @@ class FaissIndex:
         out = cls(config)
         out._index = raw
         out._n_tomb = int((faiss.vector_to_array(raw.id_map) < 0).sum())
+        out._plain = _honours_selector(out._inner())
         return out
 
 

@@ -1,7 +1,8 @@
 """The only module that touches faiss's GPU API; imported lazily, so CPU-only installs never load it.
 
-The CPU index stays the source of truth (it is what gets saved, mutated and reconstructed from); a GPU clone
-serves searches and is re-made after every mutation. Classic GPU indices ignore `IDSelector`s, so filtered
+The CPU index stays the source of truth (it is what gets saved, mutated and reconstructed from); builds of
+Flat and IVF specs train and fill on the GPU and copy back, and a GPU clone serves searches, re-made after
+every mutation. Classic GPU indices ignore `IDSelector`s, so filtered
 searches on the GPU over-fetch and post-filter (see `FaissIndex.search`).
 """
 
@@ -73,3 +74,21 @@ def set_nprobe(gpu_index: Any, nprobe: int) -> None:
     import faiss
 
     faiss.GpuParameterSpace().set_index_parameter(gpu_index, "nprobe", nprobe)
+
+
+def build_on_gpu(base: Any, train_sample: Any, ids: Any, vecs: Any, device_id: int = 0) -> Any:
+    """Train and fill the empty CPU index `base` on the GPU; returns the CPU `IndexIDMap2` copy.
+
+    Raises DermError where faiss cannot clone the spec to the GPU (HNSW, refine): the caller builds on the CPU.
+    """
+    import faiss
+
+    try:
+        gpu = to_gpu(faiss.IndexIDMap2(base), device_id)
+        if not gpu.is_trained:
+            gpu.train(train_sample)
+        if len(ids):
+            gpu.add_with_ids(vecs, ids)
+        return faiss.index_gpu_to_cpu(gpu)
+    except (RuntimeError, AttributeError) as e:
+        raise DermError(f"faiss cannot build this index on the GPU ({e})") from None

@@ -90,6 +90,8 @@ class HnswIndex:
         self.spec = HnswSpec.parse(config.spec)
         self._index: Any = None
         self._live = np.empty(0, np.int64)  # sorted ids present (not deleted)
+        self._ef = self.spec.ef  # query default; set_default_params changes it without a rebuild
+        self._cur_ef = self._ef  # what the hnswlib object is set to now (set_ef only when it differs)
 
     # --- building and mutation ---------------------------------------------------------------------------
 
@@ -104,7 +106,8 @@ class HnswIndex:
             random_seed=self.config.seed,
             allow_replace_deleted=True,
         )
-        index.set_ef(self.spec.ef)
+        index.set_ef(self._ef)
+        self._cur_ef = self._ef
         if ids.size:
             index.add_items(vecs, ids)
         self._index = index
@@ -118,11 +121,12 @@ class HnswIndex:
         if ids.size == 0:
             return
         known = np.asarray(self._index.get_ids_list(), dtype=np.int64)
-        deleted = np.setdiff1d(known, self._live)
-        revive = np.isin(ids, deleted)
+        deleted = np.setdiff1d(known, self._live, assume_unique=True)
+        revive = np.isin(ids, deleted, assume_unique=True)
         for label in ids[revive]:  # only ids removed earlier and added back
             self._index.unmark_deleted(int(label))
-        update = revive | np.isin(ids, self._live)
+        live = np.isin(ids, self._live, assume_unique=True)
+        update = revive | live
         if update.any():
             self._index.add_items(vecs[update], ids[update], replace_deleted=False)
         new = ~update
@@ -133,15 +137,15 @@ class HnswIndex:
             if need > self._index.get_max_elements():
                 self._index.resize_index(max(need, int(self._index.get_max_elements() * 1.25)))
             self._index.add_items(vecs[new], ids[new], replace_deleted=True)
-        self._live = np.union1d(self._live, ids)
+        self._live = np.sort(np.concatenate([self._live, ids[~live]]))  # ids are unique (checked)
 
     def remove(self, ids: np.ndarray) -> int:
         """Mark the given ids deleted; returns how many were present (absent ids are ignored)."""
         self._require_built()
-        present = np.intersect1d(as_ids(ids), self._live)
+        present = np.intersect1d(np.unique(as_ids(ids)), self._live, assume_unique=True)
         for label in present:
             self._index.mark_deleted(int(label))
-        self._live = np.setdiff1d(self._live, present)
+        self._live = np.setdiff1d(self._live, present, assume_unique=True)
         return int(present.size)
 
     # --- queries -----------------------------------------------------------------------------------------
@@ -158,12 +162,15 @@ class HnswIndex:
 
         Missing results are (-1, -inf). With filters, k results come back whenever k eligible ids exist.
         """
+        fast = self._search_fast(queries, k, params, allowed_ids, excluded_ids)
+        if fast is not None:
+            return fast
         k = check_k(k)
         queries = as_vectors(queries, self.config.dim, "queries", check_norm=False)
         params = params or SearchParams()
         if params.nprobe is not None:
             raise DermError("nprobe does not apply to the hnswlib backend (use ef)")
-        ef = params.ef or self.spec.ef
+        ef = params.ef or self._ef
         allowed = None if allowed_ids is None else as_ids(allowed_ids, "allowed_ids")
         excluded = None if excluded_ids is None else as_ids(excluded_ids, "excluded_ids")
         nq, n_live = queries.shape[0], self._live.size
@@ -189,6 +196,43 @@ class HnswIndex:
         out_ids, out_scores = pad_results(*out, k)
         return fill_short_rows(self, queries, k, out_ids, out_scores, allowed, excluded)
 
+    def _search_fast(
+        self,
+        queries: Any,
+        k: Any,
+        params: SearchParams | None,
+        allowed_ids: Any,
+        excluded_ids: Any,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The unfiltered common case in a few microseconds, or None to take the general path.
+
+        Taken only for contiguous float32 [q, dim] finite queries and 0 < k <= ntotal; hnswlib either fills
+        all k columns (then no padding or fill-in is needed) or raises, and then the general path retries.
+        """
+        if (
+            allowed_ids is not None
+            or excluded_ids is not None
+            or type(queries) is not np.ndarray
+            or queries.dtype != np.float32
+            or queries.ndim != 2
+            or queries.shape[1] != self.config.dim
+            or not queries.flags.c_contiguous
+            or type(k) is not int
+            or not 0 < k <= self._live.size
+            or (params is not None and params.nprobe is not None)
+            or not np.isfinite(queries).all()
+        ):
+            return None
+        ef = max((params.ef if params is not None else None) or self._ef, k)
+        if ef != self._cur_ef:
+            self._index.set_ef(ef)
+            self._cur_ef = ef
+        try:
+            labels, dist = self._index.knn_query(queries, k=k, num_threads=-1)
+        except RuntimeError:
+            return None
+        return labels.view(np.int64), np.subtract(1.0, dist, out=dist)
+
     def _knn(self, queries: np.ndarray, k: int, ef: int, filt: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """hnswlib knn_query with (-1, -inf) padding; retries when hnswlib cannot fill k columns."""
         attempts = [(k, max(ef, k)), (k, max(4 * ef, 4 * k))]
@@ -199,7 +243,9 @@ class HnswIndex:
         # the Python filter callback needs the GIL: threads would only contend for it
         threads = 1 if filt is not None else -1
         for kk, ef_try in attempts:
-            self._index.set_ef(ef_try)
+            if ef_try != self._cur_ef:
+                self._index.set_ef(ef_try)
+                self._cur_ef = ef_try
             try:
                 labels, dist = self._index.knn_query(queries, k=kk, num_threads=threads, filter=filt)
             except RuntimeError as e:
@@ -207,10 +253,9 @@ class HnswIndex:
                     raise DermError(f"hnswlib search failed: {e}") from None
                 log.debug("hnswlib could not return k=%d with ef=%d; retrying", kk, ef_try)
                 continue
-            finally:
-                self._index.set_ef(self.spec.ef)
-            scores = (1.0 - dist).astype(np.float32)
-            return labels.astype(np.int64), scores
+            # in place: labels are uint64 (ids < 2**63, so the int64 view is exact), dist is float32
+            scores = np.subtract(1.0, dist, out=dist)
+            return labels.view(np.int64), scores
         n = queries.shape[0]
         return np.full((n, 0), -1, np.int64), np.full((n, 0), -np.inf, np.float32)
 
@@ -229,13 +274,37 @@ class HnswIndex:
     def get_vectors(self, ids: np.ndarray) -> np.ndarray:
         """float32[len(ids), dim] stored vectors; DermError for ids not present."""
         ids = as_ids(ids)
-        missing = ~np.isin(ids, self._live)
-        if missing.any():
-            raise DermError(f"{int(missing.sum())} id(s) not in the index (first {int(ids[missing][0])})")
         if ids.size == 0:
             return np.empty((0, self.config.dim), np.float32)
-        vecs = self._index.get_items(ids, return_type="numpy")
+        try:  # hnswlib raises "Label not found" for unknown and deleted labels
+            vecs = self._index.get_items(ids, return_type="numpy")
+        except RuntimeError:
+            missing = ~np.isin(ids, self._live)
+            raise DermError(
+                f"{int(missing.sum())} id(s) not in the index (first {int(ids[missing][0])})"
+            ) from None
         return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def default_params(self) -> SearchParams:
+        return SearchParams(ef=self._ef)
+
+    def set_default_params(self, params: SearchParams) -> None:
+        if params.nprobe is not None:
+            raise DermError("nprobe does not apply to the hnswlib backend (use ef)")
+        if params.ef is not None:
+            self._ef = params.ef
+
+    def in_place_blocker(self) -> str | None:
+        """None: hnswlib marks removed ids deleted, reuses their slots for new ids, updates vectors in place."""
+        self._require_built()
+        return None
+
+    @property
+    def tombstones(self) -> int:
+        return 0  # deleted slots are reused by the next additions (replace_deleted)
+
+    def tombstone_fraction_after(self, n_removed: int, n_added: int) -> float:
+        return 0.0
 
     def _require_built(self) -> None:
         if self._index is None:
@@ -273,7 +342,7 @@ class HnswIndex:
         missing = np.setdiff1d(live, np.asarray(index.get_ids_list(), dtype=np.int64))
         if missing.size:
             raise DataError(directory / INDEX_FILE, f"{missing.size} live id(s) missing from the graph")
-        index.set_ef(out.spec.ef)
+        index.set_ef(out._ef)
         out._index = index
         out._live = live
         return out

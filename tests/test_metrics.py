@@ -6,7 +6,23 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from eval.metrics import ndcg_at_k, overlap_at_k, pr_auc, recall_at_k, roc_auc
+from eval.metrics import (
+    ann_recall,
+    by_group,
+    calibration,
+    gauc,
+    hit_rate_at_k,
+    log_loss,
+    ndcg_at_k,
+    overlap_at_k,
+    pr_auc,
+    random_hit_rate_at_k,
+    random_ndcg_at_k,
+    random_recall_at_k,
+    recall_at_k,
+    recall_per_user,
+    roc_auc,
+)
 
 # --- ROC-AUC -------------------------------------------------------------------------------------------------
 
@@ -161,3 +177,187 @@ def test_overlap_at_k_padding_does_not_match_padding() -> None:
 
 def test_overlap_at_k_empty_is_none() -> None:
     assert overlap_at_k(np.zeros((0, 3), np.int64), np.zeros((0, 3), np.int64), 3) is None
+
+
+# --- per-user recall, hit rate -------------------------------------------------------------------------------
+
+
+def test_recall_per_user_and_hit_rate_hand_example() -> None:
+    # k=3 (see test_recall_at_k_hand_example): user0 2/3, user1 skipped, user2 1, user3 0
+    assert recall_per_user(TOPK, RELEVANT, 3) == pytest.approx([2 / 3, 1.0, 0.0], abs=1e-12)
+    assert recall_per_user(TOPK, RELEVANT, 3).mean() == pytest.approx(
+        recall_at_k(TOPK, RELEVANT, 3), abs=1e-12
+    )
+    # hit rate k=3: user0 hit, user2 hit, user3 none -> 2/3; k=1: user0 {5} hit only -> 1/3
+    assert hit_rate_at_k(TOPK, RELEVANT, 3) == pytest.approx(2 / 3, abs=1e-12)
+    assert hit_rate_at_k(TOPK, RELEVANT, 1) == pytest.approx(1 / 3, abs=1e-12)
+    assert hit_rate_at_k(TOPK[:2], [np.array([], np.int64)] * 2, 3) is None
+
+
+def test_ndcg_matches_sklearn_ndcg_score_on_full_rankings() -> None:
+    from sklearn.metrics import ndcg_score
+
+    rng = np.random.default_rng(0)
+    n_items, k = 30, 10
+    scores = rng.random((8, n_items))  # distinct scores: no tie handling differences
+    rel = (rng.random((8, n_items)) < 0.2).astype(np.int64)
+    rel[:, 0] = 1  # every user has a relevant item
+    topk = np.argsort(-scores, axis=1)
+    relevant = [np.nonzero(r)[0] for r in rel]
+    want = np.mean([ndcg_score(rel[u : u + 1], scores[u : u + 1], k=k) for u in range(8)])
+    assert ndcg_at_k(topk, relevant, k) == pytest.approx(want, abs=1e-12)
+
+
+# --- random-retrieval baselines ------------------------------------------------------------------------------
+
+
+def test_random_baselines_hand_example() -> None:
+    live = np.arange(10)
+    rel = [np.array([1, 2]), np.array([3, 99]), np.array([], np.int64)]  # 99 is not live
+    # recall@2: user0 (2/2) * 2/10 = 0.2; user1 (1/2) * 2/10 = 0.1 -> 0.15
+    assert random_recall_at_k(rel, live, 2) == pytest.approx(0.15, abs=1e-12)
+    # K beyond n_live saturates at the live share: (1 + 0.5) / 2
+    assert random_recall_at_k(rel, live, 50) == pytest.approx(0.75, abs=1e-12)
+    # hit@2: user0 1 - C(8,2)/C(10,2) = 1 - 28/45; user1 1 - C(9,2)/C(10,2) = 1 - 36/45 -> mean
+    assert random_hit_rate_at_k(rel, live, 2) == pytest.approx(((1 - 28 / 45) + (1 - 36 / 45)) / 2, abs=1e-12)
+    # ndcg@2: E[DCG] = r/10 * (1 + 1/log2 3); IDCG user0 = 1 + 1/log2 3, user1 (|rel| = 2) the same
+    d = 1 + 1 / np.log2(3)
+    assert random_ndcg_at_k(rel, live, 2) == pytest.approx((2 / 10 * d / d + 1 / 10 * d / d) / 2, abs=1e-12)
+    assert random_recall_at_k([np.array([], np.int64)], live, 2) is None
+
+
+def test_random_baselines_match_a_monte_carlo_draw() -> None:
+    rng = np.random.default_rng(1)
+    live = np.arange(50)
+    rel = [rng.choice(60, size=s, replace=False) for s in (1, 3, 5, 8)]
+    k, n = 7, 20000
+    draws = np.array([rng.permutation(live)[:k] for _ in range(n)])
+    rec = np.mean([recall_at_k(np.broadcast_to(d, (4, k)), rel, k) for d in draws[:4000]])
+    hit = np.mean([hit_rate_at_k(np.broadcast_to(d, (4, k)), rel, k) for d in draws[:4000]])
+    assert random_recall_at_k(rel, live, k) == pytest.approx(rec, abs=0.01)
+    assert random_hit_rate_at_k(rel, live, k) == pytest.approx(hit, abs=0.015)
+
+
+# --- log loss, gAUC, calibration -----------------------------------------------------------------------------
+
+
+def test_log_loss_hand_example_and_sklearn() -> None:
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    # -(ln 0.8 + ln 0.9 + ln 0.6) / 3 for labels 1, 0, 1 with p 0.8, 0.1, 0.6
+    want = -(np.log(0.8) + np.log(0.9) + np.log(0.6)) / 3
+    assert log_loss(np.array([0.8, 0.1, 0.6]), np.array([1, 0, 1])) == pytest.approx(want, abs=1e-12)
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.01, 0.99, 300)
+    y = (rng.random(300) < p).astype(int)
+    assert log_loss(p, y) == pytest.approx(sk_log_loss(y, p), abs=1e-12)
+    # a confident mistake is clipped, not infinite; empty is None
+    assert np.isfinite(log_loss(np.array([0.0]), np.array([1])))
+    assert log_loss(np.array([]), np.array([])) is None
+
+
+def test_gauc_hand_example() -> None:
+    # user 1: pos 0.9 vs negs 0.2 (won), 0.95 (lost) -> AUC 1/2, 3 impressions
+    # user 2: pos 0.5, 0.7 vs neg 0.5: tie (1/2) + won (1) -> AUC 0.75, 3 impressions
+    # user 3: no click -> no AUC, left out
+    scores = np.array([0.9, 0.2, 0.95, 0.5, 0.7, 0.5, 0.3, 0.4])
+    labels = np.array([1, 0, 0, 1, 1, 0, 0, 0])
+    users = np.array([1, 1, 1, 2, 2, 2, 3, 3])
+    g = gauc(scores, labels, users)
+    assert g["gauc"] == pytest.approx((3 * 0.5 + 3 * 0.75) / 6, abs=1e-12)
+    assert g["gauc_unweighted"] == pytest.approx(0.625, abs=1e-12)
+    assert g["n_groups"] == 2 and g["n_impressions"] == 6
+    # impression weighting: give user 2 three more negatives scored 0.1. Pairs: 0.5 ties 0.5 (1/2) and beats
+    # the three 0.1 (3); 0.7 beats all four (4) -> 7.5 / 8 = 0.9375 over 6 impressions
+    g2 = gauc(np.r_[scores, 0.1, 0.1, 0.1], np.r_[labels, 0, 0, 0], np.r_[users, 2, 2, 2])
+    assert g2["gauc"] == pytest.approx((3 * 0.5 + 6 * 0.9375) / 9, abs=1e-12)
+    assert gauc(scores, np.zeros(8), users)["gauc"] is None
+
+
+def test_gauc_matches_per_user_sklearn_auc() -> None:
+    rng = np.random.default_rng(3)
+    n = 3000
+    users = rng.integers(0, 60, n)
+    y = (rng.random(n) < 0.3).astype(int)
+    s = np.round(0.2 * y + rng.random(n), 1)  # heavy ties
+    aucs, weights = [], []
+    for u in np.unique(users):
+        m = users == u
+        if 0 < y[m].sum() < m.sum():
+            aucs.append(roc_auc_score(y[m], s[m]))
+            weights.append(m.sum())
+    g = gauc(s, y, users)
+    assert g["gauc"] == pytest.approx(np.average(aucs, weights=weights), abs=1e-9)
+    assert g["gauc_unweighted"] == pytest.approx(np.mean(aucs), abs=1e-9)
+    assert g["n_groups"] == len(aucs)
+
+
+def test_calibration_hand_example() -> None:
+    # two buckets at the median: {0.1, 0.1, 0.2, 0.2} observed 1/4; {0.6, 0.6, 0.8, 0.8} observed 3/4
+    p = np.array([0.1, 0.2, 0.1, 0.2, 0.6, 0.8, 0.6, 0.8])
+    y = np.array([0, 0, 1, 0, 1, 1, 0, 1])
+    c = calibration(p, y, buckets=2)
+    assert c["predicted"] == pytest.approx(0.425) and c["observed"] == pytest.approx(0.5) and c["n"] == 8
+    b0, b1 = c["buckets"]
+    assert (b0["n"], b0["predicted"], b0["observed"], b0["lo"], b0["hi"]) == pytest.approx(
+        (4, 0.15, 0.25, 0.1, 0.2)
+    )
+    assert (b1["n"], b1["predicted"], b1["observed"], b1["lo"], b1["hi"]) == pytest.approx(
+        (4, 0.7, 0.75, 0.6, 0.8)
+    )
+    # ECE = (4 * |0.15 - 0.25| + 4 * |0.7 - 0.75|) / 8 = 0.075
+    assert c["ece"] == pytest.approx(0.075, abs=1e-12)
+    assert calibration(np.array([]), np.array([]))["buckets"] == []
+
+
+def test_calibration_of_the_truth_is_close() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 0.2, 200_000)
+    c = calibration(p, rng.random(len(p)) < p)
+    assert len(c["buckets"]) == 10 and sum(b["n"] for b in c["buckets"]) == len(p)
+    assert c["ece"] < 0.003
+
+
+# --- ANN recall, per-group breakdown -------------------------------------------------------------------------
+
+
+class _FixedIndex:
+    """An 'ANN index' returning fixed results: only `config.dim` and `search` are used by ann_recall."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        from index import IndexConfig
+
+        self.config = IndexConfig(dim=2)
+        self._ids = ids
+
+    def search(self, queries: np.ndarray, k: int, params: object = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._ids[:, :k], np.zeros(self._ids[:, :k].shape, np.float32)
+
+
+def test_ann_recall_hand_example_is_tie_tolerant() -> None:
+    ad_ids = np.array([10, 11, 12, 13], np.int64)
+    ad_vecs = np.array([[1, 0], [0.8, 0.6], [0.8, -0.6], [0, 1]], np.float32)
+    q = np.array([[1, 0], [0, 1]], np.float32)
+    # query 0, exact top 2: 10 (1.0), then 11 and 12 tied at 0.8 -> ANN {10, 12} is a full hit
+    # query 1, exact top 2: 13 (1.0), 11 (0.6); ANN {13, 10}: 10 scores 0 < 0.6 -> 1 of 2
+    index = _FixedIndex(np.array([[10, 12], [13, 10]], np.int64))
+    assert ann_recall(index, q, 2, ad_ids=ad_ids, ad_vecs=ad_vecs) == pytest.approx(0.75, abs=1e-12)  # type: ignore[arg-type]
+
+
+def test_ann_recall_of_a_flat_index_is_one() -> None:
+    from index import IndexConfig, make_index
+
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((200, 8)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    idx = make_index(IndexConfig(dim=8))
+    idx.build(np.arange(200, dtype=np.int64) * 3, v)
+    assert ann_recall(idx, v[:20], 10) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_by_group_per_surface() -> None:
+    s = np.array([0.1, 0.9, 0.8, 0.3, 0.2, 0.7])
+    y = np.array([0, 1, 1, 0, 1, 0])
+    surface = np.array([0, 0, 1, 1, 2, 2])
+    out = by_group(roc_auc, surface, s, y, names={0: "home_feed", 1: "search"})
+    assert out == {"home_feed": 1.0, "search": 1.0, "2": 0.0}

@@ -44,7 +44,7 @@ from adslog.workspace import Workspace, version_name
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, open_version, publish_day
 from eval.evaluate import evaluate_day
-from index import Backend, IndexConfig, build_index_artifact
+from index import Backend, IndexConfig
 from ranking.model import RankerConfig
 from ranking.train import train_ranker
 from towers.config import Task, TowerConfig
@@ -222,33 +222,16 @@ def cfg_device(cfg: CycleConfig) -> str:
 
 
 def publish_index(ws: Workspace, day: int, cfg: CycleConfig, overwrite: bool = False) -> dict[str, Any]:
-    """Build the ad index over store version `day` of the ctr model (skips if published)."""
-    target = ws.index_dir / version_name(day)
-    if (target / "manifest.json").exists() and not overwrite:
-        return read_json(target / "manifest.json")
-    store = open_version(ws.embeddings_dir("ctr"), day)
-    ids, vecs = store.ids("ad"), store.vectors("ad")
-    users = store.vectors("user")
-    rng = np.random.default_rng(day)
-    q = (
-        users[rng.choice(len(users), min(cfg.self_check_queries, len(users)), replace=False)]
-        if len(users)
-        else None
-    )
-    m = build_index_artifact(
-        target,
-        ids,
-        vecs,
-        cfg.index,
-        upstream={"embedding_version": store.manifest["artifact_id"], "lineage": store.lineage, "day": day},
-        self_check_queries=q,
-        k=min(cfg.self_check_k, len(ids)),
-        overwrite=overwrite,
-    )
-    from adslog.artifact import set_latest
+    """Publish the ad index over store version `day` of the ctr model (skips if published).
 
-    set_latest(ws.index_dir, target.name)
-    return m
+    The previous index version is updated in place when few ads changed and the index type allows it, else
+    rebuilt; the manifest's `refresh` records which and why (see `index.refresh`).
+    """
+    from index.versions import publish_workspace_index
+
+    return publish_workspace_index(
+        ws, day, cfg.index, self_check_queries=cfg.self_check_queries, k=cfg.self_check_k, overwrite=overwrite
+    )
 
 
 def bootstrap(

@@ -1,0 +1,119 @@
+"""`derm index build / refresh / tune` on a copy of the tiny demo workspace."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from adslog.artifact import get_latest
+from adslog.workspace import Workspace
+from cli import main
+
+
+@pytest.fixture
+def work(demo_ws: tuple[Path, dict], tmp_path: Path) -> Path:
+    src, _ = demo_ws
+    dst = tmp_path / "w"
+    shutil.copytree(src, dst)  # never write into the shared session workspace
+    return dst
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    r = CliRunner().invoke(main, list(args))
+    return r.exit_code, r.stdout, r.stderr
+
+
+def _days(work: Path) -> list[int]:
+    ws = Workspace(work)
+    return ws.published_days(ws.embeddings_dir("ctr"))
+
+
+def test_index_refresh_in_place_and_auto(work: Path) -> None:
+    days = _days(work)
+    d0, d1 = days[-2], days[-1]
+    code, out, err = _run(
+        "index", "build", "--work", str(work), "--day", str(d0), "--backend", "hnswlib", "--spec",
+        "M16,efc40", "--ef", "32", "--overwrite", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    built = json.loads(out)
+    assert built["refresh"]["mode"] == "rebuild" and built["refresh"]["reason"] == "requested"
+    assert built["search_params"] == {"ef": 32, "nprobe": None}
+    parent = json.loads((work / "index" / f"day={d0}" / "manifest.json").read_text())["artifact_id"]
+
+    code, out, err = _run(
+        "index", "refresh", "--work", str(work), "--day", str(d1), "--mode", "in_place", "--overwrite",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert err == ""
+    doc = json.loads(out)
+    r = doc["refresh"]
+    assert r["mode"] == "in_place" and r["parent"] == parent
+    store = json.loads((work / "embeddings" / "ctr" / f"day={d1}" / "manifest.json").read_text())
+    assert doc["n_vectors"] == store["stats"]["ad"]["n_pool"]
+    assert r["added"] + r["replaced"] + r["removed"] > 0
+    assert doc["search_params"] == {"ef": 32, "nprobe": None}  # inherited from the parent version
+    assert 0.0 <= doc["self_check"]["recall"] <= 1.0
+    assert get_latest(work / "index") == f"day={d1}"
+
+    # auto: the daily cycle re-embeds every live ad, so most vectors changed: a rebuild, recorded as such
+    code, out, err = _run("index", "refresh", "--work", str(work), "--day", str(d1), "--overwrite")
+    assert code == 0, err
+    assert "refresh: rebuild (" in out and "of ads changed (more than 10%)" in out
+    assert "self-check recall@" in out
+
+
+def test_index_refresh_skips_published_and_errors(work: Path) -> None:
+    d1 = _days(work)[-1]
+    before = json.loads((work / "index" / f"day={d1}" / "manifest.json").read_text())
+    code, out, _ = _run("index", "refresh", "--work", str(work), "--json")
+    assert code == 0 and json.loads(out)["n_vectors"] == before["n_vectors"]
+    after = json.loads((work / "index" / f"day={d1}" / "manifest.json").read_text())
+    assert after["artifact_id"] == before["artifact_id"], "a published version is not recomputed"
+
+    code, _, err = _run(
+        "index", "build", "--work", str(work), "--day", str(d1 - 1), "--spec", "HNSW16,Flat", "--overwrite"
+    )
+    assert code == 0, err
+    code, _, err = _run(
+        "index", "refresh", "--work", str(work), "--day", str(d1), "--mode", "in_place", "--overwrite"
+    )
+    assert code == 1
+    assert err.strip() == "Error: cannot refresh in place: faiss HNSW graphs cannot remove vectors"
+
+
+def test_index_tune(work: Path) -> None:
+    d = _days(work)[-1]
+    code, _, err = _run(
+        "index", "build", "--work", str(work), "--day", str(d), "--spec", "IVF8,Flat", "--overwrite"
+    )
+    assert code == 0, err
+    code, out, err = _run("index", "tune", "--work", str(work), "--k", "20", "--queries", "200", "--json")
+    assert code == 0, err
+    assert err == ""
+    doc = json.loads(out)
+    assert doc["knob"] == "nprobe" and doc["k"] == 20 and doc["default"] == 1
+    values = [p["value"] for p in doc["points"]]
+    assert values == [1, 2, 4, 8]  # the ladder stops at nlist
+    assert doc["points"][-1]["recall_at_k"] == pytest.approx(1.0)  # every list probed: exact
+    assert all(p["qps"] > 0 for p in doc["points"])
+
+    code, out, err = _run("index", "tune", "--work", str(work), "--k", "20", "--values", "2,8")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert "default nprobe 1" in lines[0] and lines[1].split()[:2] == ["nprobe", "recall@20"]
+    assert [ln.split()[0] for ln in lines[2:]] == ["2", "8"]
+
+    code, _, err = _run("index", "tune", "--work", str(work), "--values", "0,4")
+    assert code == 1 and err.strip() == "Error: --values: give at least one value >= 1"
+
+
+def test_index_commands_have_help() -> None:
+    for cmd in ("build", "refresh", "tune"):
+        code, out, _ = _run("index", cmd, "--help")
+        assert code == 0 and "--work" in out and "--json" in out
