@@ -483,7 +483,9 @@ def index_refresh(
 @work_option
 @click.option("--day", type=int, default=None, help="Index version to tune (default: LATEST).")
 @click.option("--k", type=int, default=100, show_default=True, help="Recall@k against exact search.")
-@click.option("--queries", "n_queries", type=int, default=1000, show_default=True, help="User embeddings used.")
+@click.option(
+    "--queries", "n_queries", type=int, default=1000, show_default=True, help="User embeddings used."
+)
 @click.option(
     "--values", default=None, help="Comma-separated nprobe / ef values (default: a ladder for the index)."
 )
@@ -513,7 +515,9 @@ def index_tune(
         head = f"{o['backend']} {o['spec']!r}, recall@{o['k']} over {o['n_queries']} queries"
         head += f" (default {knob} {o['default']})" if o["knob"] else ""
         rows = [f"{knob:>8}  recall@{o['k']:<5} QPS"]
-        rows += [f"{str(p['value'] or '-'):>8}  {p['recall_at_k']:<12.4f} {p['qps']:,.0f}" for p in o["points"]]
+        rows += [
+            f"{str(p['value'] or '-'):>8}  {p['recall_at_k']:<12.4f} {p['qps']:,.0f}" for p in o["points"]
+        ]
         return head + "\n" + "\n".join(rows)
 
     _emit(doc, as_json, text)
@@ -802,7 +806,11 @@ def rollback(ctx: click.Context, work: str, to_day: int, as_json: bool) -> None:
     ws = _workspace(work, None)
     with ws.lock():
         out = run_rollback(ws, to_day)
-    _emit(out, as_json, lambda o: f"live versions: day={o['to']}; moved {len(o['moved'])} later versions to rejected/")
+    _emit(
+        out,
+        as_json,
+        lambda o: f"live versions: day={o['to']}; moved {len(o['moved'])} later versions to rejected/",
+    )
 
 
 if __name__ == "__main__":
