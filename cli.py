@@ -190,10 +190,6 @@ def data_import() -> None:
     """Import a real log (MovieLens-100K, Gowalla, or your own CSV/Parquet)."""
 
 
-def _import_summary(o: dict[str, Any]) -> str:
-    return _kv(o)
-
-
 @data_import.command("movielens-100k")
 @click.argument("src", type=click.Path())
 @click.argument("out", type=click.Path(file_okay=False))
@@ -205,7 +201,7 @@ def import_movielens(ctx: click.Context, src: str, out: str, overwrite: bool, as
     from adslog.importers import import_movielens_100k
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    _emit(import_movielens_100k(src, out, bars, overwrite), as_json, _import_summary)
+    _emit(import_movielens_100k(src, out, bars, overwrite), as_json, _kv)
 
 
 @data_import.command("gowalla")
@@ -219,7 +215,7 @@ def import_gowalla_cmd(ctx: click.Context, src: str, out: str, overwrite: bool, 
     from adslog.importers import import_gowalla
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    _emit(import_gowalla(src, out, bars, overwrite), as_json, _import_summary)
+    _emit(import_gowalla(src, out, bars, overwrite), as_json, _kv)
 
 
 @data_import.command("generic")
@@ -265,7 +261,7 @@ def import_generic_cmd(
         users=Path(users) if users else None,
         items=Path(items) if items else None,
     )
-    _emit(import_generic(cfg, out, bars, overwrite), as_json, _import_summary)
+    _emit(import_generic(cfg, out, bars, overwrite), as_json, _kv)
 
 
 @main.command()
