@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from adslog.artifact import MANIFEST, make_manifest, publishing, read_manifest, write_json_atomic
-from adslog.errors import DataError, DermError, VersionMismatchError
+from adslog.errors import DataError, DermError, QualityGateError, VersionMismatchError
 from index.base import (
     AnnIndex,
     Backend,
@@ -48,6 +48,7 @@ def build_index_artifact(
     overwrite: bool = False,
     refresh: dict[str, Any] | None = None,
     started: float | None = None,
+    min_recall: float | None = None,
 ) -> dict[str, Any]:
     """Build an index over (ids int64[n], vecs float32[n, dim]), self-check it, publish it at `out_dir`.
 
@@ -56,7 +57,9 @@ def build_index_artifact(
     index against exact search on the original vectors for `self_check_queries` (float32[q, dim]) with those
     defaults. `refresh` is the record of how this version came about (see `index.refresh`); its `seconds`
     count from `started` (a `time.perf_counter()` value, default: the start of the build). Publication is
-    atomic: on any failure an earlier artifact at `out_dir` is left whole. Returns the manifest written.
+    atomic: on any failure an earlier artifact at `out_dir` is left whole. A self-check recall under
+    `min_recall` is a QualityGateError raised before the rename: the version is never published. Returns the
+    manifest written.
     """
     if not isinstance(upstream, dict):
         raise DermError("upstream must be a dict, e.g. {'embedding_version': ..., 'lineage': ...}")
@@ -74,7 +77,7 @@ def build_index_artifact(
         if refresh is not None:
             refresh = {**refresh, "mode": "rebuild"}
         manifest = write_index_version(
-            tmp, index, ids, vecs, upstream, queries, k, build_seconds, refresh, started
+            tmp, index, ids, vecs, upstream, queries, k, build_seconds, refresh, started, min_recall
         )
     log.info(
         "published %s index %r (%d vectors) at %s", config.backend.value, config.spec, index.ntotal, out_dir
@@ -93,6 +96,7 @@ def write_index_version(
     build_seconds: float,
     refresh: dict[str, Any] | None,
     started: float | None = None,
+    min_recall: float | None = None,
 ) -> dict[str, Any]:
     """Self-check `index` against exact search over (ids, vecs), save it and its manifest into `tmp`.
 
@@ -112,6 +116,12 @@ def write_index_version(
             "seconds": round(time.perf_counter() - t0, 4),
         }
         log.info("self-check recall@%d = %.4f over %d queries", kk, recall, queries.shape[0])
+        if min_recall is not None and recall < min_recall:
+            # quality gate: raised inside `publishing`, so the temporary directory is dropped unpublished
+            raise QualityGateError(
+                f"{tmp.parent}: self-check recall@{kk} {recall:.4f} is under the threshold {min_recall}; "
+                "not published"
+            )
     index.save(tmp)
     files = sorted(p.name for p in tmp.iterdir() if p.is_file())
     if refresh is not None and started is not None:

@@ -191,6 +191,7 @@ def refresh_index_artifact(
     k: int = 100,
     params: SearchParams | None = None,
     overwrite: bool = False,
+    min_recall: float | None = None,
 ) -> dict[str, Any]:
     """Publish at `out_dir` the index over (ids int64[n], vecs float32[n, dim]), from `previous_dir`.
 
@@ -243,6 +244,7 @@ def refresh_index_artifact(
             overwrite,
             refresh={**record, "mode": RefreshMode.REBUILD.value},
             started=t0,
+            min_recall=min_recall,
         )
     assert previous is not None
     log.info(
@@ -275,6 +277,7 @@ def refresh_index_artifact(
             update_seconds,
             {**record, "mode": RefreshMode.IN_PLACE.value},
             started=t0,
+            min_recall=min_recall,
         )
     log.info("published in-place refresh at %s (%d vectors)", out_dir, ids.size)
     return manifest

@@ -46,8 +46,10 @@ def publish_workspace_index(
     self_check_queries: int = 1000,
     k: int = 100,
     overwrite: bool = False,
+    min_recall: float | None = None,
 ) -> dict[str, Any]:
     """Publish index version `day` over store version `day`, from the previous index version; move LATEST.
+    A self-check recall under `min_recall` raises QualityGateError and nothing is published.
 
     An already published version is returned as is unless `overwrite`. `params` become the version's
     query-time defaults (None: the previous version's). Returns the manifest.
@@ -74,6 +76,7 @@ def publish_workspace_index(
         k=min(k, len(ids)),
         params=params,
         overwrite=overwrite,
+        min_recall=min_recall,
     )
     set_latest(ws.index_dir, target.name)
     r = m.get("refresh") or {}

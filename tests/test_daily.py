@@ -110,26 +110,31 @@ def test_coverage_drop_is_refused(tmp_path: Path) -> None:
 
 
 def test_low_index_recall_is_refused(ws_copy: tuple[Workspace, dict], monkeypatch) -> None:
+    import index.artifact
+
     ws, s = ws_copy
     day, yesterday = s["eval_day"], s["daily_days"][-1]
-    real = cycle.publish_index
-
-    def degraded(*args, **kwargs):
-        m = real(*args, **kwargs)
-        return {**m, "self_check": {**m["self_check"], "recall": 0.5}}
-
-    monkeypatch.setattr(cycle, "publish_index", degraded)
+    monkeypatch.setattr(index.artifact, "recall_against_exact", lambda *a, **k: 0.5)
     with pytest.raises(
-        QualityGateError, match=r"self-check recall 0.5000 is under the threshold 0.9; not published"
+        QualityGateError, match=r"self-check recall@\d+ 0.5000 is under the threshold 0.9; not published"
     ):
         run_day(ws, day)
-    assert get_latest(ws.index_dir) == version_name(yesterday)
+    # the index was refused before its rename: never published, no temporary directory left behind
     assert not (ws.index_dir / version_name(day)).exists()
-    assert list((ws.root / "rejected" / "index").glob(f"{version_name(day)}.*"))
+    assert not list(ws.index_dir.glob(".tmp-*"))
+    assert get_latest(ws.index_dir) == version_name(yesterday)
     # the store moved on to `day`, the index did not: readers keep serving yesterday's pair
     assert get_latest(ws.embeddings_dir("ctr")) == version_name(day)
     r = Retriever(ws, day + 1)
     assert r.store.day == yesterday and version_name(yesterday) in r.versions["index"]  # type: ignore[union-attr]
+    # once the index is healthy again, the rerun publishes the day without recomputing the store
+    store_id = read_json(ws.embeddings_dir("ctr") / version_name(day) / "manifest.json")["artifact_id"]
+    monkeypatch.undo()
+    run_day(ws, day, load_cycle_config(ws, "cpu"))
+    assert get_latest(ws.index_dir) == version_name(day)
+    assert (
+        read_json(ws.embeddings_dir("ctr") / version_name(day) / "manifest.json")["artifact_id"] == store_id
+    )
 
 
 def test_rollback_restores_earlier_versions_together(ws_copy: tuple[Workspace, dict]) -> None:

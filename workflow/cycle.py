@@ -16,7 +16,7 @@ run_day(d), in order:
     5. ranker: one increment on d (embeddings of the version before d) -> ranker/day=d
 
 Quality gates: a store version with NaN / non-unit vectors or a coverage drop over `gates.max_coverage_drop`
-is never written; an index whose self-check recall is under `min_index_recall` is moved to WORK/rejected/.
+is never written; neither is an index whose self-check recall is under `min_index_recall`.
 Either way the run fails with QualityGateError and readers keep serving yesterday's store and index
 (`Workspace.serving_version` picks the newest day live in both).
 
@@ -37,7 +37,7 @@ import numpy as np
 
 from adslog.artifact import read_json, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import DataError, DermError, QualityGateError
+from adslog.errors import DataError, DermError
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
@@ -50,7 +50,6 @@ from ranking.train import train_ranker
 from towers.config import Task, TowerConfig
 from towers.infer import embed_day
 from towers.train import load_snapshot, train_towers
-from workflow.rollback import reject_version
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +229,13 @@ def publish_index(ws: Workspace, day: int, cfg: CycleConfig, overwrite: bool = F
     from index.versions import publish_workspace_index
 
     return publish_workspace_index(
-        ws, day, cfg.index, self_check_queries=cfg.self_check_queries, k=cfg.self_check_k, overwrite=overwrite
+        ws,
+        day,
+        cfg.index,
+        self_check_queries=cfg.self_check_queries,
+        k=cfg.self_check_k,
+        overwrite=overwrite,
+        min_recall=cfg.min_index_recall,
     )
 
 
@@ -331,16 +336,8 @@ def run_day(
         publish_embeddings(ws, ds, task, day, cfg, day, back_inferred=False, overwrite=overwrite)
         done()
     done = timer.stage("index")
-    im = publish_index(ws, day, cfg, overwrite)
+    publish_index(ws, day, cfg, overwrite)  # QualityGateError (nothing published) under min_index_recall
     done()
-    recall = (im.get("self_check") or {}).get("recall")
-    if recall is not None and recall < cfg.min_index_recall:
-        msg = (
-            f"{ws.index_dir / version_name(day)}: self-check recall {recall:.4f} is under the threshold "
-            f"{cfg.min_index_recall}; not published"
-        )
-        reject_version(ws, ws.index_dir, day, msg)
-        raise QualityGateError(msg)
     if overwrite or not (ws.ranker_dir / version_name(day) / "manifest.json").exists():
         parent = ws.version_before(ws.ranker_dir, day)
         done = timer.stage("ranker")
