@@ -253,7 +253,6 @@ def bootstrap(
     train_days = sorted(train_days)
     last = train_days[-1]
     save_cycle_config(ws, cfg)
-    activity = None
     for task in cfg.tasks:
         mdir = ws.models_dir(task)
         if overwrite or not (mdir / version_name(last) / "manifest.json").exists():
@@ -270,11 +269,7 @@ def bootstrap(
             done()
         done = timer.stage(f"embed_{task}")
         for i, d in enumerate(train_days):
-            if activity is None or d != train_days[0]:
-                activity = ActivityLog.from_dataset(ds, d)
-            publish_embeddings(
-                ws, ds, task, d, cfg, last, back_inferred=True, activity=activity, overwrite=overwrite
-            )
+            publish_embeddings(ws, ds, task, d, cfg, last, back_inferred=True, overwrite=overwrite)
             progress(f"embed {task}", i + 1, len(train_days))
         done()
     done = timer.stage("index")
