@@ -133,6 +133,13 @@ def test_day_outside_range(demo_ws: tuple[Path, dict]) -> None:
     assert stderr == f"Error: {data}: day 5 is outside the data's range {first}..{last}\n"
 
 
+def test_invalid_config_is_a_domain_error(tmp_path: Path) -> None:
+    code, stdout, stderr = _run("data", "synth", str(tmp_path / "x"), "--users", "0")
+    assert code == 1 and stdout == ""
+    assert stderr == "Error: SynthConfig.n_users must be a positive integer, got 0\n"
+    assert not (tmp_path / "x").exists()
+
+
 def test_corrupt_partition_is_named(demo_ws: tuple[Path, dict], tmp_path: Path) -> None:
     import shutil
 
@@ -141,8 +148,6 @@ def test_corrupt_partition_is_named(demo_ws: tuple[Path, dict], tmp_path: Path) 
     shutil.copytree(s["data"], data)
     part = sorted((data / "impressions" / f"day={s['eval_day']}").glob("*.parquet"))[0]
     part.write_bytes(b"not parquet at all")
-    code, stdout, stderr = _run("data", "synth", str(tmp_path / "x"), "--users", "0")
-    assert code == 1 and stderr.startswith("Error: ")  # config validation is a domain error too
     ws2 = tmp_path / "w2"
     code, stdout, stderr = _run("eval", "--work", str(ws2), "--data", str(data), "--json")
     assert code == 1 and stdout == ""

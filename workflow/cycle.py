@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -359,7 +358,3 @@ def run_days(
 ) -> list[dict[str, Any]]:
     with ws.lock():
         return [run_day(ws, d, cfg, progress, overwrite=overwrite) for d in days]
-
-
-def model_dir_for(ws: Workspace, task: str, day: int) -> Path:
-    return ws.models_dir(task) / version_name(day)
