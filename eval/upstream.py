@@ -1,0 +1,55 @@
+"""The upstream model's own heads on a day's impressions: how well the interaction tower of the snapshot published
+before `day` predicts that day's clicks (and, post-click, conversions) with the logged context.
+
+This measures the towers, not the downstream ranker: the issue's `upstream_ctr_roc_auc`. The snapshot is the one
+the daily cycle published before `day` (never one that trained on `day`), so the figure is out of time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from adslog.errors import DermError
+from adslog.sequences import ActivityLog
+from adslog.workspace import Workspace, version_name
+from eval.metrics import pr_auc, roc_auc
+from towers.batches import Inputs, to_device
+from towers.train import load_snapshot
+
+
+@torch.no_grad()
+def upstream_heads(ws: Workspace, day: int, task: str = "ctr", batch: int = 16384) -> dict[str, Any]:
+    """{"model_version", "model_day", "n_impressions", "ctr_roc_auc", "ctr_pr_auc", "cvr_roc_auc", "cvr_pr_auc" (post-click,
+    None without both classes), "predicted_ctr", "observed_ctr"} of the `task` model published before `day`."""
+    ds = ws.dataset()
+    day = ds.check_day(day)
+    mdir = ws.models_dir(task)
+    mday = ws.version_before(mdir, day)
+    if mday is None:
+        raise DermError(f"{mdir}: no {task} model published before day {day}")
+    snap = load_snapshot(mdir / version_name(mday), "cpu", with_state=False)
+    inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, day), snap.config.seq_len)
+    a = inputs.impressions([day])
+    model = snap.model.eval()
+    p = np.zeros((len(a), 2), np.float32)
+    for s in range(0, len(a), batch):
+        idx = np.arange(s, min(s + batch, len(a)))
+        b = to_device(inputs.impression_batch(a.take(idx), False), torch.device("cpu"))
+        _, _, logits = model(b)
+        p[idx] = torch.sigmoid(logits).numpy()
+    clicked = a.click > 0
+    conv = a.conversion[clicked]
+    return {
+        "model_version": snap.model_version,
+        "model_day": int(mday),
+        "n_impressions": int(len(a)),
+        "ctr_roc_auc": roc_auc(p[:, 0], a.click),
+        "ctr_pr_auc": pr_auc(p[:, 0], a.click),
+        "cvr_roc_auc": roc_auc(p[clicked, 1], conv),
+        "cvr_pr_auc": pr_auc(p[clicked, 1], conv),
+        "predicted_ctr": float(p[:, 0].mean()) if len(a) else None,
+        "observed_ctr": float(a.click.mean()) if len(a) else None,
+    }
