@@ -16,14 +16,27 @@ from adslog.errors import DermError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from eval.metrics import pr_auc, roc_auc
-from towers.batches import Inputs, to_device
-from towers.train import load_snapshot
+from towers.batches import ImpressionArrays, Inputs, to_device
+from towers.train import Snapshot, load_snapshot
 
 
 @torch.no_grad()
-def upstream_heads(ws: Workspace, day: int, task: str = "ctr", batch: int = 16384) -> dict[str, Any]:
-    """{"model_version", "model_day", "n_impressions", "ctr_roc_auc", "ctr_pr_auc", "cvr_roc_auc", "cvr_pr_auc" (post-click,
-    None without both classes), "predicted_ctr", "observed_ctr"} of the `task` model published before `day`."""
+def head_probabilities(snap: Snapshot, inputs: Inputs, a: ImpressionArrays, batch: int = 16384) -> np.ndarray:
+    """float32[n, 2]: the interaction tower's (p_ctr, p_cvr) for impressions `a` with their logged context."""
+    model = snap.model.eval()
+    dev = next(model.parameters()).device
+    p = np.zeros((len(a), 2), np.float32)
+    for s in range(0, len(a), batch):
+        idx = np.arange(s, min(s + batch, len(a)))
+        _, _, logits = model(to_device(inputs.impression_batch(a.take(idx), False), dev))
+        p[idx] = torch.sigmoid(logits).float().cpu().numpy()
+    return p
+
+
+def upstream_heads(ws: Workspace, day: int, task: str = "ctr") -> dict[str, Any]:
+    """{"model_version", "model_day", "n_impressions", "ctr_roc_auc", "ctr_pr_auc", "cvr_roc_auc", "cvr_pr_auc"
+    (post-click; None without both classes), "predicted_ctr", "observed_ctr"} of the `task` model published
+    before `day`, on that day's impressions."""
     ds = ws.dataset()
     day = ds.check_day(day)
     mdir = ws.models_dir(task)
@@ -33,13 +46,7 @@ def upstream_heads(ws: Workspace, day: int, task: str = "ctr", batch: int = 1638
     snap = load_snapshot(mdir / version_name(mday), "cpu", with_state=False)
     inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, day), snap.config.seq_len)
     a = inputs.impressions([day])
-    model = snap.model.eval()
-    p = np.zeros((len(a), 2), np.float32)
-    for s in range(0, len(a), batch):
-        idx = np.arange(s, min(s + batch, len(a)))
-        b = to_device(inputs.impression_batch(a.take(idx), False), torch.device("cpu"))
-        _, _, logits = model(b)
-        p[idx] = torch.sigmoid(logits).numpy()
+    p = head_probabilities(snap, inputs, a)
     clicked = a.click > 0
     conv = a.conversion[clicked]
     return {
