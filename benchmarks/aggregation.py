@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from common import ROOT, write_result
 
-from adslog.dataset import Dataset, DatasetWriter
+from adslog.dataset import Dataset
 from adslog.importers import import_movielens_100k
+from adslog.rebucket import rebucket
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace, version_name
@@ -58,26 +57,8 @@ PAPER_LIFT_PCT = {"acc": 0.02, "ma_0.2": 0.03, "ma_0.5": 0.06, "ma_0.8": 0.09, "
 
 
 def weekly(src: Path, out: Path) -> Path:
-    """A copy of a dataset with `day` replaced by the week index (first week = the first day's number)."""
-    if (out / "manifest.json").exists():
-        return out
-    ds = Dataset.open(src)
-    t = ds.impressions(ds.days())
-    week = ((t.column("day").to_numpy() - ds.first_day) // 7 + ds.first_day).astype(np.int32)
-    t = t.set_column(t.column_names.index("day"), "day", pa.array(week, pa.int32()))
-    cols = list(ds.columns["impressions"].values())
-    ads = ds.ads()
-    last_week = int(week.max())
-    ads = ads.set_column(
-        ads.column_names.index("last_day"), "last_day", pa.array(np.full(ads.num_rows, last_week, np.int32))
-    )
-    with DatasetWriter(out, "movielens_100k_weekly", cols, overwrite=True) as w:
-        for d in np.unique(week):
-            w.write_day(int(d), t.filter(pc.equal(t.column("day"), int(d))))
-        w.write_table("users", ds.users(), list(ds.columns["users"].values()))
-        w.write_table("ads", ads, list(ds.columns["ads"].values()))
-        w.finish(first_day=ds.first_day, last_day=last_week, source={"weekly_buckets_of": str(src)})
-    return out
+    """Weekly buckets of `src` (days and timestamps rescaled together, see `adslog.rebucket`)."""
+    return out if (out / "manifest.json").exists() else rebucket(src, out, 7)
 
 
 def upstream(ws: Workspace, ds: Dataset, window: list[int], later: list[int], towers: TowerConfig) -> None:
@@ -264,7 +245,7 @@ def main() -> None:
             import_movielens_100k(ml_src, ml)
         result["movielens_100k"] = run_dataset(
             "movielens",
-            weekly(ml, WORK / "movielens_weekly"),
+            weekly(ml, WORK / "movielens_weekly_v2"),
             window=16,
             n_test=4,
             towers=ml_towers,
