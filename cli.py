@@ -613,6 +613,7 @@ def ranker_train(
         "rows": st["rows"],
         "seconds": st["seconds"],
         "calibration_ctr": {k: st["calibration_ctr"][k] for k in ("predicted", "observed")},
+        "calibration_cvr": {k: st["calibration_cvr"][k] for k in ("predicted", "observed")},
         "embedding_versions": m["embedding_versions"],
     }
     _emit(out, as_json, _kv)
@@ -676,8 +677,22 @@ def daily(
 @main.command()
 @work_option
 @click.option("--user", "user_id", required=True, type=int, help="User id.")
-@click.option("--k", type=int, default=20, show_default=True, help="Number of results.")
-@click.option("--candidates", type=int, default=None, help="ANN candidates to re-rank (default 5 x k).")
+@click.option("--k", type=int, default=50, show_default=True, help="Number of results.")
+@click.option("--candidates", type=int, default=500, show_default=True, help="ANN candidates to rank (>= k).")
+@click.option(
+    "--order",
+    type=click.Choice(["ecpm", "rank_score"]),
+    default="ecpm",
+    show_default=True,
+    help="Final order: expected value (1000 x bid x p_ctr [x p_cvr for conversion campaigns]) or p_ctr alone.",
+)
+@click.option(
+    "--max-per-advertiser",
+    type=int,
+    default=3,
+    show_default=True,
+    help="At most N ads of one advertiser in the top k (0: no cap).",
+)
 @click.option("--day", type=int, default=None, help="Query day (default: the day after the latest version).")
 @device_option
 @json_option
@@ -687,17 +702,41 @@ def query(
     work: str,
     user_id: int,
     k: int,
-    candidates: int | None,
+    candidates: int,
+    order: str,
+    max_per_advertiser: int,
     day: int | None,
     device: str,
     as_json: bool,
 ) -> None:
-    """Retrieve and rank the nearest live ads for a user. Always prints one JSON object."""
+    """Retrieve live ads for a user by ANN, score them with the ranker and print the top k by eCPM."""
+    from ranking.serve import Order, ServeConfig
     from ranking.serve import query as run_query
 
-    _setup(True, ctx.obj["verbose"])
-    res = run_query(_workspace(work, None), user_id, k, candidates, day, device)
-    click.echo(json.dumps(res, indent=2, default=_default))
+    _setup(as_json, ctx.obj["verbose"])
+    if max_per_advertiser < 0:
+        raise DermError(f"--max-per-advertiser must be >= 0 (0: no cap), got {max_per_advertiser}")
+    cap = max_per_advertiser or None
+    cfg = ServeConfig(k=k, candidates=candidates, order=Order(order), max_per_advertiser=cap)
+    res = run_query(_workspace(work, None), user_id, cfg, day, device)
+    _emit(res, as_json, _query_table)
+
+
+def _query_table(res: dict[str, Any]) -> str:
+    head = (
+        f"user {res['user_id']}, day {res['day']}, path {res['path']}, order {res['config']['order']}; "
+        + ", ".join(f"{k} {v}" for k, v in res["versions"].items())
+    )
+    rows = [
+        f"{'rank':>4} {'ad_id':>14} {'advertiser_id':>14} {'score':>7} {'p_ctr':>7} {'p_cvr':>7} {'ecpm':>9}"
+    ]
+    for r in res["results"]:
+        score = "-" if r["score"] is None else f"{r['score']:.3f}"
+        rows.append(
+            f"{r['rank']:>4} {r['ad_id']:>14} {r['advertiser_id']:>14} {score:>7} {r['p_ctr']:>7.4f} "
+            f"{r['p_cvr']:>7.4f} {r['ecpm']:>9.3f}"
+        )
+    return "\n".join([head, *rows])
 
 
 @main.command("eval")

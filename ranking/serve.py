@@ -1,25 +1,144 @@
-"""Two-stage serving: retrieve candidates by ANN, score them with the ranker, return the top k.
+"""Two-stage serving: retrieve live candidates by ANN, score them with the ranker, order them by expected value.
 
-One function call answers a user: `query(ws, user_id, k)`. Results are ordered by the ranker's CTR probability
-(`rank_score`) at the reference context (position fixed to the top slot); the eCPM auction order and the
-per-advertiser cap come with the ranker issue.
+One function call answers a user: `query(ws, user_id, ServeConfig(...))` (the `derm query --json` document);
+`TwoStage` loads the versions once and answers many users.
+
+Stages, for query day d (everything read from the versions published before d):
+1. Candidates: the user's pooled embedding from the serving store version, ANN over the live ads of the index
+   (`candidates` of them; ads live on d with no embedding yet fill a short list from popularity). A user with
+   no embedding is answered by the cold-start fallback of `retrieval.cold_start` (user's categories, then
+   peers' categories, then global popularity); `path` names which source answered.
+2. Ranking: the trained ranker (the artifact named in `versions["ranker"]`) gives `p_ctr` and `p_cvr`
+   (P(conversion | click)) per candidate at the reference context (surface 0, top slot), through the same
+   feature code as training. `rank_score` is `p_ctr`.
+3. Order: by `ecpm` (default) or by `rank_score` (`Order.RANK_SCORE`), ties by ad_id, with at most
+   `max_per_advertiser` ads of one advertiser in the top k: a capped advertiser's lower ads are skipped and the
+   list fills from the next candidates of other advertisers (fewer than k results only when the candidates'
+   advertisers run out).
+
+eCPM, the expected revenue per thousand impressions in the bid's currency unit:
+    objective 0 (click-optimised, `bid` = price per click):            ecpm = 1000 x bid x p_ctr
+    objective 1 (conversion-optimised, `bid` = price per conversion):  ecpm = 1000 x bid x p_ctr x p_cvr
+Datasets without these ad columns (imported logs) count every ad as its own advertiser, bid 1, objective 0.
+
+Unknown users: a user id the dataset's users table does not have is an error by default
+(`UnknownUser.ERROR`: most often a typo or a stale table); `UnknownUser.POPULAR` serves it the global popularity
+fallback instead, for anonymous traffic.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from adslog.errors import DermError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
-from ranking.train import DermLookup, RankerSnapshot, load_ranker, score
+from ranking.train import DermLookup, RankerSnapshot, attach, load_ranker
+from retrieval.cold_start import ColdStart
 from retrieval.retrieve import Retriever
-from towers.batches import ImpressionArrays, Inputs
+from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.features import reference_context
 from towers.train import resolve_device
+
+ECPM_SCALE = 1000.0  # eCPM is per thousand impressions
+CONVERSION_OBJECTIVE = 1
+SCORE_BATCH = 8192
+
+
+class Order(StrEnum):
+    """The final order: expected value per impression, or the ranker's CTR alone."""
+
+    ECPM = "ecpm"
+    RANK_SCORE = "rank_score"
+
+
+class UnknownUser(StrEnum):
+    """What a query for a user id the dataset does not know gets."""
+
+    ERROR = "error"
+    POPULAR = "popular"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How a query is answered. `k` results out of `candidates` retrieved; `max_per_advertiser` None: no cap.
+    The cold-start knobs (`cold_start_categories`, `peer_features`, `peer_min_clicks`) are read when a
+    `TwoStage` is built; the others per query."""
+
+    k: int = 50
+    candidates: int = 500
+    order: Order = Order.ECPM
+    max_per_advertiser: int | None = 3
+    unknown_user: UnknownUser = UnknownUser.ERROR
+    cold_start_categories: int = 3
+    peer_features: tuple[str, ...] = ("region",)
+    peer_min_clicks: int = 20
+
+    def __post_init__(self) -> None:
+        for name, enum in (("order", Order), ("unknown_user", UnknownUser)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                choices = ", ".join(e.value for e in enum)
+                raise DermError(f"{name} must be one of {choices}, got {getattr(self, name)!r}") from None
+        object.__setattr__(self, "peer_features", tuple(self.peer_features))
+        for name in ("k", "candidates", "cold_start_categories"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise DermError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.candidates < self.k:
+            raise DermError(f"candidates ({self.candidates}) must be >= k ({self.k})")
+        cap = self.max_per_advertiser
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise DermError(f"max_per_advertiser must be an integer >= 1 or None (no cap), got {cap!r}")
+        if self.peer_min_clicks < 0:
+            raise DermError("peer_min_clicks must be >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "candidates": self.candidates,
+            "order": self.order.value,
+            "max_per_advertiser": self.max_per_advertiser,
+            "unknown_user": self.unknown_user.value,
+            "cold_start_categories": self.cold_start_categories,
+            "peer_features": list(self.peer_features),
+            "peer_min_clicks": self.peer_min_clicks,
+        }
+
+
+def ecpm(bid: np.ndarray, p_ctr: np.ndarray, p_cvr: np.ndarray, objective: np.ndarray) -> np.ndarray:
+    """float64[n] expected revenue per thousand impressions (see the module docstring for the units)."""
+    value = bid.astype(np.float64) * p_ctr.astype(np.float64)
+    value *= np.where(objective == CONVERSION_OBJECTIVE, p_cvr.astype(np.float64), 1.0)
+    return ECPM_SCALE * value
+
+
+def select_top(
+    key: np.ndarray, ids: np.ndarray, advertiser: np.ndarray, k: int, cap: int | None
+) -> np.ndarray:
+    """Positions of the top k by `key` (descending, ties by id) with at most `cap` per advertiser, in order.
+
+    Equal to the greedy walk down the sorted list that skips an ad whose advertiser already has `cap` ads:
+    an ad is kept iff fewer than `cap` ads of its advertiser rank above it."""
+    order = np.lexsort((ids, -key))
+    if cap is None or len(order) == 0:
+        return order[:k]
+    adv = advertiser[order]
+    by_adv = np.argsort(adv, kind="stable")  # groups advertisers, keeps the key order inside each group
+    sorted_adv = adv[by_adv]
+    start = np.flatnonzero(np.r_[True, sorted_adv[1:] != sorted_adv[:-1]])
+    size = np.diff(np.r_[start, len(adv)])
+    occurrence = np.empty(len(adv), np.int64)
+    occurrence[by_adv] = np.arange(len(adv)) - np.repeat(start, size)
+    return order[occurrence < cap][:k]
 
 
 def serving_day(ws: Workspace) -> int:
@@ -34,77 +153,227 @@ def serving_day(ws: Workspace) -> int:
     return d + 1
 
 
+class AdBook:
+    """Serving attributes of every ad, by id: advertiser_id int64, bid float32, objective int8."""
+
+    def __init__(self, ads: Any, columns: dict[str, Any]) -> None:
+        names = ["ad_id"] + [c for c in ("advertiser_id", "bid", "objective") if c in columns]
+        t = ads(names)
+        ids = t.column("ad_id").to_numpy().astype(np.int64)
+        order = np.argsort(ids)
+        self.ids = ids[order]
+
+        def col(name: str, default: np.ndarray, dtype: Any) -> np.ndarray:
+            if name not in names:
+                return default.astype(dtype)
+            return t.column(name).to_numpy(zero_copy_only=False)[order].astype(dtype)
+
+        n = len(self.ids)
+        self.advertiser = col("advertiser_id", self.ids, np.int64)
+        self.bid = col("bid", np.ones(n), np.float32)
+        self.objective = col("objective", np.zeros(n), np.int8)
+
+    def rows(self, ad_ids: np.ndarray) -> np.ndarray:
+        pos = np.clip(np.searchsorted(self.ids, ad_ids), 0, max(len(self.ids) - 1, 0))
+        if len(ad_ids) and not (self.ids[pos] == ad_ids).all():
+            raise DermError(f"ads missing from the ads table: {ad_ids[self.ids[pos] != ad_ids][:5].tolist()}")
+        return pos
+
+
 class TwoStage:
     """Retriever + ranker for one query day, loaded once and reused for many users."""
 
     def __init__(
-        self, ws: Workspace, day: int | None = None, allow_skew: bool = False, device: str = "cpu"
+        self,
+        ws: Workspace,
+        config: ServeConfig | None = None,
+        day: int | None = None,
+        allow_skew: bool = False,
+        device: str = "cpu",
     ) -> None:
         self.ws = ws
+        self.config = config or ServeConfig()
         self.ds = ws.dataset()
         self.day = serving_day(ws) if day is None else int(day)
         self.retriever = Retriever(ws, self.day, self.ds, allow_skew=allow_skew)
         rday = ws.version_before(ws.ranker_dir, self.day)
-        self.ranker: RankerSnapshot | None = (
-            load_ranker(Path(ws.ranker_dir) / version_name(rday), resolve_device(device))
-            if rday is not None
-            else None
-        )
-        self.inputs: Inputs | None = None
-        if self.ranker is not None:
-            last = min(self.day - 1, self.ds.last_day)
-            self.inputs = Inputs(
-                self.ds, self.ranker.spec, ActivityLog.from_dataset(self.ds, last), self.ranker.config.seq_len
+        if rday is None:
+            raise DermError(
+                f"{ws.ranker_dir}: no ranker is published before day {self.day} (run `derm ranker train`)"
             )
-            self.lookup = DermLookup(ws, self.ranker.config.derm_inputs)
+        self.ranker: RankerSnapshot = load_ranker(
+            Path(ws.ranker_dir) / version_name(rday), resolve_device(device)
+        )
+        activity = ActivityLog.from_dataset(self.ds, min(self.day - 1, self.ds.last_day))
+        self.inputs = Inputs(self.ds, self.ranker.spec, activity, self.ranker.config.seq_len)
+        self.lookup = DermLookup(ws, self.ranker.config.derm_inputs)
+        self.ads = AdBook(self.ds.ads, self.ds.columns["ads"])
+        c = self.config
+        self.cold_start = ColdStart(
+            self.ds,
+            self.day,
+            self.retriever.popular,
+            self.retriever.popular_clicks,
+            self.retriever.window_clicks,
+            activity,
+            n_categories=c.cold_start_categories,
+            peer_features=c.peer_features,
+            peer_min_clicks=c.peer_min_clicks,
+        )
 
     @property
     def versions(self) -> dict[str, str]:
-        v = dict(self.retriever.versions)
-        if self.ranker is not None:
-            v["ranker"] = self.ranker.version
-        return v
+        return {**self.retriever.versions, "ranker": self.ranker.version}
 
-    def rank(self, user_id: int, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(p_ctr, p_cvr) of candidate ads for one user at the reference context."""
-        if self.ranker is None or self.inputs is None or len(cand) == 0:
-            return np.zeros(len(cand), np.float32), np.zeros(len(cand), np.float32)
-        n = len(cand)
-        ctx = reference_context(self.ranker.spec, n)
-        a = ImpressionArrays(
-            user_id=np.full(n, user_id, np.int64),
-            ad_id=cand.astype(np.int64),
-            ts=np.full(n, self.day * 86400, np.int64),
-            day=np.full(n, self.day, np.int32),
-            click=np.zeros(n, np.float32),
-            conversion=np.zeros(n, np.float32),
-            ctx=ctx,
-            ctx_ref=ctx,
-        )
-        derm = self.lookup.features(a, int(self.ranker.manifest["derm_dim"]))
-        return score(self.ranker, self.inputs, a, derm, reference_context=True)
+    def rank(
+        self,
+        user_id: int,
+        cand: np.ndarray,
+        timings: dict[str, float] | None = None,
+        share_sequence: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(p_ctr float32[n], p_cvr float32[n]) of candidate ads int64[n] for one user at the reference context;
+        `timings` (if given) gains the seconds of feature assembly and of the ranker's forward pass.
 
-    def query(self, user_id: int, k: int = 20, candidates: int | None = None) -> dict[str, Any]:
-        if k < 1:
-            raise DermError("k must be >= 1")
-        n_cand = max(k, candidates or k * 5)
-        c = self.retriever.retrieve(np.array([user_id], np.int64), n_cand)
-        ids, scores = c.ids[0], c.scores[0]
-        keep = ids >= 0
-        ids, scores = ids[keep], scores[keep]
-        p_ctr, _p_cvr = self.rank(user_id, ids)
-        order = np.lexsort((ids, -p_ctr))[:k]
+        Every row has the same user and time, so the same activity sequence: with `share_sequence` the ranker's
+        sequence encoder runs on one row and its token is repeated (forward hooks on `Ranker.sequence`; the
+        model is unchanged and the result equal up to float rounding, tested). It was ~9 of 21 ms of the
+        forward pass at 500 candidates."""
+        snap, n = self.ranker, len(cand)
+        p = np.zeros((n, 2), np.float32)
+        dev = next(snap.ranker.parameters()).device
+        t_feat = t_fwd = 0.0
+        snap.ranker.eval()
+        for s in range(0, n, SCORE_BATCH):
+            t0 = time.perf_counter()
+            ids = cand[s : s + SCORE_BATCH].astype(np.int64)
+            m = len(ids)
+            ctx = reference_context(snap.spec, m)
+            a = ImpressionArrays(
+                user_id=np.full(m, user_id, np.int64),
+                ad_id=ids,
+                ts=np.full(m, self.day * 86400, np.int64),
+                day=np.full(m, self.day, np.int32),
+                click=np.zeros(m, np.float32),
+                conversion=np.zeros(m, np.float32),
+                ctx=ctx,
+                ctx_ref=ctx,
+            )
+            derm = self.lookup.features(a, int(snap.manifest["derm_dim"]))
+            batch = to_device(
+                attach(self.inputs.impression_batch(a, reference_context=True), derm, None), dev
+            )
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                logits = (
+                    _forward_shared_sequence(snap.ranker, batch) if share_sequence else snap.ranker(batch)
+                )
+                p[s : s + m] = torch.sigmoid(logits).float().cpu().numpy()
+            t_feat, t_fwd = t_feat + t1 - t0, t_fwd + time.perf_counter() - t1
+        if timings is not None:
+            timings["features"] = t_feat
+            timings["forward"] = t_fwd
+        return p[:, 0], p[:, 1]
+
+    def candidates(
+        self,
+        user_id: int,
+        n: int,
+        unknown_user: UnknownUser = UnknownUser.ERROR,
+        timings: dict[str, float] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Stage 1 for one user: (ids int64[m], retrieval scores float32[m], path), m <= n."""
+        t0 = time.perf_counter()
+        vecs, found = self.retriever.user_embeddings(np.array([user_id], np.int64))
+        t1 = time.perf_counter()
+        if found[0]:
+            ids, scores = self.retriever.search(vecs, n)
+            ids, scores, path = ids[0], scores[0], "ann"
+            if (ids < 0).any():  # live ads without an embedding yet: fill from popularity, no retrieval score
+                have = ids[ids >= 0]
+                extra = self.retriever.popular[~np.isin(self.retriever.popular, have)][: n - len(have)]
+                ids = np.r_[have, extra]
+                scores = np.r_[scores[: len(have)], np.full(len(extra), -np.inf, np.float32)]
+        else:
+            if unknown_user is UnknownUser.ERROR and not self.cold_start.known(user_id):
+                raise DermError(
+                    f"user {user_id} is not in the dataset's users table (an unknown user; "
+                    "ServeConfig.unknown_user='popular' serves popular ads instead)"
+                )
+            ids, scores, path = self.cold_start.candidates(user_id, n)
+        if timings is not None:
+            timings["embedding_lookup"] = t1 - t0
+            timings["ann" if path == "ann" else "cold_start"] = time.perf_counter() - t1
+        return ids.astype(np.int64), scores.astype(np.float32), path
+
+    def query(
+        self,
+        user_id: int,
+        config: ServeConfig | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> dict[str, Any]:
+        """The `derm query --json` document for one user. `config` overrides the per-query fields (k,
+        candidates, order, max_per_advertiser, unknown_user) of the TwoStage's config; `timings` (if given)
+        gains seconds per stage: embedding_lookup, ann or cold_start, features, forward, order."""
+        c = self.config if config is None else config
+        user_id = int(user_id)
+        ids, scores, path = self.candidates(user_id, c.candidates, c.unknown_user, timings)
+        p_ctr, p_cvr = self.rank(user_id, ids, timings)
+        t0 = time.perf_counter()
+        rows = self.ads.rows(ids)
+        adv, bid, obj = self.ads.advertiser[rows], self.ads.bid[rows], self.ads.objective[rows]
+        value = ecpm(bid, p_ctr, p_cvr, obj)
+        key = value if c.order is Order.ECPM else p_ctr.astype(np.float64)
+        top = select_top(key, ids, adv, c.k, c.max_per_advertiser)
         results = [
-            {"ad_id": int(ids[i]), "score": _num(scores[i]), "rank_score": float(p_ctr[i]), "rank": r + 1}
-            for r, i in enumerate(order)
+            {
+                "ad_id": int(ids[i]),
+                "advertiser_id": int(adv[i]),
+                "score": _num(scores[i]),
+                "rank_score": float(p_ctr[i]),
+                "p_ctr": float(p_ctr[i]),
+                "p_cvr": float(p_cvr[i]),
+                "bid": float(bid[i]),
+                "objective": int(obj[i]),
+                "ecpm": float(value[i]),
+                "rank": r + 1,
+            }
+            for r, i in enumerate(top)
         ]
+        if timings is not None:
+            timings["order"] = time.perf_counter() - t0
         return {
-            "user_id": int(user_id),
+            "user_id": user_id,
             "day": self.day,
-            "path": c.path[0],
+            "path": path,
             "versions": self.versions,
+            "config": c.to_json(),
+            "n_candidates": int(len(ids)),
             "results": results,
         }
+
+
+def _forward_shared_sequence(ranker: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`ranker(batch)` for a batch whose rows share one activity sequence: the sequence encoder sees row 0
+    only and its output (1, C) is expanded to (B, C). A ranker without a `sequence` module runs as is."""
+    seq = getattr(ranker, "sequence", None)
+    if not isinstance(seq, torch.nn.Module):
+        return ranker(batch)
+    n = int(batch["seq_kind"].shape[0])
+
+    def first_row(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return ({k: v[:1] for k, v in args[0].items()}, *args[1:])
+
+    def repeat(_: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+        return out.expand(n, *out.shape[1:])
+
+    pre, post = seq.register_forward_pre_hook(first_row), seq.register_forward_hook(repeat)
+    try:
+        out: torch.Tensor = ranker(batch)
+        return out
+    finally:
+        pre.remove()
+        post.remove()
 
 
 def _num(x: float) -> float | None:
@@ -114,10 +383,9 @@ def _num(x: float) -> float | None:
 def query(
     ws: Workspace,
     user_id: int,
-    k: int = 20,
-    candidates: int | None = None,
+    config: ServeConfig | None = None,
     day: int | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """The two-stage answer for one user as the `derm query --json` document."""
-    return TwoStage(ws, day, device=device).query(user_id, k, candidates)
+    """The two-stage answer for one user as the `derm query --json` document (see the module docstring)."""
+    return TwoStage(ws, config, day, device=device).query(user_id)

@@ -92,12 +92,16 @@ def test_eval_json_matches_report(demo_ws: tuple[Path, dict]) -> None:
 
 def test_query_json(demo_ws: tuple[Path, dict]) -> None:
     work, s = demo_ws
-    code, stdout, stderr = _run("query", "--work", str(work), "--user", "5", "--k", "4")
+    from adslog.workspace import Workspace
+
+    imp = Workspace.open(work).dataset().impressions(s["daily_days"][-1], ["user_id"])
+    user = str(imp.column("user_id")[0].as_py())  # active on the last published day: has an embedding
+    code, stdout, stderr = _run("query", "--work", str(work), "--user", user, "--k", "4", "--json")
     assert code == 0 and stderr == ""
     doc = json.loads(stdout)
-    assert set(doc) == {"user_id", "day", "path", "versions", "results"}
-    assert doc["path"] == "cold_start" and len(doc["results"]) == 4
-    assert set(doc["results"][0]) == {"ad_id", "score", "rank_score", "rank"}
+    assert set(doc) == {"user_id", "day", "path", "versions", "config", "n_candidates", "results"}
+    assert doc["path"] == "ann" and len(doc["results"]) == 4
+    assert {"ad_id", "score", "rank_score", "p_ctr", "p_cvr", "ecpm", "rank"} <= set(doc["results"][0])
 
 
 def test_daily_skips_published_day(demo_ws: tuple[Path, dict]) -> None:
@@ -186,5 +190,5 @@ def test_movielens_end_to_end(tmp_path: Path) -> None:
     assert doc["embedding_day"] == last and doc["retrieval"]["n_users"] > 0
     assert "oracle_recall_at_k" not in doc["retrieval"] and "oracle_roc_auc" not in doc["ranking"]
     assert 0.0 <= doc["ranking"]["roc_auc"] <= 1.0
-    code, out, _ = _run("query", "--work", str(w), "--user", "1", "--k", "5")
+    code, out, _ = _run("query", "--work", str(w), "--user", "1", "--k", "5", "--json")
     assert code == 0 and len(json.loads(out)["results"]) == 5

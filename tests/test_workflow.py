@@ -14,7 +14,7 @@ from adslog.errors import DermError, VersionMismatchError
 from adslog.workspace import Workspace, version_name
 from embstore.store import open_version
 from eval.evaluate import evaluate_day
-from ranking.serve import TwoStage, query
+from ranking.serve import ServeConfig, TwoStage, query
 from retrieval.retrieve import Retriever
 from workflow.cycle import run_day
 from workflow.demo import DemoConfig, run_demo
@@ -103,7 +103,7 @@ def test_query_two_stage(demo_ws: tuple[Path, dict]) -> None:
     ts = TwoStage(ws)
     assert ts.day == s["eval_day"]
     user = int(ws.dataset().impressions(s["daily_days"][-1], ["user_id"]).column("user_id")[0].as_py())
-    res = ts.query(user, k=10, candidates=50)
+    res = ts.query(user, ServeConfig(k=10, candidates=50, order="rank_score", max_per_advertiser=None))
     assert res["path"] == "ann" and res["user_id"] == user and res["day"] == s["eval_day"]
     assert len(res["results"]) == 10
     assert [r["rank"] for r in res["results"]] == list(range(1, 11))
@@ -112,9 +112,9 @@ def test_query_two_stage(demo_ws: tuple[Path, dict]) -> None:
     live = set(ws.dataset().live_ads(ts.day).tolist())
     assert all(r["ad_id"] in live for r in res["results"])
     assert len({r["ad_id"] for r in res["results"]}) == 10
-    # an unknown user is answered by the cold-start path, still k results
-    cold = query(ws, 123, k=7)
-    assert cold["path"] == "cold_start" and len(cold["results"]) == 7
+    # an unknown user, when served, is answered by the cold-start path, still k results
+    cold = query(ws, 123, ServeConfig(k=7, candidates=35, unknown_user="popular"))
+    assert cold["path"] == "cold_start_popular" and len(cold["results"]) == 7
 
 
 def test_retrieval_filters_to_live_ads_and_refuses_skew(demo_ws: tuple[Path, dict], tmp_path: Path) -> None:
