@@ -50,6 +50,14 @@ class Inputs:
         self.seq_len = seq_len
         n_cat = next((f.size for f in spec.ad if f.name == spec.ad_category), 1)
         self._n_cat = n_cat
+        # Per ad row, what a sequence event of that ad carries (category index, dense content vectors), plus a
+        # last all-zero row for unknown ads and padded slots: one searchsorted and two row gathers per batch
+        # instead of building every ad feature for batch_size * seq_len events (the loader's hot spot).
+        n_ads = len(self.ads.ids)
+        cats = _cat_index(self.ads.attribute(spec.ad_category or "", self.ads.ids).astype(np.int64), n_cat)
+        self._seq_cat = np.concatenate([cats, np.zeros(1, np.int64)])
+        self._seq_dense = np.concatenate([self.ads.dense, np.zeros((1, self.ads.dense.shape[1]), np.float32)])
+        self._pad_row = n_ads
 
     def impressions(self, days: list[int], label_cutoff_ts: int | None = None) -> ImpressionArrays:
         cols = ["user_id", "ad_id", "ts", "day", "click"]
@@ -86,12 +94,10 @@ class Inputs:
         """User-tower inputs: features + the activity sequence strictly before `ts` (int64[n])."""
         cat, num, dense = self.users.rows(user_ids)
         s = self.activity.sequences(user_ids, ts, self.seq_len)
-        seq_cat = _cat_index(
-            self.ads.attribute(self.spec.ad_category or "", s.ad_id).astype(np.int64), self._n_cat
-        )
-        seq_cat = np.where(s.ad_id >= 0, seq_cat, 0)
-        m, L = s.ad_id.shape
-        _, _, seq_dense = self.ads.rows(s.ad_id.reshape(-1))  # unknown / padded ads give zeros
+        pos, found = self.ads.lookup(s.ad_id)
+        row = np.where(found & (s.ad_id >= 0), pos, self._pad_row)  # (m, L); unknown / padded -> zero row
+        seq_cat = self._seq_cat[row]
+        seq_dense = self._seq_dense[row]  # (m, L, D)
         return {
             "user_cat": torch.from_numpy(cat),
             "user_num": torch.from_numpy(num),
@@ -100,7 +106,7 @@ class Inputs:
             "seq_adv": torch.from_numpy(hash_ids(s.advertiser_id, self.spec.seq_adv_buckets, SEQ_ADV_SALT)),
             "seq_cat": torch.from_numpy(seq_cat),
             "seq_kind": torch.from_numpy(s.kind.astype(np.int64)),
-            "seq_dense": torch.from_numpy(seq_dense.reshape(m, L, -1)),
+            "seq_dense": torch.from_numpy(seq_dense),
         }
 
     def ad_batch(self, ad_ids: np.ndarray) -> dict[str, torch.Tensor]:

@@ -14,12 +14,36 @@ class Task(StrEnum):
     CVR = "cvr"
 
 
+class Backbone(StrEnum):
+    """What mixes an entity tower's feature tokens: the DHEN stack of the DERM paper, or the foundation's MLP
+    over the flattened tokens (kept unchanged for ablations and ids-only benchmarks)."""
+
+    DHEN = "dhen"
+    MLP = "mlp"
+
+
+class DhenModule(StrEnum):
+    """The interaction modules a DHEN layer can ensemble (`towers.dhen`)."""
+
+    MASKNET = "masknet"
+    TRANSFORMER = "transformer"
+    MLP = "mlp"
+
+
 @dataclass(frozen=True)
 class TowerConfig:
     task: Task = Task.CTR
     dim: int = 64  # embedding width shared by the user and Pin towers
     token_dim: int = 32  # width C of each feature token
-    hidden: tuple[int, ...] = (256,)
+    hidden: tuple[int, ...] = (256,)  # the interaction tower's MLP, and the towers' MLP when backbone is mlp
+    # DHEN: each tower emits dim / token_dim tokens of width C; `dhen_layers` layers, each ensembling the two
+    # `dhen_modules`; `dhen_hidden` is the width of the MaskNet mask / MLP module hidden layer and of the
+    # Transformer's feed-forward; `dhen_heads` attention heads (must divide token_dim).
+    backbone: Backbone = Backbone.DHEN
+    dhen_layers: int = 2
+    dhen_modules: tuple[DhenModule, ...] = (DhenModule.MASKNET, DhenModule.TRANSFORMER)
+    dhen_hidden: int = 64
+    dhen_heads: int = 2
     id_buckets: int = 1 << 17
     seq_len: int = 20
     batch_size: int = 2048
@@ -37,6 +61,11 @@ class TowerConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # recorded, never interpreted
 
     def __post_init__(self) -> None:
+        # accept the JSON spellings (str, list) too, so `TowerConfig(**cfg.to_json())` round-trips
+        object.__setattr__(self, "task", Task(self.task))
+        object.__setattr__(self, "backbone", Backbone(self.backbone))
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "dhen_modules", tuple(DhenModule(m) for m in self.dhen_modules))
         if self.dim < 2 or self.token_dim < 1:
             raise ValueError("dim and token_dim must be positive")
         if self.id_buckets < 2:
@@ -49,16 +78,33 @@ class TowerConfig:
             raise ValueError("temperature_init must be in [0.01, 1]")
         if min(self.weight_ctr, self.weight_cvr, self.weight_contrastive) < 0:
             raise ValueError("loss weights must be >= 0")
+        if self.backbone is Backbone.DHEN:
+            if self.dim % self.token_dim:
+                raise ValueError(
+                    f"backbone dhen: dim ({self.dim}) must be a multiple of token_dim ({self.token_dim}); "
+                    "the tower emits dim / token_dim tokens"
+                )
+            if self.dhen_layers < 1 or self.dhen_hidden < 1:
+                raise ValueError("dhen_layers and dhen_hidden must be >= 1")
+            if len(self.dhen_modules) != 2:
+                raise ValueError("dhen_modules must name two modules (masknet, transformer or mlp)")
+            if DhenModule.TRANSFORMER in self.dhen_modules and (
+                self.dhen_heads < 1 or self.token_dim % self.dhen_heads
+            ):
+                raise ValueError(f"dhen_heads ({self.dhen_heads}) must divide token_dim ({self.token_dim})")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["task"] = self.task.value
         d["hidden"] = list(self.hidden)
+        d["backbone"] = self.backbone.value
+        d["dhen_modules"] = [m.value for m in self.dhen_modules]
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TowerConfig:
+        """Older manifests (before the DHEN backbone) have no backbone keys: their weights are the MLP
+        towers', so a missing `backbone` means mlp; missing DHEN options take the defaults."""
         d = dict(d)
-        d["task"] = Task(d["task"])
-        d["hidden"] = tuple(d["hidden"])
+        d.setdefault("backbone", Backbone.MLP.value)
         return cls(**d)

@@ -2,8 +2,14 @@
 
 Towers are plain `nn.Module`s with no loss (the training task in `towers.train` holds the losses), so the daily
 export loads only the tower it needs. Both entity towers turn their inputs into feature *tokens* of width C
-(`FieldEncoder`), mix them, and emit one L2-normalised embedding of width `dim`. Context (surface, position)
-enters only the interaction tower, so it cannot contaminate the entity embeddings.
+(`FieldEncoder`), mix them with the configured backbone and emit one L2-normalised embedding of width `dim`:
+
+* `dhen` (default, the DERM paper's towers): a DHEN stack over the T_in feature tokens (`towers.dhen`), a learned
+  linear mix of the token axis to T_out = dim / C output tokens, flattened and L2-normalised;
+* `mlp` (the foundation's towers, kept unchanged for ablations and ids-only benchmarks): an MLP over the
+  flattened tokens to `dim`, L2-normalised.
+
+Context (surface, position) enters only the interaction tower, so it cannot contaminate the entity embeddings.
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from towers.config import TowerConfig
+from towers.config import Backbone, TowerConfig
+from towers.dhen import DhenBackbone
 from towers.features import FeatureSpec
 
 
@@ -86,15 +93,26 @@ class EntityTower(nn.Module):
         self.fields = FieldEncoder(spec, entity, c)
         n_cat = next((f.size for f in spec.ad if f.name == spec.ad_category), 1)
         self.sequence = SequenceEncoder(spec, c, n_cat) if entity == "user" else None
-        t = self.fields.n_tokens + (1 if self.sequence is not None else 0)
-        self.backbone = mlp([t * c, *cfg.hidden, cfg.dim])
+        self.n_tokens = self.fields.n_tokens + (1 if self.sequence is not None else 0)  # T_in
+        self.backbone: nn.Module = (
+            DhenBackbone(self.n_tokens, cfg)
+            if cfg.backbone is Backbone.DHEN
+            else mlp([self.n_tokens * c, *cfg.hidden, cfg.dim])
+        )
 
-    def forward(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+    def tokens(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+        """The tower's input feature tokens (B, T_in, C)."""
         toks = self.fields(batch[f"{prefix}_cat"], batch[f"{prefix}_num"], batch[f"{prefix}_dense"])
         if self.sequence is not None:
-            seq = self.sequence(batch)
-            toks = torch.cat([toks, seq], dim=1)
-        return F.normalize(self.backbone(toks.flatten(1)), dim=-1)
+            toks = torch.cat([toks, self.sequence(batch)], dim=1)
+        return toks
+
+    def forward(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
+        toks = self.tokens(batch, prefix)
+        out = (
+            self.backbone(toks) if isinstance(self.backbone, DhenBackbone) else self.backbone(toks.flatten(1))
+        )
+        return F.normalize(out, dim=-1)
 
 
 class InteractionTower(nn.Module):
