@@ -1,1 +1,45 @@
-"""placeholder"""
+"""The downstream ranker: a multi-task mixture of DCNv2 experts over user / ad features, context, the activity
+sequence and DERM embeddings (`ranking.model`), its point-in-time training and scoring (`ranking.train`), and
+the two-stage query (`ranking.serve`)."""
+
+from ranking.model import (
+    DERM_INPUTS,
+    CrossLayer,
+    CrossNetwork,
+    MMoE,
+    Ranker,
+    RankerConfig,
+    SequenceTransformer,
+)
+from ranking.train import (
+    RANKER_SCHEMA_VERSION,
+    DermLookup,
+    RankerRows,
+    RankerSnapshot,
+    calibration,
+    fit,
+    load_ranker,
+    predict,
+    score,
+    train_ranker,
+)
+
+__all__ = [
+    "DERM_INPUTS",
+    "RANKER_SCHEMA_VERSION",
+    "CrossLayer",
+    "CrossNetwork",
+    "DermLookup",
+    "MMoE",
+    "Ranker",
+    "RankerConfig",
+    "RankerRows",
+    "RankerSnapshot",
+    "SequenceTransformer",
+    "calibration",
+    "fit",
+    "load_ranker",
+    "predict",
+    "score",
+    "train_ranker",
+]

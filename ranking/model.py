@@ -1,12 +1,26 @@
-"""The downstream ranker (foundation form): a multi-task MLP over the user's and ad's features, context, the
-user's activity sequence and the DERM embeddings chosen by config. Heads: CTR (all impressions) and CVR
-(post-click). It shares `towers.features` / `towers.batches` with the upstream model, so training and serving
-build inputs through one code path. The mixture of DCNv2 experts of issue 6 replaces `self.mlp`.
+"""The downstream ranker: a multi-task model (CTR and CVR heads) around a multi-gate mixture of experts whose
+experts are DCNv2 cross networks, after the paper's section 3.2.
+
+Input (the concatenation layer, width `d`): the user's and the ad's categorical / numeric / dense feature tokens
+(`towers.model.FieldEncoder`), the context (surface, position; serving fixes position to the reference slot
+through `towers.features.reference_context`), one token from a transformer encoder over the user's activity
+sequence, and the DERM embeddings chosen by `RankerConfig.derm_inputs` from {ctr-user, ctr-ad, cvr-user,
+cvr-ad}, optionally through a projection layer that reduces their joint width (the paper's cost lever: a
+DCNv2 layer costs O(d^2), appendix D.1), plus a found flag per DERM input and the user-ad dot product per
+upstream model whose both sides are chosen.
+
+Then: `n_experts` DCNv2 cross networks (`x_{l+1} = x_0 * (W_l x_l + b_l) + x_l`, W full or low rank U V^T),
+one softmax gate per task computed from x_0, and a small MLP tower per task. Output: logits (B, 2) =
+(ctr, cvr). The paper's CVR ranker is a separate DHEN model; serving both heads from one multi-task ranker
+is our choice (one model to train, version and serve per day).
+
+Training and serving build inputs through one code path (`towers.batches.Inputs.impression_batch` plus
+`ranking.train.DermLookup`), so there is no train/serve skew.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -16,17 +30,29 @@ from towers.features import FeatureSpec
 from towers.model import FieldEncoder, SequenceEncoder, mlp
 
 DERM_INPUTS = ("ctr-user", "ctr-ad", "cvr-user", "cvr-ad")
+TASKS = ("ctr", "cvr")
 
 
 @dataclass(frozen=True)
 class RankerConfig:
+    """The ranker's one config; `epochs_initial` is the maximum number of epochs when `early_stopping` is on
+    (the last training day is then held out as the validation day and the best epoch's weights are kept)."""
+
     derm_inputs: tuple[str, ...] = ("ctr-user", "ctr-ad")
-    token_dim: int = 16
-    hidden: tuple[int, ...] = (256, 128)
-    batch_size: int = 4096
+    token_dim: int = 16  # width C of every feature token
+    hidden: tuple[int, ...] = (64,)  # hidden widths of each task tower
+    n_experts: int = 3
+    cross_layers: int = 2
+    cross_rank: int | None = 32  # low-rank W = U V^T of this rank; None = full d x d
+    derm_projection: int | None = None  # width of the DERM projection layer; None = DERM vectors enter as is
+    seq_heads: int = 2
+    seq_layers: int = 1
+    batch_size: int = 1024
     lr: float = 2e-3
     epochs_initial: int = 2
     epochs_incremental: int = 1
+    early_stopping: bool = False
+    patience: int = 1
     seq_len: int = 20
     id_buckets: int = 1 << 17
     seed: int = 0
@@ -35,8 +61,22 @@ class RankerConfig:
         bad = [d for d in self.derm_inputs if d not in DERM_INPUTS]
         if bad:
             raise ValueError(f"unknown DERM inputs {bad}; choose from {DERM_INPUTS}")
+        if len(set(self.derm_inputs)) != len(self.derm_inputs):
+            raise ValueError(f"repeated DERM inputs in {self.derm_inputs}")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("batch_size must be >= 1 and lr > 0")
+        if min(self.token_dim, self.n_experts, self.cross_layers, self.seq_heads, self.seq_layers) < 1:
+            raise ValueError("token_dim, n_experts, cross_layers, seq_heads and seq_layers must be >= 1")
+        if self.token_dim % self.seq_heads:
+            raise ValueError(f"token_dim {self.token_dim} must be divisible by seq_heads {self.seq_heads}")
+        if self.cross_rank is not None and self.cross_rank < 1:
+            raise ValueError("cross_rank must be >= 1 (or None for full rank)")
+        if self.derm_projection is not None and self.derm_projection < 1:
+            raise ValueError("derm_projection must be >= 1 (or None for no projection)")
+        if self.epochs_initial < 1 or self.epochs_incremental < 1 or self.patience < 1:
+            raise ValueError("epochs_initial, epochs_incremental and patience must be >= 1")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError("hidden widths must be >= 1")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -46,44 +86,151 @@ class RankerConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RankerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown ranker config keys {sorted(unknown)}")
         d = dict(d)
         d["derm_inputs"] = tuple(d["derm_inputs"])
-        d["hidden"] = tuple(d["hidden"])
+        if "hidden" in d:
+            d["hidden"] = tuple(d["hidden"])
         return cls(**d)
 
 
+class CrossLayer(nn.Module):
+    """One DCNv2 cross layer: x_{l+1} = x_0 * (W x_l + b) + x_l, all (B, d). Full rank: `w` (d -> d). With
+    `rank`, W = U V^T: `v` (d -> rank, no bias) then `u` (rank -> d, bias b), which costs 2 d r instead of d^2
+    multiply-adds per row."""
+
+    def __init__(self, d: int, rank: int | None = None) -> None:
+        super().__init__()
+        self.w = nn.Linear(d, d) if rank is None else None
+        self.v = nn.Linear(d, rank, bias=False) if rank is not None else None
+        self.u = nn.Linear(rank, d) if rank is not None else None
+
+    def forward(self, x0: torch.Tensor, xl: torch.Tensor) -> torch.Tensor:
+        if self.w is not None:
+            return x0 * self.w(xl) + xl
+        assert self.u is not None and self.v is not None
+        return x0 * self.u(self.v(xl)) + xl
+
+
+class CrossNetwork(nn.Module):
+    """`layers` stacked cross layers on x_0 (B, d) -> (B, d): one expert of the mixture."""
+
+    def __init__(self, d: int, layers: int, rank: int | None = None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CrossLayer(d, rank) for _ in range(layers))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for layer in self.layers:
+            x = layer(x0, x)
+        return x
+
+
+class MMoE(nn.Module):
+    """Multi-gate mixture of experts: every expert sees x_0 (B, d); each task mixes the expert outputs with its
+    own softmax gate computed from x_0. `forward` returns (B, n_tasks, d)."""
+
+    def __init__(self, d: int, n_tasks: int, n_experts: int, layers: int, rank: int | None) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(CrossNetwork(d, layers, rank) for _ in range(n_experts))
+        self.gates = nn.ModuleList(nn.Linear(d, n_experts) for _ in range(n_tasks))
+
+    def gate_weights(self, x0: torch.Tensor) -> torch.Tensor:
+        """(B, n_tasks, n_experts): one softmax over the experts per task and row."""
+        return torch.stack([torch.softmax(g(x0), dim=-1) for g in self.gates], dim=1)
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        e = torch.stack([expert(x0) for expert in self.experts], dim=1)  # (B, E, d)
+        return torch.einsum("bte,bed->btd", self.gate_weights(x0), e)
+
+
+class SequenceTransformer(SequenceEncoder):
+    """The user's activity sequence (B, L) -> one token (B, C) through a transformer encoder.
+
+    Event tokens are built from `SequenceEncoder`'s embeddings (ad id, advertiser, category, event kind and the
+    ad's content vectors) plus a learned position (recency) embedding; a learned summary token is prepended
+    and its encoder output is the sequence's token, so a user with no events (every slot padded) still gets a
+    defined value. The towers keep using `SequenceEncoder`'s mean pooling.
+    """
+
+    def __init__(
+        self, spec: FeatureSpec, c: int, n_categories: int, seq_len: int, heads: int, layers: int
+    ) -> None:
+        super().__init__(spec, c, n_categories)
+        self.position = nn.Embedding(seq_len, c)
+        self.summary = nn.Parameter(torch.zeros(1, 1, c))
+        layer = nn.TransformerEncoderLayer(
+            c, heads, dim_feedforward=2 * c, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        kind = b["seq_kind"]  # (B, L), 0 = padding
+        tok = self.ad(b["seq_ad"]) + self.adv(b["seq_adv"]) + self.cat(b["seq_cat"]) + self.kind(kind)
+        if self.content is not None:
+            tok = tok + self.content(b["seq_dense"])
+        n, length = kind.shape
+        tok = tok + self.position.weight[:length].unsqueeze(0)  # (B, L, C)
+        x = torch.cat([self.summary.expand(n, -1, -1), tok], dim=1)  # (B, 1 + L, C)
+        pad = torch.cat([torch.zeros(n, 1, dtype=torch.bool, device=kind.device), kind == 0], dim=1)
+        return self.encoder(x, src_key_padding_mask=pad)[:, 0]
+
+
 class Ranker(nn.Module):
-    """Inputs: the batch of `towers.batches.Inputs.impression_batch` plus `derm_<input>` float32 (B, dim) for
-    each configured DERM input (zeros, with `derm_<input>_found` = 0, where the entity had no embedding).
-    Output: logits (B, 2) = (ctr, cvr)."""
+    """Inputs: the batch of `towers.batches.Inputs.impression_batch` plus `derm_<input>` float32 (B, dim) and
+    `derm_<input>_found` float32 (B,) for each configured DERM input (zeros and 0 where the entity had no
+    embedding in the store version before the impression's day). Output: logits (B, 2) = (ctr, cvr)."""
 
     def __init__(self, spec: FeatureSpec, cfg: RankerConfig, derm_dim: int) -> None:
         super().__init__()
         c = cfg.token_dim
         self.cfg = cfg
+        self.derm_dim = derm_dim
         self.user = FieldEncoder(spec, "user", c)
         self.ad = FieldEncoder(spec, "ad", c)
         n_cat = next((f.size for f in spec.ad if f.name == spec.ad_category), 1)
-        self.sequence = SequenceEncoder(spec, c, n_cat)
+        self.sequence = SequenceTransformer(spec, c, n_cat, cfg.seq_len, cfg.seq_heads, cfg.seq_layers)
         self.ctx = nn.ModuleList(nn.Embedding(f.size, c, sparse=True) for f in spec.context)
         n_derm = len(cfg.derm_inputs)
-        n_dots = sum(
-            1 for t in ("ctr", "cvr") if f"{t}-user" in cfg.derm_inputs and f"{t}-ad" in cfg.derm_inputs
+        self.dots = [t for t in TASKS if f"{t}-user" in cfg.derm_inputs and f"{t}-ad" in cfg.derm_inputs]
+        raw = n_derm * derm_dim
+        self.projection = (
+            nn.Linear(raw, cfg.derm_projection) if n_derm and cfg.derm_projection is not None else None
         )
-        width = (self.user.n_tokens + self.ad.n_tokens + 1 + len(spec.context)) * c
-        width += n_derm * (derm_dim + 1) + n_dots
-        self.mlp = mlp([width, *cfg.hidden, 2])
+        derm_width = (cfg.derm_projection if self.projection is not None else raw) or 0
+        self.input_width = (self.user.n_tokens + self.ad.n_tokens + 1 + len(spec.context)) * c
+        self.input_width += derm_width + n_derm + len(self.dots)
+        self.mmoe = MMoE(self.input_width, len(TASKS), cfg.n_experts, cfg.cross_layers, cfg.cross_rank)
+        self.towers = nn.ModuleList(mlp([self.input_width, *cfg.hidden, 1]) for _ in TASKS)
 
-    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    def concat(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The concatenation layer x_0: float32 (B, input_width)."""
         parts = [
             self.user(b["user_cat"], b["user_num"], b["user_dense"]).flatten(1),
             self.ad(b["ad_cat"], b["ad_num"], b["ad_dense"]).flatten(1),
-            self.sequence(b).flatten(1),
+            self.sequence(b),
         ]
         parts += [e(b["ctx"][:, j]) for j, e in enumerate(self.ctx)]
-        for name in self.cfg.derm_inputs:
-            parts += [b[f"derm_{name}"], b[f"derm_{name}_found"].unsqueeze(1)]
-        for t in ("ctr", "cvr"):
-            if f"{t}-user" in self.cfg.derm_inputs and f"{t}-ad" in self.cfg.derm_inputs:
-                parts.append((b[f"derm_{t}-user"] * b[f"derm_{t}-ad"]).sum(1, keepdim=True))
-        return self.mlp(torch.cat(parts, dim=1))
+        if self.cfg.derm_inputs:
+            derm = torch.cat([b[f"derm_{name}"] for name in self.cfg.derm_inputs], dim=1)
+            parts.append(derm if self.projection is None else self.projection(derm))
+            parts.append(torch.stack([b[f"derm_{name}_found"] for name in self.cfg.derm_inputs], dim=1))
+        for t in self.dots:
+            parts.append((b[f"derm_{t}-user"] * b[f"derm_{t}-ad"]).sum(1, keepdim=True))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        mixed = self.mmoe(self.concat(b))  # (B, 2, d)
+        return torch.cat([tower(mixed[:, i]) for i, tower in enumerate(self.towers)], dim=1)
+
+    @torch.no_grad()
+    def init_output_bias(self, ctr_rate: float, cvr_rate: float) -> None:
+        """Start each head's output bias at the logit of its training base rate (CVR: post-click), so rare
+        labels start calibrated and the first steps are not spent learning the rate."""
+        for tower, rate in zip(self.towers, (ctr_rate, cvr_rate), strict=True):
+            last = [m for m in tower.modules() if isinstance(m, nn.Linear)][-1]
+            p = min(max(rate, 1e-4), 1 - 1e-4)
+            last.bias.fill_(float(torch.log(torch.tensor(p / (1 - p)))))

@@ -1,14 +1,24 @@
 """Training, saving and scoring of the downstream ranker.
 
 Point-in-time rule: for impressions of day d, the DERM embeddings come from the newest store version published
-*before* d (`Workspace.version_before`), never from version d itself, in training and in evaluation alike.
-Probabilities are calibrated by construction: the ranker trains with plain BCE on every impression (no negative
-downsampling), and the manifest reports predicted vs observed rates on the training days.
+*before* d (`Workspace.version_before`), never from version d itself, in training, validation, evaluation and
+serving alike (`DermLookup`).
+
+Calibration: the ranker trains with plain BCE on every impression (CTR head) and every clicked impression (CVR
+head, post-click), with no negative downsampling, so its probabilities need no correction; the output biases
+start at the base rates and the manifest reports predicted vs observed rates on the training days and on the
+validation day.
+
+Early stopping (`RankerConfig.early_stopping`, from-scratch training only): the last of the training days is
+held out as the validation day; after each epoch the validation loss (CTR BCE + post-click CVR BCE) is
+measured, training stops after `patience` epochs without improvement, and the best epoch's weights are kept.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +40,25 @@ from ranking.model import Ranker, RankerConfig
 from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.features import FeatureSpec, build_feature_spec
 from towers.optim import TowerOptimizer
-from towers.train import init_output_bias, resolve_device, run_epochs
+from towers.train import resolve_device
 
 log = logging.getLogger(__name__)
 
 RANKER_KIND = "ranker"
-RANKER_SCHEMA_VERSION = 1
+# 1: MLP ranker (foundation); 2: mixture of DCNv2 experts with a sequence transformer (issue 6)
+RANKER_SCHEMA_VERSION = 2
+
+
+def losses(logits: torch.Tensor, click: torch.Tensor, conversion: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(total, ctr BCE over all rows, cvr BCE over clicked rows): logits (B, 2), labels float32 (B,)."""
+    l_ctr = F.binary_cross_entropy_with_logits(logits[:, 0], click)
+    clicked = click > 0
+    l_cvr = (
+        F.binary_cross_entropy_with_logits(logits[clicked, 1], conversion[clicked])
+        if clicked.any()
+        else logits.sum() * 0.0
+    )
+    return l_ctr + l_cvr, l_ctr, l_cvr
 
 
 class RankerTask(nn.Module):
@@ -44,15 +67,8 @@ class RankerTask(nn.Module):
         self.ranker = ranker
 
     def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.ranker(b)
-        l_ctr = F.binary_cross_entropy_with_logits(logits[:, 0], b["click"])
-        clicked = b["click"] > 0
-        l_cvr = (
-            F.binary_cross_entropy_with_logits(logits[clicked, 1], b["conversion"][clicked])
-            if clicked.any()
-            else logits.sum() * 0.0
-        )
-        return l_ctr + l_cvr, {"ctr": l_ctr.item(), "cvr": l_cvr.item()}
+        total, l_ctr, l_cvr = losses(self.ranker(b), b["click"], b["conversion"])
+        return total, {"ctr": l_ctr.item(), "cvr": l_cvr.item()}
 
 
 @dataclass
@@ -68,8 +84,15 @@ class RankerSnapshot:
         return f"ranker:{version_name(self.manifest['day'])}:{self.manifest['artifact_id'][:8]}"
 
 
+def new_snapshot(spec: FeatureSpec, cfg: RankerConfig, derm_dim: int, device: torch.device) -> RankerSnapshot:
+    torch.manual_seed(cfg.seed)
+    ranker = Ranker(spec, cfg, derm_dim).to(device)
+    return RankerSnapshot(ranker, TowerOptimizer(ranker, lr=cfg.lr), spec, cfg, {})
+
+
 class DermLookup:
-    """DERM embeddings for impressions, point-in-time: rows of day d read the store version before d."""
+    """DERM embeddings for impressions, point-in-time: rows of day d read the store version before d.
+    `used` records, per input, the store versions actually read (named in the ranker's manifest)."""
 
     def __init__(self, ws: Workspace, inputs: tuple[str, ...]) -> None:
         self.ws = ws
@@ -85,6 +108,7 @@ class DermLookup:
         return self._versions[key]
 
     def features(self, a: ImpressionArrays, dim: int) -> dict[str, np.ndarray]:
+        """`derm_<input>` float32[n, dim] and `derm_<input>_found` float32[n] for every input."""
         out: dict[str, np.ndarray] = {}
         for name in self.inputs:
             task, entity = name.split("-")
@@ -95,6 +119,8 @@ class DermLookup:
                 v = self.version(task, int(day))
                 if v is None:
                     continue
+                if int(v.manifest["dim"]) != dim:
+                    raise DataError(v.dir, f"store dim {v.manifest['dim']} but the ranker reads dim {dim}")
                 self.used.setdefault(name, set()).add(v.version)
                 rows = np.nonzero(a.day == day)[0]
                 vv, ff = v.lookup(entity, ids[rows])
@@ -111,6 +137,22 @@ def attach(
     return batch
 
 
+@dataclass
+class RankerRows:
+    """Impressions (n rows) with their DERM features: what the ranker trains on or scores. `derm` may hold
+    more inputs than a ranker reads (a benchmark looks all four up once and shares them across arms)."""
+
+    inputs: Inputs
+    arrays: ImpressionArrays
+    derm: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def batch(self, idx: np.ndarray, reference_context: bool = False) -> dict[str, torch.Tensor]:
+        return attach(self.inputs.impression_batch(self.arrays.take(idx), reference_context), self.derm, idx)
+
+
 def _derm_dim(ws: Workspace, inputs: tuple[str, ...]) -> int:
     for name in inputs:
         task = name.split("-")[0]
@@ -122,7 +164,17 @@ def _derm_dim(ws: Workspace, inputs: tuple[str, ...]) -> int:
 
 def load_ranker(directory: Path, device: torch.device | str = "cpu") -> RankerSnapshot:
     m = read_manifest(Path(directory), RANKER_KIND, RANKER_SCHEMA_VERSION)
-    cfg = RankerConfig.from_json(m["config"])
+    if m["schema_version"] < RANKER_SCHEMA_VERSION:
+        raise DataError(
+            Path(directory) / "manifest.json",
+            f"ranker schema_version {m['schema_version']} (the MLP ranker) is no longer loadable; this build "
+            f"reads schema_version {RANKER_SCHEMA_VERSION} (mixture of DCNv2 experts): retrain with "
+            "`derm ranker train`",
+        )
+    try:
+        cfg = RankerConfig.from_json(m["config"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise DataError(Path(directory) / "manifest.json", f"invalid ranker config ({e})") from None
     spec = FeatureSpec.from_json(m["feature_spec"])
     ranker = Ranker(spec, cfg, int(m["derm_dim"]))
     try:
@@ -141,6 +193,21 @@ def load_ranker(directory: Path, device: torch.device | str = "cpu") -> RankerSn
 
 
 @torch.no_grad()
+def predict(
+    ranker: Ranker, rows: RankerRows, reference_context: bool = False, batch: int = 16384
+) -> np.ndarray:
+    """Probabilities float32[n, 2] = (p_ctr, p_cvr) of `rows`."""
+    dev = next(ranker.parameters()).device
+    ranker.eval()
+    p = np.zeros((len(rows), 2), np.float32)
+    for s in range(0, len(rows), batch):
+        idx = np.arange(s, min(s + batch, len(rows)))
+        p[idx] = (
+            torch.sigmoid(ranker(to_device(rows.batch(idx, reference_context), dev))).float().cpu().numpy()
+        )
+    return p
+
+
 def score(
     snap: RankerSnapshot,
     inputs: Inputs,
@@ -151,13 +218,7 @@ def score(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(p_ctr float32[n], p_cvr float32[n]) for impressions `a`; with `reference_context` position is fixed to
     the reference slot (serving)."""
-    dev = next(snap.ranker.parameters()).device
-    snap.ranker.eval()
-    p = np.zeros((len(a), 2), np.float32)
-    for s in range(0, len(a), batch):
-        idx = np.arange(s, min(s + batch, len(a)))
-        b = attach(inputs.impression_batch(a.take(idx), reference_context), derm, idx)
-        p[idx] = torch.sigmoid(snap.ranker(to_device(b, dev))).float().cpu().numpy()
+    p = predict(snap.ranker, RankerRows(inputs, a, derm), reference_context, batch)
     return p[:, 0], p[:, 1]
 
 
@@ -181,6 +242,94 @@ def calibration(pred: np.ndarray, label: np.ndarray, buckets: int = 10) -> dict[
     return {"predicted": float(pred.mean()), "observed": float(label.mean()), "buckets": rows}
 
 
+def calibration_report(p: np.ndarray, a: ImpressionArrays) -> dict[str, Any]:
+    """CTR calibration over all rows and CVR calibration over clicked rows; p float32[n, 2]."""
+    clicked = a.click > 0
+    return {
+        "calibration_ctr": calibration(p[:, 0], a.click),
+        "calibration_cvr": calibration(p[clicked, 1], a.conversion[clicked]),
+    }
+
+
+@torch.no_grad()
+def validation_loss(ranker: Ranker, rows: RankerRows) -> float:
+    """CTR BCE over all rows + post-click CVR BCE over clicked rows, at the model's probabilities."""
+    p = torch.from_numpy(predict(ranker, rows)).double().clamp(1e-7, 1 - 1e-7)
+    logits = torch.log(p / (1 - p))
+    click = torch.from_numpy(rows.arrays.click).double()
+    conv = torch.from_numpy(rows.arrays.conversion).double()
+    return float(losses(logits, click, conv)[0])
+
+
+def fit(
+    snap: RankerSnapshot,
+    train: RankerRows,
+    val: RankerRows | None,
+    epochs: int,
+    device: torch.device,
+    progress: Progress = no_progress,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train `snap` in place for up to `epochs` shuffled passes over `train`; with `val`, stop after
+    `config.patience` epochs without a lower validation loss and keep the best epoch's weights and optimiser
+    state. The learning rate decays linearly to 10 % over the planned steps (as `towers.train.run_epochs`).
+    Returns loss history, epochs run, the best epoch and throughput."""
+    n, bs = len(train), snap.config.batch_size
+    if n == 0:
+        raise DermError("no impressions to train on")
+    task = RankerTask(snap.ranker)
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = max(1, n // bs)
+    total = steps_per_epoch * epochs
+    step, hist, val_hist = 0, [], []
+    best: tuple[float, int, dict[str, Any], dict[str, Any]] | None = None
+    train_secs = 0.0
+    for epoch in range(epochs):
+        task.train()
+        t0 = time.perf_counter()
+        perm = rng.permutation(n)
+        run: dict[str, float] = {}
+        for s in range(steps_per_epoch):
+            loss, parts = task(to_device(train.batch(perm[s * bs : (s + 1) * bs]), device))
+            if not torch.isfinite(loss):
+                raise DermError("ranker training diverged: loss is not finite")
+            snap.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            snap.optimizer.set_lr_scale(1.0 - 0.9 * step / max(total - 1, 1))
+            snap.optimizer.step()
+            for k, v in {"loss": loss.item(), **parts}.items():
+                run[k] = run.get(k, 0.0) + v
+            step += 1
+            progress("train ranker", step, total)
+        train_secs += time.perf_counter() - t0
+        hist.append({k: round(v / steps_per_epoch, 6) for k, v in run.items()})
+        if val is None:
+            continue
+        vl = validation_loss(snap.ranker, val)
+        val_hist.append(round(vl, 6))
+        if best is None or vl < best[0]:
+            state = copy.deepcopy(snap.ranker.state_dict())
+            best = (vl, epoch + 1, state, copy.deepcopy(snap.optimizer.state_dict()))
+        elif epoch + 1 - best[1] >= snap.config.patience:
+            break
+    snap.optimizer.set_lr_scale(1.0)
+    if best is not None:
+        snap.ranker.load_state_dict(best[2])
+        snap.optimizer.load_state_dict(best[3])
+    snap.ranker.eval()
+    done = len(hist)
+    return {
+        "epochs": done,
+        "max_epochs": epochs,
+        "best_epoch": best[1] if best is not None else done,
+        "rows": n,
+        "seconds": round(train_secs, 3),
+        "samples_per_second": round(steps_per_epoch * bs * done / max(train_secs, 1e-9), 1),
+        "loss_by_epoch": hist,
+        "validation_loss_by_epoch": val_hist,
+    }
+
+
 def train_ranker(
     ws: Workspace,
     ds: Dataset,
@@ -191,56 +340,67 @@ def train_ranker(
     progress: Progress = no_progress,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train from scratch over `days` or fine-tune the snapshot at `parent` on them; publish
-    `ranker/day=<max(days)>` and move LATEST. Returns the manifest."""
+    """Train from scratch over `days` (with early stopping: on all but the last, validated on the last) or
+    fine-tune the snapshot at `parent` on them; publish `ranker/day=<max(days)>` and move LATEST. Returns
+    the manifest, which names the embedding store versions the ranker consumed."""
     if not days:
         raise DermError("no ranker training days given")
     for d in days:
         ds.check_day(d)
+    days = sorted(set(days))
     dev = resolve_device(device)
-    last = max(days)
+    last = days[-1]
     if parent is None:
-        torch.manual_seed(cfg.seed)
-        spec = build_feature_spec(ds, days, cfg.id_buckets)
-        derm_dim = _derm_dim(ws, cfg.derm_inputs)
-        ranker = Ranker(spec, cfg, derm_dim).to(dev)
-        snap = RankerSnapshot(ranker, TowerOptimizer(ranker, lr=cfg.lr), spec, cfg, {})
+        val_days = days[-1:] if cfg.early_stopping else []
+        if cfg.early_stopping and len(days) < 2:
+            raise DermError("early stopping holds out the last training day: give at least two days")
+        train_days = days[: len(days) - len(val_days)]
+        spec = build_feature_spec(ds, train_days, cfg.id_buckets)
+        snap = new_snapshot(spec, cfg, _derm_dim(ws, cfg.derm_inputs), dev)
         lineage, days_seen, parent_id, epochs = uuid.uuid4().hex, [], None, cfg.epochs_initial
     else:
         snap = load_ranker(parent, dev)
         cfg = snap.config
-        derm_dim = int(snap.manifest["derm_dim"])
+        train_days, val_days = days, []
         lineage, days_seen, parent_id = (
             snap.manifest["lineage"],
             snap.manifest["days_seen"],
             snap.manifest["artifact_id"],
         )
         epochs = cfg.epochs_incremental
+    derm_dim = snap.ranker.derm_dim
     inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, last), cfg.seq_len)
-    arrays = inputs.impressions(sorted(days), label_cutoff_ts=(last + 1) * 86400)
     lookup = DermLookup(ws, cfg.derm_inputs)
-    derm = lookup.features(arrays, derm_dim)
+    cutoff = (last + 1) * 86400  # labels as known at the end of the last day (delayed conversions)
+
+    def rows(ds_days: list[int]) -> RankerRows:
+        a = inputs.impressions(ds_days, label_cutoff_ts=cutoff)
+        return RankerRows(inputs, a, lookup.features(a, derm_dim))
+
+    train = rows(train_days)
+    val = rows(val_days) if val_days else None
     if parent is None:
-        init_output_bias(snap.ranker.mlp, arrays.click, arrays.conversion)
-    task = RankerTask(snap.ranker)
-    stats = run_epochs(
-        task,
-        snap.optimizer,
-        lambda idx: attach(inputs.impression_batch(arrays.take(idx)), derm, idx),
-        len(arrays),
-        epochs,
-        cfg.batch_size,
-        dev,
-        progress,
-        seed=cfg.seed + last,
-    )
-    p_ctr, _ = score(snap, inputs, arrays, derm)
-    stats["calibration_ctr"] = calibration(p_ctr, arrays.click)
+        clicked = train.arrays.click > 0
+        snap.ranker.init_output_bias(
+            float(train.arrays.click.mean()),
+            float(train.arrays.conversion[clicked].mean()) if clicked.any() else 0.5,
+        )
+    stats = fit(snap, train, val, epochs, dev, progress, seed=cfg.seed + last)
+    stats.update(calibration_report(predict(snap.ranker, train), train.arrays))
+    stats["device"] = dev.type
+    if val is not None:
+        stats["validation"] = {
+            "days": val_days,
+            "rows": len(val),
+            **calibration_report(predict(snap.ranker, val), val.arrays),
+        }
     m = make_manifest(
         RANKER_KIND,
         RANKER_SCHEMA_VERSION,
         day=int(last),
         days_seen=sorted(set(days_seen) | set(days)),
+        train_days=train_days,
+        validation_days=val_days,
         lineage=lineage,
         parent=parent_id,
         config=cfg.to_json(),
@@ -255,5 +415,5 @@ def train_ranker(
         torch.save(snap.optimizer.state_dict(), tmp / "optimizer.pt")
         write_json_atomic(tmp / "manifest.json", m)
     set_latest(ws.ranker_dir, target.name)
-    log.info("ranker trained on days %s..%s (%s rows)", min(days), last, len(arrays))
+    log.info("ranker trained on days %s..%s (%s rows)", min(days), last, len(train))
     return m
