@@ -2,9 +2,13 @@
 
 Version 0 is built over 1M ads; version 1 changes 1 % of them (a third new ids, a third removed, a third
 with a new vector). Both ways of publishing version 1 run through `index.refresh.refresh_index_artifact`
-plus the LATEST pointer move, so their seconds include loading (in place), the update or build, save, fsync
-and the pointer swap. The recall self-check is left out of both timings (it is the same exact search on
-both paths) and measured separately on the post-refresh set. Writes benchmarks/results/index_refresh.json.
+plus the LATEST pointer move, so their seconds include loading (in place: the previous version's base
+files, its delta, the diff against the new ad set and applying the change), the update or build, save,
+fsync and the pointer swap. The in-place version is stored as a delta over hard-linked base files
+(index.delta); the same update written in full (a compaction, `storage` "full") is timed beside it, and so
+is what a reader pays to load each version. The recall self-check is left out of all timings (it is the
+same exact search on every path) and measured separately on the post-refresh set.
+Writes benchmarks/results/index_refresh.json.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from common import ROOT, write_result
 from adslog.artifact import set_latest
 from index import Backend, IndexConfig, SearchParams, build_index_artifact, load_index_artifact
 from index.base import recall_against_exact
-from index.refresh import RefreshConfig, RefreshMode, refresh_index_artifact
+from index.refresh import RefreshConfig, RefreshMode, Storage, refresh_index_artifact
 from index.synthetic import ClusteredConfig, ClusteredData
 
 N, DIM, K, N_QUERIES, CHANGED = 1_000_000, 64, 100, 1000, 0.01
@@ -56,18 +60,30 @@ def changed_set(data: ClusteredData) -> tuple[np.ndarray, np.ndarray, dict[str, 
 
 
 def publish(
-    prev: Path, name: str, ids: np.ndarray, vecs: np.ndarray, config: IndexConfig, mode: RefreshMode
+    prev: Path,
+    name: str,
+    ids: np.ndarray,
+    vecs: np.ndarray,
+    config: IndexConfig,
+    mode: RefreshMode,
+    storage: Storage = Storage.AUTO,
 ) -> tuple[float, dict[str, Any]]:
-    """Seconds to publish version `name` from `prev` (refresh + pointer swap), and its manifest."""
-    t0 = time.perf_counter()
-    m = refresh_index_artifact(prev, WORK / name, ids, vecs, config, UPSTREAM1, RefreshConfig(mode=mode))
+    """Seconds to publish version `name` from `prev` (refresh + pointer swap), and its manifest; the
+    manifest gains `cpu_seconds`: CPU time of this process (all threads) over the same span."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    cfg = RefreshConfig(mode=mode, storage=storage)
+    m = refresh_index_artifact(prev, WORK / name, ids, vecs, config, UPSTREAM1, cfg)
     set_latest(WORK, name)
-    return time.perf_counter() - t0, m
+    seconds = time.perf_counter() - t0
+    return seconds, {**m, "cpu_seconds": round(time.process_time() - c0, 2)}
 
 
-def recall_of(path: Path, queries: np.ndarray, ids: np.ndarray, vecs: np.ndarray) -> float:
+def recall_of(path: Path, queries: np.ndarray, ids: np.ndarray, vecs: np.ndarray) -> tuple[float, float]:
+    """(recall@K of the version at `path` against exact search, seconds a reader takes to load it)."""
+    t0 = time.perf_counter()
     index, _ = load_index_artifact(path)
-    return round(recall_against_exact(index, queries, K, None, ad_ids=ids, ad_vecs=vecs), 5)
+    load_s = time.perf_counter() - t0
+    return round(recall_against_exact(index, queries, K, None, ad_ids=ids, ad_vecs=vecs), 5), round(load_s, 3)
 
 
 def main() -> None:
@@ -87,18 +103,38 @@ def main() -> None:
         auto = refresh_index_artifact(WORK / "v0", WORK / "v1-auto", ids1, vecs1, config, UPSTREAM1)
         in_place_s, m_in = publish(WORK / "v0", "v1-in-place", ids1, vecs1, config, RefreshMode.IN_PLACE)
         rebuild_s, m_re = publish(WORK / "v0", "v1-rebuild", ids1, vecs1, config, RefreshMode.REBUILD)
+        full_s, m_full = publish(
+            WORK / "v0", "v1-full", ids1, vecs1, config, RefreshMode.IN_PLACE, Storage.FULL
+        )
+        recall_in, load_in = recall_of(WORK / "v1-in-place", queries, ids1, vecs1)
+        recall_re, load_re = recall_of(WORK / "v1-rebuild", queries, ids1, vecs1)
+        recall_full, _ = recall_of(WORK / "v1-full", queries, ids1, vecs1)
+        st = m_in["storage"]
         row = {
             "initial_build_and_publish_seconds": round(initial_s, 2),
+            "load_avg_1min_after": round(os.getloadavg()[0], 2),
             "auto_mode": auto["refresh"]["mode"],
+            "auto_storage": auto["refresh"]["storage"],
             "auto_reason": auto["refresh"]["reason"],
             "counts": {k: m_in["refresh"][k] for k in ("added", "removed", "replaced", "changed_fraction")},
+            "in_place_storage": st["kind"],
             "in_place_seconds": round(in_place_s, 3),
             "rebuild_seconds": round(rebuild_s, 3),
             "speedup": round(rebuild_s / in_place_s, 2),
+            # CPU seconds (all threads): a load-independent view beside the wall clock on a shared machine
+            "in_place_cpu_seconds": m_in["cpu_seconds"],
+            "rebuild_cpu_seconds": m_re["cpu_seconds"],
+            "in_place_full_write_cpu_seconds": m_full["cpu_seconds"],
+            "in_place_full_write_seconds": round(full_s, 3),
+            "speedup_full_write": round(rebuild_s / full_s, 2),
             "search_params": m_in["search_params"],
-            "recall_in_place": recall_of(WORK / "v1-in-place", queries, ids1, vecs1),
-            "recall_rebuild": recall_of(WORK / "v1-rebuild", queries, ids1, vecs1),
-            "index_file_bytes": sum(p.stat().st_size for p in (WORK / "v1-in-place").iterdir()),
+            "recall_in_place": recall_in,
+            "recall_rebuild": recall_re,
+            "recall_in_place_full_write": recall_full,
+            "reader_load_seconds_in_place": load_in,
+            "reader_load_seconds_rebuild": load_re,
+            "delta_bytes": st.get("delta_bytes"),
+            "index_file_bytes": sum(p.stat().st_size for p in (WORK / "v1-rebuild").iterdir()),
         }
         per[name] = row
         print(name, row, flush=True)
@@ -147,8 +183,11 @@ def main() -> None:
                 k: v.get("auto_reason") for k, v in per.items() if k not in in_place_capable
             },
             "timing_note": (
-                "seconds include loading the previous version (in place), update or build, save, fsync, rename "
-                "and the LATEST pointer move; the recall self-check is excluded from both (same exact search)"
+                "seconds include loading the previous version (in place: its base files and delta, the diff, "
+                "applying the change), update or build, save (in place: hard links + delta file), fsync, rename "
+                "and the LATEST pointer move; the recall self-check is excluded from all (same exact search). "
+                "in_place_full_write_seconds: the same update written in full (a compaction); "
+                "reader_load_seconds_*: load_index_artifact of the published version (delta applied on load)"
             ),
             "faiss_threads": faiss.omp_get_max_threads(),
             "load_avg_at_end": os.getloadavg()[0],

@@ -165,22 +165,30 @@ def aggregation_section(r: dict[str, Any]) -> list[str]:
 
 
 def index_overhead_section(r: dict[str, Any]) -> list[str]:
+    pairs = r.get("pairs") or {"batch_1000": r.get("repeats"), "batch_1": r.get("repeats")}
+
+    def ratio(b: dict[str, Any], label: str) -> str:
+        ci = b.get(f"qps_ratio_ci95_{label}")
+        return f"{b[f'qps_ratio_{label}']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
     lines = [
         "## ANN search: overhead of our `search()` over a direct library call",
         "",
         f"Command: `{r['command']}`. Machine: {_machine(r)}. {r['n_vectors']:,} x {r['dim']} vectors, k = {r['k']}, "
-        f"{r['queries']}; {r['repeats']} interleaved pairs of runs. Ratio = median over pairs of our QPS / direct QPS "
+        f"{r['queries']}; {pairs['batch_1000']} (batch 1,000) and {pairs['batch_1']} (batch 1) interleaved pairs "
+        "of runs. Ratio = median over pairs of our QPS / direct QPS, with a bootstrap 95 % interval of that median "
         f"(bars: >= {r['bars']['batch_1000']} at batch 1,000, >= {r['bars']['batch_1']} at batch 1). "
         f"Load average at the end: {r.get('load_avg_at_end', 0):.1f} (shared machine).",
         "",
-        "| index | QPS direct (1,000) | QPS ours (1,000) | ratio | QPS direct (1) | QPS ours (1) | ratio |",
+        "| index | QPS direct (1,000) | QPS ours (1,000) | ratio [95 % CI] | QPS direct (1) | QPS ours (1) | "
+        "ratio [95 % CI] |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, b in r["per_backend"].items():
         lines.append(
             f"| {name} | {b['qps_direct_batch_1000']:,.0f} | {b['qps_ours_batch_1000']:,.0f} | "
-            f"{b['qps_ratio_batch_1000']:.3f} | {b['qps_direct_batch_1']:,.0f} | {b['qps_ours_batch_1']:,.0f} | "
-            f"{b['qps_ratio_batch_1']:.3f} |"
+            f"{ratio(b, 'batch_1000')} | {b['qps_direct_batch_1']:,.0f} | {b['qps_ours_batch_1']:,.0f} | "
+            f"{ratio(b, 'batch_1')} |"
         )
     lines += ["", f"Meets both bars: {r['meets_bars']}.", ""]
     return lines
@@ -221,16 +229,21 @@ def index_refresh_section(r: dict[str, Any]) -> list[str]:
         f"(bar {r['bar']['speedup']}x); recall@{r['k']} after refresh {r['recall_in_place']:.4f} in place vs "
         f"{r['recall_rebuild']:.4f} rebuilt.",
         "",
-        "| index | auto mode | in place s | rebuild s | speedup | recall in place | recall rebuilt |",
-        "|---|---|---|---|---|---|---|",
+        "| index | auto mode | in place s (stored as) | rebuild s | speedup | in place written in full s | "
+        "reader load s (in place / rebuilt) | recall in place | recall rebuilt |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, b in r["per_backend"].items():
         if b.get("rebuild_only"):
-            lines.append(f"| {name} | rebuild only ({b['auto_reason']}) | - | - | - | - | - |")
+            lines.append(f"| {name} | rebuild only ({b['auto_reason']}) | - | - | - | - | - | - | - |")
             continue
+        full = b.get("in_place_full_write_seconds")
+        loads = (b.get("reader_load_seconds_in_place"), b.get("reader_load_seconds_rebuild"))
         lines.append(
-            f"| {name} | {b['auto_mode']} | {b['in_place_seconds']:.2f} | {b['rebuild_seconds']:.2f} | "
-            f"{b['speedup']:.1f}x | {b['recall_in_place']:.4f} | {b['recall_rebuild']:.4f} |"
+            f"| {name} | {b['auto_mode']} | {b['in_place_seconds']:.2f} ({b.get('in_place_storage', 'full')}) | "
+            f"{b['rebuild_seconds']:.2f} | {b['speedup']:.1f}x | {'-' if full is None else f'{full:.2f}'} | "
+            f"{'-' if loads[0] is None else f'{loads[0]:.2f} / {loads[1]:.2f}'} | "
+            f"{b['recall_in_place']:.4f} | {b['recall_rebuild']:.4f} |"
         )
     lines += ["", "Excluded from the worst case:"]
     lines += [f"- {k}: {v}" for k, v in r["excluded_from_worst_case"].items()]

@@ -3,7 +3,8 @@
 Backends (faiss factory strings, hnswlib graphs) share one boundary: explicit int64 ids, contiguous float32
 L2-normalised vectors, results `(ids int64[n, k], scores float32[n, k])` with higher = better and `-1`/`-inf`
 pads. `build_index_artifact` / `load_index_artifact` publish and read an index as a versioned artifact;
-`refresh_index_artifact` publishes the next version by an in-place update or a rebuild (recorded);
+`refresh_index_artifact` publishes the next version by an in-place update (stored as a delta over the
+hard-linked base files, `index.delta`, or in full) or a rebuild (recorded);
 `tune` sweeps nprobe / ef against exact search. `index.versions` does both for a workspace.
 """
 
@@ -17,7 +18,7 @@ from index.base import (
     make_index,
     recall_against_exact,
 )
-from index.refresh import RefreshConfig, RefreshMode, refresh_index_artifact
+from index.refresh import RefreshConfig, RefreshMode, Storage, refresh_index_artifact
 from index.tune import TunePoint, tune
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "RefreshConfig",
     "RefreshMode",
     "SearchParams",
+    "Storage",
     "TunePoint",
     "build_index_artifact",
     "exact_search",

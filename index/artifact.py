@@ -29,11 +29,15 @@ from index.base import (
     make_index,
     recall_against_exact,
 )
+from index.delta import IndexDelta, apply_delta, link_files, read_delta, write_delta
 
 log = logging.getLogger(__name__)
 
 KIND = "ann_index"
-SCHEMA_VERSION = 1
+# 2: `storage` {kind: "full" | "delta", ...}; a delta version holds its base's files plus `delta.npz` (see
+# index.delta). Schema-1 manifests (no `storage`) are full versions and still load.
+SCHEMA_VERSION = 2
+INDEX_FILE_MODE = 0o444  # index files are never opened for writing again (delta versions hard-link them)
 
 
 def build_index_artifact(
@@ -97,11 +101,15 @@ def write_index_version(
     refresh: dict[str, Any] | None,
     started: float | None = None,
     min_recall: float | None = None,
+    delta: tuple[Path, dict[str, Any], IndexDelta] | None = None,
 ) -> dict[str, Any]:
     """Self-check `index` against exact search over (ids, vecs), save it and its manifest into `tmp`.
 
     Called inside `publishing(...)`: the caller's context fsyncs and moves `tmp` into place. The refresh
-    record's `seconds` run from `started` to now (after the save), when both are given.
+    record's `seconds` run from `started` to now (after the save), when both are given. With `delta`
+    (base version directory, {base_artifact_id, base_files, base_n_vectors}, the delta from that base), the
+    version is stored as the base's files, hard-linked, plus the delta, instead of the whole index: `index`
+    must be that base with the delta applied (see index.delta).
     """
     config = index.config
     self_check = None
@@ -122,7 +130,24 @@ def write_index_version(
                 f"{tmp.parent}: self-check recall@{kk} {recall:.4f} is under the threshold {min_recall}; "
                 "not published"
             )
-    index.save(tmp)
+    storage: dict[str, Any]
+    if delta is None:
+        index.save(tmp)
+        for p in tmp.iterdir():
+            p.chmod(INDEX_FILE_MODE)
+        storage = {"kind": "full"}
+    else:
+        base_dir, base, change = delta
+        linked = link_files(base_dir, tmp, list(base["base_files"]))
+        storage = {
+            "kind": "delta",
+            **base,
+            **write_delta(tmp, change),
+            "removed": int(change.removed.size),
+            "upserts": int(change.upsert_ids.size),
+            "delta_fraction": round(change.size / max(int(base["base_n_vectors"]), 1), 6),
+            "base_link": linked,
+        }
     files = sorted(p.name for p in tmp.iterdir() if p.is_file())
     if refresh is not None and started is not None:
         refresh = {**refresh, "seconds": round(time.perf_counter() - started, 4)}
@@ -142,6 +167,7 @@ def write_index_version(
         config=config.to_json(),
         backend_version=_backend_version(config.backend),
         refresh=refresh,
+        storage=storage,
         files=files,
     )
     write_json_atomic(tmp / MANIFEST, manifest)
@@ -161,8 +187,26 @@ def load_index_artifact(
 ) -> tuple[AnnIndex, dict[str, Any]]:
     """Validate `directory/manifest.json`, check upstream versions, then load the index.
 
-    Raises DataError for a missing/corrupt/mismatched artifact and VersionMismatchError when a key of
-    `expect_upstream` differs from the manifest's `upstream`. Returns (index, manifest).
+    A delta version is loaded as its base files with the delta applied (index.delta). Raises DataError for
+    a missing/corrupt/mismatched artifact and VersionMismatchError when a key of `expect_upstream` differs
+    from the manifest's `upstream`. Returns (index, manifest).
+    """
+    index, m, delta = load_index_base(directory, expect_upstream, device)
+    if delta is not None:
+        apply_delta(index, delta)
+        _check_count(Path(directory), index, m["n_vectors"], "vectors after applying its delta")
+    return index, m
+
+
+def load_index_base(
+    directory: Path,
+    expect_upstream: dict[str, Any] | None = None,
+    device: str = "cpu",
+) -> tuple[AnnIndex, dict[str, Any], IndexDelta | None]:
+    """(the index as stored in its files, the manifest, the delta still to apply: None for a full version).
+
+    What a refresh starts from: a delta version's base, which the next version's delta is taken against.
+    The delta file is read and checked (checksum, shapes) before the base is loaded.
     """
     directory = Path(directory)
     m = read_manifest(directory, KIND, SCHEMA_VERSION)
@@ -191,16 +235,34 @@ def load_index_artifact(
     for name in m["files"]:
         if not (directory / name).is_file():
             raise DataError(directory / name, "index file listed in the manifest is missing")
+    storage = m.get("storage") or {"kind": "full"}  # schema 1: always full
+    delta: IndexDelta | None = None
+    n_stored = m["n_vectors"]
+    if storage.get("kind") == "delta":
+        if not isinstance(storage.get("base_n_vectors"), int):
+            raise DataError(path, "delta storage lacks base_n_vectors")
+        delta = read_delta(directory, storage, config.dim)
+        n_stored = storage["base_n_vectors"]
+    elif storage.get("kind") != "full":
+        raise DataError(path, f"unknown index storage kind {storage.get('kind')!r}")
     index: AnnIndex = index_class(Backend(config.backend)).load(directory, config)
-    if index.ntotal != m["n_vectors"]:
-        raise DataError(path, f"manifest says {m['n_vectors']} vectors, index holds {index.ntotal}")
+    _check_count(directory, index, n_stored, "vectors in its index files")
+    _apply_search_params(directory, index, m)
+    return index, m, delta
+
+
+def _check_count(directory: Path, index: AnnIndex, expected: int, what: str) -> None:
+    if index.ntotal != expected:
+        raise DataError(directory / MANIFEST, f"manifest says {expected} {what}, index holds {index.ntotal}")
+
+
+def _apply_search_params(directory: Path, index: AnnIndex, m: dict[str, Any]) -> None:
     sp = m.get("search_params")
     if isinstance(sp, dict):
         try:
             index.set_default_params(SearchParams(ef=sp.get("ef"), nprobe=sp.get("nprobe")))
         except DermError as e:
-            raise DataError(path, f"invalid search_params ({e})") from None
-    return index, m
+            raise DataError(directory / MANIFEST, f"invalid search_params ({e})") from None
 
 
 def _backend_version(backend: Backend) -> str:

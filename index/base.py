@@ -135,6 +135,10 @@ class AnnIndex(Protocol):
 
     def get_vectors(self, ids: np.ndarray) -> np.ndarray: ...
 
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64[n], vecs float32[n, dim]) of every live entry, in storage order, read in bulk."""
+        ...
+
     def default_params(self) -> SearchParams:
         """The query-time values used when `search` gets no params (resolved: None only where none apply)."""
         ...
@@ -147,8 +151,9 @@ class AnnIndex(Protocol):
         """Why this index cannot take removals and replacements in place (None: it can)."""
         ...
 
-    def tombstone_fraction_after(self, n_removed: int, n_added: int) -> float:
-        """Share of stored entries that would be removed-but-kept after such an update (0 where slots are freed)."""
+    def tombstone_fraction_after(self, n_removed: int, n_replaced: int, n_new: int) -> float:
+        """Share of stored entries that would be removed-but-kept after removing n_removed ids, replacing the
+        vectors of n_replaced and adding n_new (0 where storage compacts)."""
         ...
 
 

@@ -2,14 +2,17 @@
 
 hnswlib facts this module relies on (hnswlib 0.8):
 - space "ip" returns distance `1 - dot`; scores are converted back to `dot` (higher = better).
-- `add_items` with an existing live label updates that element's vector in place. With
-  `allow_replace_deleted=True` it refuses a *deleted* label, so re-adding a removed id first calls
-  `unmark_deleted`; brand-new labels use `replace_deleted=True` to reuse deleted slots. Passing
-  `replace_deleted=True` for an existing label would re-label a vacant slot and leave a duplicate, so updates
-  and inserts are split.
+- `add_items` with an existing live label updates that element's vector in place (`updatePoint`, which
+  re-selects the neighbours of its neighbours: ~4x a fresh insert at 1M). With `allow_replace_deleted=True`
+  it refuses a *deleted* label, so re-adding a removed id first calls `unmark_deleted`. Brand-new labels are
+  inserted as new elements (`replace_deleted=False`): reusing a deleted slot would also run `updatePoint`,
+  so deleted elements stay as tombstones until the refresh's tombstone limit asks for a rebuild.
 - `knn_query` raises RuntimeError when it cannot fill k columns for every row (deleted elements, small ef):
   we retry with a larger ef, then a smaller k, and pad.
 - `set_ef` mutates the index, so concurrent searches with different `ef` are not safe.
+- `add_items` with several threads inserts in a racy order; `add` uses one thread, so the same changes
+  applied to the same loaded graph give the same graph (a delta version's readers serve what the refresh's
+  recall self-check measured; see index.delta). `build` keeps all threads.
 Filters: a selective filter (<= EXACT_FILTER_MAX eligible ids) is answered by exact search over the eligible
 vectors, which beats the Python filter callback; a broad one (>= OVERFETCH_MIN_FRACTION of the index) by
 over-fetch and vectorised post-filter; anything in between by hnswlib's `filter=` callback. Rows still short
@@ -49,6 +52,7 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.hnsw"
 LIVE_IDS_FILE = "live_ids.npy"
 EXACT_FILTER_MAX = 4096
+_F32 = np.dtype(np.float32)
 OVERFETCH_MIN_FRACTION = 0.25
 
 
@@ -90,6 +94,7 @@ class HnswIndex:
         self.spec = HnswSpec.parse(config.spec)
         self._index: Any = None
         self._live = np.empty(0, np.int64)  # sorted ids present (not deleted)
+        self._deleted = np.empty(0, np.int64)  # sorted labels marked deleted (tombstones)
         self._ef = self.spec.ef  # query default; set_default_params changes it without a rebuild
         self._cur_ef = self._ef  # what the hnswlib object is set to now (set_ef only when it differs)
 
@@ -112,32 +117,37 @@ class HnswIndex:
             index.add_items(vecs, ids)
         self._index = index
         self._live = np.sort(ids)
+        self._deleted = np.empty(0, np.int64)
         log.info("built hnswlib %r over %d vectors (dim %d)", self.config.spec, ids.size, self.config.dim)
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        """Add vectors; an id already present (or removed earlier) gets its vector replaced."""
+        """Add vectors; an id already present (or removed earlier) gets its vector replaced.
+
+        New ids become new elements (a fresh insert costs a quarter of hnswlib's in-place `updatePoint`,
+        which reusing a deleted slot runs); removed elements stay in the graph as tombstones, routing
+        searches but never returned, until a rebuild (see `tombstone_fraction_after`).
+        """
         self._require_built()
         ids, vecs = check_ids_vecs(ids, vecs, self.config.dim)
         if ids.size == 0:
             return
-        known = np.asarray(self._index.get_ids_list(), dtype=np.int64)
-        deleted = np.setdiff1d(known, self._live, assume_unique=True)
-        revive = np.isin(ids, deleted, assume_unique=True)
+        live = _in_sorted(self._live, ids)
+        revive = _in_sorted(self._deleted, ids)
         for label in ids[revive]:  # only ids removed earlier and added back
             self._index.unmark_deleted(int(label))
-        live = np.isin(ids, self._live, assume_unique=True)
         update = revive | live
         if update.any():
-            self._index.add_items(vecs[update], ids[update], replace_deleted=False)
+            self._index.add_items(vecs[update], ids[update], num_threads=1, replace_deleted=False)
         new = ~update
         n_new = int(new.sum())
         if n_new:
-            vacant = deleted.size - int(revive.sum())
-            need = self._index.element_count + max(0, n_new - vacant)
+            need = self._index.element_count + n_new
             if need > self._index.get_max_elements():
                 self._index.resize_index(max(need, int(self._index.get_max_elements() * 1.25)))
-            self._index.add_items(vecs[new], ids[new], replace_deleted=True)
+            self._index.add_items(vecs[new], ids[new], num_threads=1, replace_deleted=False)
         self._live = np.sort(np.concatenate([self._live, ids[~live]]))  # ids are unique (checked)
+        if revive.any():
+            self._deleted = np.setdiff1d(self._deleted, ids[revive], assume_unique=True)
 
     def remove(self, ids: np.ndarray) -> int:
         """Mark the given ids deleted; returns how many were present (absent ids are ignored)."""
@@ -146,6 +156,7 @@ class HnswIndex:
         for label in present:
             self._index.mark_deleted(int(label))
         self._live = np.setdiff1d(self._live, present, assume_unique=True)
+        self._deleted = np.union1d(self._deleted, present)
         return int(present.size)
 
     # --- queries -----------------------------------------------------------------------------------------
@@ -213,14 +224,15 @@ class HnswIndex:
             allowed_ids is not None
             or excluded_ids is not None
             or type(queries) is not np.ndarray
-            or queries.dtype != np.float32
+            or queries.dtype is not _F32
             or queries.ndim != 2
             or queries.shape[1] != self.config.dim
             or not queries.flags.c_contiguous
             or type(k) is not int
             or not 0 < k <= self._live.size
             or (params is not None and params.nprobe is not None)
-            or not np.isfinite(queries).all()
+            # one BLAS dot instead of an isfinite pass: NaN/inf anywhere (or overflow) makes it non-finite
+            or not math.isfinite(np.vdot(queries, queries))
         ):
             return None
         ef = max((params.ef if params is not None else None) or self._ef, k)
@@ -285,6 +297,31 @@ class HnswIndex:
             ) from None
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64[n], vecs float32[n, dim]) of every live entry, in storage order, read in bulk.
+
+        hnswlib's pickling state (`__getstate__`) hands back its level-0 block, which holds each element's
+        label and vector at fixed offsets: one copy instead of `n` locked label lookups in `get_items`.
+        """
+        self._require_built()
+        try:
+            st = self._index.__getstate__()[0]
+            n, size = int(st["cur_element_count"]), int(st["size_data_per_element"])
+            lab, dat = int(st["label_offset"]), int(st["offset_data"])
+            block = st["data_level0"].view(np.uint8)[: n * size].reshape(n, size)
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
+            log.debug("hnswlib state not readable (%s): per-label reads", e)
+            return self._live.copy(), self.get_vectors(self._live)
+        labels = np.ascontiguousarray(block[:, lab : lab + 8]).view(np.uint64).ravel().view(np.int64)
+        pos = np.minimum(np.searchsorted(self._live, labels), max(self._live.size - 1, 0))
+        keep = self._live[pos] == labels if self._live.size else np.zeros(n, dtype=bool)
+        rows = block[keep, dat : dat + 4 * self.config.dim]
+        vecs = np.ascontiguousarray(rows).view(np.float32).reshape(-1, self.config.dim)
+        ids = labels[keep]
+        if ids.size != self._live.size:
+            raise DermError(f"hnswlib holds {ids.size} live labels, expected {self._live.size}")
+        return ids, vecs
+
     def default_params(self) -> SearchParams:
         return SearchParams(ef=self._ef)
 
@@ -301,10 +338,13 @@ class HnswIndex:
 
     @property
     def tombstones(self) -> int:
-        return 0  # deleted slots are reused by the next additions (replace_deleted)
+        """Deleted elements still in the graph (they route searches, are never returned)."""
+        return int(self._deleted.size)
 
-    def tombstone_fraction_after(self, n_removed: int, n_added: int) -> float:
-        return 0.0
+    def tombstone_fraction_after(self, n_removed: int, n_replaced: int, n_new: int) -> float:
+        """Share of graph elements that would be tombstones after such an update (replacements update in place)."""
+        self._require_built()
+        return (self._deleted.size + n_removed) / max(int(self._index.element_count) + n_new, 1)
 
     def _require_built(self) -> None:
         if self._index is None:
@@ -339,10 +379,22 @@ class HnswIndex:
             index.load_index(str(directory / INDEX_FILE), max_elements=0, allow_replace_deleted=True)
         except RuntimeError as e:
             raise DataError(directory / INDEX_FILE, f"cannot read hnswlib index ({e})") from None
-        missing = np.setdiff1d(live, np.asarray(index.get_ids_list(), dtype=np.int64))
-        if missing.size:
-            raise DataError(directory / INDEX_FILE, f"{missing.size} live id(s) missing from the graph")
+        labels = np.sort(np.asarray(index.get_ids_list(), dtype=np.int64))
+        present = _in_sorted(labels, live)
+        if not present.all():
+            raise DataError(
+                directory / INDEX_FILE, f"{int((~present).sum())} live id(s) missing from the graph"
+            )
         index.set_ef(out._ef)
         out._index = index
         out._live = live
+        out._deleted = labels[~_in_sorted(live, labels)]
         return out
+
+
+def _in_sorted(sorted_keys: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """bool[len(x)]: x[i] in `sorted_keys` (a binary search per element: no sort of the large side)."""
+    if sorted_keys.size == 0:
+        return np.zeros(x.shape[0], dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, x), sorted_keys.size - 1)
+    return np.asarray(sorted_keys[pos] == x)

@@ -349,7 +349,8 @@ def test_artifact_round_trip(data, tmp_path, name):
     assert on_disk == json.loads(json.dumps(manifest))
     for key in ("backend", "spec", "dim", "metric", "n_vectors", "build_seconds", "search_params", "config"):
         assert key in manifest
-    assert manifest["kind"] == "ann_index" and manifest["schema_version"] == 1
+    assert manifest["kind"] == "ann_index" and manifest["schema_version"] == 2
+    assert manifest["storage"] == {"kind": "full"}
     assert manifest["normalised"] is True and manifest["n_vectors"] == N and manifest["dim"] == DIM
     assert manifest["backend"] == config.backend.value and manifest["spec"] == config.spec
     assert manifest["upstream"] == UPSTREAM

@@ -315,3 +315,26 @@ def test_artifact_without_search_params_loads(data, tmp_path: Path):
     path.write_text(json.dumps(m))
     index, _ = load_index_artifact(tmp_path / "v0")
     assert index.default_params().nprobe == 1  # faiss's own default
+
+
+def test_fast_path_passes_params_only_when_they_differ(data):
+    """Params equal to the index's own efSearch / nprobe are not passed to faiss; other values still apply."""
+    q = data.queries(30)
+    for config, knob, default, other in (
+        (IndexConfig(Backend.FAISS, "HNSW16,Flat", DIM), "ef", 16, 64),
+        (IndexConfig(Backend.FAISS, "IVF32,Flat", DIM), "nprobe", 2, 32),
+    ):
+        index = make_index(config)
+        index.build(data.ids, data.vecs)
+        index.set_default_params(SearchParams(**{knob: default}))
+        for params, k in (({knob: default}, K), ({knob: default}, 4 * K), ({knob: other}, K), (None, 4 * K)):
+            sp = None if params is None else SearchParams(**params)
+            fast = index.search(q, k, sp)
+            general = index.search(q.astype(np.float64), k, sp)  # float64 skips the fast path
+            np.testing.assert_array_equal(fast[0], general[0])
+        low, high = index.search(q, K)[0], index.search(q, K, SearchParams(**{knob: other}))[0]
+        assert not np.array_equal(low, high)  # the other value really changed the search
+        bad = q.copy()
+        bad[1, 0] = np.inf
+        with pytest.raises(DermError, match="NaN or inf"):
+            index.search(bad, K)
