@@ -22,8 +22,8 @@ from adslog.workspace import Workspace
 from eval.upstream import upstream_heads
 from workflow.demo import DemoConfig, run_demo
 
-SYNTH = SynthConfig(n_users=20_000, n_ads=8_000, n_days=21, impressions_per_day=200_000, seed=0)
-TRAIN_DAYS = 14
+SYNTH = SynthConfig(n_users=12_000, n_ads=7_000, n_days=12, impressions_per_day=150_000, seed=0)
+TRAIN_DAYS = 8
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ Differences to `full` carry paired-bootstrap 95 % intervals per seed (users for 
 user for ROC-AUC). Popularity (clicks in the 7 days before) and, on synthetic data, the oracle (true p_click) are
 reported beside.
 
-Data: synthetic (8 days: 7 to train, the 8th to test) and MovieLens-100K in weekly buckets (`adslog.rebucket`;
+Data: synthetic (6 days x 60k impressions: 5 to train, the 6th to test; sized for the 45-minute budget) and MovieLens-100K in weekly buckets (`adslog.rebucket`;
 the last 4 weeks pooled as test, the model trained on the weeks before).
 Usage: python benchmarks/towers_ablation.py   (writes benchmarks/results/towers_ablation.json)
 """
@@ -62,7 +62,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "mlp_backbone": {"backbone": "mlp"},
     "single_task": {"weight_cvr": 0.0},
 }
-SYNTH = SynthConfig(n_users=10_000, n_ads=6_000, n_days=8, impressions_per_day=100_000, seed=0)
+SYNTH = SynthConfig(
+    n_users=6_000, n_ads=3_500, n_advertisers=250, n_days=6, impressions_per_day=60_000, seed=0
+)
 
 
 def arm_config(base: TowerConfig, arm: str, seed: int) -> TowerConfig:
@@ -249,7 +251,7 @@ def main() -> None:
     ds = Dataset.open(data)
     days = ds.days()
     base = TowerConfig()
-    result["synthetic"] = ablate("synthetic", ds, days[:7], days[7:8], base, mask_seen=False)
+    result["synthetic"] = ablate("synthetic", ds, days[:5], days[5:6], base, mask_seen=False)
     if (ML_SRC / "ml-100k.inter").exists():
         daily = WORK / "movielens_daily"
         if not (daily / "manifest.json").exists():
@@ -259,7 +261,7 @@ def main() -> None:
             rebucket(daily, weekly, 7, overwrite=True)
         ml = Dataset.open(weekly)
         weeks = ml.days()
-        ml_cfg = replace(base, batch_size=1024, epochs_initial=5)
+        ml_cfg = replace(base, batch_size=1024, epochs_initial=3)
         result["movielens_100k"] = ablate(
             "movielens_100k", ml, weeks[:-4], weeks[-4:], ml_cfg, mask_seen=True
         )
