@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from _render_models import SECTIONS as MODEL_SECTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "docs" / "RESULTS.md"
@@ -280,6 +282,7 @@ SECTIONS = {
     "index_scale": index_scale_section,
     "store_speed": store_speed_section,
     "synth_speed": synth_section,
+    **MODEL_SECTIONS,
 }
 
 

@@ -27,16 +27,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_faiss_thread():
-    import faiss
-
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data() -> ClusteredData:
     return ClusteredData(ClusteredConfig(n=N, dim=DIM, n_clusters=200, ad_noise=1.0, query_noise=1.0, seed=3))
