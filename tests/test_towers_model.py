@@ -126,6 +126,7 @@ def test_config_json_round_trip_and_old_manifests() -> None:
         ({"dhen_heads": 3}, "must divide token_dim"),
         ({"dhen_modules": ("masknet", "dcn")}, "dcn"),
         ({"backbone": "resnet"}, "resnet"),
+        ({"embedding_init_std": 0.0}, "embedding_init_std"),
     ],
 )
 def test_config_validation(kw: dict, message: str) -> None:
@@ -208,6 +209,20 @@ def test_embeddings_are_unit_norm(backbone: Backbone) -> None:
         names = {k for k in model.state_dict() if k.startswith("user_tower.backbone.")}
         assert names == {f"user_tower.backbone.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")}
         assert model.state_dict()["user_tower.backbone.0.weight"].shape == (32, 5 * 8)
+
+
+def test_embedding_init_std_sets_the_id_tables_and_keeps_padding_zero() -> None:
+    torch.manual_seed(0)
+    default = DermModel(SPEC, SMALL)
+    small = DermModel(SPEC, replace(SMALL, embedding_init_std=0.05))
+    tables = [(n, m) for n, m in small.named_modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+    assert tables  # the hashed id tables (fields and sequence) are the sparse ones
+    for name, t in tables:
+        w = t.weight.detach()
+        assert torch.all(w[0] == 0), name  # padding row
+        assert 0.03 < float(w[1:].std()) < 0.07, name
+        ref = dict(default.named_modules())[name].weight.detach()
+        assert 0.8 < float(ref[1:].std()) < 1.2, name  # torch's N(0, 1) without the option
 
 
 def test_pin_tower_ignores_engagement_inputs() -> None:

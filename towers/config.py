@@ -45,6 +45,11 @@ class TowerConfig:
     dhen_hidden: int = 64
     dhen_heads: int = 2
     id_buckets: int = 1 << 17
+    # std of the normal init of the id / categorical embedding tables; None keeps torch's N(0, 1). SparseAdam
+    # moves a row by about lr per appearance, so with N(0, 1) rarely seen ids stay near their random start for
+    # many epochs (Gowalla, ids only: validation recall@20 after one epoch 0.0258 with N(0, 1) vs 0.0670 with
+    # std 0.05 at lr 0.01)
+    embedding_init_std: float | None = None
     seq_len: int = 20
     batch_size: int = 2048
     lr: float = 2e-3
@@ -68,6 +73,8 @@ class TowerConfig:
         object.__setattr__(self, "dhen_modules", tuple(DhenModule(m) for m in self.dhen_modules))
         if self.dim < 2 or self.token_dim < 1:
             raise ValueError("dim and token_dim must be positive")
+        if self.embedding_init_std is not None and not self.embedding_init_std > 0:
+            raise ValueError("embedding_init_std must be > 0 (or None for torch's default N(0, 1))")
         if self.id_buckets < 2:
             raise ValueError("id_buckets must be >= 2")
         if self.batch_size < 2:
