@@ -415,3 +415,14 @@ def test_no_oracle_column_reaches_a_model(tiny_ds: Path, tmp_path: Path) -> None
     # the feature loader itself refuses oracle columns
     with pytest.raises(Exception, match="oracle"):
         ds.feature_columns("impressions", [ColumnKind.ORACLE])
+
+
+def test_id_bucket_factor_sizes_the_id_tables() -> None:
+    from towers.features import id_bucket_count
+
+    assert id_bucket_count(29_858, 1 << 17) == 65_536  # 2x, next power of two
+    assert id_bucket_count(29_858, 1 << 20, factor=8) == 262_144
+    assert id_bucket_count(29_858, 1 << 17, factor=8) == 1 << 17  # the cap still holds
+    assert id_bucket_count(10, 1 << 17) == 1024  # the floor
+    with pytest.raises(ValueError, match="id_bucket_factor"):
+        TowerConfig(id_bucket_factor=0)

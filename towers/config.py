@@ -44,7 +44,8 @@ class TowerConfig:
     dhen_modules: tuple[DhenModule, ...] = (DhenModule.MASKNET, DhenModule.TRANSFORMER)
     dhen_hidden: int = 64
     dhen_heads: int = 2
-    id_buckets: int = 1 << 17
+    id_buckets: int = 1 << 17  # cap on any id table's buckets
+    id_bucket_factor: int = 2  # buckets per known id (next power of two), see towers.features.id_bucket_count
     # std of the normal init of the id / categorical embedding tables; None keeps torch's N(0, 1). SparseAdam
     # moves a row by about lr per appearance, so with N(0, 1) rarely seen ids stay near their random start for
     # many epochs (Gowalla, ids only: validation recall@20 after one epoch 0.0258 with N(0, 1) vs 0.0670 with
@@ -75,6 +76,8 @@ class TowerConfig:
             raise ValueError("dim and token_dim must be positive")
         if self.embedding_init_std is not None and not self.embedding_init_std > 0:
             raise ValueError("embedding_init_std must be > 0 (or None for torch's default N(0, 1))")
+        if self.id_bucket_factor < 1:
+            raise ValueError("id_bucket_factor must be >= 1")
         if self.id_buckets < 2:
             raise ValueError("id_buckets must be >= 2")
         if self.batch_size < 2:

@@ -261,7 +261,7 @@ def train_towers(
     dev = resolve_device(device)
     last = max(days)
     if parent is None:
-        spec = build_feature_spec(ds, days, cfg.id_buckets)
+        spec = build_feature_spec(ds, days, cfg.id_buckets, cfg.id_bucket_factor)
         snap = new_snapshot(spec, cfg, dev)
         epochs = cfg.epochs_initial
     else:
