@@ -14,12 +14,12 @@ def _f(x: Any, nd: int = 4) -> str:
     return str(x)
 
 
-def _head(title: str, r: dict[str, Any]) -> list[str]:
+def _head(title: str, r: dict[str, Any], name: str = "") -> list[str]:
     m = r.get("machine", {})
     return [
         f"## {title}",
         "",
-        f"Command: `{r.get('command', '-')}`. Machine: {m.get('cpu_count')} CPUs, torch {m.get('torch', '-')}, "
+        f"Command: `{r.get('command') or f'python benchmarks/{name}.py'}`. Machine: {m.get('cpu_count')} CPUs, torch {m.get('torch', '-')}, "
         f"{m.get('torch_threads')} torch threads; git {str(r.get('git_sha') or '-')[:10]}.",
         "",
     ]
@@ -116,7 +116,7 @@ def synthetic_quality_section(r: dict[str, Any]) -> list[str]:
 
 
 def gowalla_section(r: dict[str, Any]) -> list[str]:
-    lines = _head("Gowalla (LightGCN split) against the published table", r)
+    lines = _head("Gowalla (LightGCN split) against the published table", r, "gowalla")
     lines += [
         f"Model: {r.get('model', '-')}. Wall time {_f(r.get('wall_seconds'), 0)} s.",
         "",
@@ -124,18 +124,16 @@ def gowalla_section(r: dict[str, Any]) -> list[str]:
         "|---|---|---|",
         f"| **derm (ours)** | **{_f(r.get('recall_at_20'))}** | **{_f(r.get('ndcg_at_20'))}** |",
     ]
-    pub = r.get("published") or r.get("bars_rows") or r.get("published_rows") or []
-    if isinstance(pub, dict):
-        pub = [
-            {"model": k, **v} if isinstance(v, dict) else {"model": k, "recall_at_20": v}
-            for k, v in pub.items()
-        ]
+    bars = r.get("bars")
+    pub = bars.get("rows", []) if isinstance(bars, dict) else []
     for row in pub:
-        name = row.get("model") or row.get("name")
-        lines.append(
-            f"| {name} | {_f(row.get('recall_at_20', row.get('recall@20')))} | "
-            f"{_f(row.get('ndcg_at_20', row.get('ndcg@20')))} |"
-        )
+        lines.append(f"| {row.get('model')} | {_f(row.get('recall_at_20'))} | {_f(row.get('ndcg_at_20'))} |")
+    chosen = r.get("chosen", {})
+    lines += [
+        "",
+        f"Chosen on the validation split: {chosen.get('params')}, {chosen.get('epochs')} epochs (validation "
+        f"recall@20 {_f(chosen.get('val_recall_at_20'))}); bar 0.1754 (YoutubeDNN) met: {r.get('bar_met')}.",
+    ]
     return [*lines, ""]
 
 
@@ -185,7 +183,7 @@ def projection_section(r: dict[str, Any]) -> list[str]:
 
 
 def two_stage_section(r: dict[str, Any]) -> list[str]:
-    lines = _head("Two-stage retrieval then ranking vs one stage", r)
+    lines = _head("Two-stage retrieval then ranking vs one stage", r, "two_stage")
     rec = r.get("recall_at_50") or {k: v for k, v in r.items() if isinstance(v, float) and "recall" in k}
     lines += ["| system | recall@50 |", "|---|---|"]
     for k, v in rec.items():
