@@ -16,7 +16,9 @@ from adslog.synth import SynthConfig, generate
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rb") / "data"
-    generate(SynthConfig(n_users=300, n_ads=200, n_advertisers=40, n_days=9, impressions_per_day=2000, seed=3), out)
+    generate(
+        SynthConfig(n_users=300, n_ads=200, n_advertisers=40, n_days=9, impressions_per_day=2000, seed=3), out
+    )
     return out
 
 
