@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
@@ -39,6 +38,7 @@ from embstore.store import StoreVersion, open_version
 from ranking.model import Ranker, RankerConfig
 from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.features import FeatureSpec, build_feature_spec
+from towers.losses import multitask_bce
 from towers.optim import TowerOptimizer
 from towers.train import resolve_device
 
@@ -51,13 +51,7 @@ RANKER_SCHEMA_VERSION = 2
 
 def losses(logits: torch.Tensor, click: torch.Tensor, conversion: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(total, ctr BCE over all rows, cvr BCE over clicked rows): logits (B, 2), labels float32 (B,)."""
-    l_ctr = F.binary_cross_entropy_with_logits(logits[:, 0], click)
-    clicked = click > 0
-    l_cvr = (
-        F.binary_cross_entropy_with_logits(logits[clicked, 1], conversion[clicked])
-        if clicked.any()
-        else logits.sum() * 0.0
-    )
+    l_ctr, l_cvr = multitask_bce(logits, click, conversion)
     return l_ctr + l_cvr, l_ctr, l_cvr
 
 

@@ -71,3 +71,18 @@ def sampled_softmax_loss(
     own[torch.arange(len(pos_index)), pos_index] = True
     logits = logits.masked_fill(same_ad & ~own, float("-inf"))
     return F.cross_entropy(logits, pos_index)
+
+
+def multitask_bce(
+    logits: torch.Tensor, click: torch.Tensor, conversion: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CTR BCE over all rows, CVR BCE over clicked rows: post-click conversion) for logits (B, 2) = (ctr, cvr)
+    and float32 labels (B,). A batch without clicks gives a CVR loss of 0 that keeps the graph."""
+    l_ctr = F.binary_cross_entropy_with_logits(logits[:, 0], click)
+    clicked = click > 0
+    l_cvr = (
+        F.binary_cross_entropy_with_logits(logits[clicked, 1], conversion[clicked])
+        if clicked.any()
+        else logits.sum() * 0.0
+    )
+    return l_ctr, l_cvr

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
@@ -31,7 +30,7 @@ from adslog.workspace import version_name
 from towers.batches import Inputs, to_device
 from towers.config import Task, TowerConfig
 from towers.features import FeatureSpec, build_feature_spec
-from towers.losses import CandidateFrequency, sampled_softmax_loss
+from towers.losses import CandidateFrequency, multitask_bce, sampled_softmax_loss
 from towers.model import DermModel
 from towers.optim import TowerOptimizer
 
@@ -69,13 +68,7 @@ class TrainTask(nn.Module):
         cfg = self.cfg
         u, a, logits = self.model(batch)
         click, conv = batch["click"], batch["conversion"]
-        l_ctr = F.binary_cross_entropy_with_logits(logits[:, 0], click)
-        clicked = click > 0
-        l_cvr = (
-            F.binary_cross_entropy_with_logits(logits[clicked, 1], conv[clicked])
-            if clicked.any()
-            else logits.sum() * 0.0
-        )
+        l_ctr, l_cvr = multitask_bce(logits, click, conv)
         positive = (click if cfg.task is Task.CTR else conv) > 0
         if self.training:
             self.freq.update(batch["ad_bucket"])
