@@ -7,18 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from _render_models import SECTIONS as MODEL_SECTIONS
+from _render_models import _f
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "docs" / "RESULTS.md"
-
-
-def _f(x: Any, nd: int = 4) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
 
 
 def _machine(r: dict[str, Any]) -> str:

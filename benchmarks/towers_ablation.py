@@ -97,16 +97,23 @@ def test_sets(ds: Dataset, test_days: list[int], mask_seen: bool) -> dict[str, A
     return {"rows": rows, "seen": seen}
 
 
+def drop_seen(ranked: np.ndarray, seen: list[np.ndarray]) -> np.ndarray:
+    """int64[n, K]: row i of `ranked` (int64[n, m] or one shared list [m]) without the ids in seen[i], cut to K,
+    -1 padded."""
+    out = np.full((len(seen), K), -1, np.int64)
+    for i, s in enumerate(seen):
+        row = ranked[i] if ranked.ndim == 2 else ranked
+        row = row[~np.isin(row, s)] if len(s) else row
+        out[i, : min(K, len(row))] = row[:K]
+    return out
+
+
 def retrieve(
     emb_users: np.ndarray, live: np.ndarray, ad_vecs: np.ndarray, seen: list[np.ndarray]
 ) -> np.ndarray:
     extra = max((len(s) for s in seen), default=0)
     ids, _ = exact_search(live, ad_vecs, emb_users, min(K + extra, len(live)))
-    out = np.full((len(emb_users), K), -1, np.int64)
-    for i, s in enumerate(seen):
-        row = ids[i][~np.isin(ids[i], s)] if len(s) else ids[i]
-        out[i, : min(K, len(row))] = row[:K]
-    return out
+    return drop_seen(ids, seen)
 
 
 def run_one(
@@ -152,11 +159,7 @@ def baselines(ds: Dataset, test_days: list[int], sets: dict) -> dict[str, Any]:
         live = ds.live_ads(d)
         pop, _ = popularity(ds, d, live)
         seen = [sets["seen"].get((u, d), np.zeros(0, np.int64)) for u in users]
-        ptop = np.full((len(users), K), -1, np.int64)
-        for i, s in enumerate(seen):
-            row = pop[~np.isin(pop, s)] if len(s) else pop
-            ptop[i, : min(K, len(row))] = row[:K]
-        out["popularity"].append(recall_per_user(ptop, rel, K))
+        out["popularity"].append(recall_per_user(drop_seen(pop, seen), rel, K))
         if ds.has_oracle:
             otop = oracle_topk(ds.root, users, live, d, K)
             if otop is not None:
