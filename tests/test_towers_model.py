@@ -225,6 +225,22 @@ def test_embedding_init_std_sets_the_id_tables_and_keeps_padding_zero() -> None:
         assert 0.8 < float(ref[1:].std()) < 1.2, name  # torch's N(0, 1) without the option
 
 
+@pytest.mark.parametrize("learn", [True, False])
+def test_temperature_is_trained_unless_fixed(learn: bool) -> None:
+    torch.manual_seed(0)
+    cfg = replace(SMALL, learn_temperature=learn, temperature_init=0.2)
+    task = TrainTask(DermModel(SPEC, cfg), cfg)
+    opt = TowerOptimizer(task.model, lr=0.05)
+    for seed in range(3):
+        _step(task, opt, hand_batch(16, seed=seed))
+    tau = float(task.model.temperature())
+    if learn:
+        assert tau != pytest.approx(0.2, abs=1e-4)
+    else:
+        assert tau == pytest.approx(0.2, abs=1e-7)
+        assert TowerConfig.from_json(cfg.to_json()).learn_temperature is False
+
+
 def test_pin_tower_ignores_engagement_inputs() -> None:
     torch.manual_seed(0)
     model = DermModel(SPEC, SMALL).eval()

@@ -154,7 +154,10 @@ class DermModel(nn.Module):
         self.pin_tower = EntityTower(spec, "ad", cfg)
         self.interaction = InteractionTower(spec, cfg)
         # tau = exp(log_tau), clamped to [0.01, 1] where used
-        self.log_tau = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(cfg.temperature_init)))))
+        self.log_tau = nn.Parameter(
+            torch.tensor(float(torch.log(torch.tensor(cfg.temperature_init)))),
+            requires_grad=cfg.learn_temperature,
+        )
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         u = self.user_tower(batch, "user")
