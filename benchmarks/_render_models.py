@@ -157,7 +157,13 @@ def ranker_ablation_section(r: dict[str, Any]) -> list[str]:
             )
         bar = d.get("bar_all_beats_none_ctr_roc_auc")
         if bar is not None:
-            lines += ["", f"Bar (`all` beats `none` by more than the seed spread, in every seed): {bar}"]
+            paired = ", ".join(_f(x) for x in bar.get("paired_lifts", []))
+            lines += [
+                "",
+                "Bar (`all` beats `none` in CTR ROC-AUC by more than the seed spread, in every seed): "
+                f"**{'met' if bar.get('met') else 'not met'}**; lift {_f(bar.get('lift'))} vs largest seed sd "
+                f"{_f(bar.get('spread_max_std'))}; paired lifts per seed {paired}.",
+            ]
         lines.append("")
     return lines
 
@@ -188,6 +194,17 @@ def two_stage_section(r: dict[str, Any]) -> list[str]:
     lines += ["| system | recall@50 |", "|---|---|"]
     for k, v in rec.items():
         lines.append(f"| {k} | {_f(v if not isinstance(v, dict) else v.get('recall'))} |")
+    lines += [
+        "",
+        f"Test day {r.get('test_day')}: {r.get('n_users')} users who clicked, {r.get('n_live_ads')} live ads; "
+        f"recall@{r.get('candidates')} of the first stage's candidates {_f(r.get('candidates_recall_at_500'))}.",
+    ]
+    for key in ("two_stage_minus_retrieval", "ranker_all_live_minus_two_stage"):
+        d = r.get(key)
+        if d:
+            lines.append(
+                f"- {key}: {_f(d.get('diff'))} (paired bootstrap 95 % CI {_f(d.get('lo'))} to {_f(d.get('hi'))})"
+            )
     return [*lines, ""]
 
 

@@ -47,7 +47,7 @@ from towers.features import build_feature_spec
 from towers.train import train_towers
 from workflow.cycle import CycleConfig, publish_embeddings
 
-WORK = ROOT / "benchmarks" / "work" / "ranker_ablation_v2"
+WORK = ROOT / "benchmarks" / "work" / "ranker_ablation_v3"
 RESULTS_PATH = RESULTS / "ranker_ablation.json"
 SEEDS = (0, 1, 2)
 BOOT = 100
@@ -72,6 +72,12 @@ PAPER_CTR = {
 }
 PAPER_CVR = {"cvr-user+ad": (0.15, 1.1), "ctr-user+ad+cvr-user": (0.17, 1.79), "all": (0.22, 1.92)}
 METRICS = {"roc_auc": roc_auc, "pr_auc": pr_auc}
+#: The synthetic log and the upstream window (days ending at the validation day). The upstream models see a
+#: window five times the ranker's two training days: the information the ranker's own id embeddings cannot get
+#: from its rows, which is what the DERM embeddings bring it (the paper's upstream models train on far more
+#: data than any one downstream model).
+SYNTH = SynthConfig(n_users=4000, n_ads=2000, n_advertisers=160, n_days=18, impressions_per_day=50_000)
+SYNTH_WINDOW = 10
 
 
 def weekly_buckets(src: Path, out: Path) -> Path:
@@ -256,9 +262,7 @@ def main(quick: bool = False) -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     WORK.mkdir(parents=True, exist_ok=True)
-    synth_cfg = SynthConfig(
-        n_users=3000, n_ads=1500, n_advertisers=120, n_days=13, impressions_per_day=25_000
-    )
+    synth_cfg = SYNTH
     if quick:
         synth_cfg = replace(synth_cfg, n_days=9, impressions_per_day=6000)
     synth = WORK / ("synthetic_quick" if quick else "synthetic_data")
@@ -297,7 +301,7 @@ def main(quick: bool = False) -> None:
     runs: dict[str, tuple[Path, dict[str, list[int]], TowerConfig, RankerConfig, dict[str, Any]]] = {
         "synthetic": (
             synth,
-            split(Dataset.open(synth).days(), 5 if not quick else 4, 2, 2),
+            split(Dataset.open(synth).days(), SYNTH_WINDOW if not quick else 4, 2, 2),
             towers,
             ranker,
             {"synth_config": dict(synth_cfg.__dict__)},
