@@ -74,6 +74,10 @@ def main() -> None:
             "oracle_recall_at_100_over_popularity": oracle / pop if oracle and pop else None,
             "note": "ranking live ads by the true p_click reaches this multiple of popularity's recall@100 on "
             "this log; a recall bar above it cannot be met by any model on this log",
+            "nonpersonal_oracle_roc_auc": doc["ranking"].get("nonpersonal_oracle_roc_auc"),
+            "nonpersonal_note": "ROC-AUC of the true p_click with the users' latent interests replaced by the "
+            "day's mean: the part of the oracle's ranking a model can reach without learning each user's taste "
+            "(from the few clicks per user this log has)",
         },
         "dataset_stats": s["dataset_stats"],
         "stage_seconds": s["stage_seconds"],

@@ -19,7 +19,9 @@ Added in schema 1 without changing any earlier key (all K-keyed maps use the `--
 - ranking: `log_loss`, `gauc` (impression-weighted mean of per-user ROC-AUC over users with both classes;
   `gauc_detail` holds the weighting, the unweighted mean and the counts), `calibration` (predicted vs observed
   CTR by prediction decile, with ECE), `constant_log_loss` (log loss of always predicting the day's observed
-  CTR), `oracle_log_loss`, `oracle_gauc`, and `by_surface` {surface: the same metrics on its impressions}.
+  CTR), `oracle_log_loss`, `oracle_gauc`, and `by_surface` {surface: the same metrics on its impressions};
+  `nonpersonal_oracle_roc_auc`: ROC-AUC of the true P(click) with each user's latent interests replaced by the
+  day's mean (what a model that learns no per-user taste can reach; synthetic data only).
 """
 
 from __future__ import annotations
@@ -122,6 +124,20 @@ def oracle_topk(
     return out
 
 
+def _nonpersonal_oracle(data_root: Path, imp: Any, day: int) -> np.ndarray | None:
+    """True P(click) of the logged impressions with each user's latent interests replaced by the day's mean
+    (biases, region / age x category, surface, position kept): what a model that learns no per-user taste can
+    reach. None without an oracle."""
+    from adslog.oracle import Oracle  # synthetic data only
+
+    try:
+        oracle = Oracle.load(data_root)
+    except DermError:
+        return None
+    u, a, s, p = (imp.column(c).to_numpy() for c in ("user_id", "ad_id", "surface", "position"))
+    return oracle.p_click_nonpersonal(u, a, day, s, p)
+
+
 def evaluate_day(
     ws: Workspace,
     day: int | None = None,
@@ -221,6 +237,12 @@ def evaluate_day(
         y = arrays.click
         oracle_p = imp.column("p_click").to_numpy() if "p_click" in imp.column_names else None
         ranking = _ranking_metrics(p_ctr, y, arrays.user_id, oracle_p)
+        has_context = {"surface", "position"} <= set(imp.column_names)
+        nonpersonal = (
+            _nonpersonal_oracle(ws.data_path(), imp, day) if oracle_p is not None and has_context else None
+        )
+        if nonpersonal is not None:
+            ranking["nonpersonal_oracle_roc_auc"] = roc_auc(nonpersonal, y)
         g = gauc(p_ctr, y, arrays.user_id)
         ranking["gauc_detail"] = {"weighting": "impressions", **{x: g[x] for x in g if x != "gauc"}}
         ranking["calibration"] = calibration(p_ctr, y)

@@ -189,6 +189,7 @@ def test_movielens_end_to_end(tmp_path: Path) -> None:
     doc = json.loads(out)
     assert doc["embedding_day"] == last and doc["retrieval"]["n_users"] > 0
     assert "oracle_recall_at_k" not in doc["retrieval"] and "oracle_roc_auc" not in doc["ranking"]
+    assert "nonpersonal_oracle_roc_auc" not in doc["ranking"]
     assert 0.0 <= doc["ranking"]["roc_auc"] <= 1.0
     code, out, _ = _run("query", "--work", str(w), "--user", "1", "--k", "5", "--json")
     assert code == 0 and len(json.loads(out)["results"]) == 5

@@ -54,6 +54,8 @@ def test_trained_models_beat_chance(demo_ws: tuple[Path, dict]) -> None:
         doc["ranking"]["oracle_roc_auc"] > doc["ranking"]["roc_auc"] - 0.02
         or doc["ranking"]["oracle_roc_auc"] > 0.7
     )
+    # the true P(click) without the users' latent interests ranks worse than the full oracle, better than chance
+    assert 0.5 < doc["ranking"]["nonpersonal_oracle_roc_auc"] < doc["ranking"]["oracle_roc_auc"]
     # random retrieval of 100 from the live ads would find ~100 / n_live of the clicked ads
     r = doc["retrieval"]
     assert r["recall_at_k"]["100"] > 3 * 100 / r["n_live_ads"]
