@@ -110,9 +110,52 @@ def synthetic_quality_section(r: dict[str, Any]) -> list[str]:
         "",
         f"The oracle's own recall@100 is {_f(reach.get('oracle_recall_at_100_over_popularity'), 2)}x popularity's "
         "on this log: no model can pass a higher multiple.",
-        "",
     ]
-    return lines
+    if reach.get("nonpersonal_oracle_roc_auc") is not None:
+        lines.append(
+            f"The true p_click without the users' latent interests reaches ROC-AUC "
+            f"{_f(reach['nonpersonal_oracle_roc_auc'])} on the same impressions."
+        )
+    others = r.get("other_worlds", {})
+    if others:
+        lines += [
+            "",
+            "The same path on the same-size log in other worlds (recall@100; ROC-AUC of the downstream ranker):",
+            "",
+            "| world | ours | popularity | oracle | ours / popularity | ours / oracle | ranker AUC | oracle AUC | "
+            "non-personal AUC |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, w in others.items():
+            ret_w, rank_w = w["eval"]["retrieval"], w["eval"]["ranking"]
+            b = w.get("bars", {})
+            lines.append(
+                f"| {name} | {_f(ret_w['recall_at_k']['100'])} | {_f(ret_w['popularity_recall_at_k']['100'])} | "
+                f"{_f(ret_w.get('oracle_recall_at_k', {}).get('100'))} | "
+                f"{_f(b.get('recall_at_100_vs_popularity', {}).get('ratio'), 2)} | "
+                f"{_f(b.get('recall_at_100_vs_oracle', {}).get('ratio'), 2)} | {_f(rank_w.get('roc_auc'))} | "
+                f"{_f(rank_w.get('oracle_roc_auc'))} | {_f(rank_w.get('nonpersonal_oracle_roc_auc'))} |"
+            )
+    return [*lines, ""]
+
+
+def synthetic_reachability_section(r: dict[str, Any]) -> list[str]:
+    lines = _head("Synthetic log: what any retrieval model can reach, by world", r)
+    lines += [
+        f"Base world {r.get('base')}; last day of each log, recall@{r.get('k')} of the ads clicked that day. "
+        "No model trained: ranking by the true p_click (oracle) bounds every model.",
+        "",
+        "| world | top 1 % ads' impression share | popularity | oracle | oracle / popularity | oracle ROC-AUC | "
+        "non-personal ROC-AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, w in r.get("worlds", {}).items():
+        lines.append(
+            f"| {name} | {_f(w.get('top1pct_ad_impression_share'), 3)} | {_f(w.get('popularity_recall_at_100'))} | "
+            f"{_f(w.get('oracle_recall_at_100'))} | {_f(w.get('oracle_over_popularity'), 2)} | "
+            f"{_f(w.get('oracle_roc_auc'))} | {_f(w.get('nonpersonal_oracle_roc_auc'))} |"
+        )
+    return [*lines, ""]
 
 
 def gowalla_section(r: dict[str, Any]) -> list[str]:
@@ -230,6 +273,7 @@ SECTIONS = {
     "query_latency": query_latency_section,
     "ranker_ablation": ranker_ablation_section,
     "synthetic_quality": synthetic_quality_section,
+    "synthetic_reachability": synthetic_reachability_section,
     "towers_ablation": towers_ablation_section,
     "towers_throughput": towers_throughput_section,
     "two_stage": two_stage_section,
