@@ -25,7 +25,7 @@ from common import ROOT, write_result
 
 from adslog.dataset import Dataset
 from adslog.synth import SynthConfig, generate
-from eval.evaluate import oracle_topk
+from eval.evaluate import group_by_user, oracle_topk
 from eval.metrics import recall_at_k
 from retrieval.retrieve import popularity
 
@@ -49,10 +49,7 @@ def measure(cfg: SynthConfig) -> dict[str, Any]:
     live = np.sort(ds.live_ads(day))
     imp = ds.impressions(day, ["user_id", "ad_id", "click"])
     clicked = imp.filter(pc.equal(imp.column("click"), 1))
-    u, a = clicked.column("user_id").to_numpy(), clicked.column("ad_id").to_numpy()
-    order = np.lexsort((a, u))
-    users, start = np.unique(u[order], return_index=True)
-    relevant = [np.unique(x) for x in np.split(a[order], start[1:])]
+    users, relevant = group_by_user(clicked.column("user_id").to_numpy(), clicked.column("ad_id").to_numpy())
     pop, _ = popularity(ds, day, live)
     top = oracle_topk(work, users, live, day, K)
     assert top is not None

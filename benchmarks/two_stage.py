@@ -37,7 +37,7 @@ from common import ROOT, write_result  # noqa: E402
 
 from adslog.workspace import Workspace  # noqa: E402
 from eval.bootstrap import paired_bootstrap  # noqa: E402
-from eval.evaluate import oracle_topk  # noqa: E402
+from eval.evaluate import group_by_user, oracle_topk  # noqa: E402
 from eval.metrics import recall_at_k, recall_per_user  # noqa: E402
 from ranking.serve import Order, ServeConfig, TwoStage  # noqa: E402
 from workflow.demo import DemoConfig, run_demo  # noqa: E402
@@ -50,10 +50,8 @@ SERVED = ServeConfig(k=K, candidates=CANDIDATES, order=Order.ECPM, max_per_adver
 def clicked_by_user(ws: Workspace, day: int) -> tuple[np.ndarray, list[np.ndarray]]:
     t = ws.dataset().impressions(day, ["user_id", "ad_id", "click"])
     t = t.filter(pc.equal(t.column("click"), 1))
-    u, a = t.column("user_id").to_numpy(), t.column("ad_id").to_numpy()
-    order = np.lexsort((a, u))
-    users, start = np.unique(u[order], return_index=True)
-    return users.astype(np.int64), [np.unique(x) for x in np.split(a[order], start[1:])]
+    users, relevant = group_by_user(t.column("user_id").to_numpy(), t.column("ad_id").to_numpy())
+    return users.astype(np.int64), relevant
 
 
 def top_by(key: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:

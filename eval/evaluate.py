@@ -96,7 +96,9 @@ def _ranking_metrics(
     return out
 
 
-def _group(users: np.ndarray, ads: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+def group_by_user(users: np.ndarray, ads: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(sorted distinct users, each one's sorted distinct ads) of parallel (user, ad) arrays, e.g. the clicks of
+    a day: the relevant sets of recall@K."""
     order = np.lexsort((ads, users))
     u, a = users[order], ads[order]
     uniq, start = np.unique(u, return_index=True)
@@ -162,7 +164,7 @@ def evaluate_day(
     ]
     imp = ds.impressions(day, imp_cols)
     clicked = imp.filter(pc.equal(imp.column("click"), 1))
-    users, relevant = _group(clicked.column("user_id").to_numpy(), clicked.column("ad_id").to_numpy())
+    users, relevant = group_by_user(clicked.column("user_id").to_numpy(), clicked.column("ad_id").to_numpy())
     cand = retriever.retrieve(users, kmax)
     n_cold = sum(p == "cold_start" for p in cand.path)
     pop = np.broadcast_to(retriever.popular[:kmax], (len(users), min(kmax, len(retriever.popular))))
@@ -213,7 +215,7 @@ def evaluate_day(
         surf = clicked.column("surface").to_numpy()
         for code in np.unique(surf):
             sel = surf == code
-            su, srel = _group(
+            su, srel = group_by_user(
                 clicked.column("user_id").to_numpy()[sel], clicked.column("ad_id").to_numpy()[sel]
             )
             rows = np.searchsorted(users, su)
