@@ -158,6 +158,53 @@ def synthetic_reachability_section(r: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _size(s: dict[str, Any]) -> str:
+    keys = ("n_users", "n_ads", "n_days", "impressions_per_day", "seed")
+    return ", ".join(f"{k} {s[k]}" for k in keys if k in s)
+
+
+def synthetic_ceiling_section(r: dict[str, Any]) -> list[str]:
+    lines = _head("Synthetic log: what a model could learn of each user (ceilings)", r)
+    lines += [
+        f"synthetic_quality's logs ({_size(r.get('synth', {}))}); the last day. Each row replaces the users' true interests in "
+        "the true click model by an estimate (everything else known exactly, which is generous to a model): "
+        "`prior` = the region's mean, `feedback` = the posterior mode from the user's own impressions and "
+        "clicks before the test day, `policy` / `policy+feedback` = the same with the logging policy's private "
+        "estimate of the user known. `models` = synthetic_quality.json's figures on the same log.",
+        "",
+    ]
+    for name, w in r.get("worlds", {}).items():
+        auc, rec, m = w.get("roc_auc", {}), w.get("recall_at_100", {}), w.get("models") or {}
+        b = w.get("bars", {})
+        lines += [
+            f"**{name}**: {w.get('history_users')} users with history, "
+            f"{_f(w.get('history_clicks_per_user'), 2)} clicks and {_f(w.get('history_impressions_per_user'), 1)} "
+            f"impressions per user before day {w.get('day')}. Ranking bar (oracle - 0.02) "
+            f"{_f(b.get('ranking_roc_auc_bar'))}, within the best ceiling: {b.get('ranking_bar_within_ceiling')}; "
+            f"recall bar (2x popularity) {_f(b.get('recall_bar'))}, within the best ceiling: "
+            f"{b.get('recall_bar_within_ceiling')}.",
+            "",
+            "| estimate of the user | ROC-AUC (test-day impressions) | recall@100 |",
+            "|---|---|---|",
+        ]
+        for k in (
+            "oracle",
+            "policy+feedback",
+            "policy",
+            "feedback",
+            "prior",
+            "nonpersonal_oracle",
+            "popularity",
+        ):
+            lines.append(f"| {k} | {_f(auc.get(k))} | {_f(rec.get(k))} |")
+        lines.append(
+            f"| models: ranker / upstream CTR head; retrieval | {_f(m.get('ranker_roc_auc'))} / "
+            f"{_f(m.get('upstream_ctr_roc_auc'))} | {_f(m.get('retrieval_recall_at_100'))} |"
+        )
+        lines.append("")
+    return lines
+
+
 def gowalla_section(r: dict[str, Any]) -> list[str]:
     lines = _head("Gowalla (LightGCN split) against the published table", r, "gowalla")
     lines += [
@@ -284,6 +331,7 @@ SECTIONS = {
     "projection": projection_section,
     "query_latency": query_latency_section,
     "ranker_ablation": ranker_ablation_section,
+    "synthetic_ceiling": synthetic_ceiling_section,
     "synthetic_quality": synthetic_quality_section,
     "synthetic_reachability": synthetic_reachability_section,
     "towers_ablation": towers_ablation_section,
