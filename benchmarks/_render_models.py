@@ -170,7 +170,10 @@ def synthetic_ceiling_section(r: dict[str, Any]) -> list[str]:
         "the true click model by an estimate (everything else known exactly, which is generous to a model): "
         "`prior` = the region's mean, `feedback` = the posterior mode from the user's own impressions and "
         "clicks before the test day, `policy` / `policy+feedback` = the same with the logging policy's private "
-        "estimate of the user known. `models` = synthetic_quality.json's figures on the same log.",
+        "estimate of the user known. Logistic regression: a learned reference that knows nothing of the world "
+        "(one-hot ad, user, advertiser, category, surface, position, region x category, age x category, surface "
+        "x category; L2 chosen on the last history day). `models` = synthetic_quality.json's figures on the same "
+        "log.",
         "",
     ]
     for name, w in r.get("worlds", {}).items():
@@ -197,12 +200,42 @@ def synthetic_ceiling_section(r: dict[str, Any]) -> list[str]:
             "popularity",
         ):
             lines.append(f"| {k} | {_f(auc.get(k))} | {_f(rec.get(k))} |")
+        lr = w.get("logistic_regression") or {}
+        lines.append(
+            f"| logistic regression (learned from the log: one-hot features, L2 {lr.get('l2', '-')}) | "
+            f"{_f(lr.get('roc_auc'))} | - |"
+        )
         lines.append(
             f"| models: ranker / upstream CTR head; retrieval | {_f(m.get('ranker_roc_auc'))} / "
             f"{_f(m.get('upstream_ctr_roc_auc'))} | {_f(m.get('retrieval_recall_at_100'))} |"
         )
         lines.append("")
     return lines
+
+
+def ranker_init_section(r: dict[str, Any]) -> list[str]:
+    lines = _head("Ranker: embedding start N(0, 1) vs N(0, 0.01)", r)
+    lines += [
+        f"synthetic_quality's log ({_size(r.get('synth', {}))}); CTR towers trained on days "
+        f"{(r.get('upstream_window') or ['-'])[0]}-{(r.get('upstream_window') or ['-'])[-1]}; test day "
+        f"{r.get('test_day')} ({r.get('n_test')} impressions); seeds {r.get('seeds')} (ranker init and row order). "
+        "`one_pass`: one epoch over the 11 days before the test day; `daily`: the daily cycle's schedule (2 epochs "
+        "on the first 8 days, then one epoch per later day).",
+        "",
+        "| regime | ROC-AUC N(0, 1) | ROC-AUC std 0.01 | difference (t 95 % over seeds) | seeds better | "
+        "log loss N(0, 1) | log loss std 0.01 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for g, e in r.get("regimes", {}).items():
+        a, b = e["arms"].get("normal_1", {}), e["arms"].get("std_0.01", {})
+        d = e.get("difference", {}).get("roc_auc", {})
+        ci = d.get("t_ci95_over_seeds") or [None, None]
+        lines.append(
+            f"| {g} | {_f(a.get('roc_auc_mean'))} | {_f(b.get('roc_auc_mean'))} | {_f(d.get('mean'))} "
+            f"[{_f(ci[0])}, {_f(ci[1])}] | {d.get('seeds_better')}/{len(r.get('seeds', []))} | "
+            f"{_f(a.get('log_loss_mean'), 5)} | {_f(b.get('log_loss_mean'), 5)} |"
+        )
+    return [*lines, ""]
 
 
 def gowalla_section(r: dict[str, Any]) -> list[str]:
@@ -331,6 +364,7 @@ SECTIONS = {
     "projection": projection_section,
     "query_latency": query_latency_section,
     "ranker_ablation": ranker_ablation_section,
+    "ranker_init": ranker_init_section,
     "synthetic_ceiling": synthetic_ceiling_section,
     "synthetic_quality": synthetic_quality_section,
     "synthetic_reachability": synthetic_reachability_section,

@@ -19,7 +19,11 @@ synthetic_quality's models are trained on):
 - `policy+feedback`: as `feedback`, with the prior first conditioned on the logging policy's private estimate of
   the user (`policy_user` in `adslog.synth`: 0.8 x the first day's interests + noise), i.e. the most that the
   choice of which ads were shown could reveal.
-Each estimate replaces u in the true click logit. Reported on the test day with `derm eval`'s definitions:
+Each estimate replaces u in the true click logit. Beside them, a learned reference that knows nothing of the
+world: `logistic_regression`, an L2-regularised logistic regression over one-hot observable features (ad,
+user, advertiser, category, surface, position, region x category, age x category, surface x category), fitted
+by L-BFGS on the same days, its L2 weight chosen on the last of them (fit on the others), then refitted on all.
+Reported on the test day with `derm eval`'s definitions:
 ROC-AUC over the day's impressions and recall@100 over the live ads for the users who clicked, beside the oracle,
 the non-personal oracle and popularity; and synthetic_quality.json's model figures for the same log.
 Writes benchmarks/results/synthetic_ceiling.json. Usage: python benchmarks/synthetic_ceiling.py
@@ -137,6 +141,110 @@ def map_estimate(
     return z, step_max
 
 
+#: L2 weights tried for the logistic-regression reference (penalty lambda/2 |w|^2 on the mean log loss)
+LR_L2 = (1e-6, 3e-6, 1e-5, 3e-5)
+LR_FIELDS = (
+    ("ad_id",),
+    ("user_id",),
+    ("advertiser_id",),
+    ("category",),
+    ("surface",),
+    ("position",),
+    ("region", "category"),
+    ("age_bucket", "category"),
+    ("surface", "category"),
+)
+
+
+def _lookup(table: Any, key: str, ids: np.ndarray, name: str) -> np.ndarray:
+    k = table.column(key).to_numpy()
+    order = np.argsort(k)
+    return np.asarray(table.column(name).to_numpy(zero_copy_only=False))[
+        order[np.searchsorted(k, ids, sorter=order)]
+    ]
+
+
+def _lr_columns(ds: Dataset, days: list[int]) -> dict[str, np.ndarray]:
+    t = ds.impressions(days, ["user_id", "ad_id", "surface", "position", "click"])
+    cols = {c: t.column(c).to_numpy() for c in t.column_names}
+    users, ads = ds.table("users"), ds.table("ads")
+    for c in ("region", "age_bucket"):
+        cols[c] = _lookup(users, "user_id", cols["user_id"], c)
+    for c in ("advertiser_id", "category"):
+        cols[c] = _lookup(ads, "ad_id", cols["ad_id"], c)
+    return cols
+
+
+def _encode(
+    train: dict[str, np.ndarray], others: list[dict[str, np.ndarray]]
+) -> tuple[np.ndarray, list[np.ndarray], int]:
+    """One column of feature indices per field (values unseen in `train` -> -1): int64[n, fields]."""
+
+    def key(c: dict[str, np.ndarray], f: tuple[str, ...]) -> np.ndarray:
+        k = np.zeros(len(c["click"]), np.int64)
+        for name in f:
+            k = k * 1_000_003 + c[name].astype(np.int64)
+        return k
+
+    tr_cols, other_cols, off = [], [[] for _ in others], 0
+    for f in LR_FIELDS:
+        values, idx = np.unique(key(train, f), return_inverse=True)
+        tr_cols.append(idx + off)
+        for j, o in enumerate(others):
+            k = key(o, f)
+            pos = np.minimum(np.searchsorted(values, k), len(values) - 1)
+            other_cols[j].append(np.where(values[pos] == k, pos + off, -1))
+        off += len(values)
+    return np.stack(tr_cols, 1), [np.stack(c, 1) for c in other_cols], off
+
+
+def _fit_lr(x: np.ndarray, y: np.ndarray, n_features: int, l2: float) -> tuple[np.ndarray, float]:
+    """Weights float64[n_features + 1] (the last is the unseen-value weight, fixed at 0) and the bias."""
+    import torch
+
+    xi = torch.from_numpy(x)
+    yt = torch.from_numpy(y.astype(np.float64))
+    w = torch.zeros(n_features, dtype=torch.float64, requires_grad=True)
+    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
+    b = torch.tensor(np.log(rate / (1 - rate)), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=300, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        logit = w[xi].sum(1) + b
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, yt) + 0.5 * l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return np.r_[w.detach().numpy(), 0.0], float(b.detach())
+
+
+def _lr_score(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+    return w[np.where(x < 0, len(w) - 1, x)].sum(1) + b
+
+
+def logistic_reference(ds: Dataset, history: list[int], day: int) -> dict[str, Any]:
+    """ROC-AUC on `day` of the logistic regression fitted on `history` (L2 chosen on its last day)."""
+    fit_days, val_day = history[:-1], history[-1]
+    tr, va = _lr_columns(ds, fit_days), _lr_columns(ds, [val_day])
+    xtr, (xva,), n = _encode(tr, [va])
+    val_auc = {}
+    for l2 in LR_L2:
+        w, b = _fit_lr(xtr, tr["click"], n, l2)
+        val_auc[l2] = roc_auc(_lr_score(xva, w, b), va["click"])
+    best = max(val_auc, key=lambda k: val_auc[k] or 0.0)
+    full, te = _lr_columns(ds, history), _lr_columns(ds, [day])
+    xf, (xte,), n = _encode(full, [te])
+    w, b = _fit_lr(xf, full["click"], n, best)
+    return {
+        "roc_auc": roc_auc(_lr_score(xte, w, b), te["click"]),
+        "l2": best,
+        "validation_roc_auc_by_l2": {str(k): v for k, v in val_auc.items()},
+        "n_features": n,
+    }
+
+
 def measure(name: str, cfg: SynthConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     work = ROOT / "benchmarks" / "work" / "synthetic_ceiling"
@@ -224,6 +332,10 @@ def measure(name: str, cfg: SynthConfig) -> dict[str, Any]:
     recall["nonpersonal_oracle"] = recall_at_k(topk(np.asarray(nonpers, np.float64)), relevant, K)
     for k, z in estimates.items():
         recall[k] = recall_at_k(topk(base_q + user_vec(z, qrow) @ f_live.T), relevant, K)
+    t_lr = time.perf_counter()
+    lr = logistic_reference(ds, [int(d) for d in np.unique(hday)], day)
+    lr["seconds"] = round(time.perf_counter() - t_lr, 1)
+    auc["logistic_regression"] = lr["roc_auc"]
     clicks_per_user = float(y.sum() / len(np.unique(urow)))
     shutil.rmtree(work, ignore_errors=True)
     return {
@@ -237,6 +349,7 @@ def measure(name: str, cfg: SynthConfig) -> dict[str, Any]:
         "test_users_with_clicks": len(users),
         "roc_auc": auc,
         "recall_at_100": recall,
+        "logistic_regression": lr,
         "newton_last_step": steps,
         "seconds": round(time.perf_counter() - t0, 1),
         "generate_and_fit_seconds": round(fit_s, 1),
