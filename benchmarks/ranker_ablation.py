@@ -88,13 +88,20 @@ def weekly_buckets(src: Path, out: Path) -> Path:
     return out if (out / "manifest.json").exists() else rebucket(src, out, 7)
 
 
-def upstream(ws: Workspace, ds: Dataset, window: list[int], later: list[int], towers: TowerConfig) -> None:
-    """Both upstream models, trained once from scratch on `window` (back inference over it); for each later day
-    the same snapshot embeds that day's users and ads into a new store version (daily inference and
-    aggregation without daily increments: the 45-minute budget on 2 cores). The coverage gate is off
-    (MovieLens weeks bring waves of new users)."""
-    cfg = CycleConfig(tasks=("ctr", "cvr"), towers=towers, gates=StoreGates(1.0), device="cpu")
-    for task in ("ctr", "cvr"):
+def upstream(
+    ws: Workspace,
+    ds: Dataset,
+    window: list[int],
+    later: list[int],
+    towers: TowerConfig,
+    tasks: tuple[str, ...] = ("ctr", "cvr"),
+) -> None:
+    """The upstream models of `tasks` (default both), trained once from scratch on `window` (back inference
+    over it); for each later day the same snapshot embeds that day's users and ads into a new store version
+    (daily inference and aggregation without daily increments: the 45-minute budget on 2 cores). The coverage
+    gate is off (MovieLens weeks bring waves of new users)."""
+    cfg = CycleConfig(tasks=tasks, towers=towers, gates=StoreGates(1.0), device="cpu")
+    for task in tasks:
         tcfg = replace(towers, task=Task(task), seed=towers.seed + (0 if task == "ctr" else 1))
         mdir = ws.models_dir(task)
         if not (mdir / version_name(window[-1]) / "manifest.json").exists():

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from towers.features import FeatureSpec
-from towers.model import FieldEncoder, SequenceEncoder, mlp
+from towers.model import FieldEncoder, SequenceEncoder, init_embeddings, mlp
 
 DERM_INPUTS = ("ctr-user", "ctr-ad", "cvr-user", "cvr-ad")
 TASKS = ("ctr", "cvr")
@@ -55,9 +55,15 @@ class RankerConfig:
     patience: int = 1
     seq_len: int = 20
     id_buckets: int = 1 << 17
+    #: N(0, std) start of the id / categorical embedding tables (user, ad, sequence, context); None = torch's
+    #: N(0, 1). A unit-variance random vector per hashed id is noise the cross network must learn around, and an
+    #: id seen a few hundred times in a window cannot train it away (benchmarks/ranker_init.py)
+    embedding_init_std: float | None = 0.01
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.embedding_init_std is not None and not self.embedding_init_std > 0:
+            raise ValueError("embedding_init_std must be > 0 (or None for torch's default N(0, 1))")
         bad = [d for d in self.derm_inputs if d not in DERM_INPUTS]
         if bad:
             raise ValueError(f"unknown DERM inputs {bad}; choose from {DERM_INPUTS}")
@@ -91,6 +97,8 @@ class RankerConfig:
         if unknown:
             raise ValueError(f"unknown ranker config keys {sorted(unknown)}")
         d = dict(d)
+        # rankers written before the option existed started from N(0, 1)
+        d.setdefault("embedding_init_std", None)
         d["derm_inputs"] = tuple(d["derm_inputs"])
         if "hidden" in d:
             d["hidden"] = tuple(d["hidden"])
@@ -157,9 +165,16 @@ class SequenceTransformer(SequenceEncoder):
     """
 
     def __init__(
-        self, spec: FeatureSpec, c: int, n_categories: int, seq_len: int, heads: int, layers: int
+        self,
+        spec: FeatureSpec,
+        c: int,
+        n_categories: int,
+        seq_len: int,
+        heads: int,
+        layers: int,
+        init_std: float | None = None,
     ) -> None:
-        super().__init__(spec, c, n_categories)
+        super().__init__(spec, c, n_categories, init_std)
         self.position = nn.Embedding(seq_len, c)
         self.summary = nn.Parameter(torch.zeros(1, 1, c))
         layer = nn.TransformerEncoderLayer(
@@ -189,11 +204,15 @@ class Ranker(nn.Module):
         c = cfg.token_dim
         self.cfg = cfg
         self.derm_dim = derm_dim
-        self.user = FieldEncoder(spec, "user", c)
-        self.ad = FieldEncoder(spec, "ad", c)
+        std = cfg.embedding_init_std
+        self.user = FieldEncoder(spec, "user", c, std)
+        self.ad = FieldEncoder(spec, "ad", c, std)
         n_cat = next((f.size for f in spec.ad if f.name == spec.ad_category), 1)
-        self.sequence = SequenceTransformer(spec, c, n_cat, cfg.seq_len, cfg.seq_heads, cfg.seq_layers)
+        self.sequence = SequenceTransformer(
+            spec, c, n_cat, cfg.seq_len, cfg.seq_heads, cfg.seq_layers, std
+        )
         self.ctx = nn.ModuleList(nn.Embedding(f.size, c, sparse=True) for f in spec.context)
+        init_embeddings(self.ctx, std)
         n_derm = len(cfg.derm_inputs)
         self.dots = [t for t in TASKS if f"{t}-user" in cfg.derm_inputs and f"{t}-ad" in cfg.derm_inputs]
         raw = n_derm * derm_dim
