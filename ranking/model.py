@@ -208,9 +208,7 @@ class Ranker(nn.Module):
         self.user = FieldEncoder(spec, "user", c, std)
         self.ad = FieldEncoder(spec, "ad", c, std)
         n_cat = next((f.size for f in spec.ad if f.name == spec.ad_category), 1)
-        self.sequence = SequenceTransformer(
-            spec, c, n_cat, cfg.seq_len, cfg.seq_heads, cfg.seq_layers, std
-        )
+        self.sequence = SequenceTransformer(spec, c, n_cat, cfg.seq_len, cfg.seq_heads, cfg.seq_layers, std)
         self.ctx = nn.ModuleList(nn.Embedding(f.size, c, sparse=True) for f in spec.context)
         init_embeddings(self.ctx, std)
         n_derm = len(cfg.derm_inputs)
