@@ -24,6 +24,7 @@ Writes benchmarks/results/two_stage.json.
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -134,6 +135,8 @@ def measure(ws: Workspace, day: int, max_users: int | None = None) -> dict[str, 
 def main() -> None:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
+    # a fresh workspace: run_demo resumes published versions, which would keep models of older code
+    shutil.rmtree(WORK, ignore_errors=True)
     summary = run_demo(WORK, DemoConfig())
     build_s = round(time.perf_counter() - t0, 1)
     result = measure(Workspace.open(WORK), int(summary["eval_day"]))
