@@ -238,7 +238,7 @@ class Truth:
         return cls(params=params, **arrays)
 
 
-class _IdMap:
+class IdMap:
     """Explicit int64 ids -> row positions (sorted search; unknown ids are an error)."""
 
     def __init__(self, ids: np.ndarray, what: str) -> None:
@@ -266,8 +266,8 @@ class Oracle:
     def __init__(self, truth: Truth, root: Path | None = None) -> None:
         self.truth = truth
         self.root = root
-        self._users = _IdMap(truth.user_ids, "user")
-        self._ads = _IdMap(truth.ad_ids, "ad")
+        self._users = IdMap(truth.user_ids, "user")
+        self._ads = IdMap(truth.ad_ids, "ad")
 
     @classmethod
     def load(cls, dataset_root: str | Path) -> Oracle:
@@ -286,6 +286,14 @@ class Oracle:
             raise DataError(directory, "oracle directory missing")
         log.debug("loading oracle from %s", directory)
         return cls(Truth.load(directory), root)
+
+    def user_rows(self, user_ids: Any) -> np.ndarray:
+        """int64 rows of `user_ids` in the truth arrays (unknown ids are an error)."""
+        return self._users.rows(user_ids)
+
+    def ad_rows(self, ad_ids: Any) -> np.ndarray:
+        """int64 rows of `ad_ids` in the truth arrays (unknown ids are an error)."""
+        return self._ads.rows(ad_ids)
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -376,8 +384,8 @@ class Oracle:
 
     def user_factor(self, user_ids: Any, day: int) -> np.ndarray:
         """float32[*user_ids.shape, D]: true interest vectors on `day` (for diagnostics, never features)."""
-        return self.truth.user_factor(self._users.rows(user_ids), day)
+        return self.truth.user_factor(self.user_rows(user_ids), day)
 
     def ad_factor(self, ad_ids: Any) -> np.ndarray:
         """float32[*ad_ids.shape, D]: true ad latent factors (for diagnostics, never features)."""
-        return self.truth.ad_factor[self._ads.rows(ad_ids)]
+        return self.truth.ad_factor[self.ad_rows(ad_ids)]

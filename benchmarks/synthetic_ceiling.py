@@ -43,14 +43,14 @@ from common import ROOT, write_result
 from synthetic_quality import OTHER_WORLDS, SYNTH
 
 from adslog.dataset import Dataset
-from adslog.oracle import REFERENCE_POSITION, REFERENCE_SURFACE, Oracle, Truth
+from adslog.oracle import REFERENCE_POSITION, REFERENCE_SURFACE, IdMap, Oracle, Truth
 from adslog.synth import SynthConfig, World, build_world, generate
 from eval.evaluate import group_by_user
 from eval.metrics import recall_at_k, roc_auc
 from retrieval.retrieve import popularity
 
 K = 100
-NEWTON_STEPS = 12
+NEWTON_STEPS = 30
 #: rows per block when summing per-user Hessians (rows x (3D)^2 float64 temporaries: ~150 MB)
 ROW_BLOCK = 8_192
 
@@ -110,22 +110,31 @@ def map_estimate(
     prec: np.ndarray,
 ) -> tuple[np.ndarray, float]:
     """Per-user MAP of z under N(mean, prec^-1) and y ~ Bernoulli(sigmoid(offset + x @ z_group)), by Newton's
-    method (strictly convex). Rows must be sorted by `group`. Returns z float64[U, P] and the last max |step|."""
-    z = mean.copy()
+    method (strictly convex) with the step halved, per user, until that user's objective does not rise. Rows
+    must be sorted by `group`. Returns z float64[U, P] and the last max |step|."""
     users, starts = np.unique(group, return_index=True)
     ends = np.r_[starts[1:], len(group)]
+
+    def objective(z: np.ndarray) -> np.ndarray:
+        """float64[U]: negative log posterior per user (up to a constant)."""
+        eta = offset + np.einsum("np,np->n", x, z[group])
+        nll = np.logaddexp(0.0, eta) - y * eta
+        d = z - mean
+        out = 0.5 * np.einsum("up,pq,uq->u", d, prec, d)
+        out[users] += np.add.reduceat(nll, starts)
+        return out
+
+    z = mean.copy()
+    f = objective(z)
     step_max = np.inf
     for _ in range(NEWTON_STEPS):
         eta = offset + np.einsum("np,np->n", x, z[group])
         p = 1 / (1 + np.exp(-eta))
         grad = (z - mean) @ prec
         hess = np.broadcast_to(prec, (len(z), *prec.shape)).copy()
-        r = p - y
         w = p * (1 - p)
-        gsum = np.add.reduceat(x * r[:, None], starts, axis=0)
-        grad[users] += gsum
+        grad[users] += np.add.reduceat(x * (p - y)[:, None], starts, axis=0)
         # Hessian blocks: rows in blocks of ROW_BLOCK, cut at user boundaries
-        lo = 0
         cut = np.searchsorted(starts, np.arange(0, len(group), ROW_BLOCK), side="left")
         bounds = list(dict.fromkeys([*cut.tolist(), len(starts)]))
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
@@ -134,7 +143,16 @@ def map_estimate(
             outer = (xs * w[lo:hi, None])[:, :, None] * xs[:, None, :]
             hess[users[a:b]] += np.add.reduceat(outer, starts[a:b] - lo, axis=0)
         step = np.linalg.solve(hess, grad[..., None])[..., 0]
+        scale = np.ones(len(z))
+        for _ in range(30):  # halve the step of every user whose objective rose
+            f_new = objective(z - scale[:, None] * step)
+            worse = f_new > f + 1e-12
+            if not worse.any():
+                break
+            scale[worse] *= 0.5
+        step *= scale[:, None]
         z -= step
+        f = objective(z)
         step_max = float(np.abs(step).max())
         if step_max < 1e-6:
             break
@@ -157,11 +175,9 @@ LR_FIELDS = (
 
 
 def _lookup(table: Any, key: str, ids: np.ndarray, name: str) -> np.ndarray:
-    k = table.column(key).to_numpy()
-    order = np.argsort(k)
-    return np.asarray(table.column(name).to_numpy(zero_copy_only=False))[
-        order[np.searchsorted(k, ids, sorter=order)]
-    ]
+    """Column `name` of `table` at the rows whose `key` equals `ids` (unknown ids are an error)."""
+    rows = IdMap(table.column(key).to_numpy(), key).rows(ids)
+    return np.asarray(table.column(name).to_numpy(zero_copy_only=False))[rows]
 
 
 def _lr_columns(ds: Dataset, days: list[int]) -> dict[str, np.ndarray]:
@@ -245,7 +261,7 @@ def logistic_reference(ds: Dataset, history: list[int], day: int) -> dict[str, A
     }
 
 
-def measure(name: str, cfg: SynthConfig) -> dict[str, Any]:
+def measure(cfg: SynthConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     work = ROOT / "benchmarks" / "work" / "synthetic_ceiling"
     shutil.rmtree(work, ignore_errors=True)
@@ -258,10 +274,10 @@ def measure(name: str, cfg: SynthConfig) -> dict[str, Any]:
     day = ds.days()[-1]
     cols = ["user_id", "ad_id", "day", "surface", "position", "click"]
     hist = ds.impressions([d for d in ds.days() if d < day], cols)
-    urow = oracle._users.rows(hist.column("user_id").to_numpy())
+    urow = oracle.user_rows(hist.column("user_id").to_numpy())
     order = np.argsort(urow, kind="stable")
     urow = urow[order]
-    arow = oracle._ads.rows(hist.column("ad_id").to_numpy())[order]
+    arow = oracle.ad_rows(hist.column("ad_id").to_numpy())[order]
     hday = hist.column("day").to_numpy()[order]
     surf = hist.column("surface").to_numpy().astype(np.int64)[order]
     pos = hist.column("position").to_numpy().astype(np.int64)[order]
@@ -291,8 +307,8 @@ def measure(name: str, cfg: SynthConfig) -> dict[str, Any]:
 
     # ROC-AUC over the test day's impressions
     test = ds.impressions(day, ["user_id", "ad_id", "surface", "position", "click"])
-    tu = oracle._users.rows(test.column("user_id").to_numpy())
-    ta = oracle._ads.rows(test.column("ad_id").to_numpy())
+    tu = oracle.user_rows(test.column("user_id").to_numpy())
+    ta = oracle.ad_rows(test.column("ad_id").to_numpy())
     ts = test.column("surface").to_numpy().astype(np.int64)
     tp = test.column("position").to_numpy().astype(np.int64)
     ty = test.column("click").to_numpy()
@@ -311,8 +327,8 @@ def measure(name: str, cfg: SynthConfig) -> dict[str, Any]:
     clicked = test.filter(pc.equal(test.column("click"), 1))
     users, relevant = group_by_user(clicked.column("user_id").to_numpy(), clicked.column("ad_id").to_numpy())
     live = np.sort(ds.live_ads(day))
-    lrow = oracle._ads.rows(live)
-    qrow = oracle._users.rows(users)
+    lrow = oracle.ad_rows(live)
+    qrow = oracle.user_rows(users)
     ref_s = np.full(1, REFERENCE_SURFACE)
     ref_p = np.full(1, REFERENCE_POSITION)
     nonpers = t.click_logit(qrow[:, None], lrow[None, :], day, ref_s, ref_p, personal=False)
@@ -381,7 +397,7 @@ def main() -> None:
     t0 = time.perf_counter()
     worlds: dict[str, Any] = {}
     for name, over in {"default": {}, **OTHER_WORLDS}.items():
-        m = measure(name, replace(SYNTH, **over))
+        m = measure(replace(SYNTH, **over))
         models = model_figures(name)
         auc, rec = m["roc_auc"], m["recall_at_100"]
         best_auc = max(auc["feedback"], auc["policy+feedback"])
