@@ -20,6 +20,14 @@ from adslog.errors import DermError
 log = logging.getLogger("derm")
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
+# Every integer option is range-checked by click (`Error: Invalid value for '--day'...`, exit 2), so no value
+# reaches the library as an overflow or a nonsense size: days fit the int32 day column, ids int64.
+DAY = click.IntRange(-(2**31), 2**31 - 1)
+ID64 = click.IntRange(-(2**63), 2**63 - 1)
+POSITIVE = click.IntRange(1, 2**31 - 1)
+NONNEG = click.IntRange(0, 2**31 - 1)
+SEED = click.IntRange(0, 2**32 - 1)
+TS = click.IntRange(-(2**31) * 86400, (2**31 - 1) * 86400)
 
 
 # -- output helpers -----------------------------------------------------------------------------------------
@@ -92,6 +100,13 @@ class DermGroup(click.Group):
         except ValueError as e:  # frozen-config validation (__post_init__)
             click.echo(f"Error: {e}", err=True)
             ctx.exit(1)
+        except click.BadParameter as e:  # an option out of its range: bad input like any other, one line
+            click.echo(f"Error: {e.format_message()}", err=True)
+            ctx.exit(1)
+        except OSError as e:  # disk full, permission denied, read-only file system: the path and the reason
+            where = e.filename if e.filename is not None else "I/O"
+            click.echo(f"Error: {where}: {e.strerror or e}", err=True)
+            ctx.exit(1)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
@@ -144,11 +159,15 @@ def data() -> None:
 
 @data.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--users", type=int, default=None, help="Number of users (default 10,000).")
-@click.option("--ads", type=int, default=None, help="Number of ads over the whole period (default 6,000).")
-@click.option("--days", type=int, default=None, help="Number of days (default 14).")
-@click.option("--impressions-per-day", type=int, default=None, help="Impressions per day (default 100,000).")
-@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--users", type=POSITIVE, default=None, help="Number of users (default 10,000).")
+@click.option(
+    "--ads", type=POSITIVE, default=None, help="Number of ads over the whole period (default 6,000)."
+)
+@click.option("--days", type=POSITIVE, default=None, help="Number of days (default 14).")
+@click.option(
+    "--impressions-per-day", type=POSITIVE, default=None, help="Impressions per day (default 100,000)."
+)
+@click.option("--seed", type=SEED, default=None, help="Random seed (default 0).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @json_option
 @click.pass_context
@@ -230,6 +249,13 @@ def import_gowalla_cmd(ctx: click.Context, src: str, out: str, overwrite: bool, 
 @click.option("--conversion-col", default=None, help="Column holding a 0/1 conversion label.")
 @click.option("--users", type=click.Path(), default=None, help="Optional users file (features).")
 @click.option("--items", type=click.Path(), default=None, help="Optional items file (features).")
+@click.option(
+    "--ts-min", type=TS, default=None, help="Earliest plausible unix second (default 0, 1970-01-01)."
+)
+@click.option(
+    "--ts-max", type=TS, default=None, help="Latest plausible unix second (default 4102444800, 2100-01-01)."
+)
+@click.option("--any-ts", is_flag=True, help="Accept timestamps outside the plausible range.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @json_option
 @click.pass_context
@@ -244,11 +270,14 @@ def import_generic_cmd(
     conversion_col: str | None,
     users: str | None,
     items: str | None,
+    ts_min: int | None,
+    ts_max: int | None,
+    any_ts: bool,
     overwrite: bool,
     as_json: bool,
 ) -> None:
     """Import your own log; string ids get a stored vocabulary."""
-    from adslog.importers import GenericImportConfig, import_generic
+    from adslog.importers import TS_MAX, TS_MIN, GenericImportConfig, import_generic
 
     bars = _setup(as_json, ctx.obj["verbose"])
     cfg = GenericImportConfig(
@@ -260,6 +289,9 @@ def import_generic_cmd(
         conversion_col=conversion_col,
         users=Path(users) if users else None,
         items=Path(items) if items else None,
+        ts_min=TS_MIN if ts_min is None else ts_min,
+        ts_max=TS_MAX if ts_max is None else ts_max,
+        ts_range_check=not any_ts,
     )
     _emit(import_generic(cfg, out, bars, overwrite), as_json, _kv)
 
@@ -268,14 +300,14 @@ def import_generic_cmd(
 @work_option
 @data_option
 @click.option(
-    "--first-day", type=int, default=None, help="First training day (default: the data's first day)."
+    "--first-day", type=DAY, default=None, help="First training day (default: the data's first day)."
 )
-@click.option("--last-day", type=int, default=None, help="Last training day (default: first day + 6).")
+@click.option("--last-day", type=DAY, default=None, help="Last training day (default: first day + 6).")
 @click.option(
     "--task", type=click.Choice(["ctr", "cvr"]), default="ctr", show_default=True, help="Upstream model."
 )
-@click.option("--epochs", type=int, default=None, help="Epochs over the window (default 2).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--epochs", type=POSITIVE, default=None, help="Epochs over the window (default 2).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option("--overwrite", is_flag=True, help="Retrain even if the snapshot exists (starts a new lineage).")
 @device_option
 @json_option
@@ -328,9 +360,9 @@ def train(
 
 @main.command()
 @work_option
-@click.option("--day", type=int, default=None, help="Day to embed (default: the latest snapshot's day).")
-@click.option("--from", "day_from", type=int, default=None, help="First day of a range (back inference).")
-@click.option("--to", "day_to", type=int, default=None, help="Last day of a range.")
+@click.option("--day", type=DAY, default=None, help="Day to embed (default: the latest snapshot's day).")
+@click.option("--from", "day_from", type=DAY, default=None, help="First day of a range (back inference).")
+@click.option("--to", "day_to", type=DAY, default=None, help="Last day of a range.")
 @click.option(
     "--task", type=click.Choice(["ctr", "cvr"]), default="ctr", show_default=True, help="Upstream model."
 )
@@ -397,7 +429,7 @@ def index() -> None:
 
 @index.command("build")
 @work_option
-@click.option("--day", type=int, default=None, help="Store version to index (default: the latest).")
+@click.option("--day", type=DAY, default=None, help="Store version to index (default: the latest).")
 @click.option(
     "--backend", type=click.Choice(["faiss", "hnswlib"]), default=None, help="Index library (default faiss)."
 )
@@ -406,8 +438,10 @@ def index() -> None:
     default=None,
     help='faiss factory string ("Flat", "IVF1024,Flat", "HNSW32,Flat") or hnswlib "HNSW32".',
 )
-@click.option("--nprobe", type=int, default=None, help="Default IVF lists visited per query (query-time).")
-@click.option("--ef", type=int, default=None, help="Default HNSW search beam width (query-time).")
+@click.option(
+    "--nprobe", type=POSITIVE, default=None, help="Default IVF lists visited per query (query-time)."
+)
+@click.option("--ef", type=POSITIVE, default=None, help="Default HNSW search beam width (query-time).")
 @click.option("--overwrite", is_flag=True, help="Rebuild a published index version.")
 @device_option
 @json_option
@@ -425,8 +459,11 @@ def index_build(
     as_json: bool,
 ) -> None:
     """Build the ad index over an embedding store version from scratch and publish it (with a recall self-check)."""
+    from dataclasses import replace
+
     from index import SearchParams
     from index.versions import rebuild_workspace_index
+    from workflow.cycle import load_cycle_config, save_cycle_config
 
     _setup(as_json, ctx.obj["verbose"])
     ws, cfg, d = _index_target(work, day, backend, spec, device)
@@ -435,12 +472,16 @@ def index_build(
         m = rebuild_workspace_index(
             ws, d, cfg.index, params, cfg.self_check_queries, cfg.self_check_k, overwrite
         )
+        if backend or spec:  # saved only once the spec has built and passed its check, under the lock
+            now = load_cycle_config(ws, device)
+            idx = replace(now.index, backend=cfg.index.backend, spec=cfg.index.spec)
+            save_cycle_config(ws, replace(now, index=idx))
     _emit(_index_summary(ws, d, m), as_json, _index_text)
 
 
 @index.command("refresh")
 @work_option
-@click.option("--day", type=int, default=None, help="Store version to index (default: the latest).")
+@click.option("--day", type=DAY, default=None, help="Store version to index (default: the latest).")
 @click.option(
     "--mode",
     type=click.Choice(["auto", "in_place", "rebuild"]),
@@ -477,10 +518,10 @@ def index_refresh(
 
 @index.command("tune")
 @work_option
-@click.option("--day", type=int, default=None, help="Index version to tune (default: LATEST).")
-@click.option("--k", type=int, default=100, show_default=True, help="Recall@k against exact search.")
+@click.option("--day", type=DAY, default=None, help="Index version to tune (default: LATEST).")
+@click.option("--k", type=POSITIVE, default=100, show_default=True, help="Recall@k against exact search.")
 @click.option(
-    "--queries", "n_queries", type=int, default=1000, show_default=True, help="User embeddings used."
+    "--queries", "n_queries", type=POSITIVE, default=1000, show_default=True, help="User embeddings used."
 )
 @click.option(
     "--values", default=None, help="Comma-separated nprobe / ef values (default: a ladder for the index)."
@@ -526,7 +567,7 @@ def _index_target(
     from dataclasses import replace
 
     from index import Backend
-    from workflow.cycle import load_cycle_config, save_cycle_config
+    from workflow.cycle import load_cycle_config
 
     ws = _workspace(work, None)
     cfg = load_cycle_config(ws, device)
@@ -534,7 +575,6 @@ def _index_target(
         b = Backend(backend) if backend else cfg.index.backend
         s = spec or ("HNSW32" if b is Backend.HNSWLIB else "Flat")
         cfg = replace(cfg, index=replace(cfg.index, backend=b, spec=s))
-        save_cycle_config(ws, cfg)
     cfg = replace(cfg, index=replace(cfg.index, device=device))
     d = day if day is not None else ws.latest_day(ws.embeddings_dir("ctr"))
     if d is None:
@@ -576,10 +616,10 @@ def ranker() -> None:
 @ranker.command("train")
 @work_option
 @click.option(
-    "--first-day", type=int, default=None, help="First training day (default: the data's first day)."
+    "--first-day", type=DAY, default=None, help="First training day (default: the data's first day)."
 )
 @click.option(
-    "--last-day", type=int, default=None, help="Last training day (default: the latest store version's day)."
+    "--last-day", type=DAY, default=None, help="Last training day (default: the latest store version's day)."
 )
 @click.option("--overwrite", is_flag=True, help="Retrain a published ranker version.")
 @device_option
@@ -622,9 +662,9 @@ def ranker_train(
 @main.command()
 @work_option
 @data_option
-@click.option("--day", type=int, default=None, help="Day to run.")
-@click.option("--from", "day_from", type=int, default=None, help="First day of a range.")
-@click.option("--to", "day_to", type=int, default=None, help="Last day of a range.")
+@click.option("--day", type=DAY, default=None, help="Day to run.")
+@click.option("--from", "day_from", type=DAY, default=None, help="First day of a range.")
+@click.option("--to", "day_to", type=DAY, default=None, help="Last day of a range.")
 @click.option("--overwrite", is_flag=True, help="Recompute days that are already published.")
 @device_option
 @json_option
@@ -676,9 +716,11 @@ def daily(
 
 @main.command()
 @work_option
-@click.option("--user", "user_id", required=True, type=int, help="User id.")
-@click.option("--k", type=int, default=50, show_default=True, help="Number of results.")
-@click.option("--candidates", type=int, default=500, show_default=True, help="ANN candidates to rank (>= k).")
+@click.option("--user", "user_id", required=True, type=ID64, help="User id.")
+@click.option("--k", type=POSITIVE, default=50, show_default=True, help="Number of results.")
+@click.option(
+    "--candidates", type=POSITIVE, default=500, show_default=True, help="ANN candidates to rank (>= k)."
+)
 @click.option(
     "--order",
     type=click.Choice(["ecpm", "rank_score"]),
@@ -688,12 +730,12 @@ def daily(
 )
 @click.option(
     "--max-per-advertiser",
-    type=int,
+    type=NONNEG,
     default=3,
     show_default=True,
     help="At most N ads of one advertiser in the top k (0: no cap).",
 )
-@click.option("--day", type=int, default=None, help="Query day (default: the day after the latest version).")
+@click.option("--day", type=DAY, default=None, help="Query day (default: the day after the latest version).")
 @device_option
 @json_option
 @click.pass_context
@@ -714,8 +756,6 @@ def query(
     from ranking.serve import query as run_query
 
     _setup(as_json, ctx.obj["verbose"])
-    if max_per_advertiser < 0:
-        raise DermError(f"--max-per-advertiser must be >= 0 (0: no cap), got {max_per_advertiser}")
     cap = max_per_advertiser or None
     cfg = ServeConfig(k=k, candidates=candidates, order=Order(order), max_per_advertiser=cap)
     res = run_query(_workspace(work, None), user_id, cfg, day, device)
@@ -742,7 +782,7 @@ def _query_table(res: dict[str, Any]) -> str:
 @main.command("eval")
 @work_option
 @data_option
-@click.option("--day", type=int, default=None, help="Day to evaluate (default: the data's last day).")
+@click.option("--day", type=DAY, default=None, help="Day to evaluate (default: the data's last day).")
 @click.option("--k", "ks", default="20,100", show_default=True, help="Comma-separated K values.")
 @click.option(
     "--report",
@@ -829,7 +869,7 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
 
 @main.command()
 @work_option
-@click.option("--to", "to_day", required=True, type=int, help="Day whose versions become live again.")
+@click.option("--to", "to_day", required=True, type=DAY, help="Day whose versions become live again.")
 @json_option
 @click.pass_context
 def rollback(ctx: click.Context, work: str, to_day: int, as_json: bool) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from adslog.errors import DataError
 from adslog.faults import crash_point
+from adslog.safepath import check_component
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ def publishing(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink():
+        raise DataError(target, "is a symbolic link; derm publishes only real directories")
     if target.exists() and not overwrite:
         raise DataError(target, "already exists (pass overwrite to replace it)")
     tmp = target.parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -161,6 +164,7 @@ def publishing(target: Path, overwrite: bool = False) -> Iterator[Path]:
 
 def set_latest(parent: Path, name: str) -> None:
     """Point `parent/LATEST` at the child directory `name` (moved last, after the artifact is in place)."""
+    check_component(name, Path(parent) / LATEST)
     if not (Path(parent) / name / MANIFEST).exists():
         raise DataError(Path(parent) / name, "cannot point LATEST at an unpublished artifact")
     write_json_atomic(Path(parent) / LATEST, {"name": name})
@@ -175,6 +179,10 @@ def get_latest(parent: Path) -> str | None:
     name = obj.get("name") if isinstance(obj, dict) else None
     if not isinstance(name, str):
         raise DataError(p, "corrupt LATEST pointer")
+    check_component(name, p)  # a pointer is a sibling's name, never a path (`../x`, `/etc`)
+    if not (Path(parent) / name / MANIFEST).is_file():
+        # never fall back silently to some other version: the caller must see that the pointer is broken
+        raise DataError(p, f"names {name!r}, which is not a published version (no {name}/{MANIFEST})")
     return name
 
 

@@ -30,7 +30,10 @@ Generic (`GenericImportConfig`: a CSV or Parquet log, chosen by file extension)
     `conversion_ts` = ts of a conversion (else -1), every item live from the first to the last day.
     Features of the optional users/items files: integers in 0..MAX_INT_CARDINALITY-1 become categorical
     (cardinality max + 1), other numbers numeric float32, booleans categorical, text categorical through a
-    vocabulary (`vocab/<table>.<column>.parquet`). Every user/item of the log must be in those files.
+    vocabulary (`vocab/<table>.<column>.parquet`; a column name that is not a plain file name is encoded by
+    `adslog.safepath.safe_component`, so no header can place a file outside the dataset). Every user/item of
+    the log must be in those files. Timestamps must lie in a plausible range (`GenericImportConfig.ts_min` ..
+    `ts_max`, default 1970 .. 2100); ids must be integers or non-empty text.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import pyarrow.parquet as pq
 from adslog.dataset import DatasetWriter
 from adslog.errors import DataError
 from adslog.progress import Progress, no_progress
+from adslog.safepath import resolve_under, safe_component
 from adslog.schema import ColumnKind, ColumnSpec, day_of
 
 log = logging.getLogger(__name__)
@@ -415,6 +419,12 @@ def import_gowalla(
 
 
 # -- Generic: a user's own log -----------------------------------------------------------------------------
+# Default plausible range of a generic log's unix seconds: 1970-01-01 .. 2100-01-01 (logical times that start
+# at 0 pass; negative values, milliseconds and sentinels do not). The hard limit keeps every day in int32.
+TS_MIN, TS_MAX = 0, 4_102_444_800
+TS_LIMIT = (-(2**31) * 86400, (2**31 - 1) * 86400)
+
+
 @dataclass(frozen=True)
 class GenericImportConfig:
     """Where a user's own log lies and which of its columns mean what (CSV or Parquet, by extension)."""
@@ -427,6 +437,11 @@ class GenericImportConfig:
     conversion_col: str | None = None
     users: Path | None = None
     items: Path | None = None
+    # Timestamps outside [ts_min, ts_max] are refused (a mistyped column, milliseconds for seconds, a sentinel
+    # such as 9e18). `ts_range_check=False` accepts any value whose day still fits the int32 day column.
+    ts_min: int = TS_MIN
+    ts_max: int = TS_MAX
+    ts_range_check: bool = True
 
     def __post_init__(self) -> None:
         for f in ("impressions", "users", "items"):
@@ -436,6 +451,11 @@ class GenericImportConfig:
         for f in ("user_col", "item_col", "ts_col", "click_col"):
             if not getattr(self, f):
                 raise ValueError(f"GenericImportConfig.{f} must name a column")
+        if not TS_LIMIT[0] <= self.ts_min <= self.ts_max <= TS_LIMIT[1]:
+            raise ValueError(
+                f"GenericImportConfig: need {TS_LIMIT[0]} <= ts_min <= ts_max <= {TS_LIMIT[1]}, "
+                f"got {self.ts_min}..{self.ts_max}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -481,6 +501,17 @@ def _no_nulls(path: Path, col: str, a: pa.ChunkedArray) -> None:
         raise DataError(path, f"column {col!r} has {a.null_count} empty values")
 
 
+def _check_ids(path: Path, col: str, a: pa.ChunkedArray) -> None:
+    """An id column holds integers or non-empty text (no nulls, no lists or structs)."""
+    _no_nulls(path, col, a)
+    if pa.types.is_string(a.type) or pa.types.is_large_string(a.type):
+        empty = pc.sum(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(a)), 0)).as_py() or 0
+        if empty:
+            raise DataError(path, f"column {col!r} has {empty} empty ids")
+    elif not pa.types.is_integer(a.type):
+        raise DataError(path, f"column {col!r} must hold ids (integers or text), found type {a.type}")
+
+
 def _as_nonneg_ints(a: pa.ChunkedArray) -> np.ndarray | None:
     """int64 ids when every value is an integer >= 0 (integer type or plain decimal text), else None."""
     if pa.types.is_integer(a.type):
@@ -499,7 +530,7 @@ def _map_ids(
     """Map the id columns in `parts` (impressions first) to int64 together: kept as they are when all are
     integers >= 0, else through one vocabulary in order of first appearance, written to `vocab/<name>.parquet`."""
     for path, col, a in parts:
-        _no_nulls(path, col, a)
+        _check_ids(path, col, a)
     ints = [_as_nonneg_ints(a) for _, _, a in parts]
     if all(v is not None for v in ints):
         return [v for v in ints if v is not None]
@@ -513,7 +544,9 @@ def _map_ids(
 
 
 def _write_vocab(w: DatasetWriter, rel: str, raw: pa.Array) -> None:
-    f = w.extra_dir / rel
+    f = resolve_under(w.extra_dir, rel)
+    if f.exists():  # two columns whose names encode alike (never seen; refused rather than overwritten)
+        raise DataError(f, "vocabulary file written twice (two columns with the same encoded name)")
     f.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"raw": raw, "id": np.arange(len(raw), dtype=np.int64)}), f)
 
@@ -529,18 +562,30 @@ def _label(path: Path, col: str, a: pa.ChunkedArray) -> np.ndarray:
     return v.astype(np.int8)
 
 
-def _seconds(path: Path, col: str, a: pa.ChunkedArray) -> np.ndarray:
+def _seconds(path: Path, col: str, a: pa.ChunkedArray, lo: int, hi: int) -> np.ndarray:
+    """int64 unix seconds of a timestamp / integer / float column; every value must lie in [lo, hi]."""
     _no_nulls(path, col, a)
     if pa.types.is_timestamp(a.type):
-        return pc.cast(pc.cast(a, pa.timestamp("s"), safe=False), pa.int64()).to_numpy()
-    if pa.types.is_integer(a.type):
-        return a.to_numpy().astype(np.int64)
-    if pa.types.is_floating(a.type):
+        v = pc.cast(pc.cast(a, pa.timestamp("s"), safe=False), pa.int64()).to_numpy()
+    elif pa.types.is_unsigned_integer(a.type):
+        v = a.to_numpy().astype(np.float64)  # uint64 above int64's range must not wrap before the check
+    elif pa.types.is_integer(a.type):
+        v = a.to_numpy().astype(np.int64)
+    elif pa.types.is_floating(a.type):
         v = a.to_numpy()
         if not np.isfinite(v).all():
             raise DataError(path, f"column {col!r} has non-finite values")
-        return np.floor(v).astype(np.int64)
-    raise DataError(path, f"column {col!r} must hold unix seconds, found type {a.type}")
+        v = np.floor(v)
+    else:
+        raise DataError(path, f"column {col!r} must hold unix seconds, found type {a.type}")
+    bad = np.flatnonzero((v < lo) | (v > hi))
+    if len(bad):
+        raise DataError(
+            path,
+            f"column {col!r}: {len(bad)} timestamps outside {lo}..{hi} (e.g. {v[bad[0]]:.15g} on row "
+            f"{int(bad[0]) + 1}); unix seconds expected (pass --ts-min/--ts-max or --any-ts to accept)",
+        )
+    return v.astype(np.int64)
 
 
 def _features(
@@ -575,7 +620,7 @@ def _features(
         elif pa.types.is_string(a.type) or pa.types.is_large_string(a.type):
             a = pc.fill_null(pc.cast(a, pa.string()), "")
             raw = pc.unique(a)
-            rel = f"vocab/{table_name}.{col}.parquet"
+            rel = f"vocab/{table_name}.{safe_component(col)}.parquet"  # col is data, not a path
             _write_vocab(w, rel, raw)
             vocabs[f"{table_name}.{col}"] = {
                 "path": rel,
@@ -605,7 +650,8 @@ def import_generic(
     raw = _read_any(c.impressions, need, [c.user_col, c.item_col])
     if raw.num_rows == 0:
         raise DataError(c.impressions, "no rows")
-    ts = _seconds(c.impressions, c.ts_col, raw.column(c.ts_col))
+    lo, hi = (c.ts_min, c.ts_max) if c.ts_range_check else TS_LIMIT
+    ts = _seconds(c.impressions, c.ts_col, raw.column(c.ts_col), lo, hi)
     click = _label(c.impressions, c.click_col, raw.column(c.click_col))
     conv = _label(c.impressions, c.conversion_col, raw.column(c.conversion_col)) if c.conversion_col else None
     side: dict[str, tuple[Path, pa.Table]] = {}

@@ -33,6 +33,7 @@ import numpy as np
 
 from adslog.artifact import read_json, read_manifest
 from adslog.errors import DataError, DermError
+from adslog.safepath import resolve_under
 from adslog.schema import DATASET_KIND, DATASET_SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,7 @@ class Oracle:
             raise DataError(
                 root / "manifest.json", f"unsupported oracle format {desc.get('format_version')!r}"
             )
-        directory = root / str(desc.get("path", ORACLE_DIR))
+        directory = resolve_under(root, str(desc.get("path", ORACLE_DIR)), root / "manifest.json")
         if not directory.is_dir():
             raise DataError(directory, "oracle directory missing")
         log.debug("loading oracle from %s", directory)

@@ -25,6 +25,7 @@ from pathlib import Path
 from adslog.artifact import clean_tmp, get_latest, read_json, write_json_atomic
 from adslog.dataset import Dataset
 from adslog.errors import DataError, DermError
+from adslog.safepath import check_component, check_no_symlinks
 
 WORKSPACE_FILE = "workspace.json"
 WORKSPACE_SCHEMA_VERSION = 1
@@ -91,26 +92,33 @@ class Workspace:
         return Dataset.open(self.data_path())
 
     # -- layout -------------------------------------------------------------------------------------------
+    # Every artifact directory is reached through `inside`: a symbolic link planted in the workspace (say
+    # `index -> /var/www`) is refused rather than followed, so no write of derm lands outside WORK.
+    def inside(self, *parts: str) -> Path:
+        for p in parts:
+            check_component(p, self.root)
+        return check_no_symlinks(self.root, self.root.joinpath(*parts))
+
     def models_dir(self, task: str) -> Path:
-        return self.root / "models" / task
+        return self.inside("models", task)
 
     def embeddings_dir(self, task: str) -> Path:
-        return self.root / "embeddings" / task
+        return self.inside("embeddings", task)
 
     @property
     def index_dir(self) -> Path:
-        return self.root / "index"
+        return self.inside("index")
 
     @property
     def ranker_dir(self) -> Path:
-        return self.root / "ranker"
+        return self.inside("ranker")
 
     @property
     def evals_dir(self) -> Path:
-        return self.root / "evals"
+        return self.inside("evals")
 
     def eval_path(self, day: int) -> Path:
-        return self.evals_dir / f"day={int(day)}.json"
+        return self.inside("evals", f"day={int(day)}.json")
 
     def latest_day(self, parent: Path) -> int | None:
         name = get_latest(parent)

@@ -17,6 +17,7 @@ import numpy as np
 
 from adslog.artifact import MANIFEST, make_manifest, publishing, read_manifest, write_json_atomic
 from adslog.errors import DataError, DermError, QualityGateError, VersionMismatchError
+from adslog.safepath import check_component
 from index.base import (
     AnnIndex,
     Backend,
@@ -233,6 +234,7 @@ def load_index_base(
     if (config.backend.value, config.spec, config.dim) != (m["backend"], m["spec"], m["dim"]):
         raise DataError(path, "manifest backend/spec/dim disagree with its config")
     for name in m["files"]:
+        check_component(name, path)  # a manifest lists file names inside the version, never paths
         if not (directory / name).is_file():
             raise DataError(directory / name, "index file listed in the manifest is missing")
     storage = m.get("storage") or {"kind": "full"}  # schema 1: always full

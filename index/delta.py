@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from adslog.errors import DataError
+from adslog.safepath import is_plain
 from index.base import AnnIndex
 
 log = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ def write_delta(directory: Path, delta: IndexDelta) -> dict[str, Any]:
 def read_delta(directory: Path, storage: dict[str, Any], dim: int) -> IndexDelta:
     """Read and check the delta a manifest's `storage` names; DataError for a missing or corrupt file."""
     name = storage.get("delta_file")
-    if not isinstance(name, str) or "/" in name:
+    if not isinstance(name, str) or not is_plain(name):
         raise DataError(Path(directory) / "manifest.json", f"storage names no valid delta file ({name!r})")
     path = Path(directory) / name
     if not path.is_file():

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adslog.errors import DermError
+from adslog.errors import DataError, DermError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from ranking.train import DermLookup, RankerSnapshot, attach, load_ranker
@@ -195,6 +195,12 @@ class TwoStage:
         self.config = config or ServeConfig()
         self.ds = ws.dataset()
         self.day = serving_day(ws) if day is None else int(day)
+        if day is not None and not self.ds.first_day < self.day <= self.ds.last_day + 1:
+            raise DataError(
+                ws.root,
+                f"query day {self.day} is outside {self.ds.first_day + 1}..{self.ds.last_day + 1} "
+                "(days after the data's first day, up to the day after its last)",
+            )
         self.retriever = Retriever(ws, self.day, self.ds, allow_skew=allow_skew)
         rday = ws.version_before(ws.ranker_dir, self.day)
         if rday is None:

@@ -10,6 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from adslog.errors import DermError
 from cli import main
 
 runner = CliRunner()
@@ -140,8 +141,12 @@ def test_day_outside_range(demo_ws: tuple[Path, dict]) -> None:
 def test_invalid_config_is_a_domain_error(tmp_path: Path) -> None:
     code, stdout, stderr = _run("data", "synth", str(tmp_path / "x"), "--users", "0")
     assert code == 1 and stdout == ""
-    assert stderr == "Error: SynthConfig.n_users must be a positive integer, got 0\n"
+    assert stderr == "Error: Invalid value for '--users': 0 is not in the range 1<=x<=2147483647.\n"
     assert not (tmp_path / "x").exists()
+    from adslog.synth import SynthConfig  # the library's own check, for callers that skip the CLI
+
+    with pytest.raises(DermError, match="SynthConfig.n_users must be a positive integer, got 0"):
+        SynthConfig(n_users=0)
 
 
 def test_corrupt_partition_is_named(demo_ws: tuple[Path, dict], tmp_path: Path) -> None:

@@ -297,9 +297,12 @@ def test_cli_json_round_trip(demo_ws: tuple[Path, dict], ts: TwoStage) -> None:
             "Error: user 123 is not in the dataset's users table (an unknown user; "
             "ServeConfig.unknown_user='popular' serves popular ads instead)",
         ),
-        (("--k", "0"), "Error: k must be an integer >= 1, got 0"),
+        (("--k", "0"), "Error: Invalid value for '--k': 0 is not in the range 1<=x<=2147483647."),
         (("--k", "10", "--candidates", "5"), "Error: candidates (5) must be >= k (10)"),
-        (("--max-per-advertiser", "-1"), "Error: --max-per-advertiser must be >= 0 (0: no cap), got -1"),
+        (
+            ("--max-per-advertiser", "-1"),
+            "Error: Invalid value for '--max-per-advertiser': -1 is not in the range 0<=x<=2147483647.",
+        ),
     ],
 )
 def test_cli_bad_input(

@@ -138,7 +138,7 @@ def _agg_from(d: dict[str, Any]) -> AggregationConfig:
 
 
 def save_cycle_config(ws: Workspace, cfg: CycleConfig) -> None:
-    write_json_atomic(ws.root / CYCLE_FILE, cfg.to_json())
+    write_json_atomic(ws.inside(CYCLE_FILE), cfg.to_json())
 
 
 def load_cycle_config(ws: Workspace, device: str = "auto") -> CycleConfig:

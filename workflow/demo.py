@@ -94,7 +94,7 @@ def run_demo(
             doc = evaluate_day(ws, last, cfg.ks, device=cfg.cycle.device)
             write_json_atomic(ws.eval_path(last), doc)
             done()
-        write_json_atomic(ws.root / "report.json", doc)
+        write_json_atomic(ws.inside("report.json"), doc)
         total = round(time.perf_counter() - t0, 3)
         summary = {
             "report": doc,
@@ -106,5 +106,5 @@ def run_demo(
             "daily_days": daily,
             "eval_day": last,
         }
-        write_report_md(ws.root / "report.md", summary)
+        write_report_md(ws.inside("report.md"), summary)
     return summary

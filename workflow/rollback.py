@@ -37,15 +37,18 @@ def families(ws: Workspace) -> list[Path]:
 def reject_version(ws: Workspace, parent: Path, day: int, reason: str) -> Path:
     """Move `parent/day=<day>` to WORK/rejected/... and point LATEST at the newest remaining version."""
     src = Path(parent) / version_name(day)
-    dest = ws.root / REJECTED / Path(parent).relative_to(ws.root) / f"{version_name(day)}.{int(time.time())}"
+    dest = ws.inside(
+        REJECTED, *Path(parent).relative_to(ws.root).parts, f"{version_name(day)}.{int(time.time())}"
+    )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dest)
-    (dest / "REJECTED").write_text(reason + "\n")
-    remaining = ws.published_days(parent)
+    # the pointer moves first, so LATEST never names a version that is gone (readers refuse such a pointer)
+    remaining = [d for d in ws.published_days(parent) if d != day]
     if remaining:
         set_latest(parent, version_name(remaining[-1]))
     elif (Path(parent) / LATEST).exists():
         os.remove(Path(parent) / LATEST)
+    os.replace(src, dest)
+    (dest / "REJECTED").write_text(reason + "\n")
     log.warning("rejected %s: %s", src, reason)
     return dest
 
@@ -68,7 +71,7 @@ def rollback(ws: Workspace, to_day: int) -> dict[str, Any]:
     # evaluations of days after to_day + 1 used versions that are now rolled back
     for p in sorted(ws.evals_dir.glob("day=*.json")) if ws.evals_dir.exists() else []:
         if int(p.stem[4:]) > to_day + 1:
-            dest = ws.root / REJECTED / "evals" / f"{p.stem}.{int(time.time())}.json"
+            dest = ws.inside(REJECTED, "evals", f"{p.stem}.{int(time.time())}.json")
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(p, dest)
             moved.append(str(dest))
