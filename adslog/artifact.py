@@ -9,6 +9,7 @@ previous version whole, and leftover temporary directories are removed by `clean
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any
 
 from adslog.errors import DataError
 from adslog.faults import crash_point
-from adslog.safepath import check_component
+from adslog.safepath import check_component, resolve_under
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,11 @@ def make_manifest(kind: str, schema_version: int, **fields: Any) -> dict[str, An
     return m
 
 
-def read_manifest(directory: Path, kind: str, max_schema_version: int) -> dict[str, Any]:
-    """Read and validate `directory/manifest.json` before anything else in the directory is read."""
+def read_manifest(
+    directory: Path, kind: str, max_schema_version: int, verify: str = "sha256"
+) -> dict[str, Any]:
+    """Read and validate `directory/manifest.json` before anything else in the directory is read, then check
+    the payload files it lists (`verify_payload`; `verify="size"` checks sizes only, for large datasets)."""
     path = Path(directory) / MANIFEST
     if not Path(directory).is_dir():
         raise DataError(directory, f"no such {kind} artifact directory")
@@ -121,7 +125,83 @@ def read_manifest(directory: Path, kind: str, max_schema_version: int) -> dict[s
     v = m.get("schema_version")
     if not isinstance(v, int) or v < 1 or v > max_schema_version:
         raise DataError(path, f"unsupported schema_version {v!r} (this build reads 1..{max_schema_version})")
+    verify_payload(Path(directory), m, verify)
     return m
+
+
+# -- payload integrity ------------------------------------------------------------------------------------
+# `publishing` records every payload file of a version (every file but the manifest) in the manifest as
+# `payload: {relative path: {"bytes": n, "sha256": hex}}`. A process checks a version's files against that
+# record the first time it opens the version (sha256 of every byte; sizes only where a caller asks, as
+# `Dataset.open` does for large logs), so a corrupt, truncated or replaced file is a one-line error naming the
+# file instead of garbage served. Versions written before the record existed carry none and are not checked.
+PAYLOAD_KEY = "payload"
+_verified: set[tuple[Any, str]] = set()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def payload_record(directory: Path) -> dict[str, dict[str, Any]]:
+    """{relative posix path: {"bytes", "sha256"}} of every regular file below `directory` but the manifest."""
+    out: dict[str, dict[str, Any]] = {}
+    for dirpath, _dirs, files in os.walk(directory):
+        for name in sorted(files):
+            f = Path(dirpath) / name
+            rel = f.relative_to(directory).as_posix()
+            if rel == MANIFEST:
+                continue
+            out[rel] = {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+    return dict(sorted(out.items()))
+
+
+def verify_payload(directory: Path, manifest: dict[str, Any], verify: str = "sha256") -> None:
+    """Check the files a manifest's payload record lists: present, same size, same sha256 (`verify="size"`:
+    sizes only). The hashes of a version are checked once per process for as long as none of its files was
+    replaced or touched since (one stat per file on every open)."""
+    payload = manifest.get(PAYLOAD_KEY)
+    if payload is None:
+        return
+    mpath = Path(directory) / MANIFEST
+    if not isinstance(payload, dict):
+        raise DataError(mpath, "payload record is not an object")
+    files: list[tuple[Path, dict[str, Any]]] = []
+    stats = []
+    for rel, rec in payload.items():
+        f = resolve_under(directory, rel, mpath)
+        if not isinstance(rec, dict) or not isinstance(rec.get("bytes"), int):
+            raise DataError(mpath, f"payload record of {rel!r} is malformed")
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            raise DataError(f, "file listed in the manifest is missing") from None
+        if st.st_size != rec["bytes"]:
+            raise DataError(
+                f, f"size {st.st_size} differs from the manifest's {rec['bytes']} (truncated or replaced)"
+            )
+        files.append((f, rec))
+        stats.append((rel, st.st_ino, st.st_mtime_ns))
+    key = (str(Path(directory).resolve()), str(manifest.get("artifact_id")), tuple(stats))
+    if (key, "sha256") in _verified or (key, verify) in _verified:
+        return
+    if verify == "sha256":
+        for f, rec in files:
+            if file_sha256(f) != rec.get("sha256"):
+                raise DataError(f, "sha256 differs from the manifest (corrupt or replaced file)")
+    _verified.add((key, verify))
+
+
+def _record_payload(tmp: Path) -> None:
+    """Add the payload record to the manifest a caller wrote into `tmp` (called by `publishing`)."""
+    mpath = tmp / MANIFEST
+    m = read_json(mpath)
+    m[PAYLOAD_KEY] = payload_record(tmp)
+    write_json_atomic(mpath, m)
 
 
 @contextlib.contextmanager
@@ -144,6 +224,7 @@ def publishing(target: Path, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         if not (tmp / MANIFEST).exists():
             raise RuntimeError(f"artifact written to {target} has no {MANIFEST}")
+        _record_payload(tmp)
         fsync_tree(tmp)
         crash_point("publish", str(target))
         if target.exists():

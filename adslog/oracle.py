@@ -274,7 +274,7 @@ class Oracle:
     def load(cls, dataset_root: str | Path) -> Oracle:
         """Load the oracle of a dataset; `DataError` when the dataset carries none (e.g. an imported log)."""
         root = Path(dataset_root).resolve()
-        m = read_manifest(root, DATASET_KIND, DATASET_SCHEMA_VERSION)
+        m = read_manifest(root, DATASET_KIND, DATASET_SCHEMA_VERSION, verify="size")
         desc = m.get("oracle")
         if not isinstance(desc, dict) or desc.get("kind") != ORACLE_KIND:
             raise DataError(root / "manifest.json", "dataset has no oracle (only synthetic data has one)")

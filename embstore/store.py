@@ -70,6 +70,29 @@ def check_vectors(vecs: np.ndarray, where: str) -> None:
         raise QualityGateError(f"{where}: {int(bad.sum())} embeddings are not unit-norm; not published")
 
 
+def _check_array(f: Path, name: str, arr: np.ndarray, dim: int) -> None:
+    """What a served store array promises, checked when it is first read (the payload checksum catches a
+    changed file; this catches a version written wrong, or one from before checksums): ids int64, sorted and
+    unique; vectors [n, dim], finite and unit-norm."""
+    if name.endswith("_ids"):
+        if arr.dtype != np.int64 or arr.ndim != 1:
+            raise DataError(f, f"expected int64[n] ids, found {arr.dtype}{list(arr.shape)}")
+        if len(arr) > 1 and not (np.diff(arr) > 0).all():
+            raise DataError(f, "ids are not sorted and unique")
+    elif name.endswith("_vecs"):
+        if arr.ndim != 2 or arr.shape[1] != dim or arr.dtype not in (np.float32, np.float16):
+            raise DataError(f, f"expected float32/float16[n, {dim}] vectors, found {arr.dtype}{list(arr.shape)}")
+        if len(arr):
+            v = np.asarray(arr, np.float32)
+            finite = np.isfinite(v).all(axis=1)
+            if not finite.all():
+                raise DataError(f, f"{int((~finite).sum())} vectors hold NaN or inf")
+            tol = 1e-2 if arr.dtype == np.float16 else 1e-3
+            off = np.abs(np.linalg.norm(v, axis=1) - 1) > tol
+            if off.any():
+                raise DataError(f, f"{int(off.sum())} vectors are not unit-norm")
+
+
 class StoreVersion:
     """A published store version, opened read-only (pool arrays memory-mapped)."""
 
@@ -94,9 +117,11 @@ class StoreVersion:
         if name not in self._cache:
             f = self.dir / f"{name}.npy"
             try:
-                self._cache[name] = np.load(f, mmap_mode="r")
+                arr = np.load(f, mmap_mode="r")
             except (FileNotFoundError, ValueError, OSError) as e:
                 raise DataError(f, f"unreadable store array ({e})") from None
+            _check_array(f, name, arr, int(self.manifest["dim"]))
+            self._cache[name] = arr
         return self._cache[name]
 
     def ids(self, entity: str) -> np.ndarray:
@@ -126,6 +151,8 @@ class StoreVersion:
         ids = np.asarray(ids, np.int64)
         all_ids = self._arr(f"{entity}_ids")
         vecs = self._arr(f"{entity}_vecs")
+        if len(all_ids) != len(vecs):
+            raise DataError(self.dir, f"{entity}: {len(all_ids)} ids but {len(vecs)} vectors")
         if len(all_ids) == 0:
             return np.zeros((len(ids), int(self.manifest["dim"])), np.float32), np.zeros(len(ids), bool)
         # sorted queries walk the memory-mapped arrays in order: ~2x faster than random order at 10k ids

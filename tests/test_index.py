@@ -346,7 +346,9 @@ def test_artifact_round_trip(data, tmp_path, name):
     out = tmp_path / "idx"
     manifest = build_index_artifact(out, ids, vecs, config, UPSTREAM, queries[:50], k=K, params=params)
     on_disk = json.loads((out / "manifest.json").read_text())
+    payload = on_disk.pop("payload")  # added by `publishing`: every file but the manifest, sized and hashed
     assert on_disk == json.loads(json.dumps(manifest))
+    assert set(payload) == set(manifest["files"]) and all(len(r["sha256"]) == 64 for r in payload.values())
     for key in ("backend", "spec", "dim", "metric", "n_vectors", "build_seconds", "search_params", "config"):
         assert key in manifest
     assert manifest["kind"] == "ann_index" and manifest["schema_version"] == 2

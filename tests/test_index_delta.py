@@ -211,14 +211,14 @@ def test_missing_or_corrupt_delta_is_a_clear_error(data, tmp_path):
     raw[len(raw) // 2] ^= 0xFF
     delta.unlink()  # replace, never write into, a published file (it may be a hard link)
     delta.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match="delta file checksum does not match the manifest"):
+    with pytest.raises(DataError, match="delta.npz: sha256 differs from the manifest"):
         load_index_artifact(tmp_path / "bad")
     delta.unlink()
-    with pytest.raises(DataError, match="delta.npz: index file listed in the manifest is missing"):
+    with pytest.raises(DataError, match="delta.npz: file listed in the manifest is missing"):
         load_index_artifact(tmp_path / "bad")
     shutil.copy(tmp_path / "v1" / DELTA_FILE, delta)
     (tmp_path / "bad" / "index.faiss").unlink()  # the hard-linked base file
-    with pytest.raises(DataError, match="index.faiss: index file listed in the manifest is missing"):
+    with pytest.raises(DataError, match="index.faiss: file listed in the manifest is missing"):
         load_index_artifact(tmp_path / "bad")
     # a refresh from an unreadable previous version rebuilds, and says why
     m = refresh_index_artifact(tmp_path / "bad", tmp_path / "v2", ids, vecs, config, _up(2))
@@ -231,6 +231,17 @@ def test_missing_or_corrupt_delta_is_a_clear_error(data, tmp_path):
     (tmp_path / "sizes" / "manifest.json").write_text(json.dumps(m1))
     with pytest.raises(DataError, match="delta sizes do not match the manifest"):
         load_index_artifact(tmp_path / "sizes")
+    # the index's own delta checksum still guards a version whose manifest has no payload record (older)
+    m1 = json.loads((tmp_path / "v1" / "manifest.json").read_text())
+    del m1["payload"]
+    shutil.copytree(tmp_path / "v1", tmp_path / "old")
+    (tmp_path / "old" / "manifest.json").unlink()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps(m1))
+    old_delta = tmp_path / "old" / DELTA_FILE
+    old_delta.unlink()
+    old_delta.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="delta file checksum does not match the manifest"):
+        load_index_artifact(tmp_path / "old")
 
 
 def test_schema_1_full_version_still_loads(data, tmp_path):
