@@ -331,6 +331,7 @@ def train(
     from towers.config import Task
     from towers.train import train_towers
     from workflow.cycle import CYCLE_FILE, CycleConfig, load_cycle_config, save_cycle_config
+    from workflow.lineage import check_retrain
 
     bars = _setup(as_json, ctx.obj["verbose"])
     ws = _workspace(work, data)
@@ -343,11 +344,15 @@ def train(
         cfg = replace(cfg, epochs_initial=epochs)
     if task not in cycle.tasks:
         cycle = replace(cycle, tasks=(*cycle.tasks, task))
-    save_cycle_config(ws, replace(cycle, towers=replace(cycle.towers, seed=seed)))
     with ws.lock():
+        if overwrite:
+            check_retrain(ws, task, days[-1])
         m = train_towers(
             ds, days, cfg, ws.models_dir(task), device=device, progress=bars, overwrite=overwrite
         )
+        save_cycle_config(
+            ws, replace(cycle, towers=replace(cycle.towers, seed=seed))
+        )  # after, under the lock
     out = {
         "model": str(ws.models_dir(task) / f"day={m['day']}"),
         "model_version": m["model_version"],

@@ -81,7 +81,9 @@ def _check_array(f: Path, name: str, arr: np.ndarray, dim: int) -> None:
             raise DataError(f, "ids are not sorted and unique")
     elif name.endswith("_vecs"):
         if arr.ndim != 2 or arr.shape[1] != dim or arr.dtype not in (np.float32, np.float16):
-            raise DataError(f, f"expected float32/float16[n, {dim}] vectors, found {arr.dtype}{list(arr.shape)}")
+            raise DataError(
+                f, f"expected float32/float16[n, {dim}] vectors, found {arr.dtype}{list(arr.shape)}"
+            )
         if len(arr):
             v = np.asarray(arr, np.float32)
             finite = np.isfinite(v).all(axis=1)
@@ -205,6 +207,7 @@ def publish_day(
     still return float32); the pool state used by aggregation stays float32.
     """
     dim = int(model_manifest["dim"])
+    serving = previous  # the coverage gate compares with the version serving now, whatever its lineage
     if previous is not None and previous.lineage != model_manifest["lineage"]:
         previous = None  # a retrain from scratch starts a new lineage: its pool starts empty
     stats: dict[str, Any] = {}
@@ -225,7 +228,7 @@ def publish_day(
             "coverage": float(covered.mean()) if len(act) else None,
         }
         pools[entity] = after
-        prev_cov = previous.manifest["stats"][entity]["coverage"] if previous is not None else None
+        prev_cov = serving.manifest["stats"][entity]["coverage"] if serving is not None else None
         cov = stats[entity]["coverage"]
         if (
             gates is not None

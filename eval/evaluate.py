@@ -234,7 +234,9 @@ def evaluate_day(
         versions["ranker"] = snap.version
         inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, day), snap.config.seq_len)
         arrays = inputs.arrays(imp)
-        derm = DermLookup(ws, snap.config.derm_inputs).features(arrays, int(snap.manifest["derm_dim"]))
+        derm = DermLookup(ws, snap.config.derm_inputs, snap.manifest).features(
+            arrays, int(snap.manifest["derm_dim"])
+        )
         p_ctr, _ = score(snap, inputs, arrays, derm)
         y = arrays.click
         oracle_p = imp.column("p_click").to_numpy() if "p_click" in imp.column_names else None

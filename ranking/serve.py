@@ -212,7 +212,7 @@ class TwoStage:
         )
         activity = ActivityLog.from_dataset(self.ds, min(self.day - 1, self.ds.last_day))
         self.inputs = Inputs(self.ds, self.ranker.spec, activity, self.ranker.config.seq_len)
-        self.lookup = DermLookup(ws, self.ranker.config.derm_inputs)
+        self.lookup = DermLookup(ws, self.ranker.config.derm_inputs, self.ranker.manifest)
         self.ads = AdBook(self.ds.ads, self.ds.columns["ads"])
         c = self.config
         self.cold_start = ColdStart(

@@ -30,10 +30,10 @@ from torch import nn
 
 from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import DataError, DermError
+from adslog.errors import DataError, DermError, VersionMismatchError
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
-from adslog.workspace import Workspace, version_name
+from adslog.workspace import Workspace, version_day, version_name
 from embstore.store import StoreVersion, open_version
 from ranking.model import Ranker, RankerConfig
 from towers.batches import ImpressionArrays, Inputs, to_device
@@ -88,17 +88,33 @@ class DermLookup:
     """DERM embeddings for impressions, point-in-time: rows of day d read the store version before d.
     `used` records, per input, the store versions actually read (named in the ranker's manifest)."""
 
-    def __init__(self, ws: Workspace, inputs: tuple[str, ...]) -> None:
+    def __init__(self, ws: Workspace, inputs: tuple[str, ...], ranker: dict[str, Any] | None = None) -> None:
+        """`ranker`: the manifest of the ranker these features are for. Its embeddings must come from the
+        lineages it was trained on: a store of another lineage (a retrain from scratch, another embedding
+        space) is a VersionMismatchError naming both, never silently read."""
         self.ws = ws
         self.inputs = inputs
         self.used: dict[str, set[str]] = {}
+        self.lineages: dict[str, set[str]] = {}
+        self._expect = embedding_lineages(ws, ranker) if ranker is not None else {}
+        self._ranker_dir = (ws.ranker_dir / version_name(int(ranker["day"]))) if ranker is not None else None
         self._versions: dict[tuple[str, int], StoreVersion | None] = {}
 
     def version(self, task: str, day: int) -> StoreVersion | None:
         key = (task, day)
         if key not in self._versions:
             d = self.ws.version_before(self.ws.embeddings_dir(task), day)
-            self._versions[key] = None if d is None else open_version(self.ws.embeddings_dir(task), d)
+            v = None if d is None else open_version(self.ws.embeddings_dir(task), d)
+            want = self._expect.get(task)
+            if v is not None and want and v.lineage not in want:
+                raise VersionMismatchError(
+                    f"{v.dir}: embedding lineage {v.lineage[:8]}, but the ranker {self._ranker_dir} was trained on "
+                    f"lineage {', '.join(sorted(x[:8] for x in want))}: retrain the ranker from scratch "
+                    "(`derm ranker train`) or roll back (`derm rollback`)"
+                )
+            if v is not None:
+                self.lineages.setdefault(task, set()).add(v.lineage)
+            self._versions[key] = v
         return self._versions[key]
 
     def features(self, a: ImpressionArrays, dim: int) -> dict[str, np.ndarray]:
@@ -121,6 +137,25 @@ class DermLookup:
                 vecs[rows], found[rows] = vv, ff
             out[f"derm_{name}"], out[f"derm_{name}_found"] = vecs, found
         return out
+
+
+def embedding_lineages(ws: Workspace, ranker: dict[str, Any]) -> dict[str, set[str]]:
+    """task -> the embedding lineages a ranker was trained on: its manifest's `embedding_lineages`, or for a
+    ranker written before that field, the lineages of the store versions its `embedding_versions` name
+    (`task:day=D:<artifact id prefix>`) where they are still published."""
+    rec = ranker.get("embedding_lineages")
+    if isinstance(rec, dict):
+        return {str(t): set(v) for t, v in rec.items()}
+    out: dict[str, set[str]] = {}
+    for names in (ranker.get("embedding_versions") or {}).values():
+        for name in names:
+            task, vname, aid = str(name).split(":")
+            d = ws.embeddings_dir(task) / vname
+            if (d / "manifest.json").is_file():
+                v = open_version(ws.embeddings_dir(task), version_day(vname))
+                if v.manifest["artifact_id"].startswith(aid):
+                    out.setdefault(task, set()).add(v.lineage)
+    return out
 
 
 def attach(
@@ -364,7 +399,8 @@ def train_ranker(
         epochs = cfg.epochs_incremental
     derm_dim = snap.ranker.derm_dim
     inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, last), cfg.seq_len)
-    lookup = DermLookup(ws, cfg.derm_inputs)
+    # a fine-tune reads embeddings of its parent's lineages only (VersionMismatchError otherwise)
+    lookup = DermLookup(ws, cfg.derm_inputs, snap.manifest if parent is not None else None)
     cutoff = (last + 1) * 86400  # labels as known at the end of the last day (delayed conversions)
 
     def rows(ds_days: list[int]) -> RankerRows:
@@ -401,6 +437,7 @@ def train_ranker(
         feature_spec=snap.spec.to_json(),
         derm_dim=derm_dim,
         embedding_versions={k: sorted(v) for k, v in lookup.used.items()},
+        embedding_lineages={k: sorted(v) for k, v in lookup.lineages.items()},
         train_stats=stats,
     )
     target = ws.ranker_dir / version_name(last)

@@ -49,6 +49,7 @@ from ranking.train import train_ranker
 from towers.config import Task, TowerConfig
 from towers.infer import embed_day
 from towers.train import load_snapshot, train_towers
+from workflow.lineage import check_cycle_lineage
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,7 @@ def run_day(
         return {"day": day, "skipped": True, "eval": read_json(ws.eval_path(day)), "stage_seconds": {}}
     if ws.version_before(ws.models_dir("ctr"), day) is None:
         raise DermError(f"{ws.root}: no model snapshot before day {day}: train first (`derm train`)")
+    check_cycle_lineage(ws, day, cfg.tasks)  # before anything is trained or written
     if overwrite or not ws.eval_path(day).exists():
         done = timer.stage("eval")
         doc = evaluate_day(ws, day)

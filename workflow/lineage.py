@@ -1,0 +1,79 @@
+"""Lineage gates: a new tower lineage never mixes silently with the artifacts of the old one.
+
+A tower model trained from scratch starts a new lineage: a new embedding space. Every artifact downstream of
+it (the embedding store's pool, the ANN index, the ranker that reads DERM embeddings) is only meaningful
+within one lineage. Two rules, applied by the daily cycle and the manual commands alike:
+
+- `check_retrain`: a retrain never replaces a published model version in place once anything was made from
+  it (a store version names it as `model_artifact`): roll back first, or train into a new workspace.
+- `check_cycle_lineage`: the daily cycle refuses a day whose parent model and serving store come from
+  different lineages, naming what must be rebuilt, instead of pooling new vectors into an old space (or
+  starting an empty pool that a coverage gate would no longer compare with the serving one).
+
+The ranker's own check (its recorded embedding lineages against the stores it reads) lives in
+`ranking.train.DermLookup`, so training, evaluation and serving all apply it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from adslog.artifact import read_manifest
+from adslog.errors import VersionMismatchError
+from adslog.workspace import Workspace, version_name
+from embstore.store import open_version
+from towers.train import MODEL_KIND, MODEL_SCHEMA_VERSION
+
+
+class LineageError(VersionMismatchError):
+    """Artifacts of two tower lineages would be mixed, or a published lineage replaced in place."""
+
+
+def model_dependents(ws: Workspace, task: str, day: int) -> list[Path]:
+    """Store versions of `task` made from the published model version `day` (empty when none is)."""
+    mdir = ws.models_dir(task) / version_name(day)
+    if not (mdir / "manifest.json").is_file():
+        return []
+    aid = read_manifest(mdir, MODEL_KIND, MODEL_SCHEMA_VERSION)["artifact_id"]
+    sdir = ws.embeddings_dir(task)
+    return [
+        sdir / version_name(d)
+        for d in ws.published_days(sdir)
+        if open_version(sdir, d).manifest.get("model_artifact") == aid
+    ]
+
+
+def check_retrain(ws: Workspace, task: str, day: int) -> None:
+    """Refuse to replace published model version `day` of `task` once a store version was made from it."""
+    deps = model_dependents(ws, task, day)
+    if deps:
+        earlier = [d for d in ws.published_days(ws.models_dir(task)) if d < day]
+        how = (
+            f"roll back first (`derm rollback --to {earlier[-1]}`)"
+            if earlier
+            else "train into a new workspace"
+        )
+        raise LineageError(
+            f"{ws.models_dir(task) / version_name(day)}: published, and {len(deps)} embedding store versions "
+            f"(first {deps[0]}) were made from it; a retrain would replace a serving lineage in place: {how}"
+        )
+
+
+def check_cycle_lineage(ws: Workspace, day: int, tasks: tuple[str, ...]) -> None:
+    """Refuse a daily cycle for `day` whose parent model (the newest before `day`) and serving store version
+    come from different lineages."""
+    for task in tasks:
+        mday = ws.version_before(ws.models_dir(task), day)
+        sday = ws.version_before(ws.embeddings_dir(task), day)
+        if mday is None or sday is None:
+            continue
+        mdir = ws.models_dir(task) / version_name(mday)
+        model_lineage = str(read_manifest(mdir, MODEL_KIND, MODEL_SCHEMA_VERSION)["lineage"])
+        store = open_version(ws.embeddings_dir(task), sday)
+        if store.lineage != model_lineage:
+            raise LineageError(
+                f"{mdir}: model lineage {model_lineage[:8]} differs from the serving store {store.dir} (lineage "
+                f"{store.lineage[:8]}): its store pool, index and ranker must be rebuilt from the new model "
+                f"(`derm embed --from <first> --to {mday}`, `derm index build`, `derm ranker train`), or roll "
+                f"back to the old lineage (`derm rollback --to {sday}`)"
+            )
