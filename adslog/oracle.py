@@ -257,6 +257,11 @@ class IdMap:
         return self.order[pos]
 
 
+class NoOracleError(DataError):
+    """The dataset records no true probabilities (every real log): callers that report oracle figures only
+    when there is one catch this, and nothing else (a corrupt oracle is an error like any other)."""
+
+
 class Oracle:
     """True click / conversion probabilities of a synthetic dataset, for evaluation only (never a feature).
 
@@ -277,7 +282,7 @@ class Oracle:
         m = read_manifest(root, DATASET_KIND, DATASET_SCHEMA_VERSION, verify="size")
         desc = m.get("oracle")
         if not isinstance(desc, dict) or desc.get("kind") != ORACLE_KIND:
-            raise DataError(root / "manifest.json", "dataset has no oracle (only synthetic data has one)")
+            raise NoOracleError(root / "manifest.json", "dataset has no oracle (only synthetic data has one)")
         if desc.get("format_version") != ORACLE_FORMAT_VERSION:
             raise DataError(
                 root / "manifest.json", f"unsupported oracle format {desc.get('format_version')!r}"

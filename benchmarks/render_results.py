@@ -265,8 +265,35 @@ def index_gpu_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def robustness_section(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Robustness: the fault matrix",
+        "",
+        f"Command: `{r['command']}`. Machine: {_machine(r)}. A tiny demo workspace; the cycle killed and corrupted "
+        f"is `derm daily --day {r['day']}`.",
+        "",
+        "| category | tried | outcomes |",
+        "|---|---|---|",
+    ]
+    for cat in ("bad_inputs", "corruption", "writes_outside", "kills"):
+        c = r[cat]
+        outs = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("tried", "cases", "seconds") and not
+                         isinstance(v, float))  # fmt: skip
+        lines.append(f"| {cat} | {c['tried']} | {outs} |")
+    bad = [c for c in r["corruption"]["cases"] if c["outcome"] != "refused"]
+    lines += [
+        "",
+        "Corruptions not refused: "
+        + ("; ".join(f"{c['kind']} x {c['command']}: {c['outcome']}" for c in bad) or "none")
+        + ".",
+    ]
+    lines.append("")
+    return lines
+
+
 SECTIONS = {
     "aggregation": aggregation_section,
+    "robustness": robustness_section,
     "bench_times": bench_times_section,
     "demo": demo_section,
     "index_gpu": index_gpu_section,

@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from adslog.errors import DermError
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
@@ -109,11 +108,11 @@ def oracle_topk(
     data_root: Path, users: np.ndarray, live: np.ndarray, day: int, k: int, chunk: int = 256
 ) -> np.ndarray | None:
     """Top-k live ads by true p_click at the reference context, int64[n_users, k]; None without an oracle."""
-    from adslog.oracle import Oracle  # synthetic data only
+    from adslog.oracle import NoOracleError, Oracle  # synthetic data only
 
     try:
         oracle = Oracle.load(data_root)
-    except DermError:
+    except NoOracleError:
         return None
     out = np.full((len(users), k), -1, np.int64)
     kk = min(k, len(live))
@@ -130,11 +129,11 @@ def _nonpersonal_oracle(data_root: Path, imp: Any, day: int) -> np.ndarray | Non
     """True P(click) of the logged impressions with each user's latent interests replaced by the day's mean
     (biases, region / age x category, surface, position kept): what a model that learns no per-user taste can
     reach. None without an oracle."""
-    from adslog.oracle import Oracle  # synthetic data only
+    from adslog.oracle import NoOracleError, Oracle  # synthetic data only
 
     try:
         oracle = Oracle.load(data_root)
-    except DermError:
+    except NoOracleError:
         return None
     u, a, s, p = (imp.column(c).to_numpy() for c in ("user_id", "ad_id", "surface", "position"))
     return oracle.p_click_nonpersonal(u, a, day, s, p)
