@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,8 @@ from adslog.artifact import clean_tmp, get_latest, read_json, write_json_atomic
 from adslog.dataset import Dataset
 from adslog.errors import DataError, DermError
 from adslog.safepath import check_component, check_no_symlinks
+
+log = logging.getLogger(__name__)
 
 WORKSPACE_FILE = "workspace.json"
 WORKSPACE_SCHEMA_VERSION = 1
@@ -146,11 +149,21 @@ class Workspace:
         pick their versions with this rule never see a half-moved cycle (a new store with yesterday's index),
         so a cycle killed or refused by a quality gate midway leaves yesterday's versions serving together."""
         common: set[int] | None = None
+        newest: dict[str, int] = {}
         for parent in parents:
             latest = self.latest_day(parent)
             days = {d for d in self.published_days(parent) if d < day and (latest is None or d <= latest)}
+            if days:
+                newest[str(Path(parent).relative_to(self.root))] = max(days)
             common = days if common is None else common & days
-        return max(common) if common else None
+        chosen = max(common) if common else None
+        ahead = {k: v for k, v in newest.items() if chosen is not None and v > chosen}
+        if ahead:  # a cycle stopped between two families: serve the older pair, and say so
+            log.warning(
+                "serving day %d with versions of day %d: %s are newer but not published in every family",
+                day, chosen, ", ".join(f"{k}/day={v}" for k, v in sorted(ahead.items())),
+            )  # fmt: skip
+        return chosen
 
     # -- concurrency --------------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -109,7 +109,7 @@ def test_coverage_drop_is_refused(tmp_path: Path) -> None:
     )
 
 
-def test_low_index_recall_is_refused(ws_copy: tuple[Workspace, dict], monkeypatch) -> None:
+def test_low_index_recall_is_refused(ws_copy: tuple[Workspace, dict], monkeypatch, caplog) -> None:
     import index.artifact
 
     ws, s = ws_copy
@@ -125,8 +125,14 @@ def test_low_index_recall_is_refused(ws_copy: tuple[Workspace, dict], monkeypatc
     assert get_latest(ws.index_dir) == version_name(yesterday)
     # the store moved on to `day`, the index did not: readers keep serving yesterday's pair
     assert get_latest(ws.embeddings_dir("ctr")) == version_name(day)
-    r = Retriever(ws, day + 1)
+    with caplog.at_level("WARNING", logger="adslog.workspace"):
+        r = Retriever(ws, day + 1)
     assert r.store.day == yesterday and version_name(yesterday) in r.versions["index"]  # type: ignore[union-attr]
+    # the fallback to yesterday's pair is logged, naming the newer version that is not served
+    assert (
+        f"serving day {day + 1} with versions of day {yesterday}: embeddings/ctr/day={day} are newer"
+        in caplog.text
+    )
     # once the index is healthy again, the rerun publishes the day without recomputing the store
     store_id = read_json(ws.embeddings_dir("ctr") / version_name(day) / "manifest.json")["artifact_id"]
     monkeypatch.undo()
