@@ -20,7 +20,6 @@ the updated index in full instead (a compaction), which becomes the base of the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from adslog.artifact import file_sha256
 from adslog.errors import DataError
 from adslog.safepath import is_plain
 from index.base import AnnIndex
@@ -214,7 +214,7 @@ def write_delta(directory: Path, delta: IndexDelta) -> dict[str, Any]:
     with open(path, "wb") as f:
         np.savez(f, removed=delta.removed, upsert_ids=delta.upsert_ids, upsert_vecs=delta.upsert_vecs)
     os.chmod(path, 0o444)
-    return {"delta_file": DELTA_FILE, "delta_sha256": _sha256(path), "delta_bytes": path.stat().st_size}
+    return {"delta_file": DELTA_FILE, "delta_sha256": file_sha256(path), "delta_bytes": path.stat().st_size}
 
 
 def read_delta(directory: Path, storage: dict[str, Any], dim: int) -> IndexDelta:
@@ -225,7 +225,7 @@ def read_delta(directory: Path, storage: dict[str, Any], dim: int) -> IndexDelta
     path = Path(directory) / name
     if not path.is_file():
         raise DataError(path, "delta file listed in the manifest is missing")
-    if _sha256(path) != storage.get("delta_sha256"):
+    if file_sha256(path) != storage.get("delta_sha256"):
         raise DataError(path, "delta file checksum does not match the manifest (corrupt or replaced)")
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -262,11 +262,3 @@ def link_files(src: Path, dst: Path, names: list[str]) -> str:
             shutil.copyfile(s, d)
             how = "copy"
     return how
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

@@ -9,10 +9,16 @@ eligible; callers may exclude ads.
 `Retriever.retrieve` (batch, used by `derm eval`): a user with no pooled embedding is answered from the
 most-clicked live ads of the 7 days before d (ties by ad_id), the `cold_start` path. The serving path
 (`ranking.serve.TwoStage`) answers such users through `retrieval.cold_start` instead (categories first).
+
+Optional popularity prior (`Retriever(prior=PriorConfig(...))`, default none: the ANN order): candidates are
+re-ranked by inner product + beta x log recent click share (`retrieval.prior`), and `Retriever.fit_prior`
+chooses beta on a validation day.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +31,17 @@ from adslog.workspace import Workspace, version_name
 from embstore.store import StoreVersion, open_version
 from index import SearchParams, load_index_artifact
 from index.base import compact_rows
+from retrieval.prior import (
+    DEFAULT_BETAS,
+    POPULARITY_DAYS,
+    LogPrior,
+    PriorConfig,
+    PriorFit,
+    apply_prior,
+    fit_beta,
+)
 
-POPULARITY_DAYS = 7
+log = logging.getLogger(__name__)
 
 
 def window_clicks(ds: Dataset, day: int, window: int = POPULARITY_DAYS) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +97,10 @@ class Retriever:
         task: str = "ctr",
         allow_skew: bool = False,
         params: SearchParams | None = None,
+        prior: PriorConfig | None = None,
     ) -> None:
+        """`prior`: re-rank ANN candidates with a popularity prior (`retrieval.prior`); None keeps the ANN
+        order."""
         self.ws = ws
         self.ds = ds if ds is not None else ws.dataset()
         self.day = int(day)
@@ -126,6 +144,11 @@ class Retriever:
         self.popular, self.popular_clicks = popularity(
             self.ds, self.day, self.live, clicked_ads=self.window_clicks[1]
         )
+        self.prior = prior
+        #: the log click share of the live ads over the prior's window (None without a prior)
+        self.log_prior: LogPrior | None = None
+        if prior is not None:
+            self.log_prior = self.window_prior(prior.window, prior.alpha)
         # Indexed ads that are not live today. Excluding them is the same filter as allowing only live ads, and
         # far cheaper per query when they are few (the filter is rebuilt per search); none: no filter at all.
         self._dead = np.zeros(0, np.int64)
@@ -145,7 +168,26 @@ class Retriever:
             return np.zeros((len(user_ids), 1), np.float32), np.zeros(len(user_ids), bool)
         return self.store.lookup("user", user_ids)
 
+    def window_prior(self, window: int, alpha: float) -> LogPrior:
+        """The log click share of the live ads over the `window` days before the query day."""
+        clicked = (
+            self.window_clicks[1]
+            if window == POPULARITY_DAYS
+            else window_clicks(self.ds, self.day, window)[1]
+        )
+        return LogPrior.from_clicks(self.live, clicked, alpha)
+
     def search(
+        self, vecs: np.ndarray, k: int, excluded_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over the live ads in the index: (ids int64[n, k], scores float32[n, k]), -1 / -inf pads where
+        fewer than k live ads have an embedding. Without a prior: the ANN's top k and inner products; with one:
+        the top k by inner product + beta x log click share, and that score (`retrieval.prior`)."""
+        if self.prior is not None and self.log_prior is not None:
+            return self._search_with_prior(vecs, k, excluded_ids, self.prior, self.log_prior)
+        return self.ann_search(vecs, k, excluded_ids)
+
+    def ann_search(
         self, vecs: np.ndarray, k: int, excluded_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """ANN top-k over the live ads in the index: (ids int64[n, k], scores float32[n, k]), -1 / -inf pads
@@ -173,6 +215,105 @@ class Retriever:
                 filtered = self.index.search(vecs[short], k, self.params, allowed_ids=self.live)
             ids[short], scores[short] = filtered
         return ids, scores
+
+    def _pool(self, order: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first `size` ads of `order` that have a vector in the store: (ids int64[p], vecs float32[p, dim])."""
+        assert self.store is not None
+        ids = order[:size]
+        vecs, found = self.store.lookup("ad", ids)
+        return ids[found], vecs[found]
+
+    def prior_candidates(
+        self,
+        vecs: np.ndarray,
+        depth: int,
+        pool_ids: np.ndarray,
+        pool_vecs: np.ndarray,
+        excluded_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per query: the ANN top `depth` and the `pool_ids` ads (int64[p], with their store vectors float32[p,
+        dim]), the pool scored by the exact inner product. Returns ids int64[n, depth + p] (-1 pads and repeats),
+        scores float32[n, depth + p] (-inf there) and floor float32[n]: the lowest ANN score fetched, -inf where
+        the ANN returned fewer than `depth` (every eligible ad)."""
+        ann_ids, ann_scores = self.ann_search(vecs, depth, excluded_ids)
+        floor = np.where((ann_ids >= 0).all(axis=1), ann_scores[:, -1], -np.inf).astype(np.float32)
+        n = len(vecs)
+        ids = np.concatenate([ann_ids, np.broadcast_to(pool_ids, (n, len(pool_ids)))], axis=1)
+        scores = np.concatenate([ann_scores, (vecs @ pool_vecs.T).astype(np.float32)], axis=1)
+        # a pool ad the ANN also returned keeps its ANN entry (the first; the sort is stable)
+        order = np.argsort(ids, axis=1, kind="stable")
+        s = np.take_along_axis(ids, order, axis=1)
+        repeat = np.zeros(s.shape, bool)
+        repeat[:, 1:] = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
+        rows, cols = np.nonzero(repeat)
+        ids[rows, order[rows, cols]] = -1
+        scores[rows, order[rows, cols]] = -np.inf
+        return ids, scores, floor
+
+    def _search_with_prior(
+        self, vecs: np.ndarray, k: int, excluded_ids: np.ndarray | None, cfg: PriorConfig, prior: LogPrior
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top k by inner product + beta x log share, exact where the bound holds (`retrieval.prior`)."""
+        if self.index is None:
+            raise DermError(f"{self.ws.index_dir}: no index is published before day {self.day}")
+        order = prior.order(excluded_ids)
+        size = cfg.popular_pool * k
+        pool_ids, pool_vecs = self._pool(order, size)
+        # the best log share left out of the pool (ads without a vector are never candidates, so this bounds
+        # them from above); beta * -inf would be nan at beta 0
+        outside = float(prior.at(order[size : size + 1])[0]) if len(order) > size else -np.inf
+        bonus = cfg.beta * outside if cfg.beta > 0 else 0.0
+        n_index = self.index.ntotal
+        depth = min(max(cfg.overfetch * k, k), n_index)
+        out_ids = np.full((len(vecs), k), -1, np.int64)
+        out_scores = np.full((len(vecs), k), -np.inf, np.float32)
+        rows = np.arange(len(vecs))
+        while len(rows):
+            ids, scores, floor = self.prior_candidates(vecs[rows], depth, pool_ids, pool_vecs, excluded_ids)
+            top_ids, top_scores = apply_prior(ids, scores, prior, cfg.beta, k)
+            done = (top_scores[:, -1] >= floor + bonus) | (depth >= n_index)
+            out_ids[rows[done]], out_scores[rows[done]] = top_ids[done], top_scores[done]
+            rows = rows[~done]
+            if len(rows):
+                log.debug("prior: %d rows fetched again at depth %d", len(rows), min(4 * depth, n_index))
+            depth = min(4 * depth, n_index)
+        return out_ids, out_scores
+
+    def fit_prior(
+        self,
+        user_ids: np.ndarray,
+        relevant: Sequence[np.ndarray],
+        k: int,
+        betas: Sequence[float] = DEFAULT_BETAS,
+        windows: Sequence[int] = (POPULARITY_DAYS,),
+        base: PriorConfig | None = None,
+    ) -> PriorFit:
+        """Choose the prior's beta (and window) by recall@k of this query day's clicks.
+
+        Call it with the Retriever of a validation day D (it reads the versions published before D, and counts
+        clicks before D), `user_ids` int64[n] D's users with clicks and `relevant` the ads each clicked on D;
+        serve later days with `fit.config`. Users without an embedding are skipped (the cold-start path serves
+        them, prior or not). Candidates: the ANN top overfetch * k and the popular_pool * k most clicked live ads
+        of each window, as serving draws them (`base`: alpha, overfetch and popular_pool; default this
+        retriever's prior or `PriorConfig()`)."""
+        base = base or self.prior or PriorConfig()
+        if self.index is None or self.store is None:
+            raise DermError(f"{self.ws.index_dir}: no index is published before day {self.day}")
+        user_ids = np.asarray(user_ids, np.int64)
+        if len(relevant) != len(user_ids):
+            raise DermError(f"{len(user_ids)} users but {len(relevant)} relevant lists")
+        vecs, found = self.user_embeddings(user_ids)
+        priors = {int(w): self.window_prior(int(w), base.alpha) for w in windows}
+        size = base.popular_pool * k
+        pool = np.unique(
+            np.concatenate([p.order()[:size] for p in priors.values()] + [np.zeros(0, np.int64)])
+        )
+        pool_ids, pool_vecs = self._pool(pool, len(pool))
+        depth = min(max(base.overfetch * k, k), self.index.ntotal)
+        ids, scores, _ = self.prior_candidates(vecs[found], depth, pool_ids, pool_vecs)
+        rel = [np.asarray(relevant[int(i)], np.int64) for i in np.flatnonzero(found)]
+        lp = {w: p.at(ids) for w, p in priors.items()}
+        return fit_beta(ids, scores, lp, rel, k, betas, base, validation_days=(self.day,))
 
     def retrieve(self, user_ids: np.ndarray, k: int, excluded_ids: np.ndarray | None = None) -> Candidates:
         """Top-k live candidates per user; exactly k when k eligible ads exist."""

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -30,3 +31,16 @@ def demo_ws(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     work = tmp_path_factory.mktemp("demo") / "work"
     summary = run_demo(work, DemoConfig.tiny())
     return work, summary
+
+
+@pytest.fixture()
+def ws_copy(demo_ws: tuple[Path, dict], tmp_path: Path) -> tuple[Any, dict]:
+    """(a Workspace over a private copy of the demo workspace, the demo summary): for tests that write."""
+    import shutil
+
+    from adslog.workspace import Workspace
+
+    work, summary = demo_ws
+    dst = tmp_path / "work"
+    shutil.copytree(work, dst)
+    return Workspace(dst), summary

@@ -4,7 +4,6 @@ earlier versions together, and a SIGKILL at any point loses nothing and a rerun 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +22,6 @@ from workflow.cycle import load_cycle_config, run_day
 from workflow.rollback import families, rollback
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def ws_copy(demo_ws: tuple[Path, dict], tmp_path: Path) -> tuple[Workspace, dict]:
-    work, summary = demo_ws
-    dst = tmp_path / "work"
-    shutil.copytree(work, dst)
-    return Workspace(dst), summary
 
 
 def _manifests(ws: Workspace) -> dict[str, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +20,6 @@ from workflow.lineage import LineageError, check_retrain
 from workflow.rollback import rollback
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def ws_copy(demo_ws: tuple[Path, dict], tmp_path: Path) -> tuple[Workspace, dict]:
-    work, summary = demo_ws
-    dst = tmp_path / "work"
-    shutil.copytree(work, dst)
-    return Workspace(dst), summary
 
 
 def _tree(ws: Workspace) -> dict[str, bytes]:
