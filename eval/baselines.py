@@ -15,7 +15,7 @@ Ranking:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -264,12 +264,16 @@ class MFConfig:
     init_std: float = 0.1
     logq: bool = True
     seed: int = 0
+    # learning rate decayed linearly from `lr` to `lr_end` over the run (None: constant)
+    lr_end: float | None = None
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.batch_size < 2 or self.epochs < 1:
             raise ValueError("dim and epochs must be >= 1, batch_size >= 2 (in-batch negatives)")
         if not (self.temperature > 0 and self.lr > 0 and self.init_std > 0):
             raise ValueError("temperature, lr and init_std must be > 0")
+        if self.lr_end is not None and not 0 < self.lr_end <= self.lr:
+            raise ValueError("lr_end must be in (0, lr]")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -304,12 +308,18 @@ class MFModel:
         return self._lookup(self.ad_ids, self.ad_emb, ad_ids)
 
 
-def plain_mf(user_ids: np.ndarray, ad_ids: np.ndarray, cfg: MFConfig | None = None) -> MFModel:
+def plain_mf(
+    user_ids: np.ndarray,
+    ad_ids: np.ndarray,
+    cfg: MFConfig | None = None,
+    on_epoch: Callable[[int, MFModel], None] | None = None,
+) -> MFModel:
     """Train plain MF on positive pairs (user_ids, ad_ids int64[n]: one row per click; repeats count).
 
     Each batch's ads are its candidates; Q(a) = batch_size * count(a) / n is the expected number of columns ad
     a fills per batch (the towers' convention, here exact); another column holding the positive's own ad is
-    masked. Dense Adam over both tables, one shuffled pass per epoch (seeded)."""
+    masked. Dense Adam over both tables, one shuffled pass per epoch (seeded). `on_epoch(epoch, model)` is
+    called after every epoch (1-based) with the embeddings so far (a validation curve)."""
     cfg = cfg or MFConfig()
     u_all, a_all = np.asarray(user_ids, np.int64), np.asarray(ad_ids, np.int64)
     if len(u_all) != len(a_all) or len(u_all) == 0:
@@ -324,10 +334,16 @@ def plain_mf(user_ids: np.ndarray, ad_ids: np.ndarray, cfg: MFConfig | None = No
     log_q = torch.from_numpy(np.log(cfg.batch_size * count / len(ai))).float()
     ui_t, ai_t = torch.from_numpy(ui), torch.from_numpy(ai)
     rng = np.random.default_rng(cfg.seed)
-    for _ in range(cfg.epochs):
+    total = cfg.epochs * math.ceil(len(ui) / cfg.batch_size)
+    step = 0
+    for epoch in range(cfg.epochs):
         perm = torch.from_numpy(rng.permutation(len(ui)))
         for s in range(0, len(perm), cfg.batch_size):
             idx = perm[s : s + cfg.batch_size]
+            if cfg.lr_end is not None:
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr + (cfg.lr_end - cfg.lr) * step / max(1, total - 1)
+            step += 1
             if len(idx) < 2:
                 continue
             bu, ba = ui_t[idx], ai_t[idx]
@@ -341,7 +357,13 @@ def plain_mf(user_ids: np.ndarray, ad_ids: np.ndarray, cfg: MFConfig | None = No
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    with torch.no_grad():
-        u_emb = F.normalize(user_t, dim=1).numpy().astype(np.float32)
-        a_emb = F.normalize(ad_t, dim=1).numpy().astype(np.float32)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, _mf_model(users, user_t, ads, ad_t))
+    return _mf_model(users, user_t, ads, ad_t)
+
+
+@torch.no_grad()
+def _mf_model(users: np.ndarray, user_t: torch.Tensor, ads: np.ndarray, ad_t: torch.Tensor) -> MFModel:
+    u_emb = F.normalize(user_t, dim=1).numpy().astype(np.float32)
+    a_emb = F.normalize(ad_t, dim=1).numpy().astype(np.float32)
     return MFModel(users, u_emb, ads, a_emb)

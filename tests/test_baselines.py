@@ -162,3 +162,24 @@ def test_read_rows_joins_the_fields_columns(synth: Dataset) -> None:
     assert set(rows) >= {"user_id", "ad_id", "click", "surface", "category"}
     n = sum(synth.impressions(d, ["click"]).num_rows for d in synth.days()[:2])
     assert len(rows["click"]) == n
+
+
+def test_plain_mf_reports_every_epoch_and_decays_its_learning_rate() -> None:
+    from eval.baselines import MFConfig, plain_mf
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 40, 2000)
+    ads = (users % 8) * 5 + rng.integers(0, 5, 2000)  # each user's ads come from one block of 5
+    seen: list[tuple[int, float]] = []
+
+    def on_epoch(epoch: int, m: object) -> None:
+        u, _ = m.user_vectors(np.arange(40))  # type: ignore[attr-defined]
+        a, _ = m.ad_vectors(np.arange(40))  # type: ignore[attr-defined]
+        own = (u @ a.T)[np.arange(40)[:, None], (np.arange(40) % 8)[:, None] * 5 + np.arange(5)].mean()
+        seen.append((epoch, float(own - (u @ a.T).mean())))
+
+    plain_mf(users, ads, MFConfig(dim=8, epochs=4, batch_size=64, lr=0.05, lr_end=0.005), on_epoch=on_epoch)
+    assert [e for e, _ in seen] == [1, 2, 3, 4]
+    assert seen[-1][1] > 0.3  # the user's own block scores well above the average ad
+    with pytest.raises(ValueError, match="lr_end"):
+        MFConfig(lr=0.01, lr_end=0.1)
