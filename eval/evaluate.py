@@ -62,6 +62,7 @@ from towers.train import resolve_device
 log = logging.getLogger(__name__)
 
 EVAL_SCHEMA_VERSION = 1
+SLATE_USERS = 300  # users sampled for the slate's true value on synthetic data (~3 s on the demo)
 CURVE_KS = (10, 20, 50, 100, 200)
 BOOTSTRAP_REPLICATES = 1000
 
@@ -145,9 +146,12 @@ def evaluate_day(
     ks: tuple[int, ...] = (20, 100),
     progress: Progress = no_progress,
     device: str = "cpu",
+    slate_users: int = SLATE_USERS,
 ) -> dict[str, Any]:
     """The `derm eval --json` document for `day` (default: the data's last day); the ranker scores on
-    `device` (auto | cpu | cuda)."""
+    `device` (auto | cpu | cuda). On synthetic data (a dataset with an oracle) the document gains `slate`: the
+    true expected clicks and revenue per user of each ordering (`eval.slate`) for a seeded sample of
+    `slate_users` users shown ads that day (0: skip)."""
     ds = ws.dataset()
     day = ds.last_day if day is None else ds.check_day(day)
     ks = tuple(sorted(set(ks)))
@@ -283,8 +287,9 @@ def evaluate_day(
         from adslog.artifact import read_json
 
         train_days = list(read_json(model_dir / version_name(mday) / "manifest.json").get("days_seen", []))
+    slate = _slate(ws, day, imp, device, slate_users) if ds.has_oracle and rday is not None else None
     progress("eval", 3, 3)
-    return {
+    doc = {
         "schema_version": EVAL_SCHEMA_VERSION,
         "day": int(day),
         "embedding_day": None if store is None else store.day,
@@ -294,3 +299,21 @@ def evaluate_day(
         "ranking": ranking,
         "embeddings": embeddings,
     }
+    if slate is not None:
+        doc["slate"] = slate
+    return doc
+
+
+def _slate(ws: Workspace, day: int, imp: Any, device: str, n: int) -> dict[str, Any] | None:
+    """`eval.slate.slate_value` for a seeded sample of `n` users shown ads on `day` (None when n is 0)."""
+    from adslog.oracle import Oracle
+    from eval.slate import slate_value
+    from ranking.serve import TwoStage
+
+    shown = np.unique(imp.column("user_id").to_numpy()).astype(np.int64)
+    if n <= 0 or len(shown) == 0:
+        return None
+    users = np.sort(np.random.default_rng(day).choice(shown, size=min(n, len(shown)), replace=False))
+    ts = TwoStage(ws, day=day, device=resolve_device(device).type)
+    out = slate_value(ts, Oracle.load(ws.data_path()), users, n_boot=200)
+    return {"sample": f"{len(users)} of the {len(shown)} users shown ads (seed {day})", **out}

@@ -26,6 +26,13 @@ def summary_table(doc: dict[str, Any]) -> list[str]:
     g = doc.get("ranking", {})
     lines.append(f"| ranker ROC-AUC (CTR) | {_f(g.get('roc_auc'))} | - | {_f(g.get('oracle_roc_auc'))} |")
     lines.append(f"| ranker PR-AUC (CTR) | {_f(g.get('pr_auc'))} | - | - |")
+    sl: dict[str, Any] = doc.get("slate") or {}
+    for k in ("k10", "k50") if sl else ():
+        v = sl[k]
+        lines.append(
+            f"| true clicks per user, top {k[1:]}: two-stage / retrieval / served | {_f(v['two_stage'])} / "
+            f"{_f(v['retrieval'])} / {_f(v['served'])} | - | {_f(v['oracle'])} |"
+        )
     return lines
 
 

@@ -1,0 +1,62 @@
+"""eval.slate: the true value of each ordering, on the tiny demo (synthetic data has the truth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adslog.oracle import Oracle
+from adslog.workspace import Workspace
+from eval.slate import SYSTEMS, slate_value
+from ranking.serve import TwoStage
+
+
+@pytest.fixture(scope="module")
+def slate(demo_ws: tuple[Path, dict]) -> tuple[TwoStage, Oracle, np.ndarray, dict]:
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    day = int(s["eval_day"])
+    ts = TwoStage(ws, day=day)
+    oracle = Oracle.load(ws.data_path())
+    shown = np.unique(ws.dataset().impressions(day, ["user_id"]).column("user_id").to_numpy())[:60]
+    return ts, oracle, shown, slate_value(ts, oracle, shown, ks=(5, 20), n_boot=100)
+
+
+def test_oracles_bound_every_system(slate: tuple[TwoStage, Oracle, np.ndarray, dict]) -> None:
+    _, _, users, out = slate
+    assert out["n_users"] == len(users) and sum(out["paths"].values()) == len(users)
+    for k in ("k5", "k20"):
+        for sec in (out[k], out[k]["revenue"]):
+            for s in ("retrieval", "two_stage", "served"):
+                assert 0 < sec[s] <= sec["oracle_candidates"] + 1e-9 <= sec["oracle"] + 2e-9
+            assert sec["fraction_of_oracle"]["oracle"] == 1.0
+            lo, hi = sec["two_stage_minus_retrieval_ci"]
+            assert lo <= sec["two_stage_minus_retrieval"] <= hi
+    assert out["k20"]["oracle"] > out["k5"]["oracle"]  # more slots, more expected clicks
+
+
+def test_retrieval_value_is_the_truth_summed_over_its_first_k(
+    slate: tuple[TwoStage, Oracle, np.ndarray, dict],
+) -> None:
+    ts, oracle, users, out = slate
+    total = 0.0
+    for u in users.tolist():
+        ids, _, _ = ts.candidates(u, 500)
+        total += float(oracle.p_click(u, ids[:5], ts.day).astype(np.float64).sum())
+    assert out["k5"]["retrieval"] == pytest.approx(total / len(users), rel=1e-9)
+    assert set(SYSTEMS) <= set(out["k5"])
+
+
+def test_eval_document_carries_the_slate_on_synthetic_data(demo_ws: tuple[Path, dict]) -> None:
+    from eval.evaluate import evaluate_day
+    from workflow.report import summary_table
+
+    work, s = demo_ws
+    doc = evaluate_day(Workspace.open(work), int(s["eval_day"]), slate_users=40)
+    sl = doc["slate"]
+    assert sl["n_users"] == 40 and sl["sample"].startswith("40 of the ")
+    assert sl["k50"]["oracle"] >= sl["k50"]["oracle_candidates"] >= sl["k50"]["two_stage"] > 0
+    assert any(line.startswith("| true clicks per user, top 50:") for line in summary_table(doc))
+    assert "slate" not in evaluate_day(Workspace.open(work), int(s["eval_day"]), slate_users=0)
