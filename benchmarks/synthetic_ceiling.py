@@ -43,8 +43,9 @@ from common import ROOT, write_result
 from synthetic_quality import OTHER_WORLDS, SYNTH
 
 from adslog.dataset import Dataset
-from adslog.oracle import REFERENCE_POSITION, REFERENCE_SURFACE, IdMap, Oracle, Truth
+from adslog.oracle import REFERENCE_POSITION, REFERENCE_SURFACE, Oracle, Truth
 from adslog.synth import SynthConfig, World, build_world, generate
+from eval.baselines import ADS_FIELDS, LR_L2, logistic_regression, read_rows
 from eval.evaluate import group_by_user
 from eval.metrics import recall_at_k, roc_auc
 from retrieval.retrieve import popularity
@@ -159,105 +160,19 @@ def map_estimate(
     return z, step_max
 
 
-#: L2 weights tried for the logistic-regression reference (penalty lambda/2 |w|^2 on the mean log loss)
-LR_L2 = (1e-6, 3e-6, 1e-5, 3e-5)
-LR_FIELDS = (
-    ("ad_id",),
-    ("user_id",),
-    ("advertiser_id",),
-    ("category",),
-    ("surface",),
-    ("position",),
-    ("region", "category"),
-    ("age_bucket", "category"),
-    ("surface", "category"),
-)
-
-
-def _lookup(table: Any, key: str, ids: np.ndarray, name: str) -> np.ndarray:
-    """Column `name` of `table` at the rows whose `key` equals `ids` (unknown ids are an error)."""
-    rows = IdMap(table.column(key).to_numpy(), key).rows(ids)
-    return np.asarray(table.column(name).to_numpy(zero_copy_only=False))[rows]
-
-
-def _lr_columns(ds: Dataset, days: list[int]) -> dict[str, np.ndarray]:
-    t = ds.impressions(days, ["user_id", "ad_id", "surface", "position", "click"])
-    cols = {c: t.column(c).to_numpy() for c in t.column_names}
-    users, ads = ds.table("users"), ds.table("ads")
-    for c in ("region", "age_bucket"):
-        cols[c] = _lookup(users, "user_id", cols["user_id"], c)
-    for c in ("advertiser_id", "category"):
-        cols[c] = _lookup(ads, "ad_id", cols["ad_id"], c)
-    return cols
-
-
-def _encode(
-    train: dict[str, np.ndarray], others: list[dict[str, np.ndarray]]
-) -> tuple[np.ndarray, list[np.ndarray], int]:
-    """One column of feature indices per field (values unseen in `train` -> -1): int64[n, fields]."""
-
-    def key(c: dict[str, np.ndarray], f: tuple[str, ...]) -> np.ndarray:
-        k = np.zeros(len(c["click"]), np.int64)
-        for name in f:
-            k = k * 1_000_003 + c[name].astype(np.int64)
-        return k
-
-    tr_cols, other_cols, off = [], [[] for _ in others], 0
-    for f in LR_FIELDS:
-        values, idx = np.unique(key(train, f), return_inverse=True)
-        tr_cols.append(idx + off)
-        for j, o in enumerate(others):
-            k = key(o, f)
-            pos = np.minimum(np.searchsorted(values, k), len(values) - 1)
-            other_cols[j].append(np.where(values[pos] == k, pos + off, -1))
-        off += len(values)
-    return np.stack(tr_cols, 1), [np.stack(c, 1) for c in other_cols], off
-
-
-def _fit_lr(x: np.ndarray, y: np.ndarray, n_features: int, l2: float) -> tuple[np.ndarray, float]:
-    """Weights float64[n_features + 1] (the last is the unseen-value weight, fixed at 0) and the bias."""
-    import torch
-
-    xi = torch.from_numpy(x)
-    yt = torch.from_numpy(y.astype(np.float64))
-    w = torch.zeros(n_features, dtype=torch.float64, requires_grad=True)
-    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6))
-    b = torch.tensor(np.log(rate / (1 - rate)), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=300, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        logit = w[xi].sum(1) + b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, yt) + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return np.r_[w.detach().numpy(), 0.0], float(b.detach())
-
-
-def _lr_score(x: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
-    return w[np.where(x < 0, len(w) - 1, x)].sum(1) + b
-
-
 def logistic_reference(ds: Dataset, history: list[int], day: int) -> dict[str, Any]:
-    """ROC-AUC on `day` of the logistic regression fitted on `history` (L2 chosen on its last day)."""
-    fit_days, val_day = history[:-1], history[-1]
-    tr, va = _lr_columns(ds, fit_days), _lr_columns(ds, [val_day])
-    xtr, (xva,), n = _encode(tr, [va])
-    val_auc = {}
-    for l2 in LR_L2:
-        w, b = _fit_lr(xtr, tr["click"], n, l2)
-        val_auc[l2] = roc_auc(_lr_score(xva, w, b), va["click"])
-    best = max(val_auc, key=lambda k: val_auc[k] or 0.0)
-    full, te = _lr_columns(ds, history), _lr_columns(ds, [day])
-    xf, (xte,), n = _encode(full, [te])
-    w, b = _fit_lr(xf, full["click"], n, best)
+    """ROC-AUC on `day` of the logistic regression (`eval.baselines.logistic_regression`, the synthetic log's
+    one-hot fields and crosses `ADS_FIELDS`) fitted on `history`, L2 chosen on its last day, then refitted on
+    all of it."""
+    fit = logistic_regression(
+        read_rows(ds, history[:-1], ADS_FIELDS), read_rows(ds, [history[-1]], ADS_FIELDS), ADS_FIELDS, LR_L2
+    )
+    te = read_rows(ds, [day], ADS_FIELDS)
     return {
-        "roc_auc": roc_auc(_lr_score(xte, w, b), te["click"]),
-        "l2": best,
-        "validation_roc_auc_by_l2": {str(k): v for k, v in val_auc.items()},
-        "n_features": n,
+        "roc_auc": roc_auc(fit.model.logits(te), te["click"]),
+        "l2": fit.model.l2,
+        "validation_roc_auc_by_l2": {str(k): v for k, v in fit.validation_roc_auc_by_l2.items()},
+        "n_features": fit.model.n_features,
     }
 
 
