@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -89,15 +90,14 @@ def _kv(d: dict[str, Any]) -> str:
 
 
 class DermGroup(click.Group):
-    """Turns domain errors (and config validation errors) into `Error: ...`, exit code 1."""
+    """Turns domain errors (`DermError`, config validation included: `ConfigError`), option range errors and
+    OS errors into one `Error: ...` line, exit code 1. Anything else is a bug: one `Internal error` line (the
+    traceback too with -v), exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except DermError as e:
-            click.echo(f"Error: {e}", err=True)
-            ctx.exit(1)
-        except ValueError as e:  # frozen-config validation (__post_init__)
             click.echo(f"Error: {e}", err=True)
             ctx.exit(1)
         except click.BadParameter as e:  # an option out of its range: bad input like any other, one line
@@ -107,6 +107,16 @@ class DermGroup(click.Group):
             where = e.filename if e.filename is not None else "I/O"
             click.echo(f"Error: {where}: {e.strerror or e}", err=True)
             ctx.exit(1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as e:  # a bug, not bad input: say so, exit 2; the traceback with -v
+            if (ctx.find_root().obj or {}).get("verbose"):
+                traceback.print_exc()
+            click.echo(
+                f"Internal error (a bug in derm): {type(e).__name__}: {e}; rerun with -v for the traceback",
+                err=True,
+            )
+            ctx.exit(2)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")

@@ -9,6 +9,11 @@ class DermError(Exception):
     """Any error a user can act on: bad input, missing artifact, version skew."""
 
 
+class ConfigError(DermError, ValueError):
+    """A config's `__post_init__` refused a value (a user's choice, bad input like any other). Also a ValueError,
+    so callers that caught the configs' ValueError keep working; any other ValueError is a bug."""
+
+
 class DataError(DermError):
     """A problem with one file or directory: the message reads `<path>: <problem>`."""
 

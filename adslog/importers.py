@@ -53,7 +53,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from adslog.dataset import DatasetWriter
-from adslog.errors import DataError
+from adslog.errors import ConfigError, DataError
 from adslog.progress import Progress, no_progress
 from adslog.safepath import resolve_under, safe_component
 from adslog.schema import ColumnKind, ColumnSpec, day_of
@@ -450,9 +450,9 @@ class GenericImportConfig:
                 object.__setattr__(self, f, Path(v))
         for f in ("user_col", "item_col", "ts_col", "click_col"):
             if not getattr(self, f):
-                raise ValueError(f"GenericImportConfig.{f} must name a column")
+                raise ConfigError(f"GenericImportConfig.{f} must name a column")
         if not TS_LIMIT[0] <= self.ts_min <= self.ts_max <= TS_LIMIT[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"GenericImportConfig: need {TS_LIMIT[0]} <= ts_min <= ts_max <= {TS_LIMIT[1]}, "
                 f"got {self.ts_min}..{self.ts_max}"
             )
@@ -485,6 +485,8 @@ def _read_any(path: Path, columns: list[str], text_cols: list[str]) -> pa.Table:
             return t
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(path, f"cannot read ({str(e).splitlines()[0]})") from None
+    except UnicodeDecodeError as e:  # a header that is not UTF-8 (pyarrow decodes column names lazily)
+        raise DataError(path, f"column names are not UTF-8 text ({e.reason} at byte {e.start})") from None
     raise DataError(
         path, f"unsupported file type (expected one of {', '.join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)})"
     )

@@ -16,6 +16,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from adslog.errors import ConfigError
+
 
 class Heuristic(StrEnum):
     ACC = "acc"
@@ -31,9 +33,9 @@ class AggregationConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.weight < 1.0:
-            raise ValueError("weight must be in [0, 1)")
+            raise ConfigError("weight must be in [0, 1)")
         if self.ttl_days < 1:
-            raise ValueError("ttl_days must be >= 1")
+            raise ConfigError("ttl_days must be >= 1")
 
 
 @dataclass

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
-from adslog.errors import DataError, QualityGateError
+from adslog.errors import ConfigError, DataError, QualityGateError
 from adslog.workspace import version_name
 from embstore.aggregate import AggregationConfig, Pool, aggregate, stability
 
@@ -54,7 +54,7 @@ class StoreGates:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_coverage_drop <= 1.0:
-            raise ValueError("max_coverage_drop must be in [0, 1]")
+            raise ConfigError("max_coverage_drop must be in [0, 1]")
 
 
 def check_vectors(vecs: np.ndarray, where: str) -> None:

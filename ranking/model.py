@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from adslog.errors import ConfigError
 from towers.features import FeatureSpec
 from towers.model import FieldEncoder, SequenceEncoder, init_embeddings, mlp
 
@@ -63,26 +64,26 @@ class RankerConfig:
 
     def __post_init__(self) -> None:
         if self.embedding_init_std is not None and not self.embedding_init_std > 0:
-            raise ValueError("embedding_init_std must be > 0 (or None for torch's default N(0, 1))")
+            raise ConfigError("embedding_init_std must be > 0 (or None for torch's default N(0, 1))")
         bad = [d for d in self.derm_inputs if d not in DERM_INPUTS]
         if bad:
-            raise ValueError(f"unknown DERM inputs {bad}; choose from {DERM_INPUTS}")
+            raise ConfigError(f"unknown DERM inputs {bad}; choose from {DERM_INPUTS}")
         if len(set(self.derm_inputs)) != len(self.derm_inputs):
-            raise ValueError(f"repeated DERM inputs in {self.derm_inputs}")
+            raise ConfigError(f"repeated DERM inputs in {self.derm_inputs}")
         if self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("batch_size must be >= 1 and lr > 0")
+            raise ConfigError("batch_size must be >= 1 and lr > 0")
         if min(self.token_dim, self.n_experts, self.cross_layers, self.seq_heads, self.seq_layers) < 1:
-            raise ValueError("token_dim, n_experts, cross_layers, seq_heads and seq_layers must be >= 1")
+            raise ConfigError("token_dim, n_experts, cross_layers, seq_heads and seq_layers must be >= 1")
         if self.token_dim % self.seq_heads:
-            raise ValueError(f"token_dim {self.token_dim} must be divisible by seq_heads {self.seq_heads}")
+            raise ConfigError(f"token_dim {self.token_dim} must be divisible by seq_heads {self.seq_heads}")
         if self.cross_rank is not None and self.cross_rank < 1:
-            raise ValueError("cross_rank must be >= 1 (or None for full rank)")
+            raise ConfigError("cross_rank must be >= 1 (or None for full rank)")
         if self.derm_projection is not None and self.derm_projection < 1:
-            raise ValueError("derm_projection must be >= 1 (or None for no projection)")
+            raise ConfigError("derm_projection must be >= 1 (or None for no projection)")
         if self.epochs_initial < 1 or self.epochs_incremental < 1 or self.patience < 1:
-            raise ValueError("epochs_initial, epochs_incremental and patience must be >= 1")
+            raise ConfigError("epochs_initial, epochs_incremental and patience must be >= 1")
         if any(h < 1 for h in self.hidden):
-            raise ValueError("hidden widths must be >= 1")
+            raise ConfigError("hidden widths must be >= 1")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -95,7 +96,7 @@ class RankerConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown ranker config keys {sorted(unknown)}")
+            raise ConfigError(f"unknown ranker config keys {sorted(unknown)}")
         d = dict(d)
         # rankers written before the option existed started from N(0, 1)
         d.setdefault("embedding_init_std", None)

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from adslog.errors import ConfigError
+
 #: days of clicks behind the popularity list and the cold-start fallback (re-exported by retrieval.retrieve)
 POPULARITY_DAYS = 7
 #: beta grid for `fit_beta`, cosine units: 0 (no prior) up to values where popularity decides the order
@@ -64,16 +66,16 @@ class PriorConfig:
         for name in ("beta", "alpha"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise ValueError(f"PriorConfig.{name} must be a finite number, got {v!r}")
+                raise ConfigError(f"PriorConfig.{name} must be a finite number, got {v!r}")
             object.__setattr__(self, name, float(v))
         if self.beta < 0:
-            raise ValueError(f"PriorConfig.beta must be >= 0, got {self.beta}")
+            raise ConfigError(f"PriorConfig.beta must be >= 0, got {self.beta}")
         if self.alpha <= 0:
-            raise ValueError(f"PriorConfig.alpha must be > 0, got {self.alpha}")
+            raise ConfigError(f"PriorConfig.alpha must be > 0, got {self.alpha}")
         for name, low in (("window", 1), ("overfetch", 1), ("popular_pool", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"PriorConfig.{name} must be an integer >= {low}, got {v!r}")
+                raise ConfigError(f"PriorConfig.{name} must be an integer >= {low}, got {v!r}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,7 +84,7 @@ class PriorConfig:
     def from_json(cls, d: Mapping[str, Any]) -> PriorConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown prior config keys {sorted(unknown)}")
+            raise ConfigError(f"unknown prior config keys {sorted(unknown)}")
         return cls(**d)
 
 

@@ -84,6 +84,7 @@ def import_cases(d: Path) -> list[tuple[str, bool, list[str]]]:
     case("non_utf8_id", b"uid,item,t,clk\nu\xff\xfe,a,86400,1\n")
     case("non_utf8_header", b"u\xffid,item,t,clk\nu1,a,86400,1\n")
     case("non_utf8_users", GOOD, users=b"uid,city\nu1,caf\xe9\nu2,x\n")
+    case("non_utf8_users_header", GOOD, users=b"uid,c\xffity\nu1,x\nu2,y\n")
     case("empty_file", "")
     case("header_only", "uid,item,t,clk\n")
     case("garbage_bytes", random.Random(1).randbytes(400))

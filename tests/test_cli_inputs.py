@@ -97,3 +97,25 @@ def test_import_ts_flags(tmp_path: Path) -> None:
     assert code == 0, err
     code, _, err = _run(*base[:3], str(tmp_path / "c"), *base[3:], "--any-ts")
     assert code == 0, err
+
+
+def test_a_bug_is_not_reported_as_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only domain errors become `Error:` / exit 1; a programming error says it is a bug, exit 2, and shows
+    its traceback with -v."""
+    import adslog.importers
+
+    def bug(*_a: object, **_k: object) -> None:
+        raise ValueError("list index math went wrong")
+
+    monkeypatch.setattr(adslog.importers, "import_generic", bug)
+    log = tmp_path / "log.csv"
+    log.write_text("uid,item,t,clk\nu1,a,86400,1\n")
+    args = ["data", "import", "generic", str(tmp_path / "ds"), "--impressions", str(log)]
+    args += ["--user-col", "uid", "--item-col", "item", "--ts-col", "t", "--click-col", "clk"]
+    code, out, err = _run(*args)
+    assert (code, out) == (2, "")
+    assert err == (
+        "Internal error (a bug in derm): ValueError: list index math went wrong; rerun with -v for the traceback\n"
+    )
+    code, _, err = _run("-v", *args)
+    assert code == 2 and "Traceback (most recent call last)" in err and 'raise ValueError("list index' in err

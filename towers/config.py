@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from adslog.errors import ConfigError
+
 
 class Task(StrEnum):
     """Which engagement the model's contrastive pairs come from: clicks (CTR model) or conversions (CVR)."""
@@ -77,35 +79,35 @@ class TowerConfig:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         object.__setattr__(self, "dhen_modules", tuple(DhenModule(m) for m in self.dhen_modules))
         if self.dim < 2 or self.token_dim < 1:
-            raise ValueError("dim and token_dim must be positive")
+            raise ConfigError("dim and token_dim must be positive")
         if self.embedding_init_std is not None and not self.embedding_init_std > 0:
-            raise ValueError("embedding_init_std must be > 0 (or None for torch's default N(0, 1))")
+            raise ConfigError("embedding_init_std must be > 0 (or None for torch's default N(0, 1))")
         if self.id_bucket_factor < 1:
-            raise ValueError("id_bucket_factor must be >= 1")
+            raise ConfigError("id_bucket_factor must be >= 1")
         if self.id_buckets < 2:
-            raise ValueError("id_buckets must be >= 2")
+            raise ConfigError("id_buckets must be >= 2")
         if self.batch_size < 2:
-            raise ValueError("batch_size must be >= 2 (in-batch negatives)")
+            raise ConfigError("batch_size must be >= 2 (in-batch negatives)")
         if self.lr <= 0 or not 0 < self.logq_decay < 1:
-            raise ValueError("lr must be > 0 and logq_decay in (0, 1)")
+            raise ConfigError("lr must be > 0 and logq_decay in (0, 1)")
         if not 0.01 <= self.temperature_init <= 1:
-            raise ValueError("temperature_init must be in [0.01, 1]")
+            raise ConfigError("temperature_init must be in [0.01, 1]")
         if min(self.weight_ctr, self.weight_cvr, self.weight_contrastive) < 0:
-            raise ValueError("loss weights must be >= 0")
+            raise ConfigError("loss weights must be >= 0")
         if self.backbone is Backbone.DHEN:
             if self.dim % self.token_dim:
-                raise ValueError(
+                raise ConfigError(
                     f"backbone dhen: dim ({self.dim}) must be a multiple of token_dim ({self.token_dim}); "
                     "the tower emits dim / token_dim tokens"
                 )
             if self.dhen_layers < 1 or self.dhen_hidden < 1:
-                raise ValueError("dhen_layers and dhen_hidden must be >= 1")
+                raise ConfigError("dhen_layers and dhen_hidden must be >= 1")
             if len(self.dhen_modules) != 2:
-                raise ValueError("dhen_modules must name two modules (masknet, transformer or mlp)")
+                raise ConfigError("dhen_modules must name two modules (masknet, transformer or mlp)")
             if DhenModule.TRANSFORMER in self.dhen_modules and (
                 self.dhen_heads < 1 or self.token_dim % self.dhen_heads
             ):
-                raise ValueError(f"dhen_heads ({self.dhen_heads}) must divide token_dim ({self.token_dim})")
+                raise ConfigError(f"dhen_heads ({self.dhen_heads}) must divide token_dim ({self.token_dim})")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -36,7 +36,7 @@ import numpy as np
 
 from adslog.artifact import read_json, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import DataError, DermError
+from adslog.errors import ConfigError, DataError, DermError
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
@@ -81,9 +81,9 @@ class CycleConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_index_recall <= 1.0:
-            raise ValueError("min_index_recall must be in [0, 1]")
+            raise ConfigError("min_index_recall must be in [0, 1]")
         if "ctr" not in self.tasks:
-            raise ValueError("the ctr upstream model is required (it feeds the ad index)")
+            raise ConfigError("the ctr upstream model is required (it feeds the ad index)")
         for t in self.tasks:
             Task(t)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from adslog.artifact import read_json, write_json_atomic
 from adslog.dataset import Dataset
+from adslog.errors import ConfigError
 from adslog.progress import Progress, no_progress
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
@@ -61,7 +62,7 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.train_days <= self.synth.n_days - 2:
-            raise ValueError("train_days must leave at least one daily cycle and one evaluation day")
+            raise ConfigError("train_days must leave at least one daily cycle and one evaluation day")
 
 
 def run_demo(
