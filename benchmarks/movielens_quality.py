@@ -376,26 +376,17 @@ def summarise_ranking(ds: Dataset, rank: list[dict[str, Any]], retr: list[dict[s
     ctr = item_ctr(arrays["train"].ad_id, arrays["train"].click).scores(test.ad_id)
     p = np.stack([r["p_ctr"] for r in rank])
     n = len(y)
-    both = np.concatenate([p, np.broadcast_to(lr_s, p.shape)], axis=1)
-    with_ctr = np.concatenate([p, np.broadcast_to(ctr, p.shape)], axis=1)
-    boot_ctr = paired_bootstrap(
-        seed_mean(roc_auc, with_ctr),
-        np.arange(n, dtype=np.float64),
-        np.arange(n, 2 * n, dtype=np.float64),
-        labels=y,
-        groups=groups,
-        n=BOOT,
-        seed=0,
-    )
-    boot = paired_bootstrap(
-        seed_mean(roc_auc, both),
-        np.arange(n, dtype=np.float64),
-        np.arange(n, 2 * n, dtype=np.float64),
-        labels=y,
-        groups=groups,
-        n=BOOT,
-        seed=0,
-    )
+
+    def ranker_minus(other: np.ndarray) -> dict[str, Any]:
+        """Paired bootstrap (clustered by user) of the seed-mean ranker ROC-AUC minus `other`'s."""
+        both = np.concatenate([p, np.broadcast_to(other, p.shape)], axis=1)
+        idx_a, idx_b = np.arange(n, dtype=np.float64), np.arange(n, 2 * n, dtype=np.float64)
+        return paired_bootstrap(
+            seed_mean(roc_auc, both), idx_a, idx_b, labels=y, groups=groups, n=BOOT, seed=0
+        )
+
+    boot_ctr = ranker_minus(ctr)
+    boot = ranker_minus(lr_s)
     aucs = [float(roc_auc(x, y) or float("nan")) for x in p]
     per_seed = []
     for s, (x, r) in enumerate(zip(p, rank, strict=True)):

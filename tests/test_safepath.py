@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -194,8 +195,6 @@ def test_manifest_paths_cannot_point_outside(tmp_path: Path, demo_ws: tuple[Path
     data = ws.data_path()
     copy = tmp_path / "ds"
     os.symlink(data, tmp_path / "orig")
-    import shutil
-
     shutil.copytree(data, copy)
     m = json.loads((copy / "manifest.json").read_text())
     m["oracle"]["path"] = "../orig/oracle"

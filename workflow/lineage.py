@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adslog.artifact import read_manifest
+from adslog.artifact import read_json, read_manifest
 from adslog.errors import VersionMismatchError
 from adslog.workspace import Workspace, version_name
 from embstore.store import open_version
@@ -36,10 +36,11 @@ def model_dependents(ws: Workspace, task: str, day: int) -> list[Path]:
         return []
     aid = read_manifest(mdir, MODEL_KIND, MODEL_SCHEMA_VERSION)["artifact_id"]
     sdir = ws.embeddings_dir(task)
+    # the manifests alone say which model each version came from: no need to open (and hash) every version
     return [
         sdir / version_name(d)
         for d in ws.published_days(sdir)
-        if open_version(sdir, d).manifest.get("model_artifact") == aid
+        if read_json(sdir / version_name(d) / "manifest.json").get("model_artifact") == aid
     ]
 
 
