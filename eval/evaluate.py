@@ -105,6 +105,13 @@ def group_by_user(users: np.ndarray, ads: np.ndarray) -> tuple[np.ndarray, list[
     return uniq, [np.unique(x) for x in np.split(a, start[1:])]
 
 
+def day_clicks(ds: Any, day: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """`group_by_user` of the day's clicks: (users with a click, the ads each clicked)."""
+    t = ds.impressions(day, ["user_id", "ad_id", "click"])
+    t = t.filter(pc.equal(t.column("click"), 1))
+    return group_by_user(t.column("user_id").to_numpy(), t.column("ad_id").to_numpy())
+
+
 def oracle_topk(
     data_root: Path, users: np.ndarray, live: np.ndarray, day: int, k: int, chunk: int = 256
 ) -> np.ndarray | None:
@@ -173,6 +180,8 @@ def evaluate_day(
     pop = np.broadcast_to(retriever.popular[:kmax], (len(users), min(kmax, len(retriever.popular))))
     retrieval: dict[str, Any] = {
         "n_users": int(len(users)),
+        # the popularity prior the served index version recorded (None: the ANN order), see retrieval.prior
+        "prior": retriever.prior.to_json() if retriever.prior is not None else None,
         "n_cold": int(n_cold),
         "n_live_ads": int(len(retriever.live)),
         "recall_at_k": {str(k): recall_at_k(cand.ids, relevant, k) for k in ks},

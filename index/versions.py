@@ -47,9 +47,12 @@ def publish_workspace_index(
     k: int = 100,
     overwrite: bool = False,
     min_recall: float | None = None,
+    retrieval_prior: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Publish index version `day` over store version `day`, from the previous index version; move LATEST.
     A self-check recall under `min_recall` raises QualityGateError and nothing is published.
+    `retrieval_prior` (a `retrieval.prior.PriorFit.to_json()` record) is recorded as `upstream.retrieval_prior`:
+    the popularity prior the retrievers serving this version apply.
 
     An already published version is returned as is unless `overwrite`. `params` become the version's
     query-time defaults (None: the previous version's). Returns the manifest.
@@ -70,7 +73,12 @@ def publish_workspace_index(
         ids,
         vecs,
         config,
-        upstream={"embedding_version": store.manifest["artifact_id"], "lineage": store.lineage, "day": day},
+        upstream={
+            "embedding_version": store.manifest["artifact_id"],
+            "lineage": store.lineage,
+            "day": day,
+            **({"retrieval_prior": retrieval_prior} if retrieval_prior is not None else {}),
+        },
         refresh=refresh,
         self_check_queries=self_check_sample(store, self_check_queries, seed=day),
         k=min(k, len(ids)),

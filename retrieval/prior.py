@@ -33,11 +33,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from adslog.errors import ConfigError
+from adslog.errors import ConfigError, DataError
 
 #: days of clicks behind the popularity list and the cold-start fallback (re-exported by retrieval.retrieve)
 POPULARITY_DAYS = 7
@@ -201,6 +202,17 @@ class PriorFit:
                 str(w): {repr(b): r for b, r in by_beta.items()} for w, by_beta in self.recall_at_k.items()
             },
         }
+
+
+def prior_from_record(record: Any, source: Path) -> PriorConfig | None:
+    """The PriorConfig of a `PriorFit.to_json()` record in a manifest (`source` names it in errors); None for
+    no record."""
+    if record is None:
+        return None
+    try:
+        return PriorConfig.from_json(record["config"])
+    except (KeyError, TypeError, ConfigError) as e:
+        raise DataError(source, f"invalid retrieval_prior record ({e})") from None
 
 
 def _hits(ids: np.ndarray, relevant: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,8 @@ eligible; callers may exclude ads.
 most-clicked live ads of the 7 days before d (ties by ad_id), the `cold_start` path. The serving path
 (`ranking.serve.TwoStage`) answers such users through `retrieval.cold_start` instead (categories first).
 
-Optional popularity prior (`Retriever(prior=PriorConfig(...))`, default none: the ANN order): candidates are
+Optional popularity prior (by default the one the daily cycle recorded in the served index version, none when it
+recorded none: the ANN order; or `Retriever(prior=PriorConfig(...))`): candidates are
 re-ranked by inner product + beta x log recent click share (`retrieval.prior`), and `Retriever.fit_prior`
 chooses beta on a validation day.
 """
@@ -21,6 +22,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow.compute as pc
@@ -39,6 +41,7 @@ from retrieval.prior import (
     PriorFit,
     apply_prior,
     fit_beta,
+    prior_from_record,
 )
 
 log = logging.getLogger(__name__)
@@ -97,10 +100,11 @@ class Retriever:
         task: str = "ctr",
         allow_skew: bool = False,
         params: SearchParams | None = None,
-        prior: PriorConfig | None = None,
+        prior: PriorConfig | None | Literal["index"] = "index",
     ) -> None:
-        """`prior`: re-rank ANN candidates with a popularity prior (`retrieval.prior`); None keeps the ANN
-        order."""
+        """`prior`: re-rank ANN candidates with a popularity prior (`retrieval.prior`). "index" (the default,
+        what serving and eval use): the prior the daily cycle fitted and recorded in the served index version
+        (`upstream.retrieval_prior`), none when it recorded none; None: the ANN order; a PriorConfig: that one."""
         self.ws = ws
         self.ds = ds if ds is not None else ws.dataset()
         self.day = int(day)
@@ -144,7 +148,10 @@ class Retriever:
         self.popular, self.popular_clicks = popularity(
             self.ds, self.day, self.live, clicked_ads=self.window_clicks[1]
         )
-        self.prior = prior
+        if prior == "index":
+            recorded = (self.index_manifest.get("upstream") or {}).get("retrieval_prior")
+            prior = prior_from_record(recorded, Path(ws.index_dir) / version_name(index_day or 0))
+        self.prior: PriorConfig | None = prior
         #: the log click share of the live ads over the prior's window (None without a prior)
         self.log_prior: LogPrior | None = None
         if prior is not None:

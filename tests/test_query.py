@@ -177,7 +177,7 @@ def test_live_search_equals_filtered_search(ts: TwoStage) -> None:
     assert r.index is not None and len(r._dead) > 0  # the index holds ads that are no longer live
     vecs, found = r.user_embeddings(r.store.ids("user")[:40])  # type: ignore[union-attr]
     for k in (10, 200, len(r.live)):
-        ids, scores = r.search(vecs[found], k)
+        ids, scores = r.ann_search(vecs[found], k)
         want_ids, want_scores = r.index.search(vecs[found], k, allowed_ids=r.live)
         assert np.isin(ids[ids >= 0], r.live).all()
         np.testing.assert_array_equal(ids, want_ids)

@@ -3,24 +3,27 @@ validation set, and a Retriever serving with the prior (live int64 ids, the exac
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import pytest
 
+from adslog.errors import ConfigError, DataError
 from adslog.workspace import Workspace
-from eval.evaluate import group_by_user
+from eval.evaluate import day_clicks
 from retrieval.prior import (
     DEFAULT_BETAS,
     LogPrior,
     PriorConfig,
     apply_prior,
     fit_beta,
+    prior_from_record,
     prior_scores,
 )
 from retrieval.retrieve import Retriever
+from workflow.cycle import CycleConfig
 
 
 def test_config_validates_and_round_trips() -> None:
@@ -139,7 +142,7 @@ def test_retriever_with_prior_serves_live_ads_exactly(demo_ws: tuple[Path, dict]
     ws = Workspace.open(work)
     day = s["eval_day"]
     live = ws.dataset().live_ads(day)
-    plain = Retriever(ws, day)
+    plain = Retriever(ws, day, prior=None)
     users = plain.store.ids("user")[:40]  # type: ignore[union-attr]
     base = plain.retrieve(users, 30)
     # beta 0 through the re-ranking path: today's candidates (the index is exact)
@@ -176,10 +179,8 @@ def test_fit_prior_on_a_validation_day(demo_ws: tuple[Path, dict]) -> None:
     ws = Workspace.open(work)
     day = s["eval_day"]
     ds = ws.dataset()
-    t = ds.impressions(day, ["user_id", "ad_id", "click"])
-    t = t.filter(pc.equal(t.column("click"), 1))
-    users, relevant = group_by_user(t.column("user_id").to_numpy(), t.column("ad_id").to_numpy())
-    r = Retriever(ws, day)
+    users, relevant = day_clicks(ds, day)
+    r = Retriever(ws, day, prior=None)
     fit = r.fit_prior(users, relevant, 20, windows=(1, 3))
     assert fit.config.window in (1, 3) and fit.config.beta in DEFAULT_BETAS
     assert fit.validation_days == (day,) and 0 < fit.n_users <= len(users)
@@ -192,3 +193,43 @@ def test_fit_prior_on_a_validation_day(demo_ws: tuple[Path, dict]) -> None:
     rel = [relevant[j] for j in np.flatnonzero(found)]
     got = np.mean([len(np.intersect1d(row, x)) / len(x) for row, x in zip(c.ids, rel, strict=True)])
     assert got == pytest.approx(fit.recall_chosen, abs=1e-9)
+
+
+def test_daily_cycle_records_the_prior_and_serving_applies_it(demo_ws: tuple[Path, dict]) -> None:
+    """The cycle fits the prior on each evaluated day's clicks and records it in that day's index version;
+    Retriever (eval, query, TwoStage) applies the recorded one by default."""
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    day = s["eval_day"]
+    r = Retriever(ws, day)
+    served_day = r.store.day  # type: ignore[union-attr]
+    rec = r.index_manifest["upstream"]["retrieval_prior"]
+    # fitted on the day the index was built for, with the versions before it (validation before serving)
+    assert rec["validation_days"] == [served_day] and rec["k"] == 100
+    assert r.prior == PriorConfig.from_json(rec["config"])
+    assert rec["recall_at_k_chosen"] >= rec["recall_at_k_without_prior"]
+    doc = json.loads(ws.eval_path(day).read_text())
+    assert doc["retrieval"]["prior"] == r.prior.to_json()  # type: ignore[union-attr]
+    # the bootstrap's index (no validation day before it) records none
+    first = min(ws.published_days(ws.index_dir))
+    m = json.loads((ws.index_dir / f"day={first}" / "manifest.json").read_text())
+    assert "retrieval_prior" not in m["upstream"]
+
+
+def test_old_cycle_config_has_no_prior_and_bad_windows_are_refused() -> None:
+    cfg = CycleConfig()
+    old = cfg.to_json()
+    del old["retrieval_prior"], old["prior_windows"]
+    assert CycleConfig.from_json(old).retrieval_prior is False
+    assert CycleConfig.from_json(cfg.to_json()) == cfg
+    for bad in ((), (0,), (1.5,)):
+        with pytest.raises(ConfigError):
+            CycleConfig(prior_windows=bad)  # type: ignore[arg-type]
+
+
+def test_corrupt_prior_record_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="retrieval_prior"):
+        prior_from_record({"config": {"beta": -1}}, tmp_path / "manifest.json")
+    with pytest.raises(DataError, match="retrieval_prior"):
+        prior_from_record({"cfg": {}}, tmp_path / "manifest.json")
+    assert prior_from_record(None, tmp_path) is None

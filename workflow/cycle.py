@@ -42,10 +42,11 @@ from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, open_version, publish_day
-from eval.evaluate import evaluate_day
+from eval.evaluate import day_clicks, evaluate_day
 from index import Backend, IndexConfig
 from ranking.model import RankerConfig
 from ranking.train import train_ranker
+from retrieval.retrieve import Retriever
 from towers.config import Task, TowerConfig
 from towers.infer import embed_day
 from towers.train import load_snapshot, train_towers
@@ -77,6 +78,11 @@ class CycleConfig:
     gates: StoreGates = field(default_factory=StoreGates)
     min_index_recall: float = 0.9
     store_float16: bool = False
+    # fit the retrieval popularity prior (`retrieval.prior`) each day on the evaluated day's clicks (beta and
+    # window chosen by recall@self_check_k over `prior_windows`; beta 0, the ANN order, is on the grid) and
+    # record it in that day's index version, which serves the next day
+    retrieval_prior: bool = True
+    prior_windows: tuple[int, ...] = (1, 3, 7)
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -86,6 +92,9 @@ class CycleConfig:
             raise ConfigError("the ctr upstream model is required (it feeds the ad index)")
         for t in self.tasks:
             Task(t)
+        object.__setattr__(self, "prior_windows", tuple(self.prior_windows))
+        if not self.prior_windows or any(not isinstance(w, int) or w < 1 for w in self.prior_windows):
+            raise ConfigError("prior_windows must be one or more integers >= 1 (days)")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +113,8 @@ class CycleConfig:
             "max_coverage_drop": self.gates.max_coverage_drop,
             "min_index_recall": self.min_index_recall,
             "store_float16": self.store_float16,
+            "retrieval_prior": self.retrieval_prior,
+            "prior_windows": list(self.prior_windows),
         }
 
     @classmethod
@@ -126,6 +137,9 @@ class CycleConfig:
             gates=StoreGates(float(d.get("max_coverage_drop", StoreGates.max_coverage_drop))),
             min_index_recall=float(d.get("min_index_recall", cls.min_index_recall)),
             store_float16=bool(d.get("store_float16", False)),
+            # workspaces written before the option served the ANN order
+            retrieval_prior=bool(d.get("retrieval_prior", False)),
+            prior_windows=tuple(d.get("prior_windows", cls.prior_windows)),
             device=device,
         )
 
@@ -220,8 +234,15 @@ def cfg_device(cfg: CycleConfig) -> str:
     return resolve_device(cfg.device).type
 
 
-def publish_index(ws: Workspace, day: int, cfg: CycleConfig, overwrite: bool = False) -> dict[str, Any]:
-    """Publish the ad index over store version `day` of the ctr model (skips if published).
+def publish_index(
+    ws: Workspace,
+    day: int,
+    cfg: CycleConfig,
+    overwrite: bool = False,
+    retrieval_prior: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Publish the ad index over store version `day` of the ctr model (skips if published), recording
+    `retrieval_prior` (see `fit_retrieval_prior`).
 
     The previous index version is updated in place when few ads changed and the index type allows it, else
     rebuilt; the manifest's `refresh` records which and why (see `index.refresh`).
@@ -236,7 +257,33 @@ def publish_index(ws: Workspace, day: int, cfg: CycleConfig, overwrite: bool = F
         k=cfg.self_check_k,
         overwrite=overwrite,
         min_recall=cfg.min_index_recall,
+        retrieval_prior=retrieval_prior,
     )
+
+
+def fit_retrieval_prior(ws: Workspace, ds: Dataset, day: int, cfg: CycleConfig) -> dict[str, Any] | None:
+    """The popularity prior for the days after `day`, fitted on `day`'s clicks with the versions that served
+    it (a validation period strictly before the days it will serve): `PriorFit.to_json()`, or None when the
+    cycle fits none, nothing served `day` or nobody clicked."""
+    if not cfg.retrieval_prior or ws.version_before(ws.index_dir, day) is None:
+        return None
+    users, relevant = day_clicks(ds, day)
+    if len(users) == 0:
+        return None
+    retriever = Retriever(ws, day, ds, prior=None)
+    if retriever.index is None:
+        return None
+    fit = retriever.fit_prior(users, relevant, cfg.self_check_k, windows=cfg.prior_windows)
+    log.info(
+        "retrieval prior fitted on day %d: beta %s, window %d (recall@%d %.4f vs %.4f without)",
+        day,
+        fit.config.beta,
+        fit.config.window,
+        fit.k,
+        fit.recall_chosen,
+        fit.recall_without_prior,
+    )
+    return fit.to_json()
 
 
 def bootstrap(
@@ -332,7 +379,11 @@ def run_day(
         publish_embeddings(ws, ds, task, day, cfg, day, back_inferred=False, overwrite=overwrite)
         done()
     done = timer.stage("index")
-    publish_index(ws, day, cfg, overwrite)  # QualityGateError (nothing published) under min_index_recall
+    index_target = ws.index_dir / version_name(day) / "manifest.json"
+    prior = None if index_target.exists() and not overwrite else fit_retrieval_prior(ws, ds, day, cfg)
+    publish_index(
+        ws, day, cfg, overwrite, prior
+    )  # QualityGateError (nothing published) under min_index_recall
     done()
     if overwrite or not (ws.ranker_dir / version_name(day) / "manifest.json").exists():
         parent = ws.version_before(ws.ranker_dir, day)
