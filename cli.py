@@ -477,16 +477,14 @@ def index_build(
     from dataclasses import replace
 
     from index import SearchParams
-    from index.versions import rebuild_workspace_index
-    from workflow.cycle import load_cycle_config, save_cycle_config
+    from index.refresh import RefreshConfig, RefreshMode
+    from workflow.cycle import load_cycle_config, publish_index, save_cycle_config
 
     _setup(as_json, ctx.obj["verbose"])
     ws, cfg, d = _index_target(work, day, backend, spec, device)
     params = SearchParams(ef=ef, nprobe=nprobe) if ef is not None or nprobe is not None else None
     with ws.lock():
-        m = rebuild_workspace_index(
-            ws, d, cfg.index, params, cfg.self_check_queries, cfg.self_check_k, overwrite
-        )
+        m = publish_index(ws, d, cfg, overwrite, RefreshConfig(mode=RefreshMode.REBUILD), params)
         if backend or spec:  # saved only once the spec has built and passed its check, under the lock
             now = load_cycle_config(ws, device)
             idx = replace(now.index, backend=cfg.index.backend, spec=cfg.index.spec)
@@ -513,21 +511,12 @@ def index_refresh(
 ) -> None:
     """Publish the index of a store version from the previous index version: in place or rebuilt."""
     from index.refresh import RefreshConfig, RefreshMode
-    from index.versions import publish_workspace_index
+    from workflow.cycle import publish_index
 
     _setup(as_json, ctx.obj["verbose"])
     ws, cfg, d = _index_target(work, day, None, None, device)
     with ws.lock():
-        m = publish_workspace_index(
-            ws,
-            d,
-            cfg.index,
-            RefreshConfig(mode=RefreshMode(mode)),
-            None,
-            cfg.self_check_queries,
-            cfg.self_check_k,
-            overwrite,
-        )
+        m = publish_index(ws, d, cfg, overwrite, RefreshConfig(mode=RefreshMode(mode)))
     _emit(_index_summary(ws, d, m), as_json, _index_text)
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from adslog.errors import DermError
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
@@ -54,9 +55,9 @@ from eval.metrics import (
     recall_per_user,
     roc_auc,
 )
-from ranking.train import DermLookup, load_ranker, score
+from ranking.train import DermLookup, RankerSnapshot, load_ranker, score
 from retrieval.retrieve import Retriever
-from towers.batches import Inputs
+from towers.batches import ImpressionArrays, Inputs
 from towers.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -242,14 +243,8 @@ def evaluate_day(
     versions = dict(cand.versions)
     rday = ws.version_before(ws.ranker_dir, day)
     if rday is not None:
-        snap = load_ranker(Path(ws.ranker_dir) / version_name(rday), resolve_device(device))
+        snap, arrays, p_ctr = ranker_predictions(ws, day, imp, device)
         versions["ranker"] = snap.version
-        inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, day), snap.config.seq_len)
-        arrays = inputs.arrays(imp)
-        derm = DermLookup(ws, snap.config.derm_inputs, snap.manifest).features(
-            arrays, int(snap.manifest["derm_dim"])
-        )
-        p_ctr, _ = score(snap, inputs, arrays, derm)
         y = arrays.click
         oracle_p = imp.column("p_click").to_numpy() if "p_click" in imp.column_names else None
         ranking = _ranking_metrics(p_ctr, y, arrays.user_id, oracle_p)
@@ -311,6 +306,25 @@ def evaluate_day(
     if slate is not None:
         doc["slate"] = slate
     return doc
+
+
+def ranker_predictions(
+    ws: Workspace, day: int, imp: Any, device: str = "cpu"
+) -> tuple[RankerSnapshot, ImpressionArrays, np.ndarray]:
+    """The ranker serving `day` (the version before it) on the impressions `imp` of that day (logged context):
+    (its snapshot, the impressions' arrays, p_ctr float[n] in `imp`'s row order)."""
+    rday = ws.version_before(ws.ranker_dir, day)
+    if rday is None:
+        raise DermError(f"{ws.ranker_dir}: no ranker is published before day {day}")
+    snap = load_ranker(Path(ws.ranker_dir) / version_name(rday), resolve_device(device))
+    ds = ws.dataset()
+    inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, day), snap.config.seq_len)
+    arrays = inputs.arrays(imp)
+    derm = DermLookup(ws, snap.config.derm_inputs, snap.manifest).features(
+        arrays, int(snap.manifest["derm_dim"])
+    )
+    p_ctr, _ = score(snap, inputs, arrays, derm)
+    return snap, arrays, p_ctr
 
 
 def _slate(ws: Workspace, day: int, imp: Any, device: str, n: int) -> dict[str, Any] | None:

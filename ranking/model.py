@@ -60,6 +60,13 @@ class RankerConfig:
     #: N(0, 1). A unit-variance random vector per hashed id is noise the cross network must learn around, and an
     #: id seen a few hundred times in a window cannot train it away (benchmarks/ranker_init.py)
     embedding_init_std: float | None = 0.01
+    #: a wide (linear) part beside the deep one, as in Wide & Deep: one learned weight per task for every
+    #: value of every id / categorical / context field and for the crosses an ads engineer adds (each user
+    #: categorical and each context field x each ad categorical), hashed into `wide_buckets` rows and added
+    #: to the deep logits (`WidePart`). 0 = no wide part (how rankers before the option were trained)
+    wide_buckets: int = 0
+    #: learning rate of the wide part (None: `lr`)
+    wide_lr: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -84,6 +91,10 @@ class RankerConfig:
             raise ConfigError("epochs_initial, epochs_incremental and patience must be >= 1")
         if any(h < 1 for h in self.hidden):
             raise ConfigError("hidden widths must be >= 1")
+        if self.wide_buckets < 0 or self.wide_buckets == 1:
+            raise ConfigError("wide_buckets must be 0 (no wide part) or >= 2")
+        if self.wide_lr is not None and not self.wide_lr > 0:
+            raise ConfigError("wide_lr must be > 0 (or None for lr)")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,8 +109,10 @@ class RankerConfig:
         if unknown:
             raise ConfigError(f"unknown ranker config keys {sorted(unknown)}")
         d = dict(d)
-        # rankers written before the option existed started from N(0, 1)
+        # rankers written before the options existed started from N(0, 1) and had no wide part
         d.setdefault("embedding_init_std", None)
+        d.setdefault("wide_buckets", 0)
+        d.setdefault("wide_lr", None)
         d["derm_inputs"] = tuple(d["derm_inputs"])
         if "hidden" in d:
             d["hidden"] = tuple(d["hidden"])
@@ -154,6 +167,47 @@ class MMoE(nn.Module):
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         e = torch.stack([expert(x0) for expert in self.experts], dim=1)  # (B, E, d)
         return torch.einsum("bte,bed->btd", self.gate_weights(x0), e)
+
+
+class WidePart(nn.Module):
+    """The linear part of a Wide & Deep ranker: logits (B, n_tasks) = sum over features of a learned weight per
+    task. Features: every id / categorical field of the user and the ad, every context field, and the crosses
+    (user categorical x ad categorical, context x ad categorical) over the non-id fields, the one-hot
+    regression an ads engineer would fit (`eval.baselines.logistic_regression`). Each (slot, value) or
+    (slot, value, value) is hashed into `buckets` rows; weights start at 0, so an untrained wide part adds
+    nothing. The table takes dense gradients and Adam (see `towers.config.TowerConfig.sparse_embeddings`)."""
+
+    def __init__(self, spec: FeatureSpec, buckets: int, n_tasks: int) -> None:
+        super().__init__()
+        self.buckets = buckets
+        user, ad = spec.cats("user"), spec.cats("ad")
+        n_user, n_ad, n_ctx = len(user), len(ad), len(spec.context)
+        # column layout of the stacked categorical matrix: user cats, ad cats, context
+        ad_cols = [n_user + j for j, f in enumerate(ad) if f.kind == "categorical"]
+        left = [j for j, f in enumerate(user) if f.kind == "categorical"]
+        left += [n_user + n_ad + j for j in range(n_ctx)]
+        self.register_buffer("single_cols", torch.arange(n_user + n_ad + n_ctx), persistent=False)
+        pairs = [(a, b) for a in left for b in ad_cols]
+        self.register_buffer(
+            "cross_cols", torch.tensor(pairs, dtype=torch.long).reshape(-1, 2), persistent=False
+        )
+        self.table = nn.Embedding(buckets, n_tasks)
+        nn.init.zeros_(self.table.weight)
+
+    def keys(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """int64 (B, n_features): each feature's row in the table."""
+        x = torch.cat([b["user_cat"], b["ad_cat"], b["ctx"]], dim=1).long()  # values < 2^21 (table sizes)
+        slots = torch.arange(x.shape[1] + len(self.cross_cols), device=x.device)
+        single = x  # (B, S)
+        cross = x[:, self.cross_cols[:, 0]] * (1 << 21) + x[:, self.cross_cols[:, 1]]  # (B, P)
+        k = torch.cat([single, cross], dim=1) + (slots + 1) * (1 << 42)
+        # a multiplicative hash with an xor-shift (int64 arithmetic wraps), then the bucket
+        h = k * 0x5851F42D4C957F2D
+        h = h ^ (h >> 29)
+        return torch.remainder(h, self.buckets)
+
+    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.table(self.keys(b)).sum(1)
 
 
 class SequenceTransformer(SequenceEncoder):
@@ -223,6 +277,7 @@ class Ranker(nn.Module):
         self.input_width += derm_width + n_derm + len(self.dots)
         self.mmoe = MMoE(self.input_width, len(TASKS), cfg.n_experts, cfg.cross_layers, cfg.cross_rank)
         self.towers = nn.ModuleList(mlp([self.input_width, *cfg.hidden, 1]) for _ in TASKS)
+        self.wide = WidePart(spec, cfg.wide_buckets, len(TASKS)) if cfg.wide_buckets else None
 
     def concat(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """The concatenation layer x_0: float32 (B, input_width)."""
@@ -242,7 +297,8 @@ class Ranker(nn.Module):
 
     def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         mixed = self.mmoe(self.concat(b))  # (B, 2, d)
-        return torch.cat([tower(mixed[:, i]) for i, tower in enumerate(self.towers)], dim=1)
+        deep = torch.cat([tower(mixed[:, i]) for i, tower in enumerate(self.towers)], dim=1)
+        return deep if self.wide is None else deep + self.wide(b)
 
     @torch.no_grad()
     def init_output_bias(self, ctr_rate: float, cvr_rate: float) -> None:

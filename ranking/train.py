@@ -78,10 +78,16 @@ class RankerSnapshot:
         return f"ranker:{version_name(self.manifest['day'])}:{self.manifest['artifact_id'][:8]}"
 
 
+def ranker_optimizer(ranker: Ranker, cfg: RankerConfig) -> TowerOptimizer:
+    """SparseAdam for the sparse id tables, Adam for the rest; the wide part at `cfg.wide_lr` when set."""
+    wide = {"wide.": cfg.wide_lr} if cfg.wide_lr is not None and ranker.wide is not None else None
+    return TowerOptimizer(ranker, lr=cfg.lr, prefix_lr=wide)
+
+
 def new_snapshot(spec: FeatureSpec, cfg: RankerConfig, derm_dim: int, device: torch.device) -> RankerSnapshot:
     torch.manual_seed(cfg.seed)
     ranker = Ranker(spec, cfg, derm_dim).to(device)
-    return RankerSnapshot(ranker, TowerOptimizer(ranker, lr=cfg.lr), spec, cfg, {})
+    return RankerSnapshot(ranker, ranker_optimizer(ranker, cfg), spec, cfg, {})
 
 
 class DermLookup:
@@ -211,7 +217,7 @@ def load_ranker(directory: Path, device: torch.device | str = "cpu") -> RankerSn
             torch.load(Path(directory) / "weights.pt", map_location="cpu", weights_only=True)
         )
         ranker.to(torch.device(device))
-        opt = TowerOptimizer(ranker, lr=cfg.lr)
+        opt = ranker_optimizer(ranker, cfg)
         opt.load_state_dict(
             torch.load(Path(directory) / "optimizer.pt", map_location="cpu", weights_only=True)
         )

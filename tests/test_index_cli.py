@@ -87,6 +87,28 @@ def test_index_refresh_skips_published_and_errors(work: Path) -> None:
     assert err.strip() == "Error: cannot refresh in place: faiss HNSW graphs cannot remove vectors"
 
 
+def test_manual_index_commands_apply_the_cycle_gate(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`index build` and `index refresh` publish through the daily cycle's function: an index whose self-check
+    recall is under `min_index_recall` is refused on every path and the served version stays."""
+    import index.artifact
+
+    d1 = _days(work)[-1]
+    before = json.loads((work / "index" / f"day={d1}" / "manifest.json").read_text())
+    monkeypatch.setattr(index.artifact, "recall_against_exact", lambda *a, **k: 0.5)
+    for cmd in (["build"], ["refresh", "--mode", "rebuild"]):
+        code, _, err = _run("index", *cmd, "--work", str(work), "--day", str(d1), "--overwrite")
+        assert code == 1
+        assert "self-check recall@" in err and "is under the threshold 0.9; not published" in err
+        after = json.loads((work / "index" / f"day={d1}" / "manifest.json").read_text())
+        assert after["artifact_id"] == before["artifact_id"]
+    # and the manual rebuild records the retrieval prior the cycle fits, like the daily cycle
+    monkeypatch.undo()
+    code, out, err = _run("index", "build", "--work", str(work), "--day", str(d1), "--overwrite", "--json")
+    assert code == 0, err
+    m = json.loads((work / "index" / f"day={d1}" / "manifest.json").read_text())
+    assert m["upstream"]["retrieval_prior"]["validation_days"] == [d1]
+
+
 def test_index_tune(work: Path) -> None:
     d = _days(work)[-1]
     code, _, err = _run(

@@ -18,7 +18,7 @@ from adslog.workspace import Workspace, version_name
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import open_version, publish_day
 from ranking.model import DERM_INPUTS, CrossLayer, CrossNetwork, MMoE, Ranker, RankerConfig
-from ranking.train import DermLookup, load_ranker, score, train_ranker
+from ranking.train import DermLookup, load_ranker, ranker_optimizer, score, train_ranker
 from towers.batches import ImpressionArrays, Inputs
 from towers.features import FeatureSpec, Field
 
@@ -176,6 +176,61 @@ def test_embedding_init_std_sets_every_id_table(std: float | None) -> None:
         assert 0.7 * expected < float(rows.std()) < 1.3 * expected
         if t.padding_idx == 0:
             assert float(w[0].abs().max()) == 0.0
+
+
+def test_wide_part_features_and_learning() -> None:
+    """The wide part: one feature per user / ad categorical and context field plus the crosses (user
+    categorical and context x ad categorical, ids excluded); it starts at 0 (adds nothing) and, trained alone
+    on a label that depends only on one cross, learns it."""
+    spec, dim = _spec(), 16
+    cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 12)
+    ranker = Ranker(spec, cfg, dim)
+    wide = ranker.wide
+    assert wide is not None and Ranker(spec, RankerConfig(token_dim=8, seq_len=5), dim).wide is None
+    b = _batch(64, dim)
+    keys = wide.keys(b)
+    # singles: user_id, ad_id, category, surface, position; crosses: (surface, position) x category
+    assert keys.shape == (64, 5 + 2) and int(keys.min()) >= 0 and int(keys.max()) < 1 << 12
+    assert torch.equal(keys, wide.keys(b))  # deterministic
+    # the same category under another surface is another cross feature, the single feature stays
+    b2 = dict(b, ctx=b["ctx"] * 2)
+    k2 = wide.keys(b2)
+    assert torch.equal(keys[:, 2], k2[:, 2]) and not torch.equal(keys[:, 5], k2[:, 5])
+    assert float(wide(b).detach().abs().max()) == 0.0  # starts at 0
+    # the label is the cross (surface 1 or 2) x (category 1): only the wide part can learn it alone
+    g = torch.Generator().manual_seed(1)
+    n = 512
+    b = _batch(n, dim, seed=2)
+    b["ctx"] = torch.stack([torch.randint(1, 3, (n,), generator=g), torch.ones(n, dtype=torch.long)], 1)
+    y = ((b["ctx"][:, 0] == 1) == (b["ad_cat"][:, 1] == 1)).float()
+    opt = torch.optim.Adam(wide.parameters(), lr=0.1)
+    for _ in range(100):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(wide(b)[:, 0], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.05
+
+
+def test_wide_config_validation_and_old_configs() -> None:
+    with pytest.raises(ValueError, match="wide_buckets"):
+        RankerConfig(wide_buckets=1)
+    cfg = RankerConfig(wide_buckets=1 << 10)
+    assert RankerConfig.from_json(json.loads(json.dumps(cfg.to_json()))) == cfg
+    old = {k: v for k, v in cfg.to_json().items() if k not in ("wide_buckets", "wide_lr")}
+    assert RankerConfig.from_json(old).wide_buckets == 0  # rankers before the option had no wide part
+    with pytest.raises(ValueError, match="wide_lr"):
+        RankerConfig(wide_lr=0.0)
+    # the wide part learns at its own rate, in its own Adam group, decayed with the rest
+    cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 10, wide_lr=0.05, lr=0.002)
+    ranker = Ranker(_spec(), cfg, 16)
+    opt = ranker_optimizer(ranker, cfg)
+    groups = opt.dense.param_groups
+    assert len(groups) == 2 and groups[1]["lr"] == 0.05 and groups[0]["lr"] == 0.002
+    assert groups[1]["params"] == [ranker.wide.table.weight]  # type: ignore[union-attr]
+    opt.set_lr_scale(0.5)
+    assert groups[1]["lr"] == 0.025 and groups[0]["lr"] == 0.001
+    assert len(ranker_optimizer(ranker, RankerConfig(wide_buckets=1 << 10)).dense.param_groups) == 1
 
 
 def _unit(n: int, dim: int, value: float) -> np.ndarray:

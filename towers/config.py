@@ -53,6 +53,12 @@ class TowerConfig:
     # many epochs (Gowalla, ids only: validation recall@20 after one epoch 0.0258 with N(0, 1) vs 0.0670 with
     # std 0.05 at lr 0.01)
     embedding_init_std: float | None = None
+    # True: the id tables take sparse gradients and SparseAdam (only the rows a batch uses are touched: the
+    # cost of a step does not grow with the tables). False: dense gradients and Adam for every parameter, whose
+    # moments keep moving a row for ~1 / (1 - beta1) steps after it was seen; SparseAdam's lazy moments move a
+    # rarely seen row about 10x less per appearance (Gowalla, plain MF: validation recall@20 0.1645 with
+    # SparseAdam vs 0.2021 with Adam after 8 epochs). Dense costs a pass over every table per step.
+    sparse_embeddings: bool = True
     seq_len: int = 20
     batch_size: int = 2048
     lr: float = 2e-3

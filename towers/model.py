@@ -41,10 +41,12 @@ class FieldEncoder(nn.Module):
     """Entity inputs -> tokens (B, T, C): one per id / categorical field, one for all numerics, one per dense
     vector (a linear projection of the pretrained representation)."""
 
-    def __init__(self, spec: FeatureSpec, entity: str, c: int, init_std: float | None = None) -> None:
+    def __init__(
+        self, spec: FeatureSpec, entity: str, c: int, init_std: float | None = None, sparse: bool = True
+    ) -> None:
         super().__init__()
         self.cats = nn.ModuleList(
-            nn.Embedding(f.size, c, padding_idx=0, sparse=True) for f in spec.cats(entity)
+            nn.Embedding(f.size, c, padding_idx=0, sparse=sparse) for f in spec.cats(entity)
         )
         init_embeddings(self.cats, init_std)
         n_num = len(spec.nums(entity))
@@ -69,12 +71,19 @@ class SequenceEncoder(nn.Module):
     advertiser, category and event-kind embeddings and a projection of the ad's dense content vectors (so a
     user with two clicks already has an interest estimate); tokens are mean-pooled over valid slots."""
 
-    def __init__(self, spec: FeatureSpec, c: int, n_categories: int, init_std: float | None = None) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        c: int,
+        n_categories: int,
+        init_std: float | None = None,
+        sparse: bool = True,
+    ) -> None:
         super().__init__()
         n_dense = sum(f.size for f in spec.denses("ad"))
         self.content = nn.Linear(n_dense, c) if n_dense else None
-        self.ad = nn.Embedding(spec.seq_ad_buckets, c, padding_idx=0, sparse=True)
-        self.adv = nn.Embedding(spec.seq_adv_buckets, c, padding_idx=0, sparse=True)
+        self.ad = nn.Embedding(spec.seq_ad_buckets, c, padding_idx=0, sparse=sparse)
+        self.adv = nn.Embedding(spec.seq_adv_buckets, c, padding_idx=0, sparse=sparse)
         init_embeddings((self.ad, self.adv), init_std)
         self.cat = nn.Embedding(max(n_categories, 1), c, padding_idx=0)
         self.kind = nn.Embedding(4, c, padding_idx=0)
@@ -106,9 +115,12 @@ class EntityTower(nn.Module):
     def __init__(self, spec: FeatureSpec, entity: str, cfg: TowerConfig) -> None:
         super().__init__()
         c = cfg.token_dim
-        self.fields = FieldEncoder(spec, entity, c, cfg.embedding_init_std)
+        sparse = cfg.sparse_embeddings
+        self.fields = FieldEncoder(spec, entity, c, cfg.embedding_init_std, sparse)
         n_cat = next((f.size for f in spec.ad if f.name == spec.ad_category), 1)
-        self.sequence = SequenceEncoder(spec, c, n_cat, cfg.embedding_init_std) if entity == "user" else None
+        self.sequence = (
+            SequenceEncoder(spec, c, n_cat, cfg.embedding_init_std, sparse) if entity == "user" else None
+        )
         self.n_tokens = self.fields.n_tokens + (1 if self.sequence is not None else 0)  # T_in
         self.backbone: nn.Module = (
             DhenBackbone(self.n_tokens, cfg)

@@ -4,6 +4,7 @@ than the whole forward/backward pass on CPU."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -13,12 +14,26 @@ from torch import nn
 class TowerOptimizer:
     """SparseAdam for sparse `nn.Embedding` weights, Adam for everything else; one state_dict for both."""
 
-    def __init__(self, model: nn.Module, lr: float, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float,
+        weight_decay: float = 0.0,
+        prefix_lr: Mapping[str, float] | None = None,
+    ) -> None:
+        """`prefix_lr`: learning rates of the dense parameters whose names start with a prefix (each prefix one
+        Adam parameter group, e.g. {"wide.": 0.01}); every other parameter learns at `lr`."""
         sparse_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse}
         sparse = [p for p in model.parameters() if id(p) in sparse_ids]
-        dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+        prefix_lr = dict(prefix_lr or {})
+        groups: dict[str, list[nn.Parameter]] = {"": [], **{k: [] for k in prefix_lr}}
+        for name, p in model.named_parameters():
+            if id(p) not in sparse_ids:
+                groups[next((k for k in prefix_lr if name.startswith(k)), "")].append(p)
+        param_groups: list[dict[str, Any]] = [{"params": groups[""]}]
+        param_groups += [{"params": groups[k], "lr": prefix_lr[k]} for k in prefix_lr if groups[k]]
         self.sparse = torch.optim.SparseAdam(sparse, lr=lr) if sparse else None
-        self.dense = torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)
+        self.dense = torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay)
         self._base_lrs = [float(g["lr"]) for g in self._groups()]
 
     def zero_grad(self, set_to_none: bool = True) -> None:

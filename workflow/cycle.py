@@ -43,7 +43,8 @@ from adslog.workspace import Workspace, version_name
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, open_version, publish_day
 from eval.evaluate import day_clicks, evaluate_day
-from index import Backend, IndexConfig
+from index import Backend, IndexConfig, SearchParams
+from index.refresh import RefreshConfig
 from ranking.model import RankerConfig
 from ranking.train import train_ranker
 from retrieval.retrieve import Retriever
@@ -239,25 +240,35 @@ def publish_index(
     day: int,
     cfg: CycleConfig,
     overwrite: bool = False,
-    retrieval_prior: dict[str, Any] | None = None,
+    refresh: RefreshConfig | None = None,
+    params: SearchParams | None = None,
 ) -> dict[str, Any]:
-    """Publish the ad index over store version `day` of the ctr model (skips if published), recording
-    `retrieval_prior` (see `fit_retrieval_prior`).
+    """Publish the ad index over store version `day` of the ctr model (skips if published): the one path of
+    the daily cycle, `derm index build` (refresh mode rebuild) and `derm index refresh`, so every one applies
+    the self-check gate (`cfg.min_index_recall`: QualityGateError, nothing published) and records the
+    retrieval prior fitted on `day`'s clicks (`fit_retrieval_prior`).
 
-    The previous index version is updated in place when few ads changed and the index type allows it, else
-    rebuilt; the manifest's `refresh` records which and why (see `index.refresh`).
+    By default the previous index version is updated in place when few ads changed and the index type allows
+    it, else rebuilt; the manifest's `refresh` records which and why (see `index.refresh`). `params` become the
+    version's query-time defaults (None: the previous version's).
     """
     from index.versions import publish_workspace_index
 
+    target = ws.index_dir / version_name(day) / "manifest.json"
+    if target.exists() and not overwrite:
+        m: dict[str, Any] = read_json(target)
+        return m
     return publish_workspace_index(
         ws,
         day,
         cfg.index,
+        refresh,
+        params,
         self_check_queries=cfg.self_check_queries,
         k=cfg.self_check_k,
         overwrite=overwrite,
         min_recall=cfg.min_index_recall,
-        retrieval_prior=retrieval_prior,
+        retrieval_prior=fit_retrieval_prior(ws, ws.dataset(), day, cfg),
     )
 
 
@@ -379,11 +390,7 @@ def run_day(
         publish_embeddings(ws, ds, task, day, cfg, day, back_inferred=False, overwrite=overwrite)
         done()
     done = timer.stage("index")
-    index_target = ws.index_dir / version_name(day) / "manifest.json"
-    prior = None if index_target.exists() and not overwrite else fit_retrieval_prior(ws, ds, day, cfg)
-    publish_index(
-        ws, day, cfg, overwrite, prior
-    )  # QualityGateError (nothing published) under min_index_recall
+    publish_index(ws, day, cfg, overwrite)  # QualityGateError (nothing published) under min_index_recall
     done()
     if overwrite or not (ws.ranker_dir / version_name(day) / "manifest.json").exists():
         parent = ws.version_before(ws.ranker_dir, day)
