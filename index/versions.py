@@ -1,7 +1,7 @@
 """The workspace's index versions: build or refresh `WORK/index/day=<D>` from store version D, move LATEST.
 
 One function serves `derm index build` (mode rebuild), `derm index refresh` and the daily cycle (mode
-auto): the index over the ctr model's pooled ad embeddings of store version D, its parent the newest index
+auto), all through `workflow.cycle.publish_index` (which adds the self-check gate and the retrieval prior): the index over the ctr model's pooled ad embeddings of store version D, its parent the newest index
 version before D (rollback aware), its self-check queries a seeded sample of that version's user embeddings.
 """
 
@@ -20,7 +20,7 @@ from adslog.workspace import Workspace, version_name
 from embstore.store import StoreVersion, open_version
 from index.artifact import load_index_artifact
 from index.base import IndexConfig, SearchParams
-from index.refresh import RefreshConfig, RefreshMode, refresh_index_artifact
+from index.refresh import RefreshConfig, refresh_index_artifact
 from index.tune import TunePoint, tune
 
 log = logging.getLogger(__name__)
@@ -90,28 +90,6 @@ def publish_workspace_index(
     r = m.get("refresh") or {}
     log.info("index day=%d: %s (%s)", day, r.get("mode"), r.get("reason"))
     return m
-
-
-def rebuild_workspace_index(
-    ws: Workspace,
-    day: int,
-    config: IndexConfig,
-    params: SearchParams | None = None,
-    self_check_queries: int = 1000,
-    k: int = 100,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """`publish_workspace_index` with a rebuild from scratch (what `derm index build` does)."""
-    return publish_workspace_index(
-        ws,
-        day,
-        config,
-        RefreshConfig(mode=RefreshMode.REBUILD),
-        params,
-        self_check_queries,
-        k,
-        overwrite,
-    )
 
 
 def tune_workspace_index(
