@@ -2,7 +2,7 @@
 
 Retrieval: for every user who clicked on day d, the top K live ads (by schedule) from the ANN index of the
 store version before d, against the ads the user clicked that day; users without an embedding are answered by
-the cold-start path and counted in `n_cold`. Baselines: popularity (most clicks in the 7 days before d among
+serving's cold-start fallback (`retrieval.cold_start`, the default `ServeConfig` knobs) and counted in `n_cold`. Baselines: popularity (most clicks in the 7 days before d among
 live ads, ties by ad_id) and, on synthetic data, the oracle (live ads ranked by true p_click at the reference
 context) and `relevance_recall_at_k` (overlap of our top K with the oracle's top K).
 Ranking: the ranker published before d scores every impression of d (real context); ROC-AUC and PR-AUC of its
@@ -176,8 +176,14 @@ def evaluate_day(
     imp = ds.impressions(day, imp_cols)
     clicked = imp.filter(pc.equal(imp.column("click"), 1))
     users, relevant = group_by_user(clicked.column("user_id").to_numpy(), clicked.column("ad_id").to_numpy())
-    cand = retriever.retrieve(users, kmax)
-    n_cold = sum(p == "cold_start" for p in cand.path)
+    # users without an embedding get serving's fallback (`ranking.serve.TwoStage` with the default knobs)
+    from ranking.serve import ServeConfig
+
+    sc = ServeConfig()
+    activity = ActivityLog.from_dataset(ds, day)
+    cold = retriever.cold_start(activity, sc.cold_start_categories, sc.peer_features, sc.peer_min_clicks)
+    cand = retriever.retrieve(users, kmax, cold_start=cold)
+    n_cold = sum(p != "ann" for p in cand.path)
     pop = np.broadcast_to(retriever.popular[:kmax], (len(users), min(kmax, len(retriever.popular))))
     retrieval: dict[str, Any] = {
         "n_users": int(len(users)),

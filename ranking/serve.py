@@ -215,16 +215,8 @@ class TwoStage:
         self.lookup = DermLookup(ws, self.ranker.config.derm_inputs, self.ranker.manifest)
         self.ads = AdBook(self.ds.ads, self.ds.columns["ads"])
         c = self.config
-        self.cold_start = ColdStart(
-            self.ds,
-            self.day,
-            self.retriever.popular,
-            self.retriever.popular_clicks,
-            self.retriever.window_clicks,
-            activity,
-            n_categories=c.cold_start_categories,
-            peer_features=c.peer_features,
-            peer_min_clicks=c.peer_min_clicks,
+        self.cold_start: ColdStart = self.retriever.cold_start(
+            activity, c.cold_start_categories, c.peer_features, c.peer_min_clicks
         )
 
     @property

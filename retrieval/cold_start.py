@@ -139,13 +139,20 @@ class ColdStart:
         cats, counts = np.unique(events, return_counts=True)
         return cats[np.lexsort((cats, -counts))][: self.n_categories]
 
-    def candidates(self, user_id: int, n: int) -> tuple[np.ndarray, np.ndarray, str]:
-        """(ids int64[m], scores float32[m], path), m = min(n, live ads): see the module docstring."""
+    def candidates(
+        self, user_id: int, n: int, excluded_ids: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """(ids int64[m], scores float32[m], path), m = min(n, live ads not excluded): see the module
+        docstring."""
+        keep = np.ones(len(self.popular), bool)
+        if excluded_ids is not None:
+            keep = ~np.isin(self.popular, excluded_ids)
         path, events = USER_CATEGORIES, self.user_categories(user_id)
         if len(events) == 0:
             path, events = PEER_CATEGORIES, self.peer_categories(user_id)
         if len(events) == 0:
-            return self.popular[:n], self.popular_clicks[:n], POPULAR
+            order = np.flatnonzero(keep)[:n]
+            return self.popular[order], self.popular_clicks[order], POPULAR
         first = np.isin(self.popular_cat, self.top_categories(events))
-        order = np.concatenate([np.flatnonzero(first), np.flatnonzero(~first)])[:n]
+        order = np.concatenate([np.flatnonzero(first & keep), np.flatnonzero(~first & keep)])[:n]
         return self.popular[order], self.popular_clicks[order], path

@@ -6,9 +6,10 @@ Store and index are read at the same day: the newest one published in both (`Wor
 the index's manifest must name that store version as its source. Only ads live on day d by schedule are
 eligible; callers may exclude ads.
 
-`Retriever.retrieve` (batch, used by `derm eval`): a user with no pooled embedding is answered from the
-most-clicked live ads of the 7 days before d (ties by ad_id), the `cold_start` path. The serving path
-(`ranking.serve.TwoStage`) answers such users through `retrieval.cold_start` instead (categories first).
+`Retriever.retrieve` (batch, used by `derm eval`): a user with no pooled embedding is answered by the cold-start
+fallback it is given (`retrieval.cold_start.ColdStart`, categories first: what `derm eval` and the serving path
+`ranking.serve.TwoStage` both pass), else from the most-clicked live ads of the 7 days before d (ties by ad_id),
+the `cold_start` path.
 
 Optional popularity prior (by default the one the daily cycle recorded in the served index version, none when it
 recorded none: the ANN order; or `Retriever(prior=PriorConfig(...))`): candidates are
@@ -29,10 +30,12 @@ import pyarrow.compute as pc
 
 from adslog.dataset import Dataset
 from adslog.errors import DermError, VersionMismatchError
+from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from embstore.store import StoreVersion, open_version
 from index import SearchParams, load_index_artifact
 from index.base import compact_rows
+from retrieval.cold_start import ColdStart
 from retrieval.prior import (
     DEFAULT_BETAS,
     POPULARITY_DAYS,
@@ -168,6 +171,27 @@ class Retriever:
             self.versions["index"] = (
                 f"index:{version_name(index_day)}:{self.index_manifest['artifact_id'][:8]}"  # type: ignore[arg-type]
             )
+
+    def cold_start(
+        self,
+        activity: ActivityLog | None,
+        n_categories: int = 3,
+        peer_features: tuple[str, ...] = ("region",),
+        peer_min_clicks: int = 20,
+    ) -> ColdStart:
+        """The cold-start fallback over this retriever's popularity list and window (`retrieval.cold_start`);
+        `activity`: the event log before the query day (None: skip the user's own categories)."""
+        return ColdStart(
+            self.ds,
+            self.day,
+            self.popular,
+            self.popular_clicks,
+            self.window_clicks,
+            activity,
+            n_categories=n_categories,
+            peer_features=peer_features,
+            peer_min_clicks=peer_min_clicks,
+        )
 
     def user_embeddings(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(vecs float32[n, dim], found bool[n]) from the serving store version; never found without an index."""
@@ -322,8 +346,16 @@ class Retriever:
         lp = {w: p.at(ids) for w, p in priors.items()}
         return fit_beta(ids, scores, lp, rel, k, betas, base, validation_days=(self.day,))
 
-    def retrieve(self, user_ids: np.ndarray, k: int, excluded_ids: np.ndarray | None = None) -> Candidates:
-        """Top-k live candidates per user; exactly k when k eligible ads exist."""
+    def retrieve(
+        self,
+        user_ids: np.ndarray,
+        k: int,
+        excluded_ids: np.ndarray | None = None,
+        cold_start: ColdStart | None = None,
+    ) -> Candidates:
+        """Top-k live candidates per user; exactly k when k eligible ads exist. Users without an embedding are
+        answered by `cold_start` (the serving fallback, `retrieval.cold_start`: their path is its source) or,
+        without one, by the popularity list (path `cold_start`)."""
         user_ids = np.asarray(user_ids, np.int64)
         n = len(user_ids)
         ids = np.full((n, k), -1, np.int64)
@@ -331,6 +363,11 @@ class Retriever:
         vecs, found = self.user_embeddings(user_ids)
         if found.any():
             ids[found], scores[found] = self.search(vecs[found], k, excluded_ids)
+        path = ["ann" if f else "cold_start" for f in found]
+        if cold_start is not None:
+            for r in np.flatnonzero(~found):
+                c_ids, c_scores, path[r] = cold_start.candidates(int(user_ids[r]), k, excluded_ids)
+                ids[r, : len(c_ids)], scores[r, : len(c_ids)] = c_ids, c_scores
         short = np.nonzero((ids < 0).any(axis=1))[0]
         if len(short):
             pop, pop_scores = self.popular, self.popular_clicks
@@ -344,5 +381,4 @@ class Retriever:
                 extra, extra_s = pop[new][: k - len(have)], pop_scores[new][: k - len(have)]
                 ids[r, len(have) : len(have) + len(extra)] = extra
                 scores[r, len(have) : len(have) + len(extra)] = extra_s if not found[r] else -np.inf
-        path = ["ann" if f else "cold_start" for f in found]
         return Candidates(ids, scores, path, dict(self.versions))

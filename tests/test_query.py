@@ -198,6 +198,26 @@ def _top_categories(cats: np.ndarray, n: int = 3) -> set[int]:
     return set(c[np.lexsort((c, -counts))][:n].tolist())
 
 
+def test_eval_cold_start_is_servings(ts: TwoStage) -> None:
+    """Offline eval answers users without an embedding exactly as the service does (issue 18): the batch
+    Retriever.retrieve with the serving fallback gives TwoStage.candidates' ids and path for every cold user."""
+    ds = ts.ds
+    users = ds.users(["user_id"]).column("user_id").to_numpy()
+    cold = np.setdiff1d(users, ts.retriever.store.ids("user"))[:25]  # type: ignore[union-attr]
+    warm = np.array([_ann_user(ts, i) for i in range(3)])
+    mixed = np.r_[warm, cold]
+    got = ts.retriever.retrieve(mixed, 40, cold_start=ts.cold_start)
+    assert got.path[:3] == ["ann"] * 3
+    for row, user in enumerate(mixed.tolist()):
+        ids, _, path = ts.candidates(user, 40)
+        assert got.path[row] == path
+        np.testing.assert_array_equal(got.ids[row], ids)
+    # excluded ads never come back from the fallback
+    excluded = got.ids[3, :5]
+    again = ts.retriever.retrieve(cold[:1], 40, excluded, cold_start=ts.cold_start)
+    assert not np.isin(again.ids, excluded).any() and (again.ids >= 0).all()
+
+
 def test_cold_start_paths(ts: TwoStage, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = ts.ds
     cat_of = dict(
