@@ -11,6 +11,8 @@ import shutil
 
 from common import ROOT, write_result
 
+from adslog.workspace import Workspace
+from eval.baselines import logistic_vs_ranker
 from workflow.demo import run_demo
 
 
@@ -18,6 +20,7 @@ def main() -> None:
     work = ROOT / "benchmarks" / "work" / "demo"
     shutil.rmtree(work, ignore_errors=True)
     s = run_demo(work)
+    baselines = logistic_vs_ranker(Workspace.open(work), s["eval_day"])
     result = {
         "command": "python benchmarks/demo.py  (runs `derm demo` on a fresh workspace)",
         "report": s["report"],
@@ -27,6 +30,7 @@ def main() -> None:
         "train_days": s["train_days"],
         "daily_days": s["daily_days"],
         "eval_day": s["eval_day"],
+        "baselines": baselines,
     }
     path = write_result("demo", result)
     r = s["report"]
@@ -37,6 +41,7 @@ def main() -> None:
                 "recall_at_k": r["retrieval"]["recall_at_k"],
                 "popularity_recall_at_k": r["retrieval"]["popularity_recall_at_k"],
                 "roc_auc": r["ranking"]["roc_auc"],
+                "logistic_roc_auc": baselines["logistic_roc_auc"],
                 "total_seconds": s["total_seconds"],
             }
         )

@@ -7,6 +7,7 @@ Retrieval:
                         without the towers: what the features and the sequence add is the gap to it.
 Ranking:
     item_ctr            each ad's smoothed click-through rate on the training rows
+    logistic_vs_ranker  the regression on the rows a workspace's ranker learned from, beside the ranker on a day
     logistic_regression L2-regularised logistic regression over one-hot features and the crosses an ads engineer
                         adds (region / age x category, surface x category), fitted by L-BFGS, the L2 weight chosen
                         by validation ROC-AUC (moved from `benchmarks/synthetic_ceiling.py`)
@@ -15,6 +16,7 @@ Ranking:
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 from adslog.dataset import Dataset
 from adslog.oracle import IdMap
+from adslog.workspace import Workspace
 from eval.metrics import roc_auc
 from retrieval.retrieve import POPULARITY_DAYS, popularity
 
@@ -247,6 +250,42 @@ def logistic_regression(
     best = max(by_l2, key=lambda k: (by_l2[k] if by_l2[k] is not None else -1.0, -k))
     model = fit_logistic(_concat(train, val), fields, best, label) if refit else models[best]
     return LogisticFit(model, by_l2, refit)
+
+
+def logistic_vs_ranker(
+    ws: Workspace, day: int, fields: Fields = ADS_FIELDS, boot: int = 200
+) -> dict[str, Any]:
+    """The one-hot logistic regression (`eval.baselines.logistic_regression`) on the rows the ranker was
+    trained on (every day before `day`; L2 chosen on the last of them, then refit on all), scored on `day`'s
+    impressions beside the served ranker, with the paired bootstrap interval of ranker - regression over users."""
+    from eval.bootstrap import paired_bootstrap
+    from eval.evaluate import ranker_predictions
+
+    ds = ws.dataset()
+    before = [d for d in ds.days() if d < day]
+    t0 = time.perf_counter()
+    fit = logistic_regression(read_rows(ds, before[:-1], fields), read_rows(ds, before[-1:], fields), fields)
+    test = read_rows(ds, [day], fields)
+    lr_logit = fit.model.logits(test)
+    cols = ["user_id", "ad_id", "click", "ts", "day", "surface", "position"]
+    imp = ds.impressions(day, [c for c in cols if c in ds.columns["impressions"]])
+    _, arrays, p_ctr = ranker_predictions(ws, day, imp)
+    y = arrays.click
+    if not (np.array_equal(test["ad_id"], arrays.ad_id) and np.array_equal(test["click"], y)):
+        raise AssertionError("the regression's rows and the ranker's rows differ")
+    ci = paired_bootstrap(roc_auc, p_ctr, lr_logit, y, groups=arrays.user_id, n=boot, seed=0)
+    return {
+        "logistic_roc_auc": roc_auc(lr_logit, y),
+        "ranker_roc_auc": roc_auc(p_ctr, y),
+        "ranker_minus_logistic_ci": [ci["lo"], ci["hi"]],
+        "ranker_minus_logistic": ci["diff"],
+        "logistic": fit.to_json(),
+        "train_days": before,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "note": "same rows: the regression learns from every impression before the eval day (the ranker's "
+        "window and daily increments), its L2 weight chosen on the last of those days; both are scored on the "
+        "eval day's impressions with their logged context; interval: paired bootstrap over users",
+    }
 
 
 # --- retrieval: plain matrix factorisation -----------------------------------------------------------------
