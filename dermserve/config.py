@@ -7,7 +7,7 @@ from typing import Any
 
 from adslog.errors import ConfigError
 from embstore.online import OnlineStoreConfig
-from ranking.serve import UnknownUser
+from ranking.serve import ServeConfig, UnknownUser
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,11 @@ class ServiceConfig:
                 raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
         if self.max_candidates < self.max_k:
             raise ConfigError("max_candidates must be >= max_k")
+        default = ServeConfig()
+        if self.max_k < default.k or self.max_candidates < default.candidates:
+            raise ConfigError(  # a request with the default k and candidates must be accepted
+                f"max_k must be >= {default.k} and max_candidates >= {default.candidates} (the query defaults)"
+            )
         for name in ("watch_interval_s", "retry_failed_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0")
