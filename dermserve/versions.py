@@ -36,7 +36,7 @@ from adslog.artifact import read_json
 from adslog.errors import DataError, DermError, QualityGateError
 from adslog.workspace import Workspace, version_name
 from dermserve.config import ServiceConfig
-from embstore.online import OnlineStore
+from embstore.online import OnlineStore, slot_artifact
 from index.base import recall_against_exact
 from ranking.serve import ServeConfig, TwoStage, serving_day
 
@@ -48,7 +48,7 @@ SELF_CHECK_K = 10
 @dataclass(frozen=True)
 class SetKey:
     """What identifies a version set, read without loading it: the query day, the artifact ids of the
-    store, index and ranker versions the rule picks, and the online store's live version (or None)."""
+    store, index and ranker versions the rule picks, and the online store's live slot (or None)."""
 
     day: int
     store: str
@@ -87,7 +87,7 @@ def candidate_key(ws: Workspace, online: OnlineStore | None = None) -> SetKey:
         store=_artifact_id(ws, sdir, both, "embedding store"),
         index=_artifact_id(ws, idir, both, "index"),
         ranker=_artifact_id(ws, rdir, ws.version_before(rdir, day), "ranker"),
-        online=None if online is None else online.live_id("ctr"),
+        online=None if online is None else online.live_slot("ctr"),
     )
 
 
@@ -123,7 +123,7 @@ def load_set(ws: Workspace, cfg: ServiceConfig, key: SetKey, online: OnlineStore
     t0 = time.perf_counter()
     store = None
     if online is not None:
-        if key.online != key.store:
+        if key.online is None or slot_artifact(key.online) != key.store:
             raise DermError(
                 f"{online.config.display}: the online store's live version is "
                 f"{(key.online or 'none')[:8]}, but the index of day {key.day - 1} was built from store "

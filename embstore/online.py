@@ -4,11 +4,15 @@ DERM's appendix C.2-C.3: the aggregated user embeddings are uploaded to an onlin
 embeddings are built into the index. A version of the store lives under its own keys, and one pointer key
 names the live version:
 
-    <prefix>:<task>:live                    artifact id of the live store version
-    <prefix>:<task>:v:<artifact id>:meta    JSON: task, day, dim, lineage, artifact id, counts, buckets, sha256
-    <prefix>:<task>:v:<artifact id>:u:<b>   hash: decimal user id -> float32[dim] bytes, b = user_id mod buckets
-    <prefix>:<task>:v:<artifact id>:ad_ids  int64[n_ads] bytes (the ad table the ranker's DERM input reads)
-    <prefix>:<task>:v:<artifact id>:ad_vecs float32[n_ads, dim] bytes
+    <prefix>:<task>:live              the live slot: `<artifact id>.<nonce>`
+    <prefix>:<task>:v:<slot>:meta     JSON: task, day, dim, lineage, artifact id, counts, buckets, sha256
+    <prefix>:<task>:v:<slot>:u:<b>    hash: decimal user id -> float32[dim] bytes, b = user_id mod buckets
+    <prefix>:<task>:v:<slot>:ad_ids   int64[n_ads] bytes (the ad table the ranker's DERM input reads)
+    <prefix>:<task>:v:<slot>:ad_vecs  float32[n_ads, dim] bytes
+
+Each publish writes a fresh slot (the store version's artifact id and a random nonce), never into keys
+that exist: the leftovers of a killed publish of the same version (perhaps with another bucket count) can
+never mix into a later one, and a republish (after a rollback) never rewrites keys that servers are reading.
 
 Users go into hashes of ~256 (one HSET per bucket, a few thousand commands for a million users, pipelined)
 rather than one key each: a million separate keys cost a million commands and ~50 bytes of key overhead
@@ -32,6 +36,7 @@ import logging
 import math
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,8 +148,8 @@ class OnlineStore:
         self.client.close()
 
     # -- reading ------------------------------------------------------------------------------------------
-    def live_id(self, task: str = "ctr") -> str | None:
-        """The artifact id of the live version of `task`, or None when nothing was published."""
+    def live_slot(self, task: str = "ctr") -> str | None:
+        """The live slot of `task` (`<artifact id>.<nonce>`), or None when nothing was published."""
         live, _ = _keys(self.config.prefix, task)
         try:
             v = self.client.get(live)
@@ -152,10 +157,15 @@ class OnlineStore:
             raise FeatureStoreError(f"{self.config.display}: {e}") from None
         return None if v is None else v.decode()
 
-    def meta(self, task: str, artifact_id: str) -> dict[str, Any] | None:
+    def live_id(self, task: str = "ctr") -> str | None:
+        """The artifact id of the live store version of `task`, or None when nothing was published."""
+        slot = self.live_slot(task)
+        return None if slot is None else slot_artifact(slot)
+
+    def meta(self, task: str, slot: str) -> dict[str, Any] | None:
         _, vbase = _keys(self.config.prefix, task)
         try:
-            raw = self.client.get(f"{vbase}{_check_safe(artifact_id, 'artifact id')}:meta")
+            raw = self.client.get(f"{vbase}{_check_safe(slot, 'slot')}:meta")
         except self._redis.RedisError as e:
             raise FeatureStoreError(f"{self.config.display}: {e}") from None
         if raw is None:
@@ -163,32 +173,28 @@ class OnlineStore:
         try:
             m = json.loads(raw)
         except ValueError:
-            raise FeatureStoreError(f"{self.config.display}: {vbase}{artifact_id}:meta is not JSON") from None
+            raise FeatureStoreError(f"{self.config.display}: {vbase}{slot}:meta is not JSON") from None
         if not isinstance(m, dict) or m.get("kind") != ONLINE_KIND:
-            raise FeatureStoreError(
-                f"{self.config.display}: {vbase}{artifact_id}:meta is not a store version"
-            )
+            raise FeatureStoreError(f"{self.config.display}: {vbase}{slot}:meta is not a store version")
         if not isinstance(m.get("schema_version"), int) or m["schema_version"] > ONLINE_SCHEMA_VERSION:
             raise FeatureStoreError(
-                f"{self.config.display}: {vbase}{artifact_id}: unsupported schema_version "
+                f"{self.config.display}: {vbase}{slot}: unsupported schema_version "
                 f"{m.get('schema_version')!r} (this build reads 1..{ONLINE_SCHEMA_VERSION})"
             )
         return m
 
-    def open(self, task: str = "ctr", artifact_id: str | None = None) -> RedisStoreVersion:
-        """The live version of `task` (or the version `artifact_id`), checked: its meta, the ad table's
-        sha256, and the user count of its hashes (a version missing keys is refused, never half-served)."""
-        aid = artifact_id or self.live_id(task)
-        if aid is None:
+    def open(self, task: str = "ctr", slot: str | None = None) -> RedisStoreVersion:
+        """The live version of `task` (or the one in `slot`), checked: its meta, the ad table's sha256, and
+        the user count of its hashes (a version missing keys is refused, never half-served)."""
+        slot = slot or self.live_slot(task)
+        if slot is None:
             raise FeatureStoreError(
                 f"{self.config.display}: no version of {task!r} is live under prefix {self.config.prefix!r} "
                 "(run `derm publish`)"
             )
-        m = self.meta(task, aid)
+        m = self.meta(task, slot)
         if m is None:
-            raise FeatureStoreError(
-                f"{self.config.display}: version {aid[:8]} of {task!r} has no meta (expired?)"
-            )
+            raise FeatureStoreError(f"{self.config.display}: slot {slot} of {task!r} has no meta (expired?)")
         return RedisStoreVersion(self, m)
 
     # -- writing ------------------------------------------------------------------------------------------
@@ -218,17 +224,30 @@ class OnlineStore:
         if len(np.unique(user_ids)) != len(user_ids):
             raise DermError("publish: user ids are not unique")
         live, vbase = _keys(self.config.prefix, task)
-        base = f"{vbase}{aid}"
+        slot = f"{aid}.{uuid.uuid4().hex[:8]}"
+        base = f"{vbase}{slot}"
         out = {
             "artifact_id": aid,
+            "slot": slot,
             "version": meta["version"],
             "n_users": int(len(user_ids)),
             "n_ads": int(len(ad_ids)),
             "url": self.config.display,
         }
-        previous = self.live_id(task)
-        if previous == aid and not overwrite and self.meta(task, aid) is not None:
-            return {**out, "previous": previous, "skipped": True, "seconds": time.perf_counter() - t0}
+        previous = self.live_slot(task)
+        if (
+            previous is not None
+            and slot_artifact(previous) == aid
+            and not overwrite
+            and self.meta(task, previous) is not None
+        ):
+            return {
+                **out,
+                "slot": previous,
+                "previous": previous,
+                "skipped": True,
+                "seconds": time.perf_counter() - t0,
+            }
         buckets = max(1, math.ceil(len(user_ids) / self.config.users_per_bucket))
         ad_ids_b, ad_vecs_b = ad_ids.tobytes(), ad_vecs.tobytes()
         full = {
@@ -239,6 +258,7 @@ class OnlineStore:
             "n_ads": int(len(ad_ids)),
             "buckets": buckets,
             "dtype": "float32",
+            "slot": slot,
             "ad_sha256": hashlib.sha256(ad_ids_b + ad_vecs_b).hexdigest(),
             "published_unix": int(time.time()),
         }
@@ -256,7 +276,7 @@ class OnlineStore:
                 raise FeatureStoreError(
                     f"{self.config.display}: {base}: {counted} users written of {len(user_ids)}; not made live"
                 )
-            self._flip(task, live, base, aid)
+            self._flip(task, live, base, slot)
         except self._redis.RedisError as e:
             raise FeatureStoreError(
                 f"{self.config.display}: publish of {meta['version']} failed ({e})"
@@ -297,7 +317,7 @@ class OnlineStore:
             pipe.hlen(f"{base}:u:{k}")
         return int(sum(pipe.execute()))
 
-    def _flip(self, task: str, live: str, base: str, aid: str) -> None:
+    def _flip(self, task: str, live: str, base: str, slot: str) -> None:
         """One transaction: the new version's keys lose their TTL, the pointer moves, the old version gets one."""
         new_keys = _version_keys(base, int(json.loads(self.client.get(f"{base}:meta"))["buckets"]))
         with self.client.pipeline(transaction=True) as pipe:
@@ -306,7 +326,7 @@ class OnlineStore:
                 old = pipe.get(live)
                 old_id = None if old is None else old.decode()
                 old_keys: list[str] = []
-                if old_id is not None and old_id != aid:
+                if old_id is not None and old_id != slot:
                     old_meta = self.meta(task, old_id)
                     if old_meta is not None:
                         old_keys = _version_keys(
@@ -315,7 +335,7 @@ class OnlineStore:
                 pipe.multi()
                 for k in new_keys:
                     pipe.persist(k)
-                pipe.set(live, aid)
+                pipe.set(live, slot)
                 for k in old_keys:
                     pipe.expire(k, self.config.retain_s)
                 pipe.execute()
@@ -334,7 +354,8 @@ class RedisStoreVersion(StoreVersion):
         self.manifest = meta
         self._cache = {}
         cfg = store.config
-        self._base = f"{_keys(cfg.prefix, str(meta['task']))[1]}{meta['artifact_id']}"
+        self.slot = str(meta["slot"])
+        self._base = f"{_keys(cfg.prefix, str(meta['task']))[1]}{self.slot}"
         self.dir = Path(f"{cfg.display}/{self._base}")
         self.buckets = int(meta["buckets"])
         dim = self.dim = int(meta["dim"])
@@ -397,6 +418,11 @@ class RedisStoreVersion(StoreVersion):
                 out[r] = np.frombuffer(v, np.float32)
                 found[r] = True
         return out, found
+
+
+def slot_artifact(slot: str) -> str:
+    """The store version's artifact id of a slot `<artifact id>.<nonce>`."""
+    return slot.split(".", 1)[0]
 
 
 def store_meta(store: StoreVersion) -> dict[str, Any]:

@@ -1,0 +1,173 @@
+"""The Redis online feature store: lookups equal the local store's, publishing is atomic under SIGKILL (the old
+pointer stays live), old versions expire, and a version that does not match the served index is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from click.testing import CliRunner
+
+with warnings.catch_warnings():  # starlette's TestClient warns that it runs over httpx
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from adslog.errors import VersionMismatchError
+from adslog.workspace import Workspace
+from cli import main
+from dermserve import ServiceConfig, create_app
+from embstore.online import OnlineStore, OnlineStoreConfig, publish_workspace
+from embstore.store import open_version
+from ranking.serve import TwoStage
+from tests import serving
+from tests.serving import REDIS_URL, latest_day
+
+redis_prefix = serving.redis_prefix  # the fixture: a key prefix on the test Redis server, deleted after
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "t0ken-for-the-admin-endpoint"
+
+
+def _cfg(prefix: str, **kw: int) -> OnlineStoreConfig:
+    return OnlineStoreConfig(f"{REDIS_URL}?prefix={prefix}", **kw)
+
+
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def test_publish_then_lookups_equal_the_local_store(demo_ws: tuple[Path, dict], redis_prefix: str) -> None:
+    ws = Workspace.open(demo_ws[0])
+    day = latest_day(ws)
+    local = open_version(ws.embeddings_dir("ctr"), day)
+    out = publish_workspace(ws, _cfg(redis_prefix))
+    assert out["skipped"] is False and out["previous"] is None
+    assert out["artifact_id"] == local.manifest["artifact_id"] and out["version"] == local.version
+    assert out["n_users"] == len(local.ids("user")) and out["n_ads"] == len(local.ids("ad"))
+    online = OnlineStore(_cfg(redis_prefix))
+    try:
+        assert online.live_id("ctr") == local.manifest["artifact_id"]
+        remote = online.open("ctr")
+        assert remote.version == local.version and remote.lineage == local.lineage and remote.day == day
+        users = np.r_[local.ids("user")[::37], np.int64(-5), np.int64(2**62)]
+        ads = np.r_[local.ids("ad")[::11], np.int64(-1)]
+        for entity, ids, missing in (("user", users, 2), ("ad", ads, 1)):
+            want, want_found = local.lookup(entity, ids)
+            got, got_found = remote.lookup(entity, ids)
+            assert (got_found == want_found).all()
+            assert got_found[:-missing].all() and not got_found[-missing:].any()
+            np.testing.assert_array_equal(got, want)
+        keys = list(_client().scan_iter(match=f"{redis_prefix}:*"))
+        assert keys and all(_client().ttl(k) == -1 for k in keys)  # a live version never expires
+        again = publish_workspace(ws, _cfg(redis_prefix))
+        assert again["skipped"] is True
+    finally:
+        online.close()
+
+
+@pytest.mark.parametrize("point", ["feature_store", "feature_store_flip"])
+def test_kill_mid_publish_keeps_the_old_version_live(
+    demo_ws: tuple[Path, dict], redis_prefix: str, point: str
+) -> None:
+    ws = Workspace.open(demo_ws[0])
+    day = latest_day(ws)
+    old = publish_workspace(ws, _cfg(redis_prefix), day=day - 1)
+    new_id = open_version(ws.embeddings_dir("ctr"), day).manifest["artifact_id"]
+    code = (
+        "import sys; from adslog.workspace import Workspace; "
+        "from embstore.online import OnlineStoreConfig, publish_workspace; "
+        "publish_workspace(Workspace(sys.argv[1]), OnlineStoreConfig(sys.argv[2], users_per_bucket=2), "
+        "day=int(sys.argv[3]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DERM_CRASH_AT": point}
+    url = f"{REDIS_URL}?prefix={redis_prefix}"
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(ws.root), url, str(day)], env=env, cwd=ROOT, capture_output=True
+    )
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()
+    r = _client()
+    written = list(r.scan_iter(match=f"{redis_prefix}:ctr:v:{new_id}.*"))
+    assert written  # the kill came mid-publish: part (or all) of the new version is there ...
+    metas = [k for k in written if k.endswith(b":meta")]
+    assert len(metas) == (1 if point == "feature_store_flip" else 0)
+    assert all(0 < r.ttl(k) <= 3600 for k in written)  # ... and expires by itself
+    online = OnlineStore(_cfg(redis_prefix))
+    try:
+        assert online.live_id("ctr") == old["artifact_id"]  # the pointer never moved
+        assert online.open("ctr").version == old["version"]
+    finally:
+        online.close()
+    # a full publish afterwards goes live; the previous version gets a TTL (retain_s) and stays readable
+    done = publish_workspace(ws, _cfg(redis_prefix, retain_s=600))
+    assert done["artifact_id"] == new_id and done["previous"] == old["slot"]
+    live = f"{redis_prefix}:ctr:v:{done['slot']}:"
+    new_keys = [k for k in r.scan_iter(match=f"{live}*")]
+    assert new_keys and all(r.ttl(k) == -1 for k in new_keys)
+    assert not set(written) & set(new_keys)  # the killed publish's keys are never reused ...
+    assert all(0 < r.ttl(k) <= 3600 for k in written)  # ... and still expire
+    old_keys = list(r.scan_iter(match=f"{redis_prefix}:ctr:v:{old['slot']}:*"))
+    assert old_keys and all(0 < r.ttl(k) <= 600 for k in old_keys)
+    assert r.get(f"{redis_prefix}:ctr:live").decode() == done["slot"]
+
+
+def test_service_refuses_an_online_version_that_does_not_match_the_index(
+    demo_ws: tuple[Path, dict], redis_prefix: str
+) -> None:
+    ws = Workspace.open(demo_ws[0])
+    day = latest_day(ws)
+    publish_workspace(ws, _cfg(redis_prefix), day=day - 1)
+    online = OnlineStore(_cfg(redis_prefix))
+    try:
+        stale = online.open("ctr")
+        with pytest.raises(VersionMismatchError, match="publish that version to the feature store"):
+            TwoStage(ws, store=stale)
+    finally:
+        online.close()
+    cfg = ServiceConfig(work=str(ws.root), feature_store=_cfg(redis_prefix), admin_token=TOKEN)
+    with TestClient(create_app(cfg)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503
+        err = r.json()["last_failure"]["error"]
+        assert "the online store's live version is" in err and f"derm publish --day {day}" in err
+        assert c.post("/v1/query", json={"user_id": 1}).status_code == 503
+        publish_workspace(ws, _cfg(redis_prefix))
+        assert c.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).json()["swapped"]
+        ready = c.get("/readyz").json()
+        assert ready["key"]["online"] == ready["key"]["store"]  # both 8-character prefixes
+        ts = TwoStage(ws)
+        user = int(ts.retriever.store.ids("user")[3])  # type: ignore[union-attr]
+        doc = c.post("/v1/query", json={"user_id": user, "k": 10, "candidates": 100}).json()
+        assert doc["path"] == "ann" and doc["versions"] == ts.versions
+        want = ts.query(user, ts.config.__class__(k=10, candidates=100))
+        assert doc == json.loads(json.dumps(want))  # same document as from the local store
+
+
+def test_publish_cli(demo_ws: tuple[Path, dict], redis_prefix: str) -> None:
+    runner = CliRunner()
+    work = str(demo_ws[0])
+    url = f"{REDIS_URL}?prefix={redis_prefix}"
+    r = runner.invoke(main, ["publish", "--work", work, "--to", url, "--json"])
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["skipped"] is False and out["n_users"] > 0 and r.stderr == ""
+    r = runner.invoke(main, ["publish", "--work", work, "--to", url])
+    assert r.exit_code == 0 and "already live" in r.stdout
+    for args, msg in (
+        (["--to", "http://127.0.0.1:6379/0"], "scheme must be one of redis, rediss, unix"),
+        (["--to", "redis://127.0.0.1:1/0"], "redis://127.0.0.1:1/0: no Redis server answers"),
+        (["--to", f"{REDIS_URL}?prefix=a/b"], "prefix must match"),
+        (["--to", url, "--day", "3"], "no such published store version"),
+    ):
+        r = runner.invoke(main, ["publish", "--work", work, *args])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.startswith("Error: ") and msg in r.stderr and len(r.stderr.splitlines()) == 1
+    r = runner.invoke(main, ["serve", "--work", work, "--feature-store", "http://x"])
+    assert r.exit_code == 1 and "scheme must be one of" in r.stderr
