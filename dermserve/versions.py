@@ -38,7 +38,7 @@ from adslog.workspace import Workspace, version_name
 from dermserve.config import ServiceConfig
 from embstore.online import OnlineStore, slot_artifact
 from index.base import recall_against_exact
-from ranking.serve import ServeConfig, TwoStage, serving_day
+from ranking.serve import ServeConfig, TwoStage, UnknownUser, serving_day
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ def check_set(ts: TwoStage, cfg: ServiceConfig) -> dict[str, Any]:
             f"{cfg.min_recall}; not swapped in"
         )
     users = ts.ds.users(["user_id"]).column("user_id").to_numpy()[:4].astype(np.int64)
-    docs = ts.query_many(users, ServeConfig(k=5, candidates=20, unknown_user="popular"))
+    docs = ts.query_many(users, ServeConfig(k=5, candidates=20, unknown_user=UnknownUser.POPULAR))
     for d in docs:
         if isinstance(d, DermError) or not d["results"]:
             raise DermError(f"{ts.ws.root}: the warm-up query returned nothing ({d})")

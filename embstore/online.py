@@ -134,7 +134,8 @@ class OnlineStore:
 
         self.config = config
         self._redis = redis
-        self.client = redis.Redis.from_url(
+        # Any: redis-py types replies as `bytes | str` (decode_responses is a runtime switch); ours are bytes
+        self.client: Any = redis.Redis.from_url(
             config.server_url,
             socket_timeout=config.socket_timeout_s,
             socket_connect_timeout=config.socket_timeout_s,

@@ -171,3 +171,31 @@ def test_publish_cli(demo_ws: tuple[Path, dict], redis_prefix: str) -> None:
         assert r.stderr.startswith("Error: ") and msg in r.stderr and len(r.stderr.splitlines()) == 1
     r = runner.invoke(main, ["serve", "--work", work, "--feature-store", "http://x"])
     assert r.exit_code == 1 and "scheme must be one of" in r.stderr
+
+
+def test_daily_cycle_publishes_the_serving_version(
+    ws_copy: tuple[Workspace, dict], redis_prefix: str
+) -> None:
+    from dataclasses import replace
+
+    from workflow.cycle import CycleConfig, load_cycle_config, run_days
+
+    ws, _ = ws_copy
+    day = latest_day(ws)
+    cfg = replace(load_cycle_config(ws, "cpu"), feature_store=f"{REDIS_URL}?prefix={redis_prefix}")
+    assert CycleConfig.from_json(cfg.to_json(), "cpu").feature_store == cfg.feature_store
+    served = open_version(ws.embeddings_dir("ctr"), day).manifest["artifact_id"]
+    online = OnlineStore(_cfg(redis_prefix))
+    try:
+        # days already published are skipped, but the publish step runs: a failed publish completes on a rerun
+        out = run_days(ws, [day - 1], cfg)
+        assert out[0]["skipped"] is True
+        # and it publishes the version the workspace serves, not the rerun day's: never moved back
+        assert online.live_id("ctr") == served
+        slot = online.live_slot("ctr")
+        run_days(ws, [day], cfg)
+        assert online.live_slot("ctr") == slot  # live already: a no-op
+    finally:
+        online.close()
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        replace(cfg, feature_store="http://127.0.0.1:6379")
