@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 SELF_CHECK_K = 10
 
 
+class VersionsMoved(DermError):
+    """The workspace's pointers moved while a set was loading (a cycle publishing): not a failure."""
+
+
 @dataclass(frozen=True)
 class SetKey:
     """What identifies a version set, read without loading it: the query day, the artifact ids of the
@@ -137,7 +141,7 @@ def load_set(ws: Workspace, cfg: ServiceConfig, key: SetKey, online: OnlineStore
         ts.ranker.manifest["artifact_id"],
     )
     if got != (key.store, key.index, key.ranker):  # the workspace moved between the key and the load
-        raise DermError(f"{ws.root}: versions changed while loading; will retry")
+        raise VersionsMoved(f"{ws.root}: versions changed while loading; the next poll reads them again")
     check = check_set(ts, cfg)
     check["load_seconds"] = round(time.perf_counter() - t0, 3)
     return VersionSet(key, ts, check)
@@ -203,16 +207,16 @@ class VersionManager:
         """Look for a newer set and swap it in when it loads and checks. `force` ignores the retry delay of
         a set that failed. Returns {"swapped", "current", "error"}."""
         with self._load_lock:
-            self.last_poll_unix = time.time()
+            now = self.last_poll_unix = time.time()
+            self._failed = {k: t for k, t in self._failed.items() if now - t < self.cfg.retry_failed_s}
             cur = self._current
             try:
                 key = candidate_key(self.ws, self.online)
-            except (DermError, OSError) as e:
+            except (DermError, OSError) as e:  # nothing to load (yet), or the store unreachable: not a swap
                 return self._fail(None, e)
             if cur is not None and cur.key == key:
                 return {"swapped": False, "current": cur.describe(), "error": None}
-            failed_at = self._failed.get(key)
-            if not force and failed_at is not None and time.time() - failed_at < self.cfg.retry_failed_s:
+            if not force and key in self._failed:
                 return {
                     "swapped": False,
                     "current": None if cur is None else cur.describe(),
@@ -220,6 +224,9 @@ class VersionManager:
                 }
             try:
                 new = load_set(self.ws, self.cfg, key, self.online)
+            except VersionsMoved as e:
+                log.info("%s", e)
+                return {"swapped": False, "current": None if cur is None else cur.describe(), "error": None}
             except (DermError, OSError) as e:
                 return self._fail(key, e)
             except Exception as e:  # a bug, not a bad version: still never swapped in, logged with traceback
@@ -234,8 +241,9 @@ class VersionManager:
             return {"swapped": True, "current": new.describe(), "error": None}
 
     def _fail(self, key: SetKey | None, e: BaseException) -> dict[str, Any]:
-        self.swap_failures += 1
+        """Record a failure; only a set that was tried (`key`) counts as a swap failure."""
         if key is not None:
+            self.swap_failures += 1
             self._failed[key] = time.time()
         msg = str(e) if isinstance(e, DermError | OSError) else f"internal error: {type(e).__name__}: {e}"
         self.last_failure = {

@@ -243,7 +243,8 @@ def test_not_ready_without_versions_and_popular_policy_without_token(
         assert "nothing is published" in r.json()["last_failure"]["error"]
         q = c.post("/v1/query", json={"user_id": 1})
         assert q.status_code == 503 and "no version set is loaded" in q.json()["error"]["message"]
-        assert "derm_ready 0" in c.get("/metrics").text
+        text = c.get("/metrics").text
+        assert "derm_ready 0" in text and "derm_swap_failures_total 0" in text  # nothing was tried
     cfg = ServiceConfig(work=str(demo_ws[0]), unknown_user="popular")  # type: ignore[arg-type]
     with TestClient(create_app(cfg)) as c:
         r = c.post("/v1/query", json={"user_id": 10**15, "k": 5, "candidates": 50})
