@@ -374,3 +374,41 @@ def test_swap_under_concurrent_http_requests(ws_copy: tuple[Workspace, dict], tm
     assert new[0] == day + 1 and f"index:{version_name(day)}:" in new[1]
     assert swapped["swaps"] == 2 and swapped["swap_failures"] == 0
     assert len(seen) > 20
+
+
+def test_micro_batcher_groups_concurrent_queries(served: Any) -> None:
+    """Concurrent queries with the same parameters share one ranker pass (up to max_users); other parameters
+    go in their own pass; an unknown user fails alone; each answer equals the single query's."""
+    import asyncio
+
+    from dermserve.batcher import Batcher, QueryParams
+    from ranking.serve import Order
+
+    _, app = served
+    vset = app.state.manager.current
+    users = _users(app, 9)
+    sizes: list[int] = []
+    batcher = Batcher(window_s=0.05, max_users=4, on_batch=sizes.append)
+    p = QueryParams(ServeConfig(k=10, candidates=100))
+    other = QueryParams(ServeConfig(k=10, candidates=100, order=Order.RANK_SCORE))
+
+    async def go() -> list[Any]:
+        jobs = [batcher.submit(vset, p, u) for u in users[:6]]
+        jobs += [batcher.submit(vset, other, users[6]), batcher.submit(vset, p, 10**15)]
+        jobs += [batcher.submit(vset, p, u) for u in users[7:]]
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    try:
+        out = asyncio.run(go())
+    finally:
+        batcher.close()
+    assert sizes == [4, 4, 1, 1], sizes  # 4 of p; the next 4 of p (unknown user included); other; p's last
+    assert isinstance(out[7], Exception) and "not in the dataset's users table" in str(out[7])
+    for u, doc, params in zip(users[:6] + [users[6]], out[:7], [p] * 6 + [other], strict=True):
+        single = vset.ts.query(u, params.config)
+        assert doc["user_id"] == u and doc["versions"] == vset.versions
+        assert {x["ad_id"] for x in doc["results"]} == {x["ad_id"] for x in single["results"]}
+        np.testing.assert_allclose(
+            [x["ecpm"] for x in doc["results"]], [x["ecpm"] for x in single["results"]], rtol=1e-4
+        )
+    assert out[8]["user_id"] == users[7] and out[9]["user_id"] == users[8]
