@@ -181,8 +181,18 @@ def test_bad_batch_is_a_json_error(served: Any, content: bytes, status: int, fie
     assert r.json()["error"]["field"] == field
 
 
+def test_chunked_body_without_length_is_refused(served: Any) -> None:
+    c, _ = served
+    r = c.post(
+        "/v1/query", content=iter([b'{"user_id": ', b"1}"]), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 411 and r.json()["error"]["field"] == "Content-Length"
+
+
 def test_health_ready_versions_and_metrics(served: Any) -> None:
     c, app = served
+    schema = c.get("/openapi.json").json()
+    assert {"/v1/query", "/v1/query/batch", "/readyz", "/metrics"} <= set(schema["paths"])
     vset = app.state.manager.current
     assert c.get("/healthz").json() == {"status": "ok"}
     ready = c.get("/readyz")
