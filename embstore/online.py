@@ -391,6 +391,10 @@ class RedisStoreVersion(StoreVersion):
         if entity != "user":
             return super().lookup(entity, ids)
         ids = np.asarray(ids, np.int64)
+        uniq, inverse = np.unique(ids, return_inverse=True)
+        if len(uniq) < len(ids):  # the ranker's rows repeat one user per candidate: fetch each user once
+            vecs, found = self.lookup("user", uniq)
+            return vecs[inverse], found[inverse]
         out = np.zeros((len(ids), self.dim), np.float32)
         found = np.zeros(len(ids), bool)
         if len(ids) == 0:

@@ -260,6 +260,11 @@ def test_not_ready_without_versions_and_popular_policy_without_token(
         r = c.post("/v1/query", json={"user_id": 10**15, "k": 5, "candidates": 50})
         assert r.status_code == 200 and r.json()["path"] == "cold_start_popular"
         assert len(r.json()["results"]) == 5
+        top = [x["ad_id"] for x in r.json()["results"]]
+        body = {"user_id": 10**15, "k": 5, "candidates": 50, "exclude_ad_ids": top[:2]}
+        again = c.post("/v1/query", json=body).json()["results"]
+        assert len(again) == 5 and not {x["ad_id"] for x in again} & set(top[:2])
+        assert [x["ad_id"] for x in again][:3] == top[2:]  # the rest of the cold-start list moves up
         r = c.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
         assert r.status_code == 404 and "disabled" in r.json()["error"]["message"]
 
