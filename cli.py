@@ -971,6 +971,7 @@ def serve(
     from towers.train import resolve_device
 
     _setup(False, ctx.obj["verbose"])
+    logging.getLogger("dermserve").setLevel(logging.INFO)  # swaps and refused versions: the service's log
     cfg = ServiceConfig(
         work=work,
         unknown_user=unknown_user,  # type: ignore[arg-type]

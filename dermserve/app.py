@@ -50,7 +50,7 @@ ENDPOINTS = (
     "/v1/admin/reload",
 )
 
-Int64 = Field(ge=INT64_MIN, le=INT64_MAX)
+BODY_ENDPOINTS = ("/v1/query", "/v1/query/batch")
 
 
 class _Params(BaseModel):
@@ -169,7 +169,7 @@ def create_app(cfg: ServiceConfig, manager: VersionManager | None = None) -> Fas
         path = request.url.path
         endpoint = path if path in ENDPOINTS else "other"
         length = request.headers.get("content-length")
-        if request.method == "POST" and length is None:  # a chunked body could not be limited before reading
+        if endpoint in BODY_ENDPOINTS and length is None:  # a chunked body could not be limited before reading
             metrics.request(endpoint, 411, time.perf_counter() - t0)
             return error_response(411, "Content-Length", "a POST needs a Content-Length header")
         if request.method == "POST" and length is not None:
