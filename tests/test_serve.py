@@ -427,3 +427,23 @@ def test_micro_batcher_groups_concurrent_queries(served: Any) -> None:
             [x["ecpm"] for x in doc["results"]], [x["ecpm"] for x in single["results"]], rtol=1e-4
         )
     assert out[8]["user_id"] == users[7] and out[9]["user_id"] == users[8]
+
+
+def test_serve_cli_refuses_bad_options_before_listening(demo_ws: tuple[Path, dict], tmp_path: Path) -> None:
+    runner = CliRunner()
+    work = str(demo_ws[0])
+    short = tmp_path / "short"
+    short.write_text("abc\n")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for args, msg in (
+        (["--work", str(tmp_path / "nowhere")], "workspace does not exist"),
+        (["--work", work, "--admin-token-file", str(tmp_path / "missing")], "unreadable admin token file"),
+        (["--work", work, "--admin-token-file", str(empty)], "admin token file is empty"),
+        (["--work", work, "--admin-token-file", str(short)], "admin_token must be at least 16 characters"),
+        (["--work", work, "--port", "70000"], "Invalid value for '--port'"),
+        (["--work", work, "--feature-store", "redis://127.0.0.1:1/0"], "no Redis server answers"),
+    ):
+        r = runner.invoke(main, ["serve", *args])
+        assert r.exit_code == 1, (args, r.output)
+        assert r.stderr.startswith("Error: ") and msg in r.stderr, r.stderr
