@@ -169,7 +169,8 @@ def create_app(cfg: ServiceConfig, manager: VersionManager | None = None) -> Fas
         path = request.url.path
         endpoint = path if path in ENDPOINTS else "other"
         length = request.headers.get("content-length")
-        if endpoint in BODY_ENDPOINTS and length is None:  # a chunked body could not be limited before reading
+        # a chunked body (no Content-Length) could not be limited before it is read
+        if endpoint in BODY_ENDPOINTS and length is None:
             metrics.request(endpoint, 411, time.perf_counter() - t0)
             return error_response(411, "Content-Length", "a POST needs a Content-Length header")
         if request.method == "POST" and length is not None:
