@@ -148,6 +148,16 @@ def test_service_refuses_an_online_version_that_does_not_match_the_index(
         assert doc["path"] == "ann" and doc["versions"] == ts.versions
         want = ts.query(user, ts.config.__class__(k=10, candidates=100))
         assert doc == json.loads(json.dumps(want))  # same document as from the local store
+        # the store goes away while serving: a 503 naming it, never a 500 or a traceback
+        online_store = c.app.state.manager.current.ts.retriever.store.online  # type: ignore[attr-defined]
+        live_client = online_store.client
+        online_store.client = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+        try:
+            r = c.post("/v1/query", json={"user_id": user})
+            assert r.status_code == 503 and "user lookup failed" in r.json()["error"]["message"]
+        finally:
+            online_store.client = live_client
+        assert c.post("/v1/query", json={"user_id": user}).status_code == 200
 
 
 def test_publish_cli(demo_ws: tuple[Path, dict], redis_prefix: str) -> None:
