@@ -209,7 +209,11 @@ def create_app(cfg: ServiceConfig, manager: VersionManager | None = None) -> Fas
     def serving() -> VersionSet:
         vset = mgr.current
         if vset is None:
-            failure = mgr.last_failure["error"] if mgr.last_failure else "still loading"
+            failure = (
+                mgr.last_failure["error"]
+                if mgr.last_failure
+                else (mgr.pending["reason"] if mgr.pending else "still loading")
+            )
             raise RequestError(503, None, f"no version set is loaded ({failure})")
         return vset
 
@@ -263,8 +267,10 @@ def create_app(cfg: ServiceConfig, manager: VersionManager | None = None) -> Fas
     async def readyz() -> Response:
         vset = mgr.current
         if vset is None:
-            return _json({"ready": False, "last_failure": mgr.last_failure}, 503)
-        return _json({"ready": True, **vset.describe(), "last_failure": mgr.last_failure})
+            return _json({"ready": False, "last_failure": mgr.last_failure, "pending": mgr.pending}, 503)
+        return _json(
+            {"ready": True, **vset.describe(), "last_failure": mgr.last_failure, "pending": mgr.pending}
+        )
 
     @app.get("/v1/versions")
     async def versions() -> Response:
@@ -275,6 +281,7 @@ def create_app(cfg: ServiceConfig, manager: VersionManager | None = None) -> Fas
                 "swaps": mgr.swaps,
                 "swap_failures": mgr.swap_failures,
                 "last_failure": mgr.last_failure,
+                "pending": mgr.pending,
                 "last_poll_unix": mgr.last_poll_unix,
                 "config": cfg.to_json(),
             }
@@ -290,6 +297,7 @@ def create_app(cfg: ServiceConfig, manager: VersionManager | None = None) -> Fas
             "swaps": mgr.swaps,
             "swap_failures": mgr.swap_failures,
             "last_failure": mgr.last_failure,
+            "pending": mgr.pending is not None,
         }
         return Response(metrics.render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
 

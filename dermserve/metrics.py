@@ -105,6 +105,12 @@ class Metrics:
         if versions:
             pairs = tuple((k, str(v)) for k, v in sorted(versions.items()))
             lines.append(f"derm_serving_version_info{_labels(pairs)} 1")
+        family(
+            "derm_pending_version_set",
+            "gauge",
+            "1 while a newer set waits for the online store to publish its store version.",
+        )
+        lines.append(f"derm_pending_version_set {1 if state.get('pending') else 0}")
         family("derm_swaps_total", "counter", "Version sets swapped in after the first.")
         lines.append(f"derm_swaps_total {state['swaps']}")
         family("derm_swap_failures_total", "counter", "Version sets that failed to load or check.")

@@ -49,6 +49,11 @@ class VersionsMoved(DermError):
     """The workspace's pointers moved while a set was loading (a cycle publishing): not a failure."""
 
 
+class WaitingForOnlineStore(DermError):
+    """The workspace serves a store version the online store has not made live yet: in a daily cycle the
+    online publish is the last step, so this is a set still arriving, reported as pending, not a failure."""
+
+
 @dataclass(frozen=True)
 class SetKey:
     """What identifies a version set, read without loading it: the query day, the artifact ids of the
@@ -128,7 +133,7 @@ def load_set(ws: Workspace, cfg: ServiceConfig, key: SetKey, online: OnlineStore
     store = None
     if online is not None:
         if key.online is None or slot_artifact(key.online) != key.store:
-            raise DermError(
+            raise WaitingForOnlineStore(
                 f"{online.config.display}: the online store's live version is "
                 f"{(key.online or 'none')[:8]}, but the index of day {key.day - 1} was built from store "
                 f"version {key.store[:8]} (publish it: `derm publish --day {key.day - 1}`)"
@@ -196,6 +201,8 @@ class VersionManager:
         self.swaps = 0
         self.swap_failures = 0
         self.last_failure: dict[str, Any] | None = None
+        #: a newer set that waits for the online store to publish its store version (None: nothing waits)
+        self.pending: dict[str, Any] | None = None
         self.last_poll_unix: float | None = None
 
     @property
@@ -215,6 +222,7 @@ class VersionManager:
             except (DermError, OSError) as e:  # nothing to load (yet), or the store unreachable: not a swap
                 return self._fail(None, e)
             if cur is not None and cur.key == key:
+                self.pending = None  # e.g. the workspace rolled back to the set being served
                 return {"swapped": False, "current": cur.describe(), "error": None}
             if not force and key in self._failed:
                 return {
@@ -227,6 +235,16 @@ class VersionManager:
             except VersionsMoved as e:
                 log.info("%s", e)
                 return {"swapped": False, "current": None if cur is None else cur.describe(), "error": None}
+            except WaitingForOnlineStore as e:
+                if self.pending is None or self.pending["key"] != key.to_json():
+                    log.warning("version set pending: %s", e)
+                self.pending = {"reason": str(e), "key": key.to_json(), "unix": time.time()}
+                return {
+                    "swapped": False,
+                    "current": None if cur is None else cur.describe(),
+                    "error": None,
+                    "pending": self.pending,
+                }
             except (DermError, OSError) as e:
                 return self._fail(key, e)
             except Exception as e:  # a bug, not a bad version: still never swapped in, logged with traceback
@@ -237,6 +255,7 @@ class VersionManager:
                 self.swaps += 1
             self._failed.pop(key, None)
             self.last_failure = None
+            self.pending = None
             log.info("serving day %d: %s", new.day, new.versions)
             return {"swapped": True, "current": new.describe(), "error": None}
 

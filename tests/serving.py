@@ -78,3 +78,14 @@ def redis_prefix() -> Iterator[str]:
         if keys:
             client.delete(*keys)
         client.close()
+
+
+def wait_until(cond: object, timeout: float = 60.0) -> None:
+    """Poll `cond()` every 50 ms until it is true; AssertionError after `timeout` seconds."""
+    import time
+
+    t0 = time.time()
+    while not cond():  # type: ignore[operator]
+        if time.time() - t0 > timeout:
+            raise AssertionError(f"timed out after {timeout} s")
+        time.sleep(0.05)

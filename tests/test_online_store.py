@@ -28,7 +28,7 @@ from embstore.online import OnlineStore, OnlineStoreConfig, publish_workspace
 from embstore.store import open_version
 from ranking.serve import TwoStage
 from tests import serving
-from tests.serving import REDIS_URL, latest_day
+from tests.serving import REDIS_URL, latest_day, republish, wait_until, withdraw
 
 redis_prefix = serving.redis_prefix  # the fixture: a key prefix on the test Redis server, deleted after
 
@@ -134,14 +134,18 @@ def test_service_refuses_an_online_version_that_does_not_match_the_index(
     cfg = ServiceConfig(work=str(ws.root), feature_store=_cfg(redis_prefix), admin_token=TOKEN)
     with TestClient(create_app(cfg)) as c:
         r = c.get("/readyz")
-        assert r.status_code == 503
-        err = r.json()["last_failure"]["error"]
-        assert "the online store's live version is" in err and f"derm publish --day {day}" in err
-        assert c.post("/v1/query", json={"user_id": 1}).status_code == 503
+        assert r.status_code == 503 and r.json()["last_failure"] is None  # waiting, not failed
+        why = r.json()["pending"]["reason"]
+        assert "the online store's live version is" in why and f"derm publish --day {day}" in why
+        q = c.post("/v1/query", json={"user_id": 1})
+        assert q.status_code == 503 and "derm publish" in q.json()["error"]["message"]
+        metrics = c.get("/metrics").text
+        assert "derm_pending_version_set 1" in metrics and "derm_swap_failures_total 0" in metrics
         publish_workspace(ws, _cfg(redis_prefix))
         assert c.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).json()["swapped"]
         ready = c.get("/readyz").json()
         assert ready["key"]["online"] == ready["key"]["store"]  # both 8-character prefixes
+        assert ready["pending"] is None and "derm_pending_version_set 0" in c.get("/metrics").text
         ts = TwoStage(ws)
         user = int(ts.retriever.store.ids("user")[3])  # type: ignore[union-attr]
         doc = c.post("/v1/query", json={"user_id": user, "k": 10, "candidates": 100}).json()
@@ -209,3 +213,32 @@ def test_daily_cycle_publishes_the_serving_version(
         online.close()
     with pytest.raises(ValueError, match="scheme must be one of"):
         replace(cfg, feature_store="http://127.0.0.1:6379")
+
+
+def test_a_new_day_waits_for_its_online_publish(
+    ws_copy: tuple[Workspace, dict], redis_prefix: str, tmp_path: Path
+) -> None:
+    """The daily cycle's order: local store, index, ranker, then the online publish. Until the online store
+    has the new store version, the new set is pending (not a failure) and the old set keeps serving."""
+    ws, _ = ws_copy
+    day = latest_day(ws)
+    withdraw(ws, day, tmp_path / "aside")
+    publish_workspace(ws, _cfg(redis_prefix))  # the version served before the new day
+    cfg = ServiceConfig(work=str(ws.root), feature_store=_cfg(redis_prefix), watch_interval_s=0.1)
+    app = create_app(cfg)
+    mgr = app.state.manager
+    with TestClient(app) as c:
+        old = mgr.current.versions
+        user = int(ws.dataset().users(["user_id"]).column("user_id").to_numpy()[0])
+        republish(ws, day, tmp_path / "aside")
+        wait_until(lambda: mgr.pending is not None)
+        r = c.post("/v1/query", json={"user_id": user})
+        assert r.status_code == 200 and r.json()["versions"] == old
+        ready = c.get("/readyz").json()
+        assert ready["versions"] == old and ready["pending"]["key"]["day"] == day + 1
+        assert mgr.swap_failures == 0 and ready["last_failure"] is None
+        publish_workspace(ws, _cfg(redis_prefix))  # the cycle's last step
+        wait_until(lambda: mgr.current.versions != old)
+        assert mgr.pending is None and mgr.swaps == 1 and mgr.swap_failures == 0
+        doc = c.post("/v1/query", json={"user_id": user}).json()
+        assert doc["day"] == day + 1 and doc["versions"] == mgr.current.versions
