@@ -222,7 +222,8 @@ class VersionManager:
             except (DermError, OSError) as e:  # nothing to load (yet), or the store unreachable: not a swap
                 return self._fail(None, e)
             if cur is not None and cur.key == key:
-                self.pending = None  # e.g. the workspace rolled back to the set being served
+                # nothing newer is wanted (e.g. a rollback after a refused set): no failure or wait to report
+                self.pending = self.last_failure = None
                 return {"swapped": False, "current": cur.describe(), "error": None}
             if not force and key in self._failed:
                 return {
@@ -265,12 +266,13 @@ class VersionManager:
             self.swap_failures += 1
             self._failed[key] = time.time()
         msg = str(e) if isinstance(e, DermError | OSError) else f"internal error: {type(e).__name__}: {e}"
+        if self.last_failure is None or self.last_failure["error"] != msg:  # once, not every poll
+            log.error("version set not swapped in: %s", msg)
         self.last_failure = {
             "error": msg,
             "key": None if key is None else key.to_json(),
             "unix": time.time(),
         }
-        log.error("version set not swapped in: %s", msg)
         cur = self._current
         return {
             "swapped": False,
