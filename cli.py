@@ -892,5 +892,115 @@ def rollback(ctx: click.Context, work: str, to_day: int, as_json: bool) -> None:
     )
 
 
+# -- online serving (dermserve, embstore.online) -------------------------------------------------------------
+@main.command()
+@work_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="TCP port.")
+@click.option(
+    "--feature-store",
+    default=None,
+    help="Read user embeddings from this online store (redis://HOST:PORT/DB[?prefix=NAME]) instead of the "
+    "workspace's store; its live version must be the one the index was built from.",
+)
+@click.option(
+    "--unknown-user",
+    type=click.Choice(["error", "popular"]),
+    default="error",
+    show_default=True,
+    help="A user id the dataset does not know: 404, or the popularity fallback.",
+)
+@click.option(
+    "--batch-window-ms",
+    type=click.FloatRange(0, 1000),
+    default=2.0,
+    show_default=True,
+    help="How long an idle worker waits to batch concurrent queries (0: no wait).",
+)
+@click.option(
+    "--max-batch-users",
+    type=POSITIVE,
+    default=16,
+    show_default=True,
+    help="Most users per ranker pass (1: no micro-batching).",
+)
+@click.option(
+    "--watch-interval",
+    type=click.FloatRange(0.05, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds between checks for a newer version set.",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding the bearer token of POST /v1/admin/reload (default: $DERM_ADMIN_TOKEN; none: disabled).",
+)
+@device_option
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    work: str,
+    host: str,
+    port: int,
+    feature_store: str | None,
+    unknown_user: str,
+    batch_window_ms: float,
+    max_batch_users: int,
+    watch_interval: float,
+    admin_token_file: str | None,
+    device: str,
+) -> None:
+    """Serve two-stage queries over HTTP, swapping in each new day's versions as they are published."""
+    from dermserve import ServiceConfig
+    from dermserve import serve as run_service
+    from dermserve.config import load_admin_token
+    from embstore.online import OnlineStoreConfig
+    from towers.train import resolve_device
+
+    _setup(False, ctx.obj["verbose"])
+    logging.getLogger("dermserve").setLevel(logging.INFO)  # swaps and refused versions: the service's log
+    cfg = ServiceConfig(
+        work=work,
+        unknown_user=unknown_user,  # type: ignore[arg-type]
+        batch_window_ms=batch_window_ms,
+        max_batch_users=max_batch_users,
+        watch_interval_s=watch_interval,
+        admin_token=load_admin_token(admin_token_file),
+        feature_store=OnlineStoreConfig(feature_store) if feature_store else None,
+        device=resolve_device(device).type,
+    )
+    run_service(cfg, host, port)
+
+
+@main.command()
+@work_option
+@click.option("--to", "to_url", required=True, help="Online store URL: redis://HOST:PORT/DB[?prefix=NAME].")
+@click.option("--day", type=DAY, default=None, help="Store version to publish (default: the one served).")
+@click.option(
+    "--task", type=click.Choice(["ctr", "cvr"]), default="ctr", show_default=True, help="Store family."
+)
+@click.option("--overwrite", is_flag=True, help="Rewrite a version that is live already.")
+@json_option
+@click.pass_context
+def publish(
+    ctx: click.Context, work: str, to_url: str, day: int | None, task: str, overwrite: bool, as_json: bool
+) -> None:
+    """Publish a store version's user embeddings and ad table to the online feature store, then make it live."""
+    from embstore.online import OnlineStoreConfig, publish_workspace
+
+    _setup(as_json, ctx.obj["verbose"])
+    out = publish_workspace(_workspace(work, None), OnlineStoreConfig(to_url), day, task, overwrite)
+    _emit(
+        out,
+        as_json,
+        lambda o: (
+            f"{o['version']} {'already live' if o['skipped'] else 'live'} at {o['url']}: "
+            f"{o['n_users']} users, {o['n_ads']} ads, {o['seconds']:.2f} s"
+        ),
+    )
+
+
 if __name__ == "__main__":
     main()

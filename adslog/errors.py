@@ -29,3 +29,11 @@ class VersionMismatchError(DermError):
 
 class QualityGateError(DermError):
     """A new version failed a quality gate and was not published; the previous version stays live."""
+
+
+class UnknownUserError(DermError):
+    """A query names a user id the dataset's users table does not have (the service answers 404)."""
+
+    def __init__(self, user_id: int, message: str) -> None:
+        self.user_id = int(user_id)
+        super().__init__(message)

@@ -143,11 +143,12 @@ class Workspace:
         cands = [d for d in self.published_days(parent) if d < day and (latest is None or d <= latest)]
         return cands[-1] if cands else None
 
-    def serving_version(self, parents: list[Path], day: int) -> int | None:
+    def serving_version(self, parents: list[Path], day: int, *, warn: bool = True) -> int | None:
         """The newest version strictly before `day` that is published in *every* family in `parents` and not
         after any family's LATEST. A daily cycle moves the LATEST pointers one family at a time; readers that
         pick their versions with this rule never see a half-moved cycle (a new store with yesterday's index),
-        so a cycle killed or refused by a quality gate midway leaves yesterday's versions serving together."""
+        so a cycle killed or refused by a quality gate midway leaves yesterday's versions serving together.
+        `warn=False` skips the warning about families ahead (a poller asking every few seconds)."""
         common: set[int] | None = None
         newest: dict[str, int] = {}
         for parent in parents:
@@ -158,7 +159,7 @@ class Workspace:
             common = days if common is None else common & days
         chosen = max(common) if common else None
         ahead = {k: v for k, v in newest.items() if chosen is not None and v > chosen}
-        if ahead:  # a cycle stopped between two families: serve the older pair, and say so
+        if ahead and warn:  # a cycle stopped between two families: serve the older pair, and say so
             log.warning(
                 "serving day %d with versions of day %d: %s are newer but not published in every family",
                 day, chosen, ", ".join(f"{k}/day={v}" for k, v in sorted(ahead.items())),

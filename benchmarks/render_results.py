@@ -357,6 +357,39 @@ SECTIONS = {
 }
 
 
+def serve_load_section(r: dict[str, Any]) -> list[str]:
+    """`derm serve` under HTTP load (benchmarks/serve_load.py)."""
+    lines = [
+        "## Serving over HTTP: load, hot swaps, Redis publish"
+        + (" (quick smoke run)" if "--quick" in r["command"] else ""),
+        "",
+        f"`{r['command']}`: {r['what']}. {r['seconds_per_level']} s per level. {_machine(r)}.",
+        "",
+        "| store | batching | concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for x in r["runs"]:
+        lines.append(
+            f"| {x['store']} | {'on' if x['batching'] else 'off'} | {x['concurrency']} | {x['qps']} | "
+            f"{x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['errors']} |"
+        )
+    s = r["swaps"]
+    lines += [
+        "",
+        f"Under load (concurrency 8, batching on): {s['n_swaps']} hot swaps and {s['n_rollbacks']} rollback in "
+        f"{s['seconds_of_swaps']} s, {s['requests']} requests, {s['errors']} errors, {s['mixed_versions']} answers "
+        f"with mixed versions, p99 {s['p99_ms']} ms.",
+    ]
+    if "redis_publish" in r:
+        p = r["redis_publish"]
+        lines.append(f"Redis publish of {p['n_users']:,} {p['dim']}-d user embeddings: {p['seconds']} s.")
+    return lines + [""]
+
+
+SECTIONS["serve_load"] = serve_load_section
+SECTIONS["serve_load_quick"] = serve_load_section
+
+
 def main() -> None:
     lines = [
         "# Results",

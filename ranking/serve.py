@@ -37,9 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from adslog.errors import DataError, DermError
+from adslog.errors import DataError, DermError, UnknownUserError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from embstore.store import StoreVersion
 from ranking.train import DermLookup, RankerSnapshot, attach, load_ranker
 from retrieval.cold_start import ColdStart
 from retrieval.retrieve import Retriever
@@ -190,7 +191,11 @@ class TwoStage:
         day: int | None = None,
         allow_skew: bool = False,
         device: str = "cpu",
+        store: StoreVersion | None = None,
     ) -> None:
+        """`store`: the ctr store version read from elsewhere (an online feature store,
+        `embstore.online`) instead of the workspace's; it must be the version the served index was built
+        from (a VersionMismatchError otherwise) and it answers the ranker's ctr DERM inputs too."""
         self.ws = ws
         self.config = config or ServeConfig()
         self.ds = ws.dataset()
@@ -201,7 +206,7 @@ class TwoStage:
                 f"query day {self.day} is outside {self.ds.first_day + 1}..{self.ds.last_day + 1} "
                 "(days after the data's first day, up to the day after its last)",
             )
-        self.retriever = Retriever(ws, self.day, self.ds, allow_skew=allow_skew)
+        self.retriever = Retriever(ws, self.day, self.ds, allow_skew=allow_skew, store=store)
         rday = ws.version_before(ws.ranker_dir, self.day)
         if rday is None:
             raise DermError(
@@ -212,7 +217,12 @@ class TwoStage:
         )
         activity = ActivityLog.from_dataset(self.ds, min(self.day - 1, self.ds.last_day))
         self.inputs = Inputs(self.ds, self.ranker.spec, activity, self.ranker.config.seq_len)
-        self.lookup = DermLookup(ws, self.ranker.config.derm_inputs, self.ranker.manifest)
+        self.lookup = DermLookup(
+            ws,
+            self.ranker.config.derm_inputs,
+            self.ranker.manifest,
+            sources={"ctr": store} if store is not None else None,
+        )
         self.ads = AdBook(self.ds.ads, self.ds.columns["ads"])
         c = self.config
         self.cold_start: ColdStart = self.retriever.cold_start(
@@ -237,18 +247,34 @@ class TwoStage:
         sequence encoder runs on one row and its token is repeated (forward hooks on `Ranker.sequence`; the
         model is unchanged and the result equal up to float rounding, tested). It was ~9 of 21 ms of the
         forward pass at 500 candidates."""
-        snap, n = self.ranker, len(cand)
+        return self.rank_many([user_id], [cand], timings, share_sequence)[0]
+
+    def rank_many(
+        self,
+        user_ids: list[int],
+        cands: list[np.ndarray],
+        timings: dict[str, float] | None = None,
+        share_sequence: bool = True,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """`rank` for several users in one pass: their candidate rows (int64[n_i] each) are concatenated into
+        one feature assembly and one forward pass per SCORE_BATCH rows (the micro-batching of `dermserve`),
+        the sequence encoder running once per user. Returns (p_ctr float32[n_i], p_cvr float32[n_i]) per user."""
+        snap = self.ranker
+        sizes = np.array([len(c) for c in cands], np.int64)
+        users = np.repeat(np.asarray(user_ids, np.int64), sizes)
+        cand = np.concatenate([np.asarray(c, np.int64) for c in cands] + [np.zeros(0, np.int64)])
+        n = len(cand)
         p = np.zeros((n, 2), np.float32)
         dev = next(snap.ranker.parameters()).device
         t_feat = t_fwd = 0.0
         snap.ranker.eval()
         for s in range(0, n, SCORE_BATCH):
             t0 = time.perf_counter()
-            ids = cand[s : s + SCORE_BATCH].astype(np.int64)
+            ids, uid = cand[s : s + SCORE_BATCH], users[s : s + SCORE_BATCH]
             m = len(ids)
             ctx = reference_context(snap.spec, m)
             a = ImpressionArrays(
-                user_id=np.full(m, user_id, np.int64),
+                user_id=uid,
                 ad_id=ids,
                 ts=np.full(m, self.day * 86400, np.int64),
                 day=np.full(m, self.day, np.int32),
@@ -264,14 +290,30 @@ class TwoStage:
             t1 = time.perf_counter()
             with torch.no_grad():
                 logits = (
-                    _forward_shared_sequence(snap.ranker, batch) if share_sequence else snap.ranker(batch)
+                    _forward_shared_sequence(snap.ranker, batch, _runs(uid))
+                    if share_sequence
+                    else snap.ranker(batch)
                 )
                 p[s : s + m] = torch.sigmoid(logits).float().cpu().numpy()
             t_feat, t_fwd = t_feat + t1 - t0, t_fwd + time.perf_counter() - t1
         if timings is not None:
             timings["features"] = t_feat
             timings["forward"] = t_fwd
-        return p[:, 0], p[:, 1]
+        ends = np.cumsum(sizes)
+        return [(p[e - z : e, 0], p[e - z : e, 1]) for e, z in zip(ends, sizes, strict=True)]
+
+    def excluded_ads(
+        self, exclude_ad_ids: np.ndarray | None = None, exclude_advertiser_ids: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """Sorted unique int64 ad ids a query must not return: the given ads and every ad of the given
+        advertisers; None when nothing is excluded."""
+        parts = []
+        if exclude_ad_ids is not None and len(exclude_ad_ids):
+            parts.append(np.asarray(exclude_ad_ids, np.int64))
+        if exclude_advertiser_ids is not None and len(exclude_advertiser_ids):
+            adv = np.asarray(exclude_advertiser_ids, np.int64)
+            parts.append(self.ads.ids[np.isin(self.ads.advertiser, adv)])
+        return np.unique(np.concatenate(parts)) if parts else None
 
     def candidates(
         self,
@@ -279,45 +321,131 @@ class TwoStage:
         n: int,
         unknown_user: UnknownUser = UnknownUser.ERROR,
         timings: dict[str, float] | None = None,
+        excluded: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, str]:
         """Stage 1 for one user: (ids int64[m], retrieval scores float32[m], path), m <= n."""
+        out = self.candidates_many(np.array([user_id], np.int64), n, unknown_user, timings, excluded)[0]
+        if isinstance(out, UnknownUserError):
+            raise out
+        return out
+
+    def candidates_many(
+        self,
+        user_ids: np.ndarray,
+        n: int,
+        unknown_user: UnknownUser = UnknownUser.ERROR,
+        timings: dict[str, float] | None = None,
+        excluded: np.ndarray | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray, str] | UnknownUserError]:
+        """Stage 1 for several users int64[u]: one store lookup and one ANN search over the users with an
+        embedding, cold start for the others. Per user (ids int64[m], retrieval scores float32[m], path),
+        m <= n, or the UnknownUserError of an unknown user under `UnknownUser.ERROR`. `excluded` (sorted
+        int64 ad ids, see `excluded_ads`) are never returned."""
         t0 = time.perf_counter()
-        vecs, found = self.retriever.user_embeddings(np.array([user_id], np.int64))
+        user_ids = np.asarray(user_ids, np.int64)
+        vecs, found = self.retriever.user_embeddings(user_ids)
         t1 = time.perf_counter()
-        if found[0]:
-            ids, scores = self.retriever.search(vecs, n)
-            ids, scores, path = ids[0], scores[0], "ann"
-            if (ids < 0).any():  # live ads without an embedding yet: fill from popularity, no retrieval score
-                have = ids[ids >= 0]
-                extra = self.retriever.popular[~np.isin(self.retriever.popular, have)][: n - len(have)]
-                ids = np.r_[have, extra]
-                scores = np.r_[scores[: len(have)], np.full(len(extra), -np.inf, np.float32)]
-        else:
+        out: list[tuple[np.ndarray, np.ndarray, str] | UnknownUserError] = []
+        rows = np.flatnonzero(found)
+        ann_ids, ann_scores = self.retriever.search(vecs[rows], n, excluded) if len(rows) else (None, None)
+        t2 = time.perf_counter()
+        popular = self.retriever.popular
+        if excluded is not None:
+            popular = popular[~np.isin(popular, excluded)]
+        row_of = {int(r): j for j, r in enumerate(rows)}
+        for r, user_id in enumerate(user_ids.tolist()):
+            if r in row_of:
+                assert ann_ids is not None and ann_scores is not None
+                ids, scores = ann_ids[row_of[r]], ann_scores[row_of[r]]
+                if (ids < 0).any():  # live ads without an embedding yet: fill from popularity, no score
+                    have = ids[ids >= 0]
+                    extra = popular[~np.isin(popular, have)][: n - len(have)]
+                    ids = np.r_[have, extra]
+                    scores = np.r_[scores[: len(have)], np.full(len(extra), -np.inf, np.float32)]
+                out.append((ids.astype(np.int64), scores.astype(np.float32), "ann"))
+                continue
             if unknown_user is UnknownUser.ERROR and not self.cold_start.known(user_id):
-                raise DermError(
-                    f"user {user_id} is not in the dataset's users table (an unknown user; "
-                    "ServeConfig.unknown_user='popular' serves popular ads instead)"
+                out.append(
+                    UnknownUserError(
+                        user_id,
+                        f"user {user_id} is not in the dataset's users table (an unknown user; "
+                        "ServeConfig.unknown_user='popular' serves popular ads instead)",
+                    )
                 )
-            ids, scores, path = self.cold_start.candidates(user_id, n)
+                continue
+            extra_n = 0 if excluded is None else len(excluded)
+            ids, scores, path = self.cold_start.candidates(user_id, n + extra_n)
+            if excluded is not None:
+                keep = ~np.isin(ids, excluded)
+                ids, scores = ids[keep], scores[keep]
+            out.append((ids[:n].astype(np.int64), scores[:n].astype(np.float32), path))
         if timings is not None:
             timings["embedding_lookup"] = t1 - t0
-            timings["ann" if path == "ann" else "cold_start"] = time.perf_counter() - t1
-        return ids.astype(np.int64), scores.astype(np.float32), path
+            if len(rows):
+                timings["ann"] = t2 - t1
+            if len(rows) < len(user_ids):
+                timings["cold_start"] = time.perf_counter() - t2
+        return out
 
     def query(
         self,
         user_id: int,
         config: ServeConfig | None = None,
         timings: dict[str, float] | None = None,
+        exclude_ad_ids: np.ndarray | None = None,
+        exclude_advertiser_ids: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """The `derm query --json` document for one user. `config` overrides the per-query fields (k,
         candidates, order, max_per_advertiser, unknown_user) of the TwoStage's config; `timings` (if given)
-        gains seconds per stage: embedding_lookup, ann or cold_start, features, forward, order."""
+        gains seconds per stage: embedding_lookup, ann or cold_start, features, forward, order. Ads in
+        `exclude_ad_ids` and ads of `exclude_advertiser_ids` (int64 arrays) are never returned."""
+        doc = self.query_many([user_id], config, timings, exclude_ad_ids, exclude_advertiser_ids)[0]
+        if isinstance(doc, UnknownUserError):
+            raise doc
+        return doc
+
+    def query_many(
+        self,
+        user_ids: list[int] | np.ndarray,
+        config: ServeConfig | None = None,
+        timings: dict[str, float] | None = None,
+        exclude_ad_ids: np.ndarray | None = None,
+        exclude_advertiser_ids: np.ndarray | None = None,
+    ) -> list[dict[str, Any] | UnknownUserError]:
+        """`query` for several users with one config: one store lookup, one ANN search and one ranker pass
+        for all of them (then the order per user). Per user its document, or its UnknownUserError (the
+        other users are still answered). Each document equals the one `query` returns, up to float rounding
+        of the ranker's batched forward pass."""
         c = self.config if config is None else config
-        user_id = int(user_id)
-        ids, scores, path = self.candidates(user_id, c.candidates, c.unknown_user, timings)
-        p_ctr, p_cvr = self.rank(user_id, ids, timings)
+        uids = np.asarray(user_ids, np.int64)
+        excluded = self.excluded_ads(exclude_ad_ids, exclude_advertiser_ids)
+        cands = self.candidates_many(uids, c.candidates, c.unknown_user, timings, excluded)
+        ok = [i for i, x in enumerate(cands) if not isinstance(x, UnknownUserError)]
+        ranked = self.rank_many(
+            [int(uids[i]) for i in ok],
+            [cands[i][0] for i in ok],  # type: ignore[index]
+            timings,
+        )
         t0 = time.perf_counter()
+        out: list[dict[str, Any] | UnknownUserError] = list(cands)  # type: ignore[arg-type]
+        for i, (p_ctr, p_cvr) in zip(ok, ranked, strict=True):
+            ids, scores, path = cands[i]  # type: ignore[misc]
+            out[i] = self._document(int(uids[i]), c, ids, scores, path, p_ctr, p_cvr)
+        if timings is not None:
+            timings["order"] = time.perf_counter() - t0
+        return out
+
+    def _document(
+        self,
+        user_id: int,
+        c: ServeConfig,
+        ids: np.ndarray,
+        scores: np.ndarray,
+        path: str,
+        p_ctr: np.ndarray,
+        p_cvr: np.ndarray,
+    ) -> dict[str, Any]:
+        """Stage 3 for one user: eCPM, order, advertiser cap, top k, as the `derm query --json` document."""
         rows = self.ads.rows(ids)
         adv, bid, obj = self.ads.advertiser[rows], self.ads.bid[rows], self.ads.objective[rows]
         value = ecpm(bid, p_ctr, p_cvr, obj)
@@ -338,8 +466,6 @@ class TwoStage:
             }
             for r, i in enumerate(top)
         ]
-        if timings is not None:
-            timings["order"] = time.perf_counter() - t0
         return {
             "user_id": user_id,
             "day": self.day,
@@ -351,19 +477,45 @@ class TwoStage:
         }
 
 
-def _forward_shared_sequence(ranker: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """`ranker(batch)` for a batch whose rows share one activity sequence: the sequence encoder sees row 0
-    only and its output (1, C) is expanded to (B, C). A ranker without a `sequence` module runs as is."""
+def _runs(user_ids: np.ndarray) -> np.ndarray:
+    """Lengths int64[g] of the runs of equal consecutive user ids (one run per user of a `rank_many` call)."""
+    if len(user_ids) == 0:
+        return np.zeros(0, np.int64)
+    start = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
+    return np.diff(np.r_[start, len(user_ids)])
+
+
+def _forward_shared_sequence(
+    ranker: torch.nn.Module, batch: dict[str, torch.Tensor], runs: np.ndarray | None = None
+) -> torch.Tensor:
+    """`ranker(batch)` for a batch whose rows come in runs sharing one activity sequence (`runs`: their
+    lengths; None: one run): the sequence encoder sees the first row of each run only and its output (G, C)
+    is repeated to (B, C). A ranker without a `sequence` module runs as is.
+
+    The hooks live on the shared module for the duration of the call: two threads must not run this on one
+    ranker at once (the service runs queries on one worker thread)."""
     seq = getattr(ranker, "sequence", None)
     if not isinstance(seq, torch.nn.Module):
         return ranker(batch)
     n = int(batch["seq_kind"].shape[0])
+    if runs is None or len(runs) <= 1:
 
-    def first_row(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return ({k: v[:1] for k, v in args[0].items()}, *args[1:])
+        def first_row(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return ({k: v[:1] for k, v in args[0].items()}, *args[1:])
 
-    def repeat(_: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
-        return out.expand(n, *out.shape[1:])
+        def repeat(_: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+            return out.expand(n, *out.shape[1:])
+
+    else:
+        dev = batch["seq_kind"].device
+        starts = torch.from_numpy(np.r_[0, np.cumsum(runs)[:-1]]).to(dev)
+        counts = torch.from_numpy(np.asarray(runs, np.int64)).to(dev)
+
+        def first_row(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return ({k: v.index_select(0, starts) for k, v in args[0].items()}, *args[1:])
+
+        def repeat(_: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
+            return out.repeat_interleave(counts, dim=0)
 
     pre, post = seq.register_forward_pre_hook(first_row), seq.register_forward_hook(repeat)
     try:

@@ -94,11 +94,20 @@ class DermLookup:
     """DERM embeddings for impressions, point-in-time: rows of day d read the store version before d.
     `used` records, per input, the store versions actually read (named in the ranker's manifest)."""
 
-    def __init__(self, ws: Workspace, inputs: tuple[str, ...], ranker: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        inputs: tuple[str, ...],
+        ranker: dict[str, Any] | None = None,
+        sources: dict[str, StoreVersion] | None = None,
+    ) -> None:
         """`ranker`: the manifest of the ranker these features are for. Its embeddings must come from the
         lineages it was trained on: a store of another lineage (a retrain from scratch, another embedding
-        space) is a VersionMismatchError naming both, never silently read."""
+        space) is a VersionMismatchError naming both, never silently read. `sources`: task -> a store
+        version read from elsewhere (an online feature store), used where it is the version the workspace
+        would give (the same day); the lineage check applies to it too."""
         self.ws = ws
+        self.sources = dict(sources or {})
         self.inputs = inputs
         self.used: dict[str, set[str]] = {}
         self.lineages: dict[str, set[str]] = {}
@@ -110,7 +119,11 @@ class DermLookup:
         key = (task, day)
         if key not in self._versions:
             d = self.ws.version_before(self.ws.embeddings_dir(task), day)
-            v = None if d is None else open_version(self.ws.embeddings_dir(task), d)
+            src = self.sources.get(task)
+            if d is not None and src is not None and src.day == d:
+                v: StoreVersion | None = src
+            else:
+                v = None if d is None else open_version(self.ws.embeddings_dir(task), d)
             want = self._expect.get(task)
             if v is not None and want and v.lineage not in want:
                 raise VersionMismatchError(

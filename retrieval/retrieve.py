@@ -104,10 +104,14 @@ class Retriever:
         allow_skew: bool = False,
         params: SearchParams | None = None,
         prior: PriorConfig | None | Literal["index"] = "index",
+        store: StoreVersion | None = None,
     ) -> None:
         """`prior`: re-rank ANN candidates with a popularity prior (`retrieval.prior`). "index" (the default,
         what serving and eval use): the prior the daily cycle fitted and recorded in the served index version
-        (`upstream.retrieval_prior`), none when it recorded none; None: the ANN order; a PriorConfig: that one."""
+        (`upstream.retrieval_prior`), none when it recorded none; None: the ANN order; a PriorConfig: that one.
+        `store`: the store version to read, from elsewhere (an online feature store) instead of the workspace;
+        it must be the version the workspace serves at this day, and the index is checked against its artifact
+        id and lineage as against the workspace's own."""
         self.ws = ws
         self.ds = ds if ds is not None else ws.dataset()
         self.day = int(day)
@@ -125,8 +129,16 @@ class Retriever:
             raise DermError(
                 f"{ws.root}: nothing is published before day {self.day} (run `derm demo` or `derm daily`)"
             )
+        if store is not None and store.day != store_day:
+            raise VersionMismatchError(
+                f"{store.dir}: serves store {store.version}, but the workspace serves "
+                f"{version_name(store_day) if store_day is not None else 'no store version'} before day "
+                f"{self.day} (publish that version to the feature store)"
+            )
         self.store: StoreVersion | None = (
-            open_version(store_dir, store_day) if store_day is not None else None
+            store
+            if store is not None
+            else (open_version(store_dir, store_day) if store_day is not None else None)
         )
         self.index = None
         self.index_manifest: dict = {}

@@ -14,6 +14,8 @@ run_day(d), in order:
        the pool -> embeddings/<task>/day=d
     4. index over the new pool -> index/day=d
     5. ranker: one increment on d (embeddings of the version before d) -> ranker/day=d
+    6. with `feature_store` set: the store version the workspace now serves is published to the online
+       feature store (`embstore.online.publish_workspace`, the `derm publish` path; a no-op when it is live)
 
 Quality gates: a store version with NaN / non-unit vectors or a coverage drop over `gates.max_coverage_drop`
 is never written; neither is an index whose self-check recall is under `min_index_recall`.
@@ -85,10 +87,17 @@ class CycleConfig:
     retrieval_prior: bool = True
     prior_windows: tuple[int, ...] = (1, 3, 7)
     device: str = "auto"
+    # online feature store URL (redis://HOST:PORT/DB[?prefix=NAME]) the cycle publishes to as its last step;
+    # None: no online store. Stored in cycle.json: name a server without a password in the URL.
+    feature_store: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_index_recall <= 1.0:
             raise ConfigError("min_index_recall must be in [0, 1]")
+        if self.feature_store is not None:
+            from embstore.online import OnlineStoreConfig
+
+            OnlineStoreConfig(self.feature_store)  # validates the URL (ConfigError)
         if "ctr" not in self.tasks:
             raise ConfigError("the ctr upstream model is required (it feeds the ad index)")
         for t in self.tasks:
@@ -116,6 +125,7 @@ class CycleConfig:
             "store_float16": self.store_float16,
             "retrieval_prior": self.retrieval_prior,
             "prior_windows": list(self.prior_windows),
+            "feature_store": self.feature_store,
         }
 
     @classmethod
@@ -142,6 +152,7 @@ class CycleConfig:
             retrieval_prior=bool(d.get("retrieval_prior", False)),
             prior_windows=tuple(d.get("prior_windows", cls.prior_windows)),
             device=device,
+            feature_store=d.get("feature_store"),
         )
 
 
@@ -358,6 +369,7 @@ def run_day(
     names += [ws.index_dir / version_name(day), ws.ranker_dir / version_name(day)]
     if not overwrite and ws.eval_path(day).exists() and all((n / "manifest.json").exists() for n in names):
         log.info("day %d is already published; skipping (use overwrite to recompute)", day)
+        publish_online(ws, cfg, timer)  # a cycle whose publish failed (server down) completes on a rerun
         return {"day": day, "skipped": True, "eval": read_json(ws.eval_path(day)), "stage_seconds": {}}
     if ws.version_before(ws.models_dir("ctr"), day) is None:
         raise DermError(f"{ws.root}: no model snapshot before day {day}: train first (`derm train`)")
@@ -406,7 +418,20 @@ def run_day(
             overwrite,
         )
         done()
+    publish_online(ws, cfg, timer)
     return {"day": day, "skipped": False, "eval": doc, "stage_seconds": timer.seconds}
+
+
+def publish_online(ws: Workspace, cfg: CycleConfig, timer: Timer) -> None:
+    """Step 6: the store version the workspace serves (not necessarily `day`'s: rerunning an old day never
+    moves the online store back) goes to the online feature store, when one is configured."""
+    if cfg.feature_store is None:
+        return
+    from embstore.online import OnlineStoreConfig, publish_workspace
+
+    done = timer.stage("publish_online")
+    publish_workspace(ws, OnlineStoreConfig(cfg.feature_store))
+    done()
 
 
 def run_days(
