@@ -1,0 +1,1 @@
+"""The onsite-offsite graph and its knowledge-graph embeddings (TransE, TransR, TransRA)."""
