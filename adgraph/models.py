@@ -32,9 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adslog.errors import DermError
 from adgraph.graph import RELATION_TYPES, NodeType, Relation
-
+from adslog.errors import DermError
 
 #: loss(positive scores float32[B], negative scores float32[B, n]) -> scalar
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -193,8 +192,10 @@ class KGEModel:
         s = self.score_vectors(rel, hv, tv, relv, proj)
         loss = loss_fn(s[:, 0], s[:, 1:])
         loss.backward()
+        assert ent.grad is not None and relv.grad is not None
         grads = {"entity": ent.grad, "relation": relv.grad}
         if self.kind is not ModelKind.TRANSE:
+            assert proj.grad is not None
             grads["projection"] = proj.grad
         return float(loss.detach()), grads
 

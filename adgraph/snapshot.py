@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from adgraph.graph import GraphVersion, NodeType, Relation, graph_dir
+from adgraph.models import STATE_KEYS, EntityIndex, KGEModel, ModelKind
+from adgraph.train import KGEConfig, since_ts_of, train_increment, train_scratch
 from adslog.artifact import (
     get_latest,
     make_manifest,
@@ -35,9 +38,6 @@ from adslog.artifact import (
 from adslog.errors import DataError, DermError, VersionMismatchError
 from adslog.progress import Progress, no_progress
 from adslog.workspace import Workspace, version_day, version_name
-from adgraph.graph import GraphVersion, NodeType, Relation, graph_dir
-from adgraph.models import STATE_KEYS, EntityIndex, KGEModel, ModelKind
-from adgraph.train import KGEConfig, since_ts_of, train_increment, train_scratch
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class KGEVersion:
     def check_compatible(self, cfg: KGEConfig) -> None:
         """Refuse to continue this version with a config of another model, dim, relation_dim or anchor."""
         m = self.manifest
-        want = {"model": cfg.model.value, "dim": cfg.dim, "relation_dim": cfg.k}
+        want: dict[str, str | int | None] = {"model": cfg.model.value, "dim": cfg.dim, "relation_dim": cfg.k}
         want["anchor"] = cfg.anchor.value if cfg.model is ModelKind.TRANSRA else None
         for key, v in want.items():
             if m.get(key) != v:

@@ -27,10 +27,10 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
-from adslog.errors import ConfigError, DermError, VersionMismatchError
-from adslog.progress import Progress, no_progress
 from adgraph.graph import SECONDS_PER_DAY, NodeType, Relation
 from adgraph.models import EntityIndex, KGEModel, LossFn, ModelKind, relation_types
+from adslog.errors import ConfigError, DermError, VersionMismatchError
+from adslog.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
