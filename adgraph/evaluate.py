@@ -9,6 +9,7 @@ Hits@10 = share of ranks <= 10, over both sides of every evaluated triple.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -44,10 +45,20 @@ def held_out_edges(train: pa.Table, later: pa.Table) -> pa.Table:
     return later.filter(pc.invert(pc.is_in(keys(later), value_set=keys(train))))
 
 
+#: scorer(relation index, tail side?, query rows int64[q]) -> float scores [q, n candidates of that side's type]
+Scorer = Callable[[int, bool, np.ndarray], np.ndarray]
+
+
 def link_prediction(
-    model: KGEModel, train: pa.Table, test: pa.Table, max_per_relation: int = 2000, seed: int = 0
+    model: KGEModel,
+    train: pa.Table,
+    test: pa.Table,
+    max_per_relation: int = 2000,
+    seed: int = 0,
+    scorer: Scorer | None = None,
 ) -> dict[str, Any]:
     """Filtered MRR and Hits@10 per relation and over all evaluated ranks (micro). `test`: held-out edges.
+    `scorer` replaces the model's scores (e.g. `popularity_scorer`); the model still names the entities.
 
     Returns {"mrr", "hits_at_10", "n_ranks", "per_relation": {rel: {"n_test", "n_unknown_entity", "n_evaluated",
     "mrr", "hits_at_10", "mrr_tail", "mrr_head"}}}."""
@@ -78,8 +89,9 @@ def link_prediction(
         true = _key(th, tt_rows)
         true = true[(true >= 0).all(1)]
         qh, qt = h_rows[ok], t_rows[ok]
-        ranks_t = _rank_side(model, ri, rel, qh, qt, true, tail=True)
-        ranks_h = _rank_side(model, ri, rel, qh, qt, true, tail=False)
+        score = scorer or model_scorer(model)
+        ranks_t = _rank_side(model, ri, rel, qh, qt, true, True, score)
+        ranks_h = _rank_side(model, ri, rel, qh, qt, true, False, score)
         r = np.r_[ranks_t, ranks_h]
         all_ranks.append(r)
         entry.update(
@@ -98,23 +110,57 @@ def link_prediction(
     }
 
 
+def model_scorer(model: KGEModel) -> Scorer:
+    """The model's f_r against every candidate of the ranked side's type."""
+
+    def score(ri: int, tail: bool, rows: np.ndarray) -> np.ndarray:
+        ht, tt = relation_types(model.relations[ri])
+        ctype = tt if tail else ht
+        lo, n = model.index.offsets[ctype], model.index.count(ctype)
+        with torch.no_grad():
+            cand = _project(model, ri, model.entity[lo : lo + n])  # (n, k)
+            r = model.relation[ri]
+            q = _project(model, ri, model.entity[torch.from_numpy(rows)])
+            # tail: f = -||p(h) + r - p(c)||; head: f = -||p(c) + r - p(t)|| = -||p(c) - (p(t) - r)||
+            q = q + r if tail else q - r
+            d = torch.cdist(q[None], cand[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
+        return (-d).numpy()
+
+    return score
+
+
+def popularity_scorer(model: KGEModel, train: pa.Table) -> Scorer:
+    """A baseline: every candidate scored by its degree in `train` within the relation (same for all queries)."""
+
+    def score(ri: int, tail: bool, rows: np.ndarray) -> np.ndarray:
+        rel = model.relations[ri]
+        ht, tt = relation_types(rel)
+        ctype = tt if tail else ht
+        e = train.filter(pc.equal(train.column("relation"), rel.value))
+        cand, ok = model.index.rows(ctype, e.column("tail_id" if tail else "head_id").to_numpy())
+        lo, n = model.index.offsets[ctype], model.index.count(ctype)
+        deg = np.bincount(cand[ok] - lo, minlength=n).astype(np.float64)
+        return np.broadcast_to(deg, (len(rows), n))
+
+    return score
+
+
 def _rank_side(
-    model: KGEModel, ri: int, rel: Relation, qh: np.ndarray, qt: np.ndarray, true: np.ndarray, tail: bool
+    model: KGEModel,
+    ri: int,
+    rel: Relation,
+    qh: np.ndarray,
+    qt: np.ndarray,
+    true: np.ndarray,
+    tail: bool,
+    score: Scorer,
 ) -> np.ndarray:
     """float64[q] filtered ranks of the tails (tail=True) or heads of the query triples."""
     ht, tt = relation_types(rel)
-    ctype = tt if tail else ht
-    lo, n = model.index.offsets[ctype], model.index.count(ctype)
-    with torch.no_grad():
-        cand = _project(model, ri, model.entity[lo : lo + n])  # (n, k)
-        r = model.relation[ri]
-        if tail:  # f = -||p(h) + r - p(c)||
-            q = _project(model, ri, model.entity[torch.from_numpy(qh)]) + r
-        else:  # f = -||p(c) + r - p(t)|| = -||p(c) - (p(t) - r)||
-            q = _project(model, ri, model.entity[torch.from_numpy(qt)]) - r
-        scores = -torch.cdist(q[None], cand[None], compute_mode="donot_use_mm_for_euclid_dist")[0].numpy()
-    target = (qt if tail else qh) - lo
+    lo = model.index.offsets[tt if tail else ht]
     fixed = qh if tail else qt
+    scores = score(ri, tail, fixed)
+    target = (qt if tail else qh) - lo
     out = np.empty(len(target))
     # the other true answers of each query, removed before ranking
     kcol, acol = (0, 1) if tail else (1, 0)
@@ -122,7 +168,7 @@ def _rank_side(
     keys, answers = true[order, kcol], true[order, acol]
     for i in range(len(target)):
         a, b = np.searchsorted(keys, fixed[i]), np.searchsorted(keys, fixed[i], side="right")
-        s = scores[i].copy()
+        s = np.array(scores[i], np.float64)
         s_true = s[target[i]]
         others = answers[a:b] - lo
         s[others[others != target[i]]] = -np.inf

@@ -278,3 +278,29 @@ def test_trained_model_beats_random_on_next_day_links(ws: Workspace) -> None:
     assert per["n_evaluated"] > 20
     assert per["mrr"] > 2 * rand, (per, rand)
     assert math.isfinite(r["mrr"]) and 0 < r["hits_at_10"] <= 1
+
+
+def test_filtered_rank_removes_other_true_answers() -> None:
+    """TransE scores of ad 20 / 21 for user 10 under clicked: -0.2 / -0.3162 (see the literal test above). The
+    held-out link (10, 21) ranks 2nd among the ads unfiltered and 1st once the known link (10, 20) is removed."""
+    model = _two_relation_model(ModelKind.TRANSE)
+
+    def edges(pairs: list[tuple[int, int]]) -> pa.Table:
+        n = len(pairs)
+        return pa.table(
+            {
+                "head_type": ["user"] * n,
+                "head_id": pa.array([p[0] for p in pairs], pa.int64()),
+                "relation": ["user_clicked_ad"] * n,
+                "tail_type": ["ad"] * n,
+                "tail_id": pa.array([p[1] for p in pairs], pa.int64()),
+                "count": pa.array([1] * n, pa.int64()),
+                "last_ts": pa.array([0] * n, pa.int64()),
+            }
+        )
+
+    test = edges([(10, 21)])
+    filtered = link_prediction(model, edges([(10, 20)]), test)["per_relation"]["user_clicked_ad"]
+    assert filtered["mrr_tail"] == 1.0 and filtered["mrr_head"] == 1.0  # one user: the head ranks 1st
+    raw = link_prediction(model, edges([]), test)["per_relation"]["user_clicked_ad"]
+    assert raw["mrr_tail"] == 0.5 and raw["hits_at_10"] == 1.0
