@@ -980,15 +980,16 @@ def kge_train(
 ) -> None:  # fmt: skip
     """Train KGE version DAY on graph version DAY: an increment from the newest version before DAY, or from
     scratch when there is none (WORK/kge/<model>/day=DAY)."""
+    from adgraph.models import ModelKind
     from adgraph.snapshot import kge_dir, train_kge
     from adgraph.train import KGEConfig, Loss, Sampling
 
     bars = _setup(as_json, ctx.obj["verbose"])
     ws = _workspace(work, None)
     cfg = KGEConfig(
-        model=model, dim=dim, epochs=epochs, incremental_epochs=incremental_epochs, loss=Loss(loss),
+        model=ModelKind(model), dim=dim, epochs=epochs, incremental_epochs=incremental_epochs, loss=Loss(loss),
         sampling=Sampling(sampling), seed=seed,
-    )  # type: ignore[arg-type]  # fmt: skip
+    )  # fmt: skip
     with ws.lock():
         m = train_kge(ws, day, cfg, scratch=scratch, overwrite=overwrite, progress=bars)
     t = m["train"]
