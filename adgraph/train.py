@@ -51,8 +51,9 @@ class KGEConfig:
     k = dim). anchor: TransRA's identity-projection relation (ignored by the others).
 
     lr 0.01 x 30 epochs was chosen on a validation split (`benchmarks/kge_tuning.py`): with 0.1 the TransR /
-    TransRA projections drift and next-day MRR halves; margin loss and uniform negatives scored at least as
-    well as softmax and degree-weighted negatives there."""
+    TransRA projections drift and next-day MRR falls. Margin vs softmax loss and uniform vs degree-weighted
+    negatives were compared only at the earlier lr 0.1 (`kge_link_prediction_quick.json` ablations: neither
+    alternative beat the defaults' overall MRR); not yet re-measured at 0.01."""
 
     model: ModelKind = ModelKind.TRANSRA
     dim: int = 32
