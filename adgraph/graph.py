@@ -314,8 +314,14 @@ def publish_graph(
     parent = graph_dir(ws)
     target = parent / version_name(day)
     if (target / "manifest.json").is_file() and not overwrite:
+        m = GraphVersion(target).manifest
+        if m.get("config") != cfg.to_json():
+            raise DataError(
+                target,
+                f"published with config {m.get('config')}, not {cfg.to_json()} (pass overwrite to rebuild)",
+            )
         log.info("graph %s already published: nothing to do", target)
-        return GraphVersion(target).manifest
+        return m
     ds = ws.dataset()
     edges, info = build_edges(ds, day, cfg)
     m = make_manifest(

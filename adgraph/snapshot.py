@@ -217,8 +217,14 @@ def train_kge(
     cfg = cfg or KGEConfig()
     target = kge_dir(ws, cfg.model) / version_name(day)
     if (target / "manifest.json").is_file() and not overwrite:
+        m = KGEVersion(target).manifest
+        if m.get("config") != cfg.to_json():
+            raise DataError(
+                target,
+                f"published with config {m.get('config')}, not {cfg.to_json()} (pass overwrite to retrain)",
+            )
         log.info("kge %s already published: nothing to do", target)
-        return KGEVersion(target).manifest
+        return m
     gdir = graph_dir(ws) / version_name(day)
     if not (gdir / "manifest.json").is_file():
         raise DataError(gdir, f"graph version not published (run `derm graph build --day {day}` first)")

@@ -148,7 +148,9 @@ def test_graph_published_with_manifest_and_checked(ws: Workspace) -> None:
     assert m["day"] == DAY0 and m["serves_day"] == DAY0 + 1 and m["absent"] == {}
     assert g.edges().num_rows == m["n_edges"] == sum(c["edges"] for c in m["counts"].values())
     assert g.edges().schema.field("head_id").type == pa.int64()
-    assert publish_graph(ws, DAY0)["artifact_id"] == m["artifact_id"]  # re-running a day is a no-op
+    assert publish_graph(ws, DAY0, GraphConfig(window_days=1))["artifact_id"] == m["artifact_id"]  # a no-op
+    with pytest.raises(DataError, match="published with config"):
+        publish_graph(ws, DAY0, GraphConfig(window_days=2))
     f = g.dir / "edges.parquet"
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0xFF
