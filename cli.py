@@ -1000,6 +1000,110 @@ def publish(
             f"{o['n_users']} users, {o['n_ads']} ads, {o['seconds']:.2f} s"
         ),
     )
+# -- graph embeddings (TransRA, issue 14) ---------------------------------------------------------------------
+@main.group(cls=DermGroup)
+def graph() -> None:
+    """The onsite-offsite graph (users, ads, advertisers, categories), one version per day."""
+
+
+@graph.command("build")
+@work_option
+@data_option
+@click.option("--day", required=True, type=DAY, help="Last day of events (the version serves day + 1).")
+@click.option(
+    "--window-days", type=POSITIVE, default=None, help="Days of events (default: all since the first)."
+)
+@click.option("--overwrite", is_flag=True, help="Rebuild a published version.")
+@json_option
+@click.pass_context
+def graph_build(
+    ctx: click.Context,
+    work: str,
+    data: str | None,
+    day: int,
+    window_days: int | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Build graph version DAY: edges from events strictly before day DAY + 1 (WORK/graph/day=DAY)."""
+    from adgraph.graph import GraphConfig, graph_dir, publish_graph
+
+    _setup(as_json, ctx.obj["verbose"])
+    ws = _workspace(work, data)
+    with ws.lock():
+        m = publish_graph(ws, day, GraphConfig(window_days=window_days), overwrite=overwrite)
+    out = {
+        "graph": str(graph_dir(ws) / f"day={m['day']}"),
+        "day": m["day"],
+        "serves_day": m["serves_day"],
+        "n_edges": m["n_edges"],
+        "counts": m["counts"],
+        "absent": m["absent"],
+        "nodes": m["nodes"],
+    }
+    _emit(out, as_json, _kv)
+
+
+@main.group(cls=DermGroup)
+def kge() -> None:
+    """Knowledge-graph embeddings of the onsite-offsite graph (TransE, TransR, TransRA)."""
+
+
+@kge.command("train")
+@work_option
+@click.option("--day", required=True, type=DAY, help="Graph version to train on (must be built).")
+@click.option(
+    "--model", type=click.Choice(["transe", "transr", "transra"]), default="transra", show_default=True,
+    help="KGE model.",
+)  # fmt: skip
+@click.option("--dim", type=POSITIVE, default=32, show_default=True, help="Entity dimension.")
+@click.option("--epochs", type=POSITIVE, default=30, show_default=True, help="Epochs from scratch.")
+@click.option("--incremental-epochs", type=NONNEG, default=3, show_default=True, help="Epochs per increment.")
+@click.option(
+    "--loss", type=click.Choice(["margin", "softmax"]), default="margin", show_default=True, help="Loss."
+)
+@click.option(
+    "--sampling", type=click.Choice(["uniform", "degree"]), default="uniform", show_default=True,
+    help="How typed negatives are drawn.",
+)  # fmt: skip
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
+@click.option("--scratch", is_flag=True, help="Train from scratch (a new lineage) even if a parent exists.")
+@click.option("--overwrite", is_flag=True, help="Retrain a published version.")
+@json_option
+@click.pass_context
+def kge_train(
+    ctx: click.Context, work: str, day: int, model: str, dim: int, epochs: int, incremental_epochs: int,
+    loss: str, sampling: str, seed: int, scratch: bool, overwrite: bool, as_json: bool,
+) -> None:  # fmt: skip
+    """Train KGE version DAY on graph version DAY: an increment from the newest version before DAY, or from
+    scratch when there is none (WORK/kge/<model>/day=DAY)."""
+    from adgraph.models import ModelKind
+    from adgraph.snapshot import kge_dir, train_kge
+    from adgraph.train import KGEConfig, Loss, Sampling
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    ws = _workspace(work, None)
+    cfg = KGEConfig(
+        model=ModelKind(model), dim=dim, epochs=epochs, incremental_epochs=incremental_epochs, loss=Loss(loss),
+        sampling=Sampling(sampling), seed=seed,
+    )  # fmt: skip
+    with ws.lock():
+        m = train_kge(ws, day, cfg, scratch=scratch, overwrite=overwrite, progress=bars)
+    t = m["train"]
+    out = {
+        "kge": str(kge_dir(ws, model) / f"day={m['day']}"),
+        "model": m["model"],
+        "day": m["day"],
+        "lineage": m["lineage"],
+        "mode": t["mode"],
+        "entities": {e["type"]: e["n"] for e in m["entities"]},
+        "n_triples": t["n_triples"],
+        "n_new_nodes": t.get("n_new_nodes", 0),
+        "final_loss": t["losses"][-1] if t["losses"] else None,
+        "seconds": t["seconds"],
+        "edges_per_s": t["edges_per_s"],
+    }
+    _emit(out, as_json, _kv)
 
 
 if __name__ == "__main__":
