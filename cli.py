@@ -214,6 +214,23 @@ def data_synth(
     )
 
 
+@data.command("inspect")
+@click.argument("data_dir", metavar="DATA", type=click.Path(file_okay=False))
+@click.option(
+    "--min-clicks", type=NONNEG, default=20, show_default=True, help="Periods with fewer clicks are sparse."
+)
+@json_option
+@click.pass_context
+def data_inspect(ctx: click.Context, data_dir: str, min_clicks: int, as_json: bool) -> None:
+    """Rows, users, items, clicks and live items per period; empty and sparse periods; a suggested split."""
+    from adslog.dataset import Dataset
+    from adslog.inspect import InspectConfig, inspect_dataset, inspect_text
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    doc = inspect_dataset(Dataset.open(data_dir), InspectConfig(min_clicks=min_clicks), bars)
+    _emit(doc, as_json, inspect_text)
+
+
 @data.group("import", cls=DermGroup)
 def data_import() -> None:
     """Import a real log (MovieLens-100K, Gowalla, or your own CSV/Parquet)."""
@@ -266,6 +283,26 @@ def import_gowalla_cmd(ctx: click.Context, src: str, out: str, overwrite: bool, 
     "--ts-max", type=TS, default=None, help="Latest plausible unix second (default 4102444800, 2100-01-01)."
 )
 @click.option("--any-ts", is_flag=True, help="Accept timestamps outside the plausible range.")
+@click.option(
+    "--context-col",
+    "context_cols",
+    multiple=True,
+    help="Keep this impressions column as context (repeatable); SRC=NAME stores it as NAME, e.g. "
+    "pos=position, so serving fixes it to the top slot.",
+)
+@click.option(
+    "--missing-features",
+    type=click.Choice(["error", "unknown"]),
+    default="error",
+    show_default=True,
+    help="Users / items missing from --users / --items: refuse, or fill with explicit unknown values.",
+)
+@click.option(
+    "--period",
+    default="day",
+    show_default=True,
+    help="Time bucket of the dataset's days: day, week or <N>d; timestamps are rescaled with it.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @json_option
 @click.pass_context
@@ -283,11 +320,15 @@ def import_generic_cmd(
     ts_min: int | None,
     ts_max: int | None,
     any_ts: bool,
+    context_cols: tuple[str, ...],
+    missing_features: str,
+    period: str,
     overwrite: bool,
     as_json: bool,
 ) -> None:
     """Import your own log; string ids get a stored vocabulary."""
     from adslog.importers import TS_MAX, TS_MIN, GenericImportConfig, import_generic
+    from adslog.periods import Period
 
     bars = _setup(as_json, ctx.obj["verbose"])
     cfg = GenericImportConfig(
@@ -302,6 +343,9 @@ def import_generic_cmd(
         ts_min=TS_MIN if ts_min is None else ts_min,
         ts_max=TS_MAX if ts_max is None else ts_max,
         ts_range_check=not any_ts,
+        context_cols=context_cols,
+        missing_features=missing_features,
+        period=Period.parse(period),
     )
     _emit(import_generic(cfg, out, bars, overwrite), as_json, _kv)
 

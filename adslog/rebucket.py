@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from adslog.dataset import Dataset, DatasetWriter
 from adslog.errors import DermError
+from adslog.periods import dataset_period
 from adslog.schema import ColumnKind, ColumnSpec
 
 DAY = 86400
@@ -45,6 +46,12 @@ def _rescale(table: pa.Table, cols: dict[str, ColumnSpec], first: int, n: int) -
         i = table.column_names.index(name)
         table = table.set_column(i, name, pa.array(new, type=table.schema.field(name).type))
     return table
+
+
+def _period(manifest: dict, n: int, first: int) -> dict:
+    """The `period` of the rebucketed dataset: n periods of the source's period (`adslog.periods`)."""
+    days = int(dataset_period(manifest)["days"]) * n
+    return {"name": {1: "day", 7: "week"}.get(days, f"{days}d"), "days": days, "origin_day": int(first)}
 
 
 def rebucket(src: str | Path, out: str | Path, days_per_bucket: int, overwrite: bool = False) -> Path:
@@ -74,5 +81,6 @@ def rebucket(src: str | Path, out: str | Path, days_per_bucket: int, overwrite: 
             first_day=first,
             last_day=first + (ds.last_day - first) // n,
             source={"rebucketed_from": str(Path(src).resolve()), "days_per_bucket": n},
+            period=_period(ds.manifest, n, first),
         )
     return out
