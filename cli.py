@@ -759,6 +759,7 @@ def daily(
             "stage_seconds": r["stage_seconds"],
             "recall_at_k": r["eval"]["retrieval"]["recall_at_k"],
             "roc_auc": r["eval"]["ranking"].get("roc_auc"),
+            "warnings": r["eval"].get("warnings", []),
         }
         for r in results
     ]
@@ -768,6 +769,7 @@ def daily(
         lambda o: "\n".join(
             f"day {d['day']}: {'skipped (already published)' if d['skipped'] else 'done'}; recall@k {d['recall_at_k']}, "
             f"ROC-AUC {d['roc_auc']}"
+            + "".join(f"\n  WARNING {w['code']}: {w['message']}" for w in d["warnings"])
             for d in o["days"]
         ),
     )
@@ -884,11 +886,15 @@ def eval_cmd(
         rep = write_report(ws, doc["day"], report_dir, bars, doc=doc, device=device)
         doc = {**doc, "report": {"dir": rep["dir"], "files": rep["files"]}}
         files = f"\nreport: {Path(rep['dir']) / 'report.md'} ({', '.join(rep['files'][1:])})"
+    from eval.warnings import warning_lines
+
     _emit(
         doc,
         as_json,
         lambda d: (
-            f"day {d['day']} (embeddings of day {d['embedding_day']})\n" + "\n".join(summary_table(d)) + files
+            f"day {d['day']} (embeddings of day {d['embedding_day']})\n"
+            + "\n".join([*summary_table(d), *warning_lines(d)])
+            + files
         ),
     )
 
@@ -922,6 +928,77 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
         "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items()),
         f"total: {s['total_seconds']:.1f} s",
         f"report: {Path(work).resolve() / 'report.md'}",
+    ]
+    click.echo("\n".join(lines))
+
+
+@main.command("run")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None, help="Dataset directory.")
+@click.option("--work", type=click.Path(file_okay=False), default=None, help="Workspace directory.")
+@click.option(
+    "--train-periods",
+    type=POSITIVE,
+    default=None,
+    help="Bootstrap on the first N periods (default: the config's, else `derm data inspect`'s suggestion).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML or JSON run config (towers, ranker, aggregation, index, warnings; see --show-config).",
+)
+@click.option("--show-config", is_flag=True, help="Print the resolved config, every key documented, and exit.")
+@device_option
+@json_option
+@click.pass_context
+def run_cmd(
+    ctx: click.Context,
+    data_dir: str | None,
+    work: str | None,
+    train_periods: int | None,
+    config_file: str | None,
+    show_config: bool,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Run your own dataset end to end: bootstrap on the first periods, the daily cycle over the rest, evaluate
+    every later period, report (resumes after an interruption). --json prints the last period's eval document."""
+    from dataclasses import replace
+
+    from eval.warnings import warning_lines
+    from workflow.report import summary_table
+    from workflow.run import period_table, run_dataset
+    from workflow.run_config import RunConfig, config_text, load_run_config
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    cfg = load_run_config(config_file) if config_file else RunConfig()
+    cfg = replace(cfg, cycle=replace(cfg.cycle, device=device)) if device != "auto" else cfg
+    if train_periods is not None:
+        cfg = replace(cfg, train_periods=train_periods)
+    if show_config:
+        _emit(cfg.to_json(), as_json, lambda _: config_text(cfg))
+        return
+    if work is None:
+        raise DermError("--work: give the workspace directory (and --data DATA on the first run)")
+    s = run_dataset(work, data_dir, cfg, bars)
+    if as_json:
+        _emit(s["report"], True, str)
+        return
+    doc = s["report"]
+    lines = [
+        f"derm run: bootstrap on periods {s['train_days'][0]}..{s['train_days'][-1]} ({s['train_periods']} "
+        f"{s['dataset_period']['name']} periods, from {s['train_periods_from']}), {len(s['daily_days'])} daily "
+        f"cycles, {len(s['skipped_empty'])} empty periods skipped; evaluated period {s['eval_day']}",
+        "",
+        *period_table(s["periods"]),
+        "",
+        f"period {doc['day']} (embeddings of {doc['embedding_day']}):",
+        *summary_table(doc),
+        *warning_lines(doc),
+        "",
+        f"total: {s['total_seconds']:.1f} s; report: {Path(work).resolve() / 'report.md'}",
+        f"next: derm eval --work {work} --day {doc['day']}; derm query --work {work} --user ID",
     ]
     click.echo("\n".join(lines))
 
