@@ -58,15 +58,22 @@ class Bars:
         sys.stderr.flush()
 
 
-def _setup(as_json: bool, verbose: bool = False) -> Bars:
+def _setup(as_json: bool, verbose: int = 0, epochs: dict[str, int] | None = None) -> Any:
+    """Logging and the progress callback: bars on a terminal; with -v, INFO lines instead (one per epoch for
+    the stages in `epochs`, else per quarter of a stage); third-party loader noise (faiss) only with -vv."""
     logging.basicConfig(
         level=logging.ERROR if as_json else (logging.INFO if verbose else logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger("faiss").setLevel(logging.NOTSET if int(verbose) >= 2 else logging.WARNING)
     if as_json:
         warnings.simplefilter("ignore")
+    if verbose and not as_json:
+        from adslog.progress import ProgressLog
+
+        return ProgressLog(logging.getLogger("derm.progress"), marks=epochs)
     return Bars(not as_json)
 
 
@@ -154,9 +161,14 @@ def _days(ds: Any, first: int | None, last: int | None, default_last: int) -> li
 
 # -- the CLI ------------------------------------------------------------------------------------------------
 @click.group(cls=DermGroup)
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log progress to stderr (a line per epoch or stage); -vv adds third-party loader messages.",
+)
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(ctx: click.Context, verbose: int) -> None:
     """derm: ads candidate generation and ranking with decoupled entity representations (DERM)."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
@@ -362,6 +374,12 @@ def import_generic_cmd(
 )
 @click.option("--epochs", type=POSITIVE, default=None, help="Epochs over the window (default 2).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--backbone",
+    type=click.Choice(["dhen", "mlp"]),
+    default=None,
+    help="Tower backbone (default: the workspace's, else dhen); kept in cycle.json for the daily cycle.",
+)
 @click.option("--overwrite", is_flag=True, help="Retrain even if the snapshot exists (starts a new lineage).")
 @device_option
 @json_option
@@ -375,6 +393,7 @@ def train(
     task: str,
     epochs: int | None,
     seed: int,
+    backbone: str | None,
     overwrite: bool,
     device: str,
     as_json: bool,
@@ -382,20 +401,23 @@ def train(
     """Train the upstream user, Pin and interaction towers from scratch on a window of days."""
     from dataclasses import replace
 
-    from towers.config import Task
+    from towers.config import Backbone, Task
     from towers.train import train_towers
     from workflow.cycle import CYCLE_FILE, CycleConfig, load_cycle_config, save_cycle_config
     from workflow.lineage import check_retrain
 
-    bars = _setup(as_json, ctx.obj["verbose"])
+    _setup(as_json, ctx.obj["verbose"])
     ws = _workspace(work, data)
     ds = ws.dataset()
     first = ds.first_day if first_day is None else first_day
     days = _days(ds, first, last_day, min(first + 6, ds.last_day))
     cycle = load_cycle_config(ws, device) if (ws.root / CYCLE_FILE).exists() else CycleConfig(device=device)
+    if backbone is not None:
+        cycle = replace(cycle, towers=replace(cycle.towers, backbone=Backbone(backbone)))
     cfg = replace(cycle.towers, task=Task(task), seed=seed)
     if epochs:
         cfg = replace(cfg, epochs_initial=epochs)
+    bars = _setup(as_json, ctx.obj["verbose"], {"train": cfg.epochs_initial})
     if task not in cycle.tasks:
         cycle = replace(cycle, tasks=(*cycle.tasks, task))
     with ws.lock():
@@ -680,6 +702,10 @@ def ranker() -> None:
 @click.option(
     "--last-day", type=DAY, default=None, help="Last training day (default: the latest store version's day)."
 )
+@click.option(
+    "--epochs", type=POSITIVE, default=None, help="Epochs (default: the workspace's ranker config)."
+)
+@click.option("--seed", type=SEED, default=None, help="Random seed (default: the workspace's ranker config).")
 @click.option("--overwrite", is_flag=True, help="Retrain a published ranker version.")
 @device_option
 @json_option
@@ -689,22 +715,33 @@ def ranker_train(
     work: str,
     first_day: int | None,
     last_day: int | None,
+    epochs: int | None,
+    seed: int | None,
     overwrite: bool,
     device: str,
     as_json: bool,
 ) -> None:
-    """Train the ranker from scratch; day d's rows use the embeddings published before d."""
+    """Train the ranker from scratch; day d's rows use the embeddings published before d. --epochs and --seed
+    apply to this training (recorded in the ranker's manifest), not to cycle.json."""
+    from dataclasses import replace
+
     from ranking.train import train_ranker
     from workflow.cycle import load_cycle_config
 
-    bars = _setup(as_json, ctx.obj["verbose"])
+    _setup(as_json, ctx.obj["verbose"])
     ws = _workspace(work, None)
     ds = ws.dataset()
     cfg = load_cycle_config(ws, device)
+    rcfg = cfg.ranker
+    if epochs is not None:
+        rcfg = replace(rcfg, epochs_initial=epochs)
+    if seed is not None:
+        rcfg = replace(rcfg, seed=seed)
+    bars = _setup(as_json, ctx.obj["verbose"], {"train ranker": rcfg.epochs_initial})
     sday = ws.latest_day(ws.embeddings_dir("ctr"))
     days = _days(ds, first_day, last_day, sday if sday is not None else ds.last_day)
     with ws.lock():
-        m = train_ranker(ws, ds, days, cfg.ranker, None, device, bars, overwrite)
+        m = train_ranker(ws, ds, days, rcfg, None, device, bars, overwrite)
     st = m["train_stats"]
     out = {
         "ranker": str(ws.ranker_dir / f"day={m['day']}"),
@@ -948,7 +985,9 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
     default=None,
     help="TOML or JSON run config (towers, ranker, aggregation, index, warnings; see --show-config).",
 )
-@click.option("--show-config", is_flag=True, help="Print the resolved config, every key documented, and exit.")
+@click.option(
+    "--show-config", is_flag=True, help="Print the resolved config, every key documented, and exit."
+)
 @device_option
 @json_option
 @click.pass_context

@@ -496,9 +496,13 @@ class GenericImportConfig:
             if not src or not dest:
                 raise ConfigError(f"--context-col {entry!r}: expected NAME or SRC=NAME")
             if src in used:
-                raise ConfigError(f"--context-col {entry!r}: {src!r} is already the user, item, ts or label column")
+                raise ConfigError(
+                    f"--context-col {entry!r}: {src!r} is already the user, item, ts or label column"
+                )
             if dest in _WRITTEN:
-                raise ConfigError(f"--context-col {entry!r}: {dest!r} clashes with a column the importer writes")
+                raise ConfigError(
+                    f"--context-col {entry!r}: {dest!r} clashes with a column the importer writes"
+                )
             if dest in {d for _, d in out}:
                 raise ConfigError(f"--context-col {entry!r}: {dest!r} is given twice")
             out.append((src, dest))
@@ -868,7 +872,11 @@ def import_generic(
                 if len(missing):
                     log.warning(
                         "%s: %d %s ids (%d rows) are missing from %s: their features are unknown values",
-                        c.impressions, len(missing), col, len(unknown), f.name,
+                        c.impressions,
+                        len(missing),
+                        col,
+                        len(unknown),
+                        f.name,
                     )
             tables[name] = ({key: ids, **data}, [ColumnSpec(key, "int64", _K.ID), *specs])
         cols["click"] = click
@@ -918,7 +926,5 @@ def import_generic(
             summary[f"{name_}_missing_features"] = n_filled
         period = c.period.to_json(origin)
         summary["period"] = period["name"]
-        w.finish(
-            span[0], span[1], source=source, stats=dict(summary), vocabularies=vocabs, period=period
-        )
+        w.finish(span[0], span[1], source=source, stats=dict(summary), vocabularies=vocabs, period=period)
     return _done(summary, t0)

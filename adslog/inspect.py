@@ -67,16 +67,18 @@ def inspect_dataset(
         a = np.unique(t.column("ad_id").to_numpy())
         users_all.append(u)
         items_all.append(a)
-        clicks = int(t.column("click").to_numpy().astype(np.int64).sum())
+        n_click = int(t.column("click").to_numpy().astype(np.int64).sum())
         row: dict[str, Any] = {
             "day": d,
             "start": period_start(d, period),
             "rows": t.num_rows,
             "users": len(u),
             "items": len(a),
-            "clicks": clicks,
-            "conversions": int(t.column("conversion").to_numpy().astype(np.int64).sum()) if has_conv else None,
-            "ctr": _ratio(clicks, t.num_rows),
+            "clicks": n_click,
+            "conversions": int(t.column("conversion").to_numpy().astype(np.int64).sum())
+            if has_conv
+            else None,
+            "ctr": _ratio(n_click, t.num_rows),
             "live_items": int(((first_d <= d) & (last_d >= d)).sum())
             if first_d is not None and last_d is not None
             else ads.num_rows,
@@ -137,7 +139,8 @@ def suggest_split(
         }
     test = int(ev[-1])
     cum = np.cumsum(rows[: test + 1])
-    end = int(np.searchsorted(cum, train_share * cum[-1]))  # first index whose running total reaches the share
+    # the first period whose running total reaches the share
+    end = int(np.searchsorted(cum, train_share * cum[-1]))
     end = min(end, int(ev[-2]))
     return {
         "train_periods": end + 1,
@@ -182,7 +185,10 @@ def inspect_text(doc: dict[str, Any], max_rows: int = 60) -> str:
             f"(starts {period_start(s['test_day'], p)})"
         )
     if doc["n_periods"] <= max_rows:
-        lines += ["", f"{'period':>8} {'starts':>10} {'rows':>9} {'users':>7} {'items':>7} {'live':>7} {'clicks':>7} {'CTR':>7}"]
+        lines += [
+            "",
+            f"{'period':>8} {'starts':>10} {'rows':>9} {'users':>7} {'items':>7} {'live':>7} {'clicks':>7} {'CTR':>7}",
+        ]
         for r in doc["periods"]:
             ctr = "-" if r["ctr"] is None else f"{r['ctr']:.4f}"
             flag = " sparse" if r["sparse"] else (" empty" if not r["rows"] else "")

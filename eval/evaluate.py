@@ -301,7 +301,7 @@ def evaluate_day(
         train_days = list(read_json(model_dir / version_name(mday) / "manifest.json").get("days_seen", []))
     slate = _slate(ws, day, imp, device, slate_users) if ds.has_oracle and rday is not None else None
     progress("eval", 3, 3)
-    doc = {
+    doc: dict[str, Any] = {
         "schema_version": EVAL_SCHEMA_VERSION,
         "day": int(day),
         "embedding_day": None if store is None else store.day,

@@ -35,7 +35,9 @@ def write_ownlog(
     igroup = np.arange(n_items) % 4
     surfaces = np.array(["feed", "search", "related"])
     lines = ["uid,item,when,clicked,pos,surface"]
-    weeks = [(w, rows_per_week) for w in range(dense_weeks)] + [(w, rows_per_sparse_week) for w in sparse_weeks]
+    weeks = [(w, rows_per_week) for w in range(dense_weeks)] + [
+        (w, rows_per_sparse_week) for w in sparse_weeks
+    ]
     for w, n in weeks:
         u = rng.integers(0, n_users, n)
         i = rng.integers(0, n_items, n)
@@ -51,9 +53,7 @@ def write_ownlog(
     countries = np.array(["FR", "DE", "US"])
     paths["users"].write_text(
         "uid,age,country\n"
-        + "".join(
-            f"u{x:03d},{20 + x % 30},{countries[x % 3]}\n" for x in range(missing_users, n_users)
-        )
+        + "".join(f"u{x:03d},{20 + x % 30},{countries[x % 3]}\n" for x in range(missing_users, n_users))
     )
     paths["items"].write_text(
         "item,price,brand\n"

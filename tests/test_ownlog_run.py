@@ -77,7 +77,9 @@ def test_run_end_to_end(own_run: dict[str, Any]) -> None:
     assert doc["day"] == last and doc["period"]["name"] == "week"
     assert own_run["stderr"] == ""
     # its JSON is the last period's eval document, also in WORK/report.json and WORK/evals
-    assert doc == read_json(d / "work" / "report.json") == read_json(d / "work" / "evals" / f"day={last}.json")
+    assert (
+        doc == read_json(d / "work" / "report.json") == read_json(d / "work" / "evals" / f"day={last}.json")
+    )
     evals = sorted(int(p.stem.split("=")[1]) for p in (d / "work" / "evals").glob("day=*.json"))
     assert evals == [origin + 3, origin + 4, origin + 20, origin + 55, last]  # every later period with rows
     # counts each figure rests on: the last week has 3 impressions
@@ -110,7 +112,9 @@ def test_run_resumes_and_refuses_another_config(own_run: dict[str, Any]) -> None
     assert {p.name: p.stat().st_mtime_ns for p in (d / "work" / "models" / "ctr").iterdir()} == before
     r = CliRunner().invoke(main, [*args, "--train-periods", "2"])
     assert r.exit_code == 1
-    assert r.stderr.startswith(f"Error: {d / 'work' / 'run_config.json'}: this workspace ran with another config")
+    assert r.stderr.startswith(
+        f"Error: {d / 'work' / 'run_config.json'}: this workspace ran with another config"
+    )
     assert "train_periods" in r.stderr
     # human output: the period table, the counts and the warnings
     r = CliRunner().invoke(main, args)
@@ -148,7 +152,7 @@ def test_run_errors(tmp_path: Path) -> None:
 
 def test_run_config_file(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
-    f.write_text(TINY + '\n[towers.extra_table]\nx = 1\n')
+    f.write_text(TINY + "\n[towers.extra_table]\nx = 1\n")
     with pytest.raises(DataError) as e:
         load_run_config(f)
     assert str(e.value).startswith(f"{f}: unknown key 'towers.extra_table'")
@@ -182,7 +186,7 @@ def test_every_config_key_documented() -> None:
     r = CliRunner().invoke(main, ["run", "--show-config"])
     assert r.exit_code == 0
     assert len(r.stdout.splitlines()) == len(KEY_DOCS)
-    assert "towers.backbone = \"dhen\"  # dhen" in r.stdout
+    assert 'towers.backbone = "dhen"  # dhen' in r.stdout
 
 
 # -- warnings on constructed documents ------------------------------------------------------------------
@@ -203,7 +207,9 @@ def test_warnings_fire_on_constructed_cases() -> None:
     w = eval_warnings(_doc(version_days={"embeddings": 7, "towers": 7, "ranker": 9}))
     assert [x["code"] for x in w] == ["stale_versions"] and w[0]["age"] == 3
     assert eval_warnings(_doc(version_days={"embeddings": 8, "towers": 8, "ranker": 8})) == []  # age 2 = max
-    assert eval_warnings(_doc(version_days={"embeddings": 8}), WarningConfig(max_version_age=1))[0]["age"] == 2
+    assert (
+        eval_warnings(_doc(version_days={"embeddings": 8}), WarningConfig(max_version_age=1))[0]["age"] == 2
+    )
     w = eval_warnings(_doc(retrieval={"n_users": 1, "recall_at_k": {"20": 0.0}}))
     assert [(x["code"], x["figure"], x["n"]) for x in w] == [("few_positives", "retrieval.recall_at_k.20", 1)]
     assert w[0]["interval"] == [0.0, 1.0]
@@ -246,3 +252,43 @@ def test_daily_gap(ws_copy: tuple[Any, dict]) -> None:
     assert r.exit_code == 0, r.output
     codes = [w["code"] for w in json.loads(r.stdout)["days"][0]["warnings"]]
     assert codes == ["daily_gap"]
+
+
+def test_verbose_logs_a_line_per_epoch_and_quiets_faiss(own_run: dict[str, Any], tmp_path: Path) -> None:
+    import logging
+
+    from cli import _setup
+
+    d = own_run["dir"]
+    origin = START // 86400
+    args = [
+        "-v",
+        "train",
+        "--work",
+        str(tmp_path / "w"),
+        "--data",
+        str(d / "ds"),
+        "--last-day",
+        str(origin + 2),
+    ]
+    r = CliRunner().invoke(main, [*args, "--epochs", "3", "--backbone", "mlp", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    epochs = [ln for ln in r.stderr.splitlines() if "derm.progress: train: epoch" in ln]
+    assert [ln.split("epoch ")[1].split(" ")[0] for ln in epochs] == ["1/3", "2/3", "3/3"]
+    assert read_json(tmp_path / "w" / "cycle.json")["towers"]["backbone"] == "mlp"
+    r = CliRunner().invoke(
+        main,
+        ["-v", "ranker", "train", "--work", str(tmp_path / "w"), "--last-day", str(origin + 2)]
+        + ["--epochs", "2", "--seed", "7", "--device", "cpu"],
+    )
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if "train ranker: epoch" in ln]
+    assert [ln.split("epoch ")[1].split(" ")[0] for ln in lines] == ["1/2", "2/2"]
+    m = read_json(tmp_path / "w" / "ranker" / f"day={origin + 2}" / "manifest.json")
+    assert (m["config"]["seed"], m["config"]["epochs_initial"]) == (7, 2)
+    assert read_json(tmp_path / "w" / "cycle.json")["ranker"]["seed"] == 0  # this training only
+    _setup(False, 1)
+    assert logging.getLogger("faiss.loader").getEffectiveLevel() == logging.WARNING
+    _setup(False, 2)
+    assert logging.getLogger("faiss.loader").getEffectiveLevel() == logging.INFO
+    _setup(True, 0)

@@ -147,7 +147,9 @@ def save_cycle_config(ws: Workspace, cfg: CycleConfig) -> None:
 def load_cycle_config(ws: Workspace, device: str = "auto") -> CycleConfig:
     p = ws.root / CYCLE_FILE
     if not p.exists():
-        raise DataError(p, "workspace has no cycle config: run `derm run --data DATA --work WORK` (or `derm train`) first")
+        raise DataError(
+            p, "workspace has no cycle config: run `derm run --data DATA --work WORK` (or `derm train`) first"
+        )
     try:
         return CycleConfig.from_json(read_json(p), device)
     except (KeyError, ValueError, TypeError) as e:

@@ -159,9 +159,7 @@ def _f(x: Any) -> str:
 def period_table(periods: list[dict[str, Any]]) -> list[str]:
     """Markdown rows: one per evaluated period (recall@K of ours vs popularity, ROC-AUC, counts, warnings)."""
     ks = sorted(periods[-1]["recall_at_k"], key=int) if periods else []
-    head = "| period | users | impressions | clicks | " + " | ".join(
-        f"recall@{k} (popularity)" for k in ks
-    )
+    head = "| period | users | impressions | clicks | " + " | ".join(f"recall@{k} (popularity)" for k in ks)
     lines = [head + " | ROC-AUC | warnings |", "|---" * (5 + len(ks)) + "|---|"]
     for p in periods:
         rec = " | ".join(

@@ -90,7 +90,14 @@ def _agg(a: AggregationConfig) -> dict[str, Any]:
 
 _TOP = {"train_periods", "ks", "min_clicks", "device"}
 _AGG = {"heuristic", "weight", "ttl_days"}
-_CYCLE = {"tasks", "self_check_queries", "self_check_k", "max_coverage_drop", "min_index_recall", "store_float16"}
+_CYCLE = {
+    "tasks",
+    "self_check_queries",
+    "self_check_k",
+    "max_coverage_drop",
+    "min_index_recall",
+    "store_float16",
+}
 
 
 def _known(section: str) -> set[str]:
