@@ -251,15 +251,21 @@ def data_import() -> None:
 @data_import.command("movielens-100k")
 @click.argument("src", type=click.Path())
 @click.argument("out", type=click.Path(file_okay=False))
+@click.option(
+    "--period", default="day", show_default=True, help="Time bucket: day, week or <N>d (timestamps rescaled)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @json_option
 @click.pass_context
-def import_movielens(ctx: click.Context, src: str, out: str, overwrite: bool, as_json: bool) -> None:
+def import_movielens(
+    ctx: click.Context, src: str, out: str, period: str, overwrite: bool, as_json: bool
+) -> None:
     """Import RecBole's ml-100k files (click = rating >= 4, conversion = rating == 5: stand-ins)."""
     from adslog.importers import import_movielens_100k
+    from adslog.periods import Period
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    _emit(import_movielens_100k(src, out, bars, overwrite), as_json, _kv)
+    _emit(import_movielens_100k(src, out, bars, overwrite, Period.parse(period)), as_json, _kv)
 
 
 @data_import.command("gowalla")

@@ -187,9 +187,15 @@ def _vocab_codes(values: pa.ChunkedArray | pa.Array) -> tuple[list[str], np.ndar
 
 
 def import_movielens_100k(
-    src: str | Path, out: str | Path, progress: Progress = no_progress, overwrite: bool = False
+    src: str | Path,
+    out: str | Path,
+    progress: Progress = no_progress,
+    overwrite: bool = False,
+    period: Period | None = None,
 ) -> dict:
-    """Import MovieLens-100K (RecBole atomic files in `src`) into a dataset at `out`; returns a summary."""
+    """Import MovieLens-100K (RecBole atomic files in `src`) into a dataset at `out`; returns a summary.
+    `period` (default a day) buckets time at import as `adslog.rebucket` would afterwards."""
+    period = period or Period()
     t0 = time.perf_counter()
     src = Path(src)
     f_inter, f_user, f_item = (src / f"ml-100k.{x}" for x in ("inter", "user", "item"))
@@ -215,6 +221,7 @@ def import_movielens_100k(
             raise DataError(f, "empty values in a numeric column")
 
     ts = inter.column("timestamp").to_numpy().astype(np.int64)
+    ts = bucket_seconds(ts, int(day_of(ts.min())), period.days) if len(ts) else ts
     rating = inter.column("rating").to_numpy()
     conv = rating == 5
     n = len(ts)
@@ -330,7 +337,8 @@ def import_movielens_100k(
         w.write_table("users", user_t, user_cols)
         w.write_table("ads", ad_t, ad_cols)
         summary = _summary("movielens_100k", w.out, imp, user_t.num_rows, ad_t.num_rows, span)
-        w.finish(span[0], span[1], source=source, stats=dict(summary))
+        summary["period"] = period.name
+        w.finish(span[0], span[1], source=source, stats=dict(summary), period=period.to_json(span[0]))
     return _done(summary, t0)
 
 
