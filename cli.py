@@ -1026,6 +1026,11 @@ def run_cmd(
         return
     if work is None:
         raise DermError("--work: give the workspace directory (and --data DATA on the first run)")
+    if data_dir is None and not (Path(work) / "workspace.json").exists():
+        raise DermError(
+            f"{Path(work).resolve()}: not a derm workspace yet: give --data DATA (a dataset made by "
+            "`derm data import ...`; check it with `derm data inspect DATA`)"
+        )
     s = run_dataset(work, data_dir, cfg, bars)
     if as_json:
         _emit(s["report"], True, str)

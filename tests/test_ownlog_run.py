@@ -141,13 +141,22 @@ def test_run_errors(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["run", "--data", str(tmp_path / "ds"), "--work", str(tmp_path / "w")])
     assert r.exit_code == 1
     assert "no training window to suggest" in r.stderr and "--train-periods" in r.stderr
+    assert not (tmp_path / "w").exists()
     r = CliRunner().invoke(
         main, ["run", "--data", str(tmp_path / "ds"), "--work", str(tmp_path / "w"), "--train-periods", "14"]
     )
     assert r.exit_code == 1 and "leaves no later period with impressions" in r.stderr
-    # eval before anything is published names derm run
+    r = CliRunner().invoke(main, ["run", "--work", str(tmp_path / "new")])
+    assert r.exit_code == 1 and "give --data DATA" in r.stderr and not (tmp_path / "new").exists()
+    # eval in a workspace where nothing is published names derm run
+    from adslog.workspace import Workspace
+
+    Workspace.open(tmp_path / "w", tmp_path / "ds")
     r = CliRunner().invoke(main, ["eval", "--work", str(tmp_path / "w")])
-    assert r.exit_code == 1 and "derm run --data DATA --work WORK" in r.stderr
+    assert r.exit_code == 1 and "nothing is published" in r.stderr
+    assert "(run `derm run --data DATA --work WORK` on a dataset, or `derm daily` up to day" in r.stderr
+    r = CliRunner().invoke(main, ["eval", "--work", str(tmp_path / "none")])
+    assert r.exit_code == 1 and "create one: `derm run --data DATA --work WORK`" in r.stderr
 
 
 def test_run_config_file(tmp_path: Path) -> None:

@@ -98,6 +98,8 @@ def run_dataset(
     cfg = cfg or RunConfig()
     t0 = time.perf_counter()
     timer = Timer()
+    if data is not None:  # plan before the workspace exists: a refused run leaves nothing behind
+        plan(Dataset.open(data), cfg)
     ws = Workspace.open(work, data)
     with ws.lock():
         ds = ws.dataset()
