@@ -309,6 +309,18 @@ def import_gowalla_cmd(ctx: click.Context, src: str, out: str, overwrite: bool, 
     "pos=position, so serving fixes it to the top slot.",
 )
 @click.option(
+    "--user-feature-col",
+    "user_feature_cols",
+    multiple=True,
+    help="An impressions column describing the user (repeatable): each user keeps its first row's value.",
+)
+@click.option(
+    "--item-feature-col",
+    "item_feature_cols",
+    multiple=True,
+    help="An impressions column describing the item (repeatable): each item keeps its first row's value.",
+)
+@click.option(
     "--missing-features",
     type=click.Choice(["error", "unknown"]),
     default="error",
@@ -339,6 +351,8 @@ def import_generic_cmd(
     ts_max: int | None,
     any_ts: bool,
     context_cols: tuple[str, ...],
+    user_feature_cols: tuple[str, ...],
+    item_feature_cols: tuple[str, ...],
     missing_features: str,
     period: str,
     overwrite: bool,
@@ -362,6 +376,8 @@ def import_generic_cmd(
         ts_max=TS_MAX if ts_max is None else ts_max,
         ts_range_check=not any_ts,
         context_cols=context_cols,
+        user_feature_cols=user_feature_cols,
+        item_feature_cols=item_feature_cols,
         missing_features=missing_features,
         period=Period.parse(period),
     )

@@ -43,6 +43,10 @@ Generic (`GenericImportConfig`: a CSV or Parquet log, chosen by file extension)
     their values; anything else goes through a vocabulary ordered by frequency (`vocab/context.<col>.parquet`,
     so code 0, the serving-time reference context, is the most common value). A context column named
     `surface` or `position` replaces that stand-in.
+    Entity features from the log (`user_feature_cols`, `item_feature_cols`): impression columns that describe
+    the user or the item become columns of the users / ads table, typed like side-file features; each id keeps
+    the value of its first row in time (known from its first impression on); ids only in a side file get the
+    unknown values above.
     Period (`period`, `adslog.periods`): with N > 1 days per period, days and timestamps are rescaled together
     at import, one partition per period, and the manifest records `period`.
 """
@@ -467,6 +471,10 @@ class GenericImportConfig:
     # "error": every user / item of the log must be in its side file; "unknown": fill the missing ones
     missing_features: str = "error"
     period: Period = field(default_factory=Period)
+    # impression columns that describe the user / the item: each id keeps the value of its first row in time
+    # (known from its first impression on, so no later value leaks into earlier rows)
+    user_feature_cols: tuple[str, ...] = ()
+    item_feature_cols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for f in ("impressions", "users", "items"):
@@ -485,6 +493,18 @@ class GenericImportConfig:
             )
         if any(not col for col in self.context_cols):
             raise ConfigError("--context-col must name a column")
+        object.__setattr__(self, "user_feature_cols", tuple(self.user_feature_cols))
+        object.__setattr__(self, "item_feature_cols", tuple(self.item_feature_cols))
+        used = {self.user_col, self.item_col, self.ts_col, self.click_col, self.conversion_col}
+        seen: set[str] = set()
+        for flag, cols in (
+            ("--user-feature-col", self.user_feature_cols),
+            ("--item-feature-col", self.item_feature_cols),
+        ):
+            for col in cols:
+                if not col or col in used or col in seen or col == _KEY:
+                    raise ConfigError(f"{flag} {col!r}: empty, given twice, or already another column")
+                seen.add(col)
         if not TS_LIMIT[0] <= self.ts_min <= self.ts_max <= TS_LIMIT[1]:
             raise ConfigError(
                 f"GenericImportConfig: need {TS_LIMIT[0]} <= ts_min <= ts_max <= {TS_LIMIT[1]}, "
@@ -530,6 +550,7 @@ class GenericImportConfig:
 
 
 MISSING_FEATURES = ("error", "unknown")
+_KEY = "__id__"  # the key column of the per-entity table built from impression columns
 # impression columns the generic importer writes itself (a context column may replace surface / position)
 _WRITTEN = {"ts", "day", "user_id", "ad_id", "click", "conversion", "conversion_ts"}
 
@@ -798,6 +819,35 @@ def _fill_missing(
     return out, new_specs
 
 
+def _log_features(
+    name: str,
+    path: Path,
+    raw: pa.Table,
+    fcols: tuple[str, ...],
+    row_ids: np.ndarray,
+    order: np.ndarray,
+    ids: np.ndarray,
+    w: DatasetWriter,
+    vocabs: dict[str, Any],
+) -> tuple[dict[str, Any], list[ColumnSpec]]:
+    """Entity features from impression columns `fcols`, aligned to the table's `ids`: each id keeps the value
+    of its first row in time (`order` sorts rows by ts, stably); ids without a row (only in the side file) get
+    the explicit unknown values of `_fill_missing`."""
+    first_ids, first = np.unique(row_ids[order], return_index=True)
+    rows = pa.array(order[first])
+    t = pa.table({_KEY: first_ids, **{fc: raw.column(fc).take(rows) for fc in fcols}})
+    fdata, fspecs = _features(name, path, t, _KEY, w, vocabs)
+    pos = np.minimum(np.searchsorted(first_ids, ids), len(first_ids) - 1)
+    found = first_ids[pos] == ids
+    if found.all():
+        return {k: np.asarray(v)[pos] for k, v in fdata.items()}, fspecs
+    filled, specs = _fill_missing(fdata, fspecs, 1)  # one unknown row appended at index len(first_ids)
+    filled.pop(MISSING_FLAG)
+    specs = [sp for sp in specs if sp.name != MISSING_FLAG]
+    idx = np.where(found, pos, len(first_ids))
+    return {k: np.asarray(v)[idx] for k, v in filled.items()}, specs
+
+
 def import_generic(
     config: GenericImportConfig, out: str | Path, progress: Progress = no_progress, overwrite: bool = False
 ) -> dict:
@@ -808,6 +858,7 @@ def import_generic(
     progress("read", 0, 1)
     have = _column_names(c.impressions) if c.context_cols else []
     need += [src for src, _ in c.context_map(have)]
+    need += [*c.user_feature_cols, *c.item_feature_cols]
     raw = _read_any(c.impressions, need, [c.user_col, c.item_col])
     if raw.num_rows == 0:
         raise DataError(c.impressions, "no rows")
@@ -850,16 +901,29 @@ def import_generic(
                 context[stand_in.name] = (np.zeros(len(ts), np.int8), stand_in)
         w.columns["impressions"].update({spec.name: spec for _, spec in context.values()})
         tables: dict[str, tuple[dict[str, Any], list[ColumnSpec]]] = {}
+        order = np.argsort(ts, kind="stable")  # rows in time: the first row of an id gives its log features
         for name, key, col in (("users", "user_id", c.user_col), ("ads", "ad_id", c.item_col)):
             parts = [(c.impressions, col, raw.column(col))] + (
                 [(side[name][0], col, side[name][1].column(col))] if name in side else []
             )
             mapped = _map_ids(key, parts, w, vocabs)
             cols[key] = mapped[0]
+            fcols = c.user_feature_cols if name == "users" else c.item_feature_cols
             if name not in side:
-                tables[name] = ({key: np.unique(mapped[0])}, [ColumnSpec(key, "int64", _K.ID)])
+                ids = np.unique(mapped[0])
+                data, specs = (
+                    _log_features(name, c.impressions, raw, fcols, mapped[0], order, ids, w, vocabs)
+                    if fcols
+                    else ({}, [])
+                )
+                tables[name] = ({key: ids, **data}, [ColumnSpec(key, "int64", _K.ID), *specs])
                 continue
             f, t = side[name]
+            both = sorted(set(fcols) & set(t.column_names))
+            if both:
+                raise DataError(
+                    f, f"column {both[0]!r} is also named as a feature column of {c.impressions.name}"
+                )
             if len(np.unique(mapped[1])) != len(mapped[1]):
                 raise DataError(f, f"duplicate {col} values")
             unknown = np.flatnonzero(~np.isin(mapped[0], mapped[1]))
@@ -886,6 +950,11 @@ def import_generic(
                         len(unknown),
                         f.name,
                     )
+            if fcols:
+                fdata, fspecs = _log_features(
+                    name, c.impressions, raw, fcols, mapped[0], order, ids, w, vocabs
+                )
+                data, specs = {**data, **fdata}, [*specs, *fspecs]
             tables[name] = ({key: ids, **data}, [ColumnSpec(key, "int64", _K.ID), *specs])
         cols["click"] = click
         if conv is not None:

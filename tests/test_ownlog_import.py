@@ -227,3 +227,44 @@ def test_movielens_weekly_import_equals_rebucket(tmp_path: Path) -> None:
     # the same rows (ties of the rescaled seconds may be written in another order)
     assert a.impressions(a.days()).sort_by(key).equals(b.impressions(b.days()).sort_by(key))
     assert a.ads().equals(b.ads()) and a.users().equals(b.users())
+
+
+def _id_to_raw(f: Path) -> dict[int, str]:
+    t = pq.read_table(f).to_pydict()
+    return dict(zip(t["id"], t["raw"], strict=True))
+
+
+def test_entity_features_from_the_log(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text("u,i,t,c,plan,cat\na,x,30,1,gold,3\nb,x,10,0,free,3\na,y,20,0,free,5\nc,z,40,1,gold,7\n")
+    (tmp_path / "items.csv").write_text("i,price\nx,1.0\ny,2.0\nw,4.0\n")
+    cfg = GenericImportConfig(
+        log,
+        "u",
+        "i",
+        "t",
+        "c",
+        items=tmp_path / "items.csv",
+        user_feature_cols=("plan",),
+        item_feature_cols=("cat",),
+        missing_features="unknown",
+    )
+    s = import_generic(cfg, tmp_path / "ds")
+    assert s["ads_missing_features"] == 1  # z is not in items.csv
+    ds = Dataset.open(tmp_path / "ds")
+    uv = _id_to_raw(tmp_path / "ds" / "vocab" / "user_id.parquet")
+    users = ds.users().to_pydict()
+    plan_vocab = pq.read_table(tmp_path / "ds" / "vocab" / "users.plan.parquet").column("raw").to_pylist()
+    # a's first row in time (t=20) says free, not its first row in the file (t=30, gold)
+    plans = {uv[i]: plan_vocab[p] for i, p in zip(users["user_id"], users["plan"], strict=True)}
+    assert plans == {"a": "free", "b": "free", "c": "gold"}
+    av = _id_to_raw(tmp_path / "ds" / "vocab" / "ad_id.parquet")
+    ads = ds.ads().to_pydict()
+    cats = {av[i]: c for i, c in zip(ads["ad_id"], ads["cat"], strict=True)}
+    assert cats == {"x": 3, "y": 5, "z": 7, "w": 8}  # w is only in items.csv: the unknown code
+    assert ds.columns["ads"]["cat"].cardinality == 9 and ds.columns["users"]["plan"].cardinality == 2
+    (tmp_path / "items.csv").write_text("i,cat\nx,1\n")
+    with pytest.raises(DataError, match="'cat' is also named as a feature column"):
+        import_generic(cfg, tmp_path / "ds2")
+    with pytest.raises(ConfigError, match="--item-feature-col 'u'"):
+        GenericImportConfig(log, "u", "i", "t", "c", item_feature_cols=("u",))
