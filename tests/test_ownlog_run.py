@@ -157,6 +157,11 @@ def test_run_errors(tmp_path: Path) -> None:
     assert "(run `derm run --data DATA --work WORK` on a dataset, or `derm daily` up to day" in r.stderr
     r = CliRunner().invoke(main, ["eval", "--work", str(tmp_path / "none")])
     assert r.exit_code == 1 and "create one: `derm run --data DATA --work WORK`" in r.stderr
+    # a workspace another command set up with another cycle config is not taken over
+    (tmp_path / "w" / "cycle.json").write_text(json.dumps({"tasks": ["ctr"]}))
+    r = CliRunner().invoke(main, ["run", "--work", str(tmp_path / "w"), "--train-periods", "1"])
+    assert r.exit_code == 1 and "set up by another command" in r.stderr
+    assert not (tmp_path / "w" / "run_config.json").exists()
 
 
 def test_run_config_file(tmp_path: Path) -> None:

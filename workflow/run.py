@@ -27,7 +27,7 @@ from adslog.inspect import InspectConfig, inspect_dataset
 from adslog.progress import Progress, no_progress
 from adslog.workspace import Workspace
 from eval.evaluate import evaluate_day
-from workflow.cycle import Timer, bootstrap, run_day
+from workflow.cycle import CYCLE_FILE, Timer, bootstrap, run_day
 from workflow.report import write_report_md
 from workflow.run_config import RUN_CONFIG_FILE, RunConfig
 
@@ -86,6 +86,13 @@ def _check_config(ws: Workspace, cfg: RunConfig) -> None:
                 "or the same config",
             )
         return
+    cycle = ws.root / CYCLE_FILE
+    if cycle.exists() and read_json(cycle) != cfg.cycle.to_json():
+        raise DataError(
+            cycle,
+            "this workspace was set up by another command with another cycle config: use a new --work for "
+            "`derm run`",
+        )
     write_json_atomic(ws.inside(RUN_CONFIG_FILE), cfg.to_json())
 
 
