@@ -246,6 +246,7 @@ def test_hoeffding_interval() -> None:
 def test_no_warning_on_the_demo(demo_ws: tuple[Path, dict]) -> None:
     work, summary = demo_ws
     assert summary["report"]["warnings"] == []
+    assert "- warnings: none" in (work / "report.md").read_text()
     for f in sorted((work / "evals").glob("day=*.json")):
         doc = read_json(f)
         assert doc["warnings"] == [], (f, doc["warnings"])
