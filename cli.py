@@ -969,6 +969,7 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
     """Run the whole system on the built-in synthetic ads log and report (resumes after an interruption)."""
     from dataclasses import replace
 
+    from eval.warnings import warning_lines
     from workflow.demo import DemoConfig, run_demo
     from workflow.report import summary_table
 
@@ -983,6 +984,7 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
         f"{len(s['daily_days'])} daily cycles)",
         "",
         *summary_table(s["report"]),
+        *warning_lines(s["report"]),
         "",
         "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items()),
         f"total: {s['total_seconds']:.1f} s",
