@@ -132,7 +132,8 @@ def warning_lines(doc: dict[str, Any]) -> list[str]:
     if r:
         lines.append(
             f"retrieval rests on {r.get('n_users', '-')} users who clicked ({r.get('n_clicks', '-')} clicks of "
-            f"{r.get('n_impressions', '-')} impressions), {r.get('n_live_ads', '-')} live items"
+            f"{r.get('n_impressions', '-')} impressions), {r.get('n_live_ads', '-')} live items; popularity = "
+            f"clicks of the {r.get('popularity_window_periods', 7)} periods before"
         )
     if g:
         lines.append(
