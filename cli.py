@@ -333,6 +333,12 @@ def import_gowalla_cmd(ctx: click.Context, src: str, out: str, overwrite: bool, 
     show_default=True,
     help="Time bucket of the dataset's days: day, week or <N>d; timestamps are rescaled with it.",
 )
+@click.option(
+    "--cuts",
+    default=None,
+    help="Explicit period starts instead of --period: comma-separated ISO dates or unix seconds "
+    "(e.g. short periods while the log is dense, long ones later).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @json_option
 @click.pass_context
@@ -355,12 +361,12 @@ def import_generic_cmd(
     item_feature_cols: tuple[str, ...],
     missing_features: str,
     period: str,
+    cuts: str | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
     """Import your own log; string ids get a stored vocabulary."""
     from adslog.importers import TS_MAX, TS_MIN, GenericImportConfig, import_generic
-    from adslog.periods import Period
 
     bars = _setup(as_json, ctx.obj["verbose"])
     cfg = GenericImportConfig(
@@ -379,9 +385,19 @@ def import_generic_cmd(
         user_feature_cols=user_feature_cols,
         item_feature_cols=item_feature_cols,
         missing_features=missing_features,
-        period=Period.parse(period),
+        period=_period(period, cuts),
     )
     _emit(import_generic(cfg, out, bars, overwrite), as_json, _kv)
+
+
+def _period(period: str, cuts: str | None) -> Any:
+    from adslog.periods import Period
+
+    if cuts is None:
+        return Period.parse(period)
+    if period != "day":
+        raise DermError("--cuts and --period: give one of them")
+    return Period.from_cuts(cuts)
 
 
 @main.command()

@@ -69,7 +69,7 @@ import pyarrow.parquet as pq
 
 from adslog.dataset import DatasetWriter
 from adslog.errors import ConfigError, DataError
-from adslog.periods import Period, bucket_seconds
+from adslog.periods import Period
 from adslog.progress import Progress, no_progress
 from adslog.safepath import resolve_under, safe_component
 from adslog.schema import ColumnKind, ColumnSpec, day_of
@@ -225,7 +225,7 @@ def import_movielens_100k(
             raise DataError(f, "empty values in a numeric column")
 
     ts = inter.column("timestamp").to_numpy().astype(np.int64)
-    ts = bucket_seconds(ts, int(day_of(ts.min())), period.days) if len(ts) else ts
+    ts = period.rescale(ts)[0] if len(ts) else ts
     rating = inter.column("rating").to_numpy()
     conv = rating == 5
     n = len(ts)
@@ -864,8 +864,7 @@ def import_generic(
         raise DataError(c.impressions, "no rows")
     lo, hi = (c.ts_min, c.ts_max) if c.ts_range_check else TS_LIMIT
     ts = _seconds(c.impressions, c.ts_col, raw.column(c.ts_col), lo, hi)
-    origin = int(day_of(ts.min()))
-    ts = bucket_seconds(ts, origin, c.period.days)  # rescaled with the days (adslog.periods)
+    ts, origin = c.period.rescale(ts)  # days and seconds rescaled together (adslog.periods)
     click = _label(c.impressions, c.click_col, raw.column(c.click_col))
     conv = _label(c.impressions, c.conversion_col, raw.column(c.conversion_col)) if c.conversion_col else None
     side: dict[str, tuple[Path, pa.Table]] = {}
@@ -994,7 +993,13 @@ def import_generic(
             "files": [_file_info(f) for f in (c.impressions, *(p for p, _ in side.values()))],
             "stand_ins": stand_ins,
             "ts": "unix seconds; float seconds are floored"
-            + (f"; rescaled to {c.period.days}-day periods (adslog.periods)" if c.period.days > 1 else ""),
+            + (
+                f"; rescaled to {c.period.days}-day periods (adslog.periods)"
+                if c.period.days > 1
+                else "; rescaled to periods between cut points (adslog.periods)"
+                if c.period.cuts
+                else ""
+            ),
         }
         summary = _summary(w.name, w.out, imp, len(tables["users"][0]["user_id"]), n_ads, span)
         summary["vocabularies"] = sorted(vocabs)

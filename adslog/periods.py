@@ -8,7 +8,13 @@ that arithmetic exact by rescaling days *and* timestamps together (`adslog.rebuc
     day d (calendar)  -> origin + (d - origin) // n
     ts t (seconds)    -> origin * 86400 + (t - origin * 86400) // n      (negative markers such as -1 kept)
 
-so period p covers rescaled seconds [p * 86400, (p + 1) * 86400) and the order of events is unchanged. The
+so period p covers rescaled seconds [p * 86400, (p + 1) * 86400) and the order of events is unchanged.
+
+Explicit cut points (`Period.from_cuts`: a log dense at first and sparse later wants short periods early and
+long ones late) make periods of unequal length: with bounds b_0 = the first calendar day's midnight, the cuts,
+b_k = the midnight after the last row, period p covers [b_p, b_{p+1}) and maps linearly onto day origin + p:
+t -> (origin + p) * 86400 + (t - b_p) * 86400 // (b_{p+1} - b_p). The manifest's period then has `days` 0 and
+`starts` (unix seconds of each period's start). The
 dataset manifest records the period (`period`: {"name", "days", "origin_day"}); every window derm states in
 "days" (training window, popularity window, TTL) then counts periods. Weeks start on the log's first day, not on
 a fixed weekday. Datasets written before periods existed have no `period` key: a calendar day, or the
@@ -36,10 +42,34 @@ class Period:
 
     name: str = "day"
     days: int = 1
+    cuts: tuple[int, ...] = ()  # unix seconds where a new period starts (days is then 0)
 
     def __post_init__(self) -> None:
-        if not 1 <= self.days <= 36_500:
+        object.__setattr__(self, "cuts", tuple(int(c) for c in self.cuts))
+        if self.cuts:
+            if self.days != 0 or any(b <= a for a, b in zip(self.cuts, self.cuts[1:], strict=False)):
+                raise ConfigError("--cuts: give strictly increasing cut points")
+        elif not 1 <= self.days <= 36_500:
             raise ConfigError(f"period: days must be in 1..36500, got {self.days}")
+
+    @classmethod
+    def from_cuts(cls, text: str) -> Period:
+        """Comma-separated cut points, each an ISO date (UTC midnight) or unix seconds."""
+        import datetime as dt
+
+        cuts: list[int] = []
+        for part in (x.strip() for x in str(text).split(",")):
+            if re.fullmatch(r"-?[0-9]+", part):
+                cuts.append(int(part))
+                continue
+            try:
+                d = dt.date.fromisoformat(part)
+            except ValueError:
+                raise ConfigError(
+                    f"--cuts: {part!r} is neither an ISO date (2019-03-01) nor unix seconds"
+                ) from None
+            cuts.append((d - dt.date(1970, 1, 1)).days * DAY_SECONDS)
+        return cls("cuts", 0, tuple(cuts))
 
     @classmethod
     def parse(cls, text: str) -> Period:
@@ -54,7 +84,28 @@ class Period:
         return cls({1: "day", 7: "week"}.get(n, t), n)
 
     def to_json(self, origin_day: int) -> dict[str, Any]:
-        return {"name": self.name, "days": self.days, "origin_day": int(origin_day)}
+        out: dict[str, Any] = {"name": self.name, "days": self.days, "origin_day": int(origin_day)}
+        if self.cuts:
+            out["starts"] = [int(origin_day) * DAY_SECONDS, *self.cuts]
+        return out
+
+    def rescale(self, ts: np.ndarray) -> tuple[np.ndarray, int]:
+        """(rescaled seconds int64[n], origin day) of impression times `ts` in unix seconds (module docstring;
+        every value is a time, so unlike `bucket_seconds` negative values are rescaled too). Cut points must
+        lie strictly inside the log's span (ConfigError naming the first that does not)."""
+        t = np.asarray(ts, np.int64)
+        origin = int(t.min() // DAY_SECONDS)
+        if not self.cuts:
+            base = origin * DAY_SECONDS
+            return (t if self.days == 1 else base + np.floor_divide(t - base, self.days)), origin
+        start, end = origin * DAY_SECONDS, (int(t.max() // DAY_SECONDS) + 1) * DAY_SECONDS
+        for c in self.cuts:
+            if not start < c < end:
+                raise ConfigError(f"--cuts: cut point {c} lies outside the log's span {start}..{end}")
+        bounds = np.array([start, *self.cuts, end], np.int64)
+        p = np.clip(np.searchsorted(bounds, t, side="right") - 1, 0, len(bounds) - 2)
+        lo, width = bounds[p], bounds[p + 1] - bounds[p]
+        return (origin + p) * DAY_SECONDS + (t - lo) * DAY_SECONDS // width, origin
 
 
 def bucket_days(day: np.ndarray, origin: int, n: int) -> np.ndarray:
@@ -77,11 +128,14 @@ def dataset_period(manifest: dict[str, Any]) -> dict[str, Any]:
     calendar day), or a rebucketed source's `days_per_bucket`."""
     p = manifest.get("period")
     if isinstance(p, dict) and isinstance(p.get("days"), int):
-        return {
+        out = {
             "name": str(p.get("name", "day")),
             "days": p["days"],
             "origin_day": int(p.get("origin_day", manifest.get("first_day", 0))),
         }
+        if isinstance(p.get("starts"), list):
+            out["starts"] = [int(x) for x in p["starts"]]
+        return out
     src = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
     n = src.get("days_per_bucket") if isinstance(src, dict) else None
     if isinstance(n, int) and n > 1:
@@ -94,5 +148,9 @@ def period_start(day: int, period: dict[str, Any]) -> str:
     import datetime as dt
 
     origin, n = int(period["origin_day"]), int(period["days"])
-    first = origin + (int(day) - origin) * n
+    starts = period.get("starts")
+    if n == 0 and isinstance(starts, list) and 0 <= int(day) - origin < len(starts):
+        first = int(starts[int(day) - origin]) // DAY_SECONDS
+    else:
+        first = origin + (int(day) - origin) * max(n, 1)
     return (dt.date(1970, 1, 1) + dt.timedelta(days=first)).isoformat()

@@ -60,6 +60,10 @@ def rebucket(src: str | Path, out: str | Path, days_per_bucket: int, overwrite: 
     if days_per_bucket < 1:
         raise DermError(f"days_per_bucket must be >= 1, got {days_per_bucket}")
     ds = Dataset.open(src)
+    if ds.period["days"] == 0:
+        raise DermError(
+            f"{ds.root}: periods cut at explicit points cannot be rebucketed: import with other cuts"
+        )
     out = Path(out)
     n, first = int(days_per_bucket), ds.first_day
     imp_cols = ds.columns["impressions"]

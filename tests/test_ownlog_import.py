@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from ownlog import START, WEEK, write_ownlog
 
 from adslog.dataset import Dataset
-from adslog.errors import ConfigError, DataError
+from adslog.errors import ConfigError, DataError, DermError
 from adslog.importers import GenericImportConfig, import_generic
 from adslog.inspect import InspectConfig, inspect_dataset
 from adslog.periods import Period, bucket_days, bucket_seconds, dataset_period
@@ -195,6 +195,8 @@ def test_import_cli_flags(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, [*base, "--period", "fortnight"])
     assert r.exit_code == 1
     assert r.stderr.strip() == "Error: --period: expected day, week or <N>d (e.g. 14d), got 'fortnight'"
+    r = CliRunner().invoke(main, [*base, "--period", "week", "--cuts", "2019-01-08"])
+    assert r.exit_code == 1 and r.stderr.strip() == "Error: --cuts and --period: give one of them"
     args = [*base, "--missing-features", "unknown", "--period", "week", "--context-col", "pos=position"]
     r = CliRunner().invoke(main, [*args, "--json"])
     assert r.exit_code == 0, r.output
@@ -268,3 +270,40 @@ def test_entity_features_from_the_log(tmp_path: Path) -> None:
         import_generic(cfg, tmp_path / "ds2")
     with pytest.raises(ConfigError, match="--item-feature-col 'u'"):
         GenericImportConfig(log, "u", "i", "t", "c", item_feature_cols=("u",))
+
+
+def test_explicit_cut_points(tmp_path: Path) -> None:
+    # dense January 2019 in weekly periods, then one period for the rest of the log
+    p = write_ownlog(tmp_path / "src", dense_weeks=4, rows_per_week=40, sparse_weeks=(20, 60))
+    cuts = "2019-01-08,2019-01-15,2019-01-22,2019-01-29"
+    cfg = GenericImportConfig(p["log"], "uid", "item", "when", "clicked", period=Period.from_cuts(cuts))
+    import_generic(cfg, tmp_path / "ds")
+    ds = Dataset.open(tmp_path / "ds")
+    origin = START // 86400
+    assert ds.period["days"] == 0 and ds.period["starts"][0] == origin * 86400
+    assert (ds.first_day, ds.last_day) == (origin, origin + 4)
+    raw = [int(r.split(",")[2]) for r in p["log"].read_text().splitlines()[1:]]
+    want = np.bincount(np.searchsorted(np.array(ds.period["starts"]), raw, side="right") - 1, minlength=5)
+    assert [ds.impressions(d).num_rows for d in ds.days()] == want.tolist() == [40, 40, 40, 40, 6]
+    imp = ds.impressions(ds.days())
+    assert (imp.column("ts").to_numpy() // 86400 == imp.column("day").to_numpy()).all()
+    assert np.all(np.diff(imp.column("ts").to_numpy()) >= 0)  # order kept
+    doc = inspect_dataset(ds)
+    assert [x["start"] for x in doc["periods"]] == [
+        "2019-01-01",
+        "2019-01-08",
+        "2019-01-15",
+        "2019-01-22",
+        "2019-01-29",
+    ]
+    with pytest.raises(ConfigError, match="outside the log's span"):
+        cfg2 = GenericImportConfig(
+            p["log"], "uid", "item", "when", "clicked", period=Period.from_cuts("2030-01-01")
+        )
+        import_generic(cfg2, tmp_path / "ds2")
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        Period.from_cuts("2019-02-01,2019-01-01")
+    with pytest.raises(ConfigError, match="neither an ISO date"):
+        Period.from_cuts("soon")
+    with pytest.raises(DermError, match="cannot be rebucketed"):
+        rebucket(tmp_path / "ds", tmp_path / "rb", 2)
