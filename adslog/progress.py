@@ -47,8 +47,12 @@ class ProgressLog:
             self._slice = k
             secs = now - self._t0
             if stage in self.marks:
-                self.logger.info("%s: epoch %d/%d done (step %d/%d, %.1f s)", stage, k, m, done, total, secs)
+                self.logger.info(
+                    "%s: epoch %d/%d done (step %d/%d, %.1f s since step 1)", stage, k, m, done, total, secs
+                )
             else:
                 pct = 100 * done / max(total, 1)
-                self.logger.info("%s: %d/%d (%.0f%%, %.1f s)", stage, done, total, pct, secs)
+                self.logger.info(
+                    "%s: %d/%d (%.0f%%, %.1f s since the first report)", stage, done, total, pct, secs
+                )
         self.inner(stage, done, total)
