@@ -58,15 +58,22 @@ class Bars:
         sys.stderr.flush()
 
 
-def _setup(as_json: bool, verbose: bool = False) -> Bars:
+def _setup(as_json: bool, verbose: int = 0, epochs: dict[str, int] | None = None) -> Any:
+    """Logging and the progress callback: bars on a terminal; with -v, INFO lines instead (one per epoch for
+    the stages in `epochs`, else per quarter of a stage); third-party loader noise (faiss) only with -vv."""
     logging.basicConfig(
         level=logging.ERROR if as_json else (logging.INFO if verbose else logging.WARNING),
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
         force=True,
     )
+    logging.getLogger("faiss").setLevel(logging.NOTSET if int(verbose) >= 2 else logging.WARNING)
     if as_json:
         warnings.simplefilter("ignore")
+    if verbose and not as_json:
+        from adslog.progress import ProgressLog
+
+        return ProgressLog(logging.getLogger("derm.progress"), marks=epochs)
     return Bars(not as_json)
 
 
@@ -154,9 +161,14 @@ def _days(ds: Any, first: int | None, last: int | None, default_last: int) -> li
 
 # -- the CLI ------------------------------------------------------------------------------------------------
 @click.group(cls=DermGroup)
-@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log progress to stderr (a line per epoch or stage); -vv adds third-party loader messages.",
+)
 @click.pass_context
-def main(ctx: click.Context, verbose: bool) -> None:
+def main(ctx: click.Context, verbose: int) -> None:
     """derm: ads candidate generation and ranking with decoupled entity representations (DERM)."""
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
@@ -214,6 +226,23 @@ def data_synth(
     )
 
 
+@data.command("inspect")
+@click.argument("data_dir", metavar="DATA", type=click.Path(file_okay=False))
+@click.option(
+    "--min-clicks", type=NONNEG, default=20, show_default=True, help="Periods with fewer clicks are sparse."
+)
+@json_option
+@click.pass_context
+def data_inspect(ctx: click.Context, data_dir: str, min_clicks: int, as_json: bool) -> None:
+    """Rows, users, items, clicks and live items per period; empty and sparse periods; a suggested split."""
+    from adslog.dataset import Dataset
+    from adslog.inspect import InspectConfig, inspect_dataset, inspect_text
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    doc = inspect_dataset(Dataset.open(data_dir), InspectConfig(min_clicks=min_clicks), bars)
+    _emit(doc, as_json, inspect_text)
+
+
 @data.group("import", cls=DermGroup)
 def data_import() -> None:
     """Import a real log (MovieLens-100K, Gowalla, or your own CSV/Parquet)."""
@@ -222,15 +251,21 @@ def data_import() -> None:
 @data_import.command("movielens-100k")
 @click.argument("src", type=click.Path())
 @click.argument("out", type=click.Path(file_okay=False))
+@click.option(
+    "--period", default="day", show_default=True, help="Time bucket: day, week or <N>d (timestamps rescaled)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @json_option
 @click.pass_context
-def import_movielens(ctx: click.Context, src: str, out: str, overwrite: bool, as_json: bool) -> None:
+def import_movielens(
+    ctx: click.Context, src: str, out: str, period: str, overwrite: bool, as_json: bool
+) -> None:
     """Import RecBole's ml-100k files (click = rating >= 4, conversion = rating == 5: stand-ins)."""
     from adslog.importers import import_movielens_100k
+    from adslog.periods import Period
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    _emit(import_movielens_100k(src, out, bars, overwrite), as_json, _kv)
+    _emit(import_movielens_100k(src, out, bars, overwrite, Period.parse(period)), as_json, _kv)
 
 
 @data_import.command("gowalla")
@@ -266,6 +301,44 @@ def import_gowalla_cmd(ctx: click.Context, src: str, out: str, overwrite: bool, 
     "--ts-max", type=TS, default=None, help="Latest plausible unix second (default 4102444800, 2100-01-01)."
 )
 @click.option("--any-ts", is_flag=True, help="Accept timestamps outside the plausible range.")
+@click.option(
+    "--context-col",
+    "context_cols",
+    multiple=True,
+    help="Keep this impressions column as context (repeatable); SRC=NAME stores it as NAME, e.g. "
+    "pos=position, so serving fixes it to the top slot.",
+)
+@click.option(
+    "--user-feature-col",
+    "user_feature_cols",
+    multiple=True,
+    help="An impressions column describing the user (repeatable): each user keeps its first row's value.",
+)
+@click.option(
+    "--item-feature-col",
+    "item_feature_cols",
+    multiple=True,
+    help="An impressions column describing the item (repeatable): each item keeps its first row's value.",
+)
+@click.option(
+    "--missing-features",
+    type=click.Choice(["error", "unknown"]),
+    default="error",
+    show_default=True,
+    help="Users / items missing from --users / --items: refuse, or fill with explicit unknown values.",
+)
+@click.option(
+    "--period",
+    default="day",
+    show_default=True,
+    help="Time bucket of the dataset's days: day, week or <N>d; timestamps are rescaled with it.",
+)
+@click.option(
+    "--cuts",
+    default=None,
+    help="Explicit period starts instead of --period: comma-separated ISO dates or unix seconds "
+    "(e.g. short periods while the log is dense, long ones later).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @json_option
 @click.pass_context
@@ -283,6 +356,12 @@ def import_generic_cmd(
     ts_min: int | None,
     ts_max: int | None,
     any_ts: bool,
+    context_cols: tuple[str, ...],
+    user_feature_cols: tuple[str, ...],
+    item_feature_cols: tuple[str, ...],
+    missing_features: str,
+    period: str,
+    cuts: str | None,
     overwrite: bool,
     as_json: bool,
 ) -> None:
@@ -302,8 +381,23 @@ def import_generic_cmd(
         ts_min=TS_MIN if ts_min is None else ts_min,
         ts_max=TS_MAX if ts_max is None else ts_max,
         ts_range_check=not any_ts,
+        context_cols=context_cols,
+        user_feature_cols=user_feature_cols,
+        item_feature_cols=item_feature_cols,
+        missing_features=missing_features,
+        period=_period(period, cuts),
     )
     _emit(import_generic(cfg, out, bars, overwrite), as_json, _kv)
+
+
+def _period(period: str, cuts: str | None) -> Any:
+    from adslog.periods import Period
+
+    if cuts is None:
+        return Period.parse(period)
+    if period != "day":
+        raise DermError("--cuts and --period: give one of them")
+    return Period.from_cuts(cuts)
 
 
 @main.command()
@@ -318,6 +412,12 @@ def import_generic_cmd(
 )
 @click.option("--epochs", type=POSITIVE, default=None, help="Epochs over the window (default 2).")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
+@click.option(
+    "--backbone",
+    type=click.Choice(["dhen", "mlp"]),
+    default=None,
+    help="Tower backbone (default: the workspace's, else dhen); kept in cycle.json for the daily cycle.",
+)
 @click.option("--overwrite", is_flag=True, help="Retrain even if the snapshot exists (starts a new lineage).")
 @device_option
 @json_option
@@ -331,6 +431,7 @@ def train(
     task: str,
     epochs: int | None,
     seed: int,
+    backbone: str | None,
     overwrite: bool,
     device: str,
     as_json: bool,
@@ -338,20 +439,23 @@ def train(
     """Train the upstream user, Pin and interaction towers from scratch on a window of days."""
     from dataclasses import replace
 
-    from towers.config import Task
+    from towers.config import Backbone, Task
     from towers.train import train_towers
     from workflow.cycle import CYCLE_FILE, CycleConfig, load_cycle_config, save_cycle_config
     from workflow.lineage import check_retrain
 
-    bars = _setup(as_json, ctx.obj["verbose"])
+    _setup(as_json, ctx.obj["verbose"])
     ws = _workspace(work, data)
     ds = ws.dataset()
     first = ds.first_day if first_day is None else first_day
     days = _days(ds, first, last_day, min(first + 6, ds.last_day))
     cycle = load_cycle_config(ws, device) if (ws.root / CYCLE_FILE).exists() else CycleConfig(device=device)
+    if backbone is not None:
+        cycle = replace(cycle, towers=replace(cycle.towers, backbone=Backbone(backbone)))
     cfg = replace(cycle.towers, task=Task(task), seed=seed)
     if epochs:
         cfg = replace(cfg, epochs_initial=epochs)
+    bars = _setup(as_json, ctx.obj["verbose"], {"train": cfg.epochs_initial})
     if task not in cycle.tasks:
         cycle = replace(cycle, tasks=(*cycle.tasks, task))
     with ws.lock():
@@ -625,6 +729,10 @@ def ranker() -> None:
 @click.option(
     "--last-day", type=DAY, default=None, help="Last training day (default: the latest store version's day)."
 )
+@click.option(
+    "--epochs", type=POSITIVE, default=None, help="Epochs (default: the workspace's ranker config)."
+)
+@click.option("--seed", type=SEED, default=None, help="Random seed (default: the workspace's ranker config).")
 @click.option("--overwrite", is_flag=True, help="Retrain a published ranker version.")
 @device_option
 @json_option
@@ -634,22 +742,33 @@ def ranker_train(
     work: str,
     first_day: int | None,
     last_day: int | None,
+    epochs: int | None,
+    seed: int | None,
     overwrite: bool,
     device: str,
     as_json: bool,
 ) -> None:
-    """Train the ranker from scratch; day d's rows use the embeddings published before d."""
+    """Train the ranker from scratch; day d's rows use the embeddings published before d. --epochs and --seed
+    apply to this training (recorded in the ranker's manifest), not to cycle.json."""
+    from dataclasses import replace
+
     from ranking.train import train_ranker
     from workflow.cycle import load_cycle_config
 
-    bars = _setup(as_json, ctx.obj["verbose"])
+    _setup(as_json, ctx.obj["verbose"])
     ws = _workspace(work, None)
     ds = ws.dataset()
     cfg = load_cycle_config(ws, device)
+    rcfg = cfg.ranker
+    if epochs is not None:
+        rcfg = replace(rcfg, epochs_initial=epochs)
+    if seed is not None:
+        rcfg = replace(rcfg, seed=seed)
+    bars = _setup(as_json, ctx.obj["verbose"], {"train ranker": rcfg.epochs_initial})
     sday = ws.latest_day(ws.embeddings_dir("ctr"))
     days = _days(ds, first_day, last_day, sday if sday is not None else ds.last_day)
     with ws.lock():
-        m = train_ranker(ws, ds, days, cfg.ranker, None, device, bars, overwrite)
+        m = train_ranker(ws, ds, days, rcfg, None, device, bars, overwrite)
     st = m["train_stats"]
     out = {
         "ranker": str(ws.ranker_dir / f"day={m['day']}"),
@@ -704,6 +823,7 @@ def daily(
             "stage_seconds": r["stage_seconds"],
             "recall_at_k": r["eval"]["retrieval"]["recall_at_k"],
             "roc_auc": r["eval"]["ranking"].get("roc_auc"),
+            "warnings": r["eval"].get("warnings", []),
         }
         for r in results
     ]
@@ -713,6 +833,7 @@ def daily(
         lambda o: "\n".join(
             f"day {d['day']}: {'skipped (already published)' if d['skipped'] else 'done'}; recall@k {d['recall_at_k']}, "
             f"ROC-AUC {d['roc_auc']}"
+            + "".join(f"\n  WARNING {w['code']}: {w['message']}" for w in d["warnings"])
             for d in o["days"]
         ),
     )
@@ -829,11 +950,15 @@ def eval_cmd(
         rep = write_report(ws, doc["day"], report_dir, bars, doc=doc, device=device)
         doc = {**doc, "report": {"dir": rep["dir"], "files": rep["files"]}}
         files = f"\nreport: {Path(rep['dir']) / 'report.md'} ({', '.join(rep['files'][1:])})"
+    from eval.warnings import warning_lines
+
     _emit(
         doc,
         as_json,
         lambda d: (
-            f"day {d['day']} (embeddings of day {d['embedding_day']})\n" + "\n".join(summary_table(d)) + files
+            f"day {d['day']} (embeddings of day {d['embedding_day']})\n"
+            + "\n".join([*summary_table(d), *warning_lines(d)])
+            + files
         ),
     )
 
@@ -849,6 +974,7 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
     """Run the whole system on the built-in synthetic ads log and report (resumes after an interruption)."""
     from dataclasses import replace
 
+    from eval.warnings import warning_lines
     from workflow.demo import DemoConfig, run_demo
     from workflow.report import summary_table
 
@@ -863,10 +989,89 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
         f"{len(s['daily_days'])} daily cycles)",
         "",
         *summary_table(s["report"]),
+        *warning_lines(s["report"]),
         "",
         "stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in s["stage_seconds"].items()),
         f"total: {s['total_seconds']:.1f} s",
         f"report: {Path(work).resolve() / 'report.md'}",
+    ]
+    click.echo("\n".join(lines))
+
+
+@main.command("run")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False), default=None, help="Dataset directory.")
+@click.option("--work", type=click.Path(file_okay=False), default=None, help="Workspace directory.")
+@click.option(
+    "--train-periods",
+    type=POSITIVE,
+    default=None,
+    help="Bootstrap on the first N periods (default: the config's, else `derm data inspect`'s suggestion).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML or JSON run config (towers, ranker, aggregation, index, warnings; see --show-config).",
+)
+@click.option(
+    "--show-config", is_flag=True, help="Print the resolved config, every key documented, and exit."
+)
+@device_option
+@json_option
+@click.pass_context
+def run_cmd(
+    ctx: click.Context,
+    data_dir: str | None,
+    work: str | None,
+    train_periods: int | None,
+    config_file: str | None,
+    show_config: bool,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Run your own dataset end to end: bootstrap on the first periods, the daily cycle over the rest, evaluate
+    every later period, report (resumes after an interruption). --json prints the last period's eval document."""
+    from dataclasses import replace
+
+    from eval.warnings import warning_lines
+    from workflow.report import summary_table
+    from workflow.run import period_table, run_dataset
+    from workflow.run_config import RunConfig, config_text, load_run_config
+
+    bars = _setup(as_json, ctx.obj["verbose"])
+    cfg = load_run_config(config_file) if config_file else RunConfig()
+    cfg = replace(cfg, cycle=replace(cfg.cycle, device=device)) if device != "auto" else cfg
+    if train_periods is not None:
+        cfg = replace(cfg, train_periods=train_periods)
+    if show_config:
+        _emit(cfg.to_json(), as_json, lambda _: config_text(cfg))
+        return
+    if work is None:
+        raise DermError("--work: give the workspace directory (and --data DATA on the first run)")
+    if data_dir is None and not (Path(work) / "workspace.json").exists():
+        raise DermError(
+            f"{Path(work).resolve()}: not a derm workspace yet: give --data DATA (a dataset made by "
+            "`derm data import ...`; check it with `derm data inspect DATA`)"
+        )
+    s = run_dataset(work, data_dir, cfg, bars)
+    if as_json:
+        _emit(s["report"], True, str)
+        return
+    doc = s["report"]
+    lines = [
+        f"derm run: bootstrap on periods {s['train_days'][0]}..{s['train_days'][-1]} ({s['train_periods']} "
+        f"{s['dataset_period']['name']} periods, from {s['train_periods_from']}), {len(s['daily_days'])} daily "
+        f"cycles, {len(s['skipped_empty'])} empty periods skipped; evaluated period {s['eval_day']}",
+        "",
+        *period_table(s["periods"]),
+        "",
+        f"period {doc['day']} (embeddings of {doc['embedding_day']}):",
+        *summary_table(doc),
+        *warning_lines(doc),
+        "",
+        f"total: {s['total_seconds']:.1f} s; report: {Path(work).resolve() / 'report.md'}",
+        f"next: derm eval --work {work} --day {doc['day']}; derm query --work {work} --user ID",
     ]
     click.echo("\n".join(lines))
 
@@ -1000,6 +1205,8 @@ def publish(
             f"{o['n_users']} users, {o['n_ads']} ads, {o['seconds']:.2f} s"
         ),
     )
+
+
 # -- graph embeddings (TransRA, issue 14) ---------------------------------------------------------------------
 @main.group(cls=DermGroup)
 def graph() -> None:

@@ -137,6 +137,14 @@ class Dataset:
     def has_oracle(self) -> bool:
         return "p_click" in self.columns["impressions"]
 
+    @property
+    def period(self) -> dict[str, Any]:
+        """What one `day` of this dataset is: {"name": day | week | <N>d, "days", "origin_day"}
+        (`adslog.periods`; datasets without a recorded period count calendar days)."""
+        from adslog.periods import dataset_period
+
+        return dataset_period(self.manifest)
+
     def has_table(self, table: str) -> bool:
         return table in self.columns
 

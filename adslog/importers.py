@@ -32,8 +32,23 @@ Generic (`GenericImportConfig`: a CSV or Parquet log, chosen by file extension)
     (cardinality max + 1), other numbers numeric float32, booleans categorical, text categorical through a
     vocabulary (`vocab/<table>.<column>.parquet`; a column name that is not a plain file name is encoded by
     `adslog.safepath.safe_component`, so no header can place a file outside the dataset). Every user/item of
-    the log must be in those files. Timestamps must lie in a plausible range (`GenericImportConfig.ts_min` ..
+    the log must be in those files, unless `missing_features="unknown"`: then each missing id gets a row
+    whose categorical features hold an explicit unknown code (the column's last code, its cardinality grown by
+    one) and whose numeric features hold the median of the known rows, and the table gains
+    `features_missing` (categorical, 1 for those rows); the summary counts them (`users_missing_features`,
+    `ads_missing_features`). Timestamps must lie in a plausible range (`GenericImportConfig.ts_min` ..
     `ts_max`, default 1970 .. 2100); ids must be integers or non-empty text.
+    Context (`context_cols`): impression columns kept as categorical context (they feed the interaction tower
+    and the ranker, never the entity embeddings). Integers in 0..MAX_INT_CARDINALITY-1 and booleans keep
+    their values; anything else goes through a vocabulary ordered by frequency (`vocab/context.<col>.parquet`,
+    so code 0, the serving-time reference context, is the most common value). A context column named
+    `surface` or `position` replaces that stand-in.
+    Entity features from the log (`user_feature_cols`, `item_feature_cols`): impression columns that describe
+    the user or the item become columns of the users / ads table, typed like side-file features; each id keeps
+    the value of its first row in time (known from its first impression on); ids only in a side file get the
+    unknown values above.
+    Period (`period`, `adslog.periods`): with N > 1 days per period, days and timestamps are rescaled together
+    at import, one partition per period, and the manifest records `period`.
 """
 
 from __future__ import annotations
@@ -42,7 +57,7 @@ import hashlib
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +69,7 @@ import pyarrow.parquet as pq
 
 from adslog.dataset import DatasetWriter
 from adslog.errors import ConfigError, DataError
+from adslog.periods import Period
 from adslog.progress import Progress, no_progress
 from adslog.safepath import resolve_under, safe_component
 from adslog.schema import ColumnKind, ColumnSpec, day_of
@@ -175,9 +191,15 @@ def _vocab_codes(values: pa.ChunkedArray | pa.Array) -> tuple[list[str], np.ndar
 
 
 def import_movielens_100k(
-    src: str | Path, out: str | Path, progress: Progress = no_progress, overwrite: bool = False
+    src: str | Path,
+    out: str | Path,
+    progress: Progress = no_progress,
+    overwrite: bool = False,
+    period: Period | None = None,
 ) -> dict:
-    """Import MovieLens-100K (RecBole atomic files in `src`) into a dataset at `out`; returns a summary."""
+    """Import MovieLens-100K (RecBole atomic files in `src`) into a dataset at `out`; returns a summary.
+    `period` (default a day) buckets time at import as `adslog.rebucket` would afterwards."""
+    period = period or Period()
     t0 = time.perf_counter()
     src = Path(src)
     f_inter, f_user, f_item = (src / f"ml-100k.{x}" for x in ("inter", "user", "item"))
@@ -203,6 +225,7 @@ def import_movielens_100k(
             raise DataError(f, "empty values in a numeric column")
 
     ts = inter.column("timestamp").to_numpy().astype(np.int64)
+    ts = period.rescale(ts)[0] if len(ts) else ts
     rating = inter.column("rating").to_numpy()
     conv = rating == 5
     n = len(ts)
@@ -318,7 +341,8 @@ def import_movielens_100k(
         w.write_table("users", user_t, user_cols)
         w.write_table("ads", ad_t, ad_cols)
         summary = _summary("movielens_100k", w.out, imp, user_t.num_rows, ad_t.num_rows, span)
-        w.finish(span[0], span[1], source=source, stats=dict(summary))
+        summary["period"] = period.name
+        w.finish(span[0], span[1], source=source, stats=dict(summary), period=period.to_json(span[0]))
     return _done(summary, t0)
 
 
@@ -442,6 +466,15 @@ class GenericImportConfig:
     ts_min: int = TS_MIN
     ts_max: int = TS_MAX
     ts_range_check: bool = True
+    # impression columns kept as categorical context (see the module docstring)
+    context_cols: tuple[str, ...] = ()
+    # "error": every user / item of the log must be in its side file; "unknown": fill the missing ones
+    missing_features: str = "error"
+    period: Period = field(default_factory=Period)
+    # impression columns that describe the user / the item: each id keeps the value of its first row in time
+    # (known from its first impression on, so no later value leaks into earlier rows)
+    user_feature_cols: tuple[str, ...] = ()
+    item_feature_cols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for f in ("impressions", "users", "items"):
@@ -451,14 +484,75 @@ class GenericImportConfig:
         for f in ("user_col", "item_col", "ts_col", "click_col"):
             if not getattr(self, f):
                 raise ConfigError(f"GenericImportConfig.{f} must name a column")
+        object.__setattr__(self, "context_cols", tuple(self.context_cols))
+        if isinstance(self.period, str):
+            object.__setattr__(self, "period", Period.parse(self.period))
+        if self.missing_features not in MISSING_FEATURES:
+            raise ConfigError(
+                f"--missing-features: expected one of {', '.join(MISSING_FEATURES)}, got {self.missing_features!r}"
+            )
+        if any(not col for col in self.context_cols):
+            raise ConfigError("--context-col must name a column")
+        object.__setattr__(self, "user_feature_cols", tuple(self.user_feature_cols))
+        object.__setattr__(self, "item_feature_cols", tuple(self.item_feature_cols))
+        used = {self.user_col, self.item_col, self.ts_col, self.click_col, self.conversion_col}
+        seen: set[str] = set()
+        for flag, cols in (
+            ("--user-feature-col", self.user_feature_cols),
+            ("--item-feature-col", self.item_feature_cols),
+        ):
+            for col in cols:
+                if not col or col in used or col in seen or col == _KEY:
+                    raise ConfigError(f"{flag} {col!r}: empty, given twice, or already another column")
+                seen.add(col)
         if not TS_LIMIT[0] <= self.ts_min <= self.ts_max <= TS_LIMIT[1]:
             raise ConfigError(
                 f"GenericImportConfig: need {TS_LIMIT[0]} <= ts_min <= ts_max <= {TS_LIMIT[1]}, "
                 f"got {self.ts_min}..{self.ts_max}"
             )
 
+    def context_map(self, have: list[str]) -> list[tuple[str, str]]:
+        """(column in the file, column in the dataset) of each context column. `NAME` keeps a column under its
+        own name; `SRC=NAME` (when no column is literally called that) stores column SRC as NAME, e.g.
+        `pos=position` so that serving fixes it to the top slot. Clashes are ConfigErrors naming the flag."""
+        used = {self.user_col, self.item_col, self.ts_col, self.click_col, self.conversion_col}
+        out: list[tuple[str, str]] = []
+        for entry in self.context_cols:
+            src, dest = entry, entry
+            if entry not in have and "=" in entry:
+                src, dest = (x.strip() for x in entry.split("=", 1))
+            if not src or not dest:
+                raise ConfigError(f"--context-col {entry!r}: expected NAME or SRC=NAME")
+            if src in used:
+                raise ConfigError(
+                    f"--context-col {entry!r}: {src!r} is already the user, item, ts or label column"
+                )
+            if dest in _WRITTEN:
+                raise ConfigError(
+                    f"--context-col {entry!r}: {dest!r} clashes with a column the importer writes"
+                )
+            if dest in {d for _, d in out}:
+                raise ConfigError(f"--context-col {entry!r}: {dest!r} is given twice")
+            out.append((src, dest))
+        return out
+
     def to_json(self) -> dict[str, Any]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        out: dict[str, Any] = {}
+        for k, v in self.__dict__.items():
+            if isinstance(v, Path):
+                v = str(v)
+            elif isinstance(v, Period):
+                v = {"name": v.name, "days": v.days}
+            elif isinstance(v, tuple):
+                v = list(v)
+            out[k] = v
+        return out
+
+
+MISSING_FEATURES = ("error", "unknown")
+_KEY = "__id__"  # the key column of the per-entity table built from impression columns
+# impression columns the generic importer writes itself (a context column may replace surface / position)
+_WRITTEN = {"ts", "day", "user_id", "ad_id", "click", "conversion", "conversion_ts"}
 
 
 _CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".tsv", ".tsv.gz")
@@ -490,6 +584,22 @@ def _read_any(path: Path, columns: list[str], text_cols: list[str]) -> pa.Table:
     raise DataError(
         path, f"unsupported file type (expected one of {', '.join(_CSV_SUFFIXES + _PARQUET_SUFFIXES)})"
     )
+
+
+def _column_names(path: Path) -> list[str]:
+    """The header of a CSV / Parquet file (empty when it cannot be read: `_read_any` then says why)."""
+    name = path.name.lower()
+    try:
+        if name.endswith(_PARQUET_SUFFIXES):
+            return list(pq.read_schema(path).names)
+        if name.endswith(_CSV_SUFFIXES):
+            delim = "\t" if ".tsv" in name else ","
+            opts = pacsv.ParseOptions(delimiter=delim)
+            with pacsv.open_csv(path, parse_options=opts) as r:
+                return list(r.schema.names)
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError):
+        pass
+    return []
 
 
 def _check_have(path: Path, have: list[str], need: list[str]) -> None:
@@ -641,6 +751,103 @@ def _features(
     return data, specs
 
 
+def _context(
+    path: Path, col: str, a: pa.ChunkedArray, w: DatasetWriter, vocabs: dict[str, Any]
+) -> tuple[np.ndarray, ColumnSpec]:
+    """A context column as categorical codes (see the module docstring): small non-negative integers and
+    booleans as they are, anything else through a frequency-ordered vocabulary (code 0 = most common)."""
+    _no_nulls(path, col, a)
+    doc = f"context column {col!r} of {path.name}"
+    if pa.types.is_boolean(a.type):
+        return a.to_numpy(zero_copy_only=False).astype(np.int8), ColumnSpec(
+            col, "int8", _K.CATEGORICAL, cardinality=2, doc=doc
+        )
+    if pa.types.is_integer(a.type):
+        lo, hi = int(pc.min(a).as_py()), int(pc.max(a).as_py())
+        if hi - lo < MAX_INT_CARDINALITY:  # e.g. a 1-based slot: code 0 is the top slot, the reference
+            card = hi - lo + 1
+            dt = _cat_dtype(card)
+            v = (a.to_numpy().astype(np.int64) - lo).astype(dt)
+            return v, ColumnSpec(col, dt, _K.CATEGORICAL, cardinality=card, doc=f"{doc}; code = value - {lo}")
+    if pa.types.is_nested(a.type):
+        raise DataError(path, f"context column {col!r} has unsupported type {a.type}")
+    text = pc.cast(a, pa.string())
+    counts = pc.value_counts(text)  # in order of first appearance; a stable sort keeps it for ties
+    values, n = counts.field("values"), counts.field("counts").to_numpy()
+    raw = values.take(pa.array(np.argsort(-n, kind="stable")))
+    rel = f"vocab/context.{safe_component(col)}.parquet"  # col is data, not a path
+    _write_vocab(w, rel, raw)
+    vocabs[f"context.{col}"] = {"path": rel, "size": len(raw), "source_columns": [f"{path.name}:{col}"]}
+    dt = _cat_dtype(len(raw))
+    codes = pc.index_in(text, value_set=raw).to_numpy().astype(dt)
+    return codes, ColumnSpec(
+        col, dt, _K.CATEGORICAL, cardinality=len(raw), doc=f"{doc}; index into {rel} (by frequency)"
+    )
+
+
+MISSING_FLAG = "features_missing"
+
+
+def _fill_missing(
+    data: dict[str, Any], specs: list[ColumnSpec], n_missing: int
+) -> tuple[dict[str, Any], list[ColumnSpec]]:
+    """Append `n_missing` rows of explicit unknown values to a side table's feature columns: categorical ->
+    a new last code (cardinality + 1), numeric -> the median of the known rows; plus `features_missing`."""
+    out: dict[str, Any] = {}
+    new_specs: list[ColumnSpec] = []
+    n_known = 0
+    for spec in specs:
+        v = np.asarray(data[spec.name])
+        n_known = len(v)
+        if spec.kind is _K.CATEGORICAL:
+            card = int(spec.cardinality or 1)
+            dt = _cat_dtype(card + 1)
+            out[spec.name] = np.r_[v.astype(dt), np.full(n_missing, card, dt)]
+            doc = f"{spec.doc}; {card} = unknown (id missing from the file)".lstrip("; ")
+            new_specs.append(ColumnSpec(spec.name, dt, _K.CATEGORICAL, cardinality=card + 1, doc=doc))
+        else:  # numeric
+            known = v[np.isfinite(v)]
+            fill = np.float32(np.median(known)) if len(known) else np.float32(0.0)
+            out[spec.name] = np.r_[v.astype(np.float32), np.full(n_missing, fill, np.float32)]
+            doc = f"{spec.doc}; ids missing from the file hold the median {float(fill):g}".lstrip("; ")
+            new_specs.append(ColumnSpec(spec.name, "float32", _K.NUMERIC, doc=doc))
+    if not specs:
+        n_known = -1
+    out[MISSING_FLAG] = np.r_[np.zeros(max(n_known, 0), np.int8), np.ones(n_missing, np.int8)]
+    flag_doc = "1: the id is missing from the side file, its features are unknown values"
+    new_specs.append(ColumnSpec(MISSING_FLAG, "int8", _K.CATEGORICAL, cardinality=2, doc=flag_doc))
+    return out, new_specs
+
+
+def _log_features(
+    name: str,
+    path: Path,
+    raw: pa.Table,
+    fcols: tuple[str, ...],
+    row_ids: np.ndarray,
+    order: np.ndarray,
+    ids: np.ndarray,
+    w: DatasetWriter,
+    vocabs: dict[str, Any],
+) -> tuple[dict[str, Any], list[ColumnSpec]]:
+    """Entity features from impression columns `fcols`, aligned to the table's `ids`: each id keeps the value
+    of its first row in time (`order` sorts rows by ts, stably); ids without a row (only in the side file) get
+    the explicit unknown values of `_fill_missing`."""
+    first_ids, first = np.unique(row_ids[order], return_index=True)
+    rows = pa.array(order[first])
+    t = pa.table({_KEY: first_ids, **{fc: raw.column(fc).take(rows) for fc in fcols}})
+    fdata, fspecs = _features(name, path, t, _KEY, w, vocabs)
+    pos = np.minimum(np.searchsorted(first_ids, ids), len(first_ids) - 1)
+    found = first_ids[pos] == ids
+    if found.all():
+        return {k: np.asarray(v)[pos] for k, v in fdata.items()}, fspecs
+    filled, specs = _fill_missing(fdata, fspecs, 1)  # one unknown row appended at index len(first_ids)
+    filled.pop(MISSING_FLAG)
+    specs = [sp for sp in specs if sp.name != MISSING_FLAG]
+    idx = np.where(found, pos, len(first_ids))
+    return {k: np.asarray(v)[idx] for k, v in filled.items()}, specs
+
+
 def import_generic(
     config: GenericImportConfig, out: str | Path, progress: Progress = no_progress, overwrite: bool = False
 ) -> dict:
@@ -649,11 +856,15 @@ def import_generic(
     c = config
     need = [c.user_col, c.item_col, c.ts_col, c.click_col] + ([c.conversion_col] if c.conversion_col else [])
     progress("read", 0, 1)
+    have = _column_names(c.impressions) if c.context_cols else []
+    need += [src for src, _ in c.context_map(have)]
+    need += [*c.user_feature_cols, *c.item_feature_cols]
     raw = _read_any(c.impressions, need, [c.user_col, c.item_col])
     if raw.num_rows == 0:
         raise DataError(c.impressions, "no rows")
     lo, hi = (c.ts_min, c.ts_max) if c.ts_range_check else TS_LIMIT
     ts = _seconds(c.impressions, c.ts_col, raw.column(c.ts_col), lo, hi)
+    ts, origin = c.period.rescale(ts)  # days and seconds rescaled together (adslog.periods)
     click = _label(c.impressions, c.click_col, raw.column(c.click_col))
     conv = _label(c.impressions, c.conversion_col, raw.column(c.conversion_col)) if c.conversion_col else None
     side: dict[str, tuple[Path, pa.Table]] = {}
@@ -663,43 +874,92 @@ def import_generic(
     ):
         if f is not None:
             side[name] = (f, _read_any(f, [col], [col]))
+            if c.missing_features == "unknown":
+                reserved = reserved | {MISSING_FLAG}
             clash = sorted((set(side[name][1].column_names) - {col}) & reserved)
             if clash:
                 raise DataError(f, f"column {clash[0]!r} clashes with a column the importer writes")
     progress("read", 1, 1)
     dropped = [n for n in raw.column_names if n not in need]
-    if dropped:
-        log.info("%s: columns not imported: %s", c.impressions, dropped)
+    if dropped:  # said by default: a dropped position or surface column changes what the models can learn
+        log.warning(
+            "%s: columns not imported: %s (--context-col NAME keeps one as context)", c.impressions, dropped
+        )
 
-    imp_cols = [*_BASE_IMPRESSIONS, *(_CONVERSION if conv is not None else ()), *_SURFACE_POSITION]
+    imp_cols = [*_BASE_IMPRESSIONS, *(_CONVERSION if conv is not None else ())]
     vocabs: dict[str, Any] = {}
+    missing_filled: dict[str, int] = {}
     with DatasetWriter(out, c.impressions.stem, imp_cols, overwrite) as w:
         cols: dict[str, Any] = {"ts": ts, "day": day_of(ts).astype(np.int32)}
+        context: dict[str, tuple[np.ndarray, ColumnSpec]] = {}
+        for src, dest in c.context_map(raw.column_names):
+            codes, spec = _context(c.impressions, src, raw.column(src), w, vocabs)
+            context[dest] = (codes, ColumnSpec(dest, spec.dtype, spec.kind, spec.cardinality, doc=spec.doc))
+        for stand_in in _SURFACE_POSITION:  # the model's context: declared columns, stand-ins where absent
+            if stand_in.name not in context:
+                context[stand_in.name] = (np.zeros(len(ts), np.int8), stand_in)
+        w.columns["impressions"].update({spec.name: spec for _, spec in context.values()})
         tables: dict[str, tuple[dict[str, Any], list[ColumnSpec]]] = {}
+        order = np.argsort(ts, kind="stable")  # rows in time: the first row of an id gives its log features
         for name, key, col in (("users", "user_id", c.user_col), ("ads", "ad_id", c.item_col)):
             parts = [(c.impressions, col, raw.column(col))] + (
                 [(side[name][0], col, side[name][1].column(col))] if name in side else []
             )
             mapped = _map_ids(key, parts, w, vocabs)
             cols[key] = mapped[0]
+            fcols = c.user_feature_cols if name == "users" else c.item_feature_cols
             if name not in side:
-                tables[name] = ({key: np.unique(mapped[0])}, [ColumnSpec(key, "int64", _K.ID)])
+                ids = np.unique(mapped[0])
+                data, specs = (
+                    _log_features(name, c.impressions, raw, fcols, mapped[0], order, ids, w, vocabs)
+                    if fcols
+                    else ({}, [])
+                )
+                tables[name] = ({key: ids, **data}, [ColumnSpec(key, "int64", _K.ID), *specs])
                 continue
             f, t = side[name]
+            both = sorted(set(fcols) & set(t.column_names))
+            if both:
+                raise DataError(
+                    f, f"column {both[0]!r} is also named as a feature column of {c.impressions.name}"
+                )
             if len(np.unique(mapped[1])) != len(mapped[1]):
                 raise DataError(f, f"duplicate {col} values")
             unknown = np.flatnonzero(~np.isin(mapped[0], mapped[1]))
-            if len(unknown):
+            if len(unknown) and c.missing_features == "error":
                 eg = raw.column(col)[int(unknown[0])].as_py()
                 raise DataError(
-                    c.impressions, f"{len(unknown)} rows name a {col} missing from {f.name} (e.g. {eg!r})"
+                    c.impressions,
+                    f"{len(unknown)} rows name a {col} missing from {f.name} (e.g. {eg!r}); "
+                    "--missing-features unknown fills them with unknown values",
                 )
             data, specs = _features(name, f, t, col, w, vocabs)
-            tables[name] = ({key: mapped[1], **data}, [ColumnSpec(key, "int64", _K.ID), *specs])
+            ids = mapped[1]
+            if c.missing_features == "unknown":
+                missing = np.unique(mapped[0][unknown])
+                data, specs = _fill_missing(data, specs, len(missing))
+                ids = np.r_[ids, missing].astype(np.int64)
+                missing_filled[name] = int(len(missing))
+                if len(missing):
+                    log.warning(
+                        "%s: %d %s ids (%d rows) are missing from %s: their features are unknown values",
+                        c.impressions,
+                        len(missing),
+                        col,
+                        len(unknown),
+                        f.name,
+                    )
+            if fcols:
+                fdata, fspecs = _log_features(
+                    name, c.impressions, raw, fcols, mapped[0], order, ids, w, vocabs
+                )
+                data, specs = {**data, **fdata}, [*specs, *fspecs]
+            tables[name] = ({key: ids, **data}, [ColumnSpec(key, "int64", _K.ID), *specs])
         cols["click"] = click
         if conv is not None:
             cols["conversion"], cols["conversion_ts"] = conv, np.where(conv == 1, ts, -1)
-        cols["surface"] = cols["position"] = np.zeros(len(ts), np.int8)
+        for name_, (codes, _) in context.items():
+            cols[name_] = codes
         imp = pa.table(cols)
         span = _write_days(w, imp, progress)
 
@@ -712,11 +972,19 @@ def import_generic(
         w.write_table("ads", pa.table(ad_data), [ad_specs[0], adv, *ad_specs[1:], *_LIVE])
 
         stand_ins = {
-            "surface": "0 for every row (cardinality 1)",
-            "position": "0 for every row (cardinality 1)",
+            **{
+                x: "0 for every row (cardinality 1)"
+                for x in ("surface", "position")
+                if x not in {dest for _, dest in c.context_map(raw.column_names)}
+            },
             "advertiser_id": "= ad_id",
             "first_day/last_day": "every item live from the first to the last day of the log",
         }
+        for name_, n_filled in missing_filled.items():
+            if n_filled:
+                stand_ins[f"{name_} features"] = (
+                    f"{n_filled} ids missing from the side file: unknown values, {MISSING_FLAG} = 1"
+                )
         if conv is not None:
             stand_ins["conversion_ts"] = "= ts of the impression when it converted, else -1"
         source = {
@@ -724,9 +992,21 @@ def import_generic(
             "config": c.to_json(),
             "files": [_file_info(f) for f in (c.impressions, *(p for p, _ in side.values()))],
             "stand_ins": stand_ins,
-            "ts": "unix seconds; float seconds are floored",
+            "ts": "unix seconds; float seconds are floored"
+            + (
+                f"; rescaled to {c.period.days}-day periods (adslog.periods)"
+                if c.period.days > 1
+                else "; rescaled to periods between cut points (adslog.periods)"
+                if c.period.cuts
+                else ""
+            ),
         }
         summary = _summary(w.name, w.out, imp, len(tables["users"][0]["user_id"]), n_ads, span)
         summary["vocabularies"] = sorted(vocabs)
-        w.finish(span[0], span[1], source=source, stats=dict(summary), vocabularies=vocabs)
+        summary["context_columns"] = {dest: src for src, dest in c.context_map(raw.column_names)}
+        for name_, n_filled in missing_filled.items():
+            summary[f"{name_}_missing_features"] = n_filled
+        period = c.period.to_json(origin)
+        summary["period"] = period["name"]
+        w.finish(span[0], span[1], source=source, stats=dict(summary), vocabularies=vocabs, period=period)
     return _done(summary, t0)

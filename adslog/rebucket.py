@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from adslog.dataset import Dataset, DatasetWriter
 from adslog.errors import DermError
+from adslog.periods import dataset_period
 from adslog.schema import ColumnKind, ColumnSpec
 
 DAY = 86400
@@ -47,12 +48,22 @@ def _rescale(table: pa.Table, cols: dict[str, ColumnSpec], first: int, n: int) -
     return table
 
 
+def _period(manifest: dict, n: int, first: int) -> dict:
+    """The `period` of the rebucketed dataset: n periods of the source's period (`adslog.periods`)."""
+    days = int(dataset_period(manifest)["days"]) * n
+    return {"name": {1: "day", 7: "week"}.get(days, f"{days}d"), "days": days, "origin_day": int(first)}
+
+
 def rebucket(src: str | Path, out: str | Path, days_per_bucket: int, overwrite: bool = False) -> Path:
     """Write `src` with every `days_per_bucket` days merged into one day to `out` (published atomically);
     returns `out`. The manifest records the source and the factor."""
     if days_per_bucket < 1:
         raise DermError(f"days_per_bucket must be >= 1, got {days_per_bucket}")
     ds = Dataset.open(src)
+    if ds.period["days"] == 0:
+        raise DermError(
+            f"{ds.root}: periods cut at explicit points cannot be rebucketed: import with other cuts"
+        )
     out = Path(out)
     n, first = int(days_per_bucket), ds.first_day
     imp_cols = ds.columns["impressions"]
@@ -74,5 +85,6 @@ def rebucket(src: str | Path, out: str | Path, days_per_bucket: int, overwrite: 
             first_day=first,
             last_day=first + (ds.last_day - first) // n,
             source={"rebucketed_from": str(Path(src).resolve()), "days_per_bucket": n},
+            period=_period(ds.manifest, n, first),
         )
     return out

@@ -75,7 +75,9 @@ class Workspace:
             if data is not None:
                 return cls.create(root, data)
             if not ws.root.exists():
-                raise DataError(ws.root, "workspace does not exist")
+                raise DataError(
+                    ws.root, "workspace does not exist (create one: `derm run --data DATA --work WORK`)"
+                )
             raise DataError(ws.root / WORKSPACE_FILE, "not a derm workspace (no workspace.json); pass --data")
         if data is not None and Path(data).resolve() != ws.data_path():
             raise DataError(

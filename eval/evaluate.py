@@ -5,6 +5,8 @@ store version before d, against the ads the user clicked that day; users without
 serving's cold-start fallback (`retrieval.cold_start`, the default `ServeConfig` knobs) and counted in `n_cold`. Baselines: popularity (most clicks in the 7 days before d among
 live ads, ties by ad_id) and, on synthetic data, the oracle (live ads ranked by true p_click at the reference
 context) and `relevance_recall_at_k` (overlap of our top K with the oracle's top K).
+Counts: `retrieval` and `ranking` (and each `by_surface` entry) say what their figures rest on: `n_users`,
+`n_impressions`, `n_clicks`; `warnings` says when a figure means little (`eval.warnings`).
 Ranking: the ranker published before d scores every impression of d (real context); ROC-AUC and PR-AUC of its
 CTR head, and `oracle_roc_auc` of the logged p_click on the same impressions.
 
@@ -55,7 +57,9 @@ from eval.metrics import (
     recall_per_user,
     roc_auc,
 )
+from eval.warnings import WarningConfig, eval_warnings
 from ranking.train import DermLookup, RankerSnapshot, load_ranker, score
+from retrieval.prior import POPULARITY_DAYS
 from retrieval.retrieve import Retriever
 from towers.batches import ImpressionArrays, Inputs
 from towers.train import resolve_device
@@ -83,6 +87,8 @@ def _ranking_metrics(
     g = gauc(p, y, users)
     out: dict[str, Any] = {
         "n_impressions": int(len(p)),
+        "n_clicks": int(np.asarray(y).sum()),
+        "n_users": int(len(np.unique(users))),
         "roc_auc": roc_auc(p, y),
         "pr_auc": pr_auc(p, y),
         "log_loss": log_loss(p, y),
@@ -155,11 +161,14 @@ def evaluate_day(
     progress: Progress = no_progress,
     device: str = "cpu",
     slate_users: int = SLATE_USERS,
+    warn: WarningConfig | None = None,
 ) -> dict[str, Any]:
     """The `derm eval --json` document for `day` (default: the data's last day); the ranker scores on
     `device` (auto | cpu | cuda). On synthetic data (a dataset with an oracle) the document gains `slate`: the
     true expected clicks and revenue per user of each ordering (`eval.slate`) for a seeded sample of
-    `slate_users` users shown ads that day (0: skip)."""
+    `slate_users` users shown ads that day (0: skip). `warnings` lists what makes a figure mean little
+    (`eval.warnings`, thresholds from `warn`); `version_days` the day of each version that served the day,
+    `period` what one day of the dataset is."""
     ds = ws.dataset()
     day = ds.last_day if day is None else ds.check_day(day)
     ks = tuple(sorted(set(ks)))
@@ -189,8 +198,11 @@ def evaluate_day(
         "n_users": int(len(users)),
         # the popularity prior the served index version recorded (None: the ANN order), see retrieval.prior
         "prior": retriever.prior.to_json() if retriever.prior is not None else None,
+        "n_impressions": int(imp.num_rows),
+        "n_clicks": int(clicked.num_rows),
         "n_cold": int(n_cold),
         "n_live_ads": int(len(retriever.live)),
+        "popularity_window_periods": POPULARITY_DAYS,
         "recall_at_k": {str(k): recall_at_k(cand.ids, relevant, k) for k in ks},
         "popularity_recall_at_k": {str(k): recall_at_k(pop, relevant, k) for k in ks},
     }
@@ -240,6 +252,7 @@ def evaluate_day(
             rows = np.searchsorted(users, su)
             by_surface[names.get(int(code), str(int(code)))] = {
                 "n_users": int(len(su)),
+                "n_clicks": int(sel.sum()),
                 "recall_at_k": {str(k): recall_at_k(cand.ids[rows], srel, k) for k in ks},
                 "popularity_recall_at_k": {str(k): recall_at_k(pop[rows], srel, k) for k in ks},
             }
@@ -285,6 +298,7 @@ def evaluate_day(
         }
         embeddings[task] = {
             e: {
+                "n_active": int(len(active[e])),
                 "stability": v.manifest["stats"][e]["stability"],
                 "coverage": float(np.isin(active[e], v.ids(e)).mean()) if len(active[e]) else None,
             }
@@ -299,7 +313,7 @@ def evaluate_day(
         train_days = list(read_json(model_dir / version_name(mday) / "manifest.json").get("days_seen", []))
     slate = _slate(ws, day, imp, device, slate_users) if ds.has_oracle and rday is not None else None
     progress("eval", 3, 3)
-    doc = {
+    doc: dict[str, Any] = {
         "schema_version": EVAL_SCHEMA_VERSION,
         "day": int(day),
         "embedding_day": None if store is None else store.day,
@@ -311,6 +325,13 @@ def evaluate_day(
     }
     if slate is not None:
         doc["slate"] = slate
+    doc["period"] = ds.period
+    doc["version_days"] = {
+        "embeddings": None if store is None else int(store.day),
+        "towers": mday,
+        "ranker": rday,
+    }
+    doc["warnings"] = eval_warnings(doc, warn)
     return doc
 
 

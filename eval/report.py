@@ -31,6 +31,7 @@ from eval.plots import (
     plot_embeddings_by_day,
     plot_recall_at_k,
 )
+from eval.warnings import warning_lines
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +321,8 @@ def write_report(
         f"Day {day} evaluated with the versions published before it (embeddings of day {doc.get('embedding_day')}): "
         f"{r['n_users']} users clicked ({r['n_cold']} answered by the cold-start path), {r.get('n_live_ads', '-')} "
         "ads were live. Random = the exact expectation for a uniformly random top K of the live ads.",
+        "",
+        *[f"- {line}" for line in warning_lines(doc)],
         "",
         "## Retrieval",
         "",

@@ -149,7 +149,7 @@ def serving_day(ws: Workspace) -> int:
         d = ws.latest_day(ws.embeddings_dir("ctr"))
     if d is None:
         raise DermError(
-            f"{ws.root}: nothing is published in this workspace (run `derm demo` or `derm daily`)"
+            f"{ws.root}: nothing is published in this workspace (run `derm run --data DATA --work WORK` on a dataset, or `derm daily`)"
         )
     return d + 1
 

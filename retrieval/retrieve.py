@@ -127,7 +127,7 @@ class Retriever:
                 store_day = index_day = both
         if store_day is None and index_day is None:
             raise DermError(
-                f"{ws.root}: nothing is published before day {self.day} (run `derm demo` or `derm daily`)"
+                f"{ws.root}: nothing is published before day {self.day} (run `derm run --data DATA --work WORK` on a dataset, or `derm daily` up to day {self.day - 1})"
             )
         if store is not None and store.day != store_day:
             raise VersionMismatchError(

@@ -112,12 +112,15 @@ def test_daily_skips_published_day(demo_ws: tuple[Path, dict]) -> None:
     assert json.loads(stdout)["days"][0]["skipped"] is True
 
 
+NO_WS = "Error: {tmp}/nope: workspace does not exist (create one: `derm run --data DATA --work WORK`)"
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (("eval", "--work", "{tmp}/nope"), "Error: {tmp}/nope: workspace does not exist"),
-        (("query", "--work", "{tmp}/nope", "--user", "1"), "Error: {tmp}/nope: workspace does not exist"),
-        (("daily", "--work", "{tmp}/nope", "--day", "1"), "Error: {tmp}/nope: workspace does not exist"),
+        (("eval", "--work", "{tmp}/nope"), NO_WS),
+        (("query", "--work", "{tmp}/nope", "--user", "1"), NO_WS),
+        (("daily", "--work", "{tmp}/nope", "--day", "1"), NO_WS),
         (("data", "import", "gowalla", "{tmp}/nope", "{tmp}/out"), None),
     ],
 )

@@ -244,7 +244,10 @@ def test_generic_bad_values(tmp_path: Path) -> None:
     log.write_text("uid,item,t,clk\na,b,1,0\nb,c,2,1\n")
     with pytest.raises(DataError) as e:
         import_generic(_cfg(log, users=users), tmp_path / "ds")
-    assert str(e.value) == f"{log}: 1 rows name a uid missing from users.csv (e.g. 'a')"
+    assert str(e.value) == (
+        f"{log}: 1 rows name a uid missing from users.csv (e.g. 'a'); "
+        "--missing-features unknown fills them with unknown values"
+    )
     users.write_text("uid,age\na,3\nb,4\na,5\n")
     with pytest.raises(DataError) as e:
         import_generic(_cfg(log, users=users), tmp_path / "ds")

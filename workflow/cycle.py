@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from adslog.artifact import read_json, write_json_atomic
 from adslog.dataset import Dataset
@@ -45,6 +46,7 @@ from adslog.workspace import Workspace, version_name
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, open_version, publish_day
 from eval.evaluate import day_clicks, evaluate_day
+from eval.warnings import WarningConfig
 from index import Backend, IndexConfig, SearchParams
 from index.refresh import RefreshConfig
 from ranking.model import RankerConfig
@@ -171,7 +173,9 @@ def save_cycle_config(ws: Workspace, cfg: CycleConfig) -> None:
 def load_cycle_config(ws: Workspace, device: str = "auto") -> CycleConfig:
     p = ws.root / CYCLE_FILE
     if not p.exists():
-        raise DataError(p, "workspace has no cycle config: run `derm train` (or `derm demo`) first")
+        raise DataError(
+            p, "workspace has no cycle config: run `derm run --data DATA --work WORK` (or `derm train`) first"
+        )
     try:
         return CycleConfig.from_json(read_json(p), device)
     except (KeyError, ValueError, TypeError) as e:
@@ -358,8 +362,12 @@ def run_day(
     progress: Progress = no_progress,
     timer: Timer | None = None,
     overwrite: bool = False,
+    ks: tuple[int, ...] = (20, 100),
+    warn: WarningConfig | None = None,
 ) -> dict[str, Any]:
-    """One daily cycle for `day` (see the module docstring). Returns the day's eval document and timings."""
+    """One daily cycle for `day` (see the module docstring). Returns the day's eval document and timings.
+    `ks` and `warn` go to the evaluation; a gap since the newest versions that holds impressions adds a
+    `daily_gap` warning to the eval document (and a log line)."""
     ds = ws.dataset()
     ds.check_day(day)
     cfg = cfg or load_cycle_config(ws)
@@ -376,7 +384,11 @@ def run_day(
     check_cycle_lineage(ws, day, cfg.tasks)  # before anything is trained or written
     if overwrite or not ws.eval_path(day).exists():
         done = timer.stage("eval")
-        doc = evaluate_day(ws, day)
+        doc = evaluate_day(ws, day, ks, warn=warn)
+        gap = daily_gap(ws, ds, day)
+        if gap is not None:
+            log.warning("%s", gap["message"])
+            doc["warnings"] = [*doc.get("warnings", []), gap]
         write_json_atomic(ws.eval_path(day), doc)
         done()
     doc = read_json(ws.eval_path(day))
@@ -434,12 +446,36 @@ def publish_online(ws: Workspace, cfg: CycleConfig, timer: Timer) -> None:
     done()
 
 
+def daily_gap(ws: Workspace, ds: Dataset, day: int) -> dict[str, Any] | None:
+    """The `daily_gap` warning (`eval.warnings`) for running `day`: None when the newest model version is of
+    day - 1, or when every day between holds no impressions (nothing was skipped)."""
+    prev = ws.version_before(ws.models_dir("ctr"), day)
+    if prev is None or day - prev <= 1:
+        return None
+    between = [d for d in range(prev + 1, day) if ds.first_day <= d <= ds.last_day]
+    rows = sum(pq.ParquetFile(f).metadata.num_rows for d in between for f in ds.partition_files(d))
+    if rows == 0:
+        return None
+    return {
+        "code": "daily_gap",
+        "from_day": prev + 1,
+        "to_day": day - 1,
+        "n_periods": len(between),
+        "n_impressions": int(rows),
+        "message": f"day {day}: the newest versions are of day {prev}; days {prev + 1}..{day - 1} "
+        f"({len(between)} periods, {rows} impressions) never went through the daily cycle "
+        f"(run `derm daily --from {prev + 1} --to {day - 1}` first)",
+    }
+
+
 def run_days(
     ws: Workspace,
     days: list[int],
     cfg: CycleConfig | None = None,
     progress: Progress = no_progress,
     overwrite: bool = False,
+    ks: tuple[int, ...] = (20, 100),
+    warn: WarningConfig | None = None,
 ) -> list[dict[str, Any]]:
     with ws.lock():
-        return [run_day(ws, d, cfg, progress, overwrite=overwrite) for d in days]
+        return [run_day(ws, d, cfg, progress, overwrite=overwrite, ks=ks, warn=warn) for d in days]

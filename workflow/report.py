@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from eval.warnings import warning_lines
+
 
 def _f(x: Any, nd: int = 4) -> str:
     return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
@@ -47,6 +49,8 @@ def write_report_md(path: Path, summary: dict[str, Any]) -> None:
         f"path); {r.get('n_live_ads', '-')} ads were live.",
         "",
         *summary_table(doc),
+        "",
+        *[f"- {line}" for line in warning_lines(doc)],
         "",
         "## Versions",
         "",
