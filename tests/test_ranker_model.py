@@ -209,7 +209,7 @@ def test_wide_part_features_and_learning() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.05
+    assert loss.item() < 0.05
 
 
 def test_wide_config_validation_and_old_configs() -> None:
