@@ -542,6 +542,49 @@ def embed(
 
 
 @main.group(cls=DermGroup)
+def config() -> None:
+    """Show or change the workspace's cycle config (WORK/cycle.json): what every later daily cycle uses."""
+
+
+@config.command("show")
+@work_option
+@json_option
+@click.pass_context
+def config_show(ctx: click.Context, work: str, as_json: bool) -> None:
+    """Print the cycle config, one `key = value` line per setting."""
+    from workflow.cycle import load_cycle_config
+
+    _setup(as_json, ctx.obj["verbose"])
+    _emit(load_cycle_config(_workspace(work, None)).to_json(), as_json, _config_text)
+
+
+@config.command("set")
+@work_option
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+@json_option
+@click.pass_context
+def config_set(ctx: click.Context, work: str, assignments: tuple[str, ...], as_json: bool) -> None:
+    """Set cycle config keys (e.g. index.spec=HNSW32,Flat ranker.lr=0.001): validated as a whole, then saved
+    under the workspace lock; values are JSON (numbers, true, null, lists) or plain strings."""
+    from workflow.cycle import set_cycle_config
+
+    _setup(as_json, ctx.obj["verbose"])
+    pairs = dict(a.split("=", 1) for a in assignments if "=" in a)
+    if len(pairs) != len(assignments):
+        raise click.BadParameter("each assignment is KEY=VALUE", param_hint="KEY=VALUE")
+    _emit(set_cycle_config(_workspace(work, None), pairs).to_json(), as_json, _config_text)
+
+
+def _config_text(d: dict[str, Any], prefix: str = "") -> str:
+    lines = []
+    for k, v in d.items():
+        lines.append(
+            _config_text(v, f"{prefix}{k}.") if isinstance(v, dict) else f"{prefix}{k} = {json.dumps(v)}"
+        )
+    return "\n".join(lines)
+
+
+@main.group(cls=DermGroup)
 def index() -> None:
     """Build and inspect ANN indices over the pooled ad embeddings."""
 
@@ -577,23 +620,32 @@ def index_build(
     device: str,
     as_json: bool,
 ) -> None:
-    """Build the ad index over an embedding store version from scratch and publish it (with a recall self-check)."""
-    from dataclasses import replace
-
+    """Build the ad index over an embedding store version from scratch and publish it (with a recall self-check).
+    --backend / --spec apply to this version only (`derm config set` changes the daily cycle's)."""
     from index import SearchParams
     from index.refresh import RefreshConfig, RefreshMode
-    from workflow.cycle import load_cycle_config, publish_index, save_cycle_config
+    from workflow.cycle import publish_index
 
     _setup(as_json, ctx.obj["verbose"])
     ws, cfg, d = _index_target(work, day, backend, spec, device)
     params = SearchParams(ef=ef, nprobe=nprobe) if ef is not None or nprobe is not None else None
     with ws.lock():
         m = publish_index(ws, d, cfg, overwrite, RefreshConfig(mode=RefreshMode.REBUILD), params)
-        if backend or spec:  # saved only once the spec has built and passed its check, under the lock
-            now = load_cycle_config(ws, device)
-            idx = replace(now.index, backend=cfg.index.backend, spec=cfg.index.spec)
-            save_cycle_config(ws, replace(now, index=idx))
+    if backend or spec:  # a one-off build: the cycle's config changes only through `derm config set`
+        log.warning(
+            "this version uses %s %s; cycle.json is unchanged (the daily cycle keeps %s %s): "
+            "`derm config set --work %s index.backend=%s index.spec=%s` makes it the cycle's",
+            cfg.index.backend.value, cfg.index.spec, *_cycle_index(ws), work, cfg.index.backend.value,
+            cfg.index.spec,
+        )  # fmt: skip
     _emit(_index_summary(ws, d, m), as_json, _index_text)
+
+
+def _cycle_index(ws: Any) -> tuple[str, str]:
+    from workflow.cycle import load_cycle_config
+
+    c = load_cycle_config(ws)
+    return c.index.backend.value, c.index.spec
 
 
 @index.command("refresh")

@@ -35,9 +35,14 @@ def _days(work: Path) -> list[int]:
 def test_index_refresh_in_place_and_auto(work: Path) -> None:
     days = _days(work)
     d0, d1 = days[-2], days[-1]
+    # the daily cycle's index changes only through `derm config set` (index build --spec is a one-off)
     code, out, err = _run(
-        "index", "build", "--work", str(work), "--day", str(d0), "--backend", "hnswlib", "--spec",
-        "M16,efc40", "--ef", "32", "--overwrite", "--json",
+        "config", "set", "--work", str(work), "index.backend=hnswlib", "index.spec=M16,efc40"
+    )
+    assert code == 0, err
+    assert 'index.spec = "M16,efc40"' in out
+    code, out, err = _run(
+        "index", "build", "--work", str(work), "--day", str(d0), "--ef", "32", "--overwrite", "--json",
     )  # fmt: skip
     assert code == 0, err
     built = json.loads(out)
@@ -76,9 +81,9 @@ def test_index_refresh_skips_published_and_errors(work: Path) -> None:
     after = json.loads((work / "index" / f"day={d1}" / "manifest.json").read_text())
     assert after["artifact_id"] == before["artifact_id"], "a published version is not recomputed"
 
-    code, _, err = _run(
-        "index", "build", "--work", str(work), "--day", str(d1 - 1), "--spec", "HNSW16,Flat", "--overwrite"
-    )
+    code, _, err = _run("config", "set", "--work", str(work), "index.spec=HNSW16,Flat")
+    assert code == 0, err
+    code, _, err = _run("index", "build", "--work", str(work), "--day", str(d1 - 1), "--overwrite")
     assert code == 0, err
     code, _, err = _run(
         "index", "refresh", "--work", str(work), "--day", str(d1), "--mode", "in_place", "--overwrite"
@@ -139,3 +144,43 @@ def test_index_commands_have_help() -> None:
     for cmd in ("build", "refresh", "tune"):
         code, out, _ = _run("index", cmd, "--help")
         assert code == 0 and "--work" in out and "--json" in out
+
+
+def test_config_show_set_and_one_off_index_builds(work: Path) -> None:
+    """cycle.json changes only through `derm config set` (validated as a whole, nothing written on error);
+    `index build --spec` builds that one version and leaves the cycle's config alone."""
+    cycle = work / "cycle.json"
+    code, out, err = _run("config", "show", "--work", str(work), "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown == json.loads(cycle.read_text())
+    before = cycle.read_bytes()
+    for bad, msg in (
+        ("index.nope=1", "unknown cycle config key 'index.nope'"),
+        ("towers=1", "unknown cycle config key 'towers'"),
+        ("min_index_recall=2", "invalid value for min_index_recall: min_index_recall must be in [0, 1]"),
+        ("ranker.lr=-1", "invalid value for ranker.lr"),
+    ):
+        code, _, err = _run("config", "set", "--work", str(work), bad)
+        assert code == 1 and err.startswith("Error: ") and msg in err, (bad, err)
+        assert cycle.read_bytes() == before
+    code, _, err = _run("config", "set", "--work", str(work), "nokey")
+    assert code == 1 and "KEY=VALUE" in err
+    code, out, err = _run(
+        "config", "set", "--work", str(work), "ranker.lr=0.001", "prior_windows=[2, 5]", "--json"
+    )
+    assert code == 0, err
+    saved = json.loads(cycle.read_text())
+    assert (
+        saved["ranker"]["lr"] == 0.001
+        and saved["prior_windows"] == [2, 5] == json.loads(out)["prior_windows"]
+    )
+    d1 = _days(work)[-1]
+    code, _, err = _run(
+        "index", "build", "--work", str(work), "--day", str(d1), "--spec", "HNSW16,Flat", "--overwrite"
+    )
+    assert code == 0, err
+    assert "cycle.json is unchanged" in err and "derm config set" in err
+    m = json.loads((work / "index" / f"day={d1}" / "manifest.json").read_text())
+    assert m["spec"] == "HNSW16,Flat"
+    assert json.loads(cycle.read_text()) == saved  # no side effect

@@ -28,9 +28,10 @@ Every stage first checks whether its version is already published and skips it, 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,7 @@ class CycleConfig:
                 "backend": self.index.backend.value,
                 "spec": self.index.spec,
                 "metric": self.index.metric,
+                "seed": self.index.seed,
             },
             "self_check_queries": self.self_check_queries,
             "self_check_k": self.self_check_k,
@@ -144,6 +146,7 @@ class CycleConfig:
                 spec=d["index"]["spec"],
                 dim=towers.dim,
                 metric=d["index"]["metric"],
+                seed=int(d["index"].get("seed", 0)),
             ),
             self_check_queries=int(d["self_check_queries"]),
             self_check_k=int(d["self_check_k"]),
@@ -168,6 +171,41 @@ def _agg_from(d: dict[str, Any]) -> AggregationConfig:
 
 def save_cycle_config(ws: Workspace, cfg: CycleConfig) -> None:
     write_json_atomic(ws.inside(CYCLE_FILE), cfg.to_json())
+
+
+def set_cycle_config(ws: Workspace, assignments: Mapping[str, str], device: str = "auto") -> CycleConfig:
+    """Set dotted keys of WORK/cycle.json (`index.spec` = "HNSW32,Flat", `ranker.lr` = "0.001"): each value is
+    read as JSON (numbers, true / false, null, lists), else taken as a string. The whole config is validated
+    before anything is written (ConfigError naming the key; nothing written), then saved atomically under the
+    workspace lock: the one explicit way to change what later cycles do (`derm config set`)."""
+    cur = load_cycle_config(ws, device).to_json()
+    for key, raw in assignments.items():
+        parts = key.split(".")
+        node: Any = cur
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or parts[-1] not in node or isinstance(node[parts[-1]], dict):
+            known = ", ".join(_leaf_keys(cur))
+            raise ConfigError(f"unknown cycle config key {key!r} (known: {known})")
+        try:
+            node[parts[-1]] = json.loads(raw)
+        except json.JSONDecodeError:
+            node[parts[-1]] = raw
+    try:
+        cfg = CycleConfig.from_json(cur, device)
+    except (KeyError, TypeError, ValueError) as e:
+        keys = ", ".join(assignments)
+        raise ConfigError(f"invalid value for {keys}: {str(e).splitlines()[0]}") from None
+    with ws.lock():
+        save_cycle_config(ws, cfg)
+    return cfg
+
+
+def _leaf_keys(d: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in d.items():
+        out += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+    return out
 
 
 def load_cycle_config(ws: Workspace, device: str = "auto") -> CycleConfig:
