@@ -186,7 +186,10 @@ def test_wide_part_features_and_learning() -> None:
     cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 12)
     ranker = Ranker(spec, cfg, dim)
     wide = ranker.wide
-    assert wide is not None and Ranker(spec, RankerConfig(token_dim=8, seq_len=5), dim).wide is None
+    assert (
+        wide is not None
+        and Ranker(spec, RankerConfig(token_dim=8, seq_len=5, wide_buckets=0), dim).wide is None
+    )
     b = _batch(64, dim)
     keys = wide.keys(b)
     # singles: user_id, ad_id, category, surface, position; crosses: (surface, position) x category
