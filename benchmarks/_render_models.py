@@ -78,6 +78,19 @@ def towers_ablation_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _logistic_rows(b: dict[str, Any] | None) -> list[str]:
+    """Table rows: the one-hot logistic regression on the ranker's rows, and ranker - regression with its
+    interval (`eval.baselines.logistic_vs_ranker`); none when the run had no baseline."""
+    if not b:
+        return []
+    lo, hi = b["ranker_minus_logistic_ci"]
+    return [
+        f"| one-hot logistic regression ROC-AUC (same rows) | {_f(b['logistic_roc_auc'])} | - | - |",
+        f"| ranker - regression [95 % paired CI over users] | {_f(b['ranker_minus_logistic'])} [{_f(lo)}, "
+        f"{_f(hi)}] | - | - |",
+    ]
+
+
 def synthetic_quality_section(r: dict[str, Any]) -> list[str]:
     ev = r.get("eval", {})
     ret, rank = ev.get("retrieval", {}), ev.get("ranking", {})
@@ -97,6 +110,7 @@ def synthetic_quality_section(r: dict[str, Any]) -> list[str]:
     lines += [
         f"| downstream ranker ROC-AUC | {_f(rank.get('roc_auc'))} | - | {_f(rank.get('oracle_roc_auc'))} |",
         f"| upstream CTR head ROC-AUC | {_f(r.get('upstream_ctr_roc_auc'))} | - | - |",
+        *_logistic_rows(r.get("baselines")),
         "",
         "| bar | value | met |",
         "|---|---|---|",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from _render_models import SECTIONS as MODEL_SECTIONS
-from _render_models import _f
+from _render_models import _f, _logistic_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -53,6 +53,7 @@ def demo_section(r: dict[str, Any]) -> list[str]:
         f"{_f(rank.get('oracle_roc_auc'))} |",
         f"| ranker PR-AUC | {_f(rank.get('pr_auc'))} | - | - |",
         f"| mean predicted / observed CTR | {_f(rank.get('predicted_ctr'))} / {_f(rank.get('observed_ctr'))} | - | - |",
+        *_logistic_rows(r.get("baselines")),
         "",
         "| stage | seconds |",
         "|---|---|",
