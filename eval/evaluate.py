@@ -59,7 +59,6 @@ from eval.metrics import (
 )
 from eval.warnings import WarningConfig, eval_warnings
 from ranking.train import DermLookup, RankerSnapshot, load_ranker, score
-from retrieval.prior import POPULARITY_DAYS
 from retrieval.retrieve import Retriever
 from towers.batches import ImpressionArrays, Inputs
 from towers.train import resolve_device
@@ -202,7 +201,7 @@ def evaluate_day(
         "n_clicks": int(clicked.num_rows),
         "n_cold": int(n_cold),
         "n_live_ads": int(len(retriever.live)),
-        "popularity_window_periods": POPULARITY_DAYS,
+        "popularity_window_periods": retriever.popularity_window,
         "recall_at_k": {str(k): recall_at_k(cand.ids, relevant, k) for k in ks},
         "popularity_recall_at_k": {str(k): recall_at_k(pop, relevant, k) for k in ks},
     }

@@ -48,11 +48,13 @@ def publish_workspace_index(
     overwrite: bool = False,
     min_recall: float | None = None,
     retrieval_prior: dict[str, Any] | None = None,
+    popularity_window: int | None = None,
 ) -> dict[str, Any]:
     """Publish index version `day` over store version `day`, from the previous index version; move LATEST.
     A self-check recall under `min_recall` raises QualityGateError and nothing is published.
     `retrieval_prior` (a `retrieval.prior.PriorFit.to_json()` record) is recorded as `upstream.retrieval_prior`:
-    the popularity prior the retrievers serving this version apply.
+    the popularity prior the retrievers serving this version apply; `popularity_window` as
+    `upstream.popularity_window`: the days of clicks behind their popularity list and cold-start fallback.
 
     An already published version is returned as is unless `overwrite`. `params` become the version's
     query-time defaults (None: the previous version's). Returns the manifest.
@@ -78,6 +80,7 @@ def publish_workspace_index(
             "lineage": store.lineage,
             "day": day,
             **({"retrieval_prior": retrieval_prior} if retrieval_prior is not None else {}),
+            **({"popularity_window": int(popularity_window)} if popularity_window is not None else {}),
         },
         refresh=refresh,
         self_check_queries=self_check_sample(store, self_check_queries, seed=day),

@@ -23,13 +23,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow.compute as pc
 
 from adslog.dataset import Dataset
-from adslog.errors import DermError, VersionMismatchError
+from adslog.errors import DataError, DermError, VersionMismatchError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from embstore.store import StoreVersion, open_version
@@ -48,6 +48,15 @@ from retrieval.prior import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def popularity_window_of(index_manifest: dict[str, Any], source: Path) -> int:
+    """The popularity window an index version records (`upstream.popularity_window`; POPULARITY_DAYS when it
+    records none, as versions before the option)."""
+    w = (index_manifest.get("upstream") or {}).get("popularity_window", POPULARITY_DAYS)
+    if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+        raise DataError(source, f"invalid popularity_window {w!r} in the index manifest")
+    return w
 
 
 def window_clicks(ds: Dataset, day: int, window: int = POPULARITY_DAYS) -> tuple[np.ndarray, np.ndarray]:
@@ -158,10 +167,15 @@ class Retriever:
                 Path(ws.index_dir) / version_name(index_day), expect
             )
         self.live = self.ds.live_ads(self.day)
+        #: days (periods) of clicks behind the popularity list and the cold-start fallback: the window the cycle
+        #: recorded in the served index version (`upstream.popularity_window`), else POPULARITY_DAYS
+        self.popularity_window = popularity_window_of(
+            self.index_manifest, Path(ws.index_dir) / version_name(index_day or 0)
+        )
         #: clicks of the popularity window (user_id, ad_id): popularity and the cold-start fallback read them
-        self.window_clicks = window_clicks(self.ds, self.day)
+        self.window_clicks = window_clicks(self.ds, self.day, self.popularity_window)
         self.popular, self.popular_clicks = popularity(
-            self.ds, self.day, self.live, clicked_ads=self.window_clicks[1]
+            self.ds, self.day, self.live, self.popularity_window, clicked_ads=self.window_clicks[1]
         )
         if prior == "index":
             recorded = (self.index_manifest.get("upstream") or {}).get("retrieval_prior")
@@ -215,7 +229,7 @@ class Retriever:
         """The log click share of the live ads over the `window` days before the query day."""
         clicked = (
             self.window_clicks[1]
-            if window == POPULARITY_DAYS
+            if window == self.popularity_window
             else window_clicks(self.ds, self.day, window)[1]
         )
         return LogPrior.from_clicks(self.live, clicked, alpha)

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -184,3 +185,26 @@ def test_config_show_set_and_one_off_index_builds(work: Path) -> None:
     m = json.loads((work / "index" / f"day={d1}" / "manifest.json").read_text())
     assert m["spec"] == "HNSW16,Flat"
     assert json.loads(cycle.read_text()) == saved  # no side effect
+
+
+def test_popularity_window_is_recorded_in_the_index_and_read_by_retrievers(work: Path) -> None:
+    """`popularity_window` (cycle config) is recorded in each index version; every Retriever of that version
+    (eval, query, the service) builds its popularity list and cold-start fallback over that many days."""
+    from retrieval.retrieve import Retriever, popularity
+
+    d1 = _days(work)[-1]
+    ws = Workspace(work)
+    assert Retriever(ws, d1 + 1).popularity_window == 7  # the demo's versions: the default
+    code, _, err = _run("config", "set", "--work", str(work), "popularity_window=2")
+    assert code == 0, err
+    code, _, err = _run("index", "build", "--work", str(work), "--day", str(d1), "--overwrite")
+    assert code == 0, err
+    m = json.loads((work / "index" / f"day={d1}" / "manifest.json").read_text())
+    assert m["upstream"]["popularity_window"] == 2
+    r = Retriever(ws, d1 + 1)
+    assert r.popularity_window == 2
+    ids, clicks = popularity(r.ds, d1 + 1, r.live, 2)
+    np.testing.assert_array_equal(r.popular, ids)
+    assert not np.array_equal(ids, popularity(r.ds, d1 + 1, r.live, 7)[0])
+    code, _, err = _run("config", "set", "--work", str(work), "popularity_window=0")
+    assert code == 1 and "popularity_window must be an integer >= 1" in err

@@ -52,6 +52,7 @@ from index import Backend, IndexConfig, SearchParams
 from index.refresh import RefreshConfig
 from ranking.model import RankerConfig
 from ranking.train import train_ranker
+from retrieval.prior import POPULARITY_DAYS
 from retrieval.retrieve import Retriever
 from towers.config import Task, TowerConfig
 from towers.infer import embed_day
@@ -89,6 +90,9 @@ class CycleConfig:
     # record it in that day's index version, which serves the next day
     retrieval_prior: bool = True
     prior_windows: tuple[int, ...] = (1, 3, 7)
+    # days (periods) of clicks behind the popularity list, the cold-start fallback and eval's popularity
+    # baseline; recorded in each index version so every reader of that version uses the same window
+    popularity_window: int = POPULARITY_DAYS
     device: str = "auto"
     # online feature store URL (redis://HOST:PORT/DB[?prefix=NAME]) the cycle publishes to as its last step;
     # None: no online store. Stored in cycle.json: name a server without a password in the URL.
@@ -106,6 +110,10 @@ class CycleConfig:
         for t in self.tasks:
             Task(t)
         object.__setattr__(self, "prior_windows", tuple(self.prior_windows))
+        if isinstance(self.popularity_window, bool) or not isinstance(self.popularity_window, int):
+            raise ConfigError(f"popularity_window must be an integer >= 1, got {self.popularity_window!r}")
+        if self.popularity_window < 1:
+            raise ConfigError(f"popularity_window must be an integer >= 1, got {self.popularity_window!r}")
         if not self.prior_windows or any(not isinstance(w, int) or w < 1 for w in self.prior_windows):
             raise ConfigError("prior_windows must be one or more integers >= 1 (days)")
 
@@ -129,6 +137,7 @@ class CycleConfig:
             "store_float16": self.store_float16,
             "retrieval_prior": self.retrieval_prior,
             "prior_windows": list(self.prior_windows),
+            "popularity_window": self.popularity_window,
             "feature_store": self.feature_store,
         }
 
@@ -156,6 +165,7 @@ class CycleConfig:
             # workspaces written before the option served the ANN order
             retrieval_prior=bool(d.get("retrieval_prior", False)),
             prior_windows=tuple(d.get("prior_windows", cls.prior_windows)),
+            popularity_window=d.get("popularity_window", POPULARITY_DAYS),
             device=device,
             feature_store=d.get("feature_store"),
         )
@@ -322,6 +332,7 @@ def publish_index(
         overwrite=overwrite,
         min_recall=cfg.min_index_recall,
         retrieval_prior=fit_retrieval_prior(ws, ws.dataset(), day, cfg),
+        popularity_window=cfg.popularity_window,
     )
 
 
