@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -31,12 +33,17 @@ WORK = ROOT / "benchmarks" / "work" / "slate_value"
 
 
 def main() -> None:
+    """`python benchmarks/slate_value.py [WORK]`: with no argument the default demo is built afresh; WORK names
+    a finished default demo workspace built by the same code (e.g. benchmarks/work/demo right after
+    benchmarks/demo.py), which is measured as is."""
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    shutil.rmtree(WORK, ignore_errors=True)  # run_demo resumes: a stale workspace would keep old models
-    summary = run_demo(WORK, DemoConfig())
+    work = Path(sys.argv[1]) if len(sys.argv) > 1 else WORK
+    if work == WORK:
+        shutil.rmtree(WORK, ignore_errors=True)  # run_demo resumes: a stale workspace would keep old models
+    summary = run_demo(work, DemoConfig())  # a finished demo: nothing is recomputed
     build_s = round(time.perf_counter() - t0, 1)
-    ws = Workspace.open(WORK)
+    ws = Workspace.open(work)
     day = int(summary["eval_day"])
     users = np.unique(ws.dataset().impressions(day, ["user_id"]).column("user_id").to_numpy()).astype(
         np.int64
@@ -45,7 +52,7 @@ def main() -> None:
     ts = TwoStage(ws, day=day)
     result = slate_value(ts, Oracle.load(ws.data_path()), users)
     result = {
-        "command": "python benchmarks/slate_value.py",
+        "command": "python benchmarks/slate_value.py" + (f" {sys.argv[1]}" if len(sys.argv) > 1 else ""),
         "dataset": "synthetic (DemoConfig defaults)",
         "test_day": day,
         "versions": ts.versions,
