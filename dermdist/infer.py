@@ -1,14 +1,18 @@
 """Daily inference on Ray: the day's users and ads embedded by Ray Data `map_batches` over an actor pool.
 
 The driver computes which ids the day embeds (`towers.infer.day_entities`, the single-process engine's own
-choice) and the day's activity log (put once in the object store), splits the ids into blocks of
-`batch_size`, and a pool of actors embeds them. Each actor loads, once, the tower snapshot from its published
-directory (`towers.train.load_snapshot(dir, "cpu", with_state=False)`), the dataset's entity tables
-(`towers.batches.Inputs`) and the activity log, then runs the library's own `embed_users` / `embed_ads` on
-every block it is given: no second forward pass or feature builder exists, so the vectors equal the
+choice), splits them into blocks of `batch_size`, and a pool of actors embeds them. Each actor loads, once,
+the tower snapshot from its published directory (`towers.train.load_snapshot(dir, "cpu", with_state=False)`),
+the dataset's entity tables (`towers.batches.Inputs`) and the day's activity log, then runs the library's own
+`embed_users` / `embed_ads` on every block it is given: no second forward pass or feature builder exists, so the vectors equal the
 single-process ones to float tolerance (tested). The driver gathers the blocks into the same
 `DailyEmbeddings`, checks that every id came back exactly once, and the caller publishes it through the one
 atomic store publish (`workflow.cycle.publish_embeddings` -> `embstore.store.publish_day`).
+
+Each actor reads the activity log from the dataset itself (`ActivityLog.from_dataset(ds, day)`), so its
+constructor takes only paths and a restarted actor rebuilds itself (Ray cannot promise to restart an actor
+whose constructor arguments live in the object store: ray-project/ray#53727). The cost is one copy of the
+log per actor; a caller that already holds a log passes it and it is shared through the object store.
 
 On a cluster, the dataset directory and the workspace's model directory must be readable at the same paths
 from every node (shared storage), and derm must be installed on every node.
@@ -54,15 +58,26 @@ def connect(cfg: RayInferenceConfig) -> ModuleType:
     """Join the cluster at `cfg.address` (None: RAY_ADDRESS or a new local instance) unless this process
     already joined one; the connection is kept for the next day of the run."""
     ray = require_ray()
+    # Ray's console lines follow this process's logging: shown when INFO is (derm -v), else errors only,
+    # like faiss's loader noise; Ray Data's own log file in the session directory keeps everything. The
+    # library draws no progress bars (stderr stays clean for `--json`).
+    quiet = not logging.getLogger().isEnabledFor(logging.INFO)
     if ray.is_initialized():
         if cfg.address is not None:
             log.info("ray is already initialised in this process; address %s is not used", cfg.address)
     else:
         try:
-            ray.init(address=cfg.address, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(
+                address=cfg.address,
+                include_dashboard=False,
+                logging_level=logging.ERROR if quiet else logging.INFO,
+            )
         except (ConnectionError, ValueError, RuntimeError) as e:
             where = cfg.address or "a local instance"
             raise EngineError(f"cannot join the Ray cluster at {where} ({str(e).splitlines()[0]})") from None
+    for h in logging.getLogger("ray.data").handlers:
+        if isinstance(h, logging.StreamHandler):
+            h.setLevel(logging.ERROR if quiet else logging.INFO)
     ray.data.DataContext.get_current().enable_progress_bars = False
     return ray
 
@@ -83,8 +98,9 @@ class DayEmbedder:
         torch.set_num_threads(threads)
         ds = Dataset.open(data_root)
         self.snap = load_snapshot(Path(snapshot_dir), "cpu", with_state=False)
-        # the ref travels inside a list so that Ray hands it over unresolved and the log is read here, once
-        activity = ray.get(activity_ref[0])
+        # [] : the log of `day` from the dataset; [ref]: the caller's log, in a list so that Ray hands the ref
+        # over unresolved and it is read here, once
+        activity = ray.get(activity_ref[0]) if activity_ref else ActivityLog.from_dataset(ds, day)
         self.inputs = Inputs(ds, self.snap.spec, activity, self.snap.config.seq_len)
         self.ts = end_of_day(day)
 
@@ -110,13 +126,13 @@ def embed_day_ray(
     cfg: RayInferenceConfig | None = None,
 ) -> DailyEmbeddings:
     """`towers.infer.embed_day` on Ray: the same ids, the same vectors (to float tolerance), computed by a
-    pool of `cfg.actors` actors. `snap` must be a published snapshot (its directory is what actors load)."""
+    pool of `cfg.actors` actors. `snap` must be a published snapshot (its directory is what actors load).
+    `activity`: None, each actor reads the day's log from the dataset; else this log, shared through the
+    object store (one copy per node)."""
     cfg = cfg or RayInferenceConfig()
     if snap.path is None:
         raise EngineError("the ray engine embeds with a published snapshot; this one has no directory")
     ents = day_entities(ds, day, known_ad_ids)
-    if activity is None:
-        activity = ActivityLog.from_dataset(ds, day)
     ray = connect(cfg)
     kinds = np.concatenate([np.full(len(ents.users), USER, np.int8), np.full(len(ents.ads), AD, np.int8)])
     ids = np.concatenate([ents.users, ents.ads]).astype(np.int64)
@@ -141,7 +157,7 @@ def embed_day_ray(
         fn_constructor_kwargs={
             "data_root": str(ds.root),
             "snapshot_dir": str(snap.path),
-            "activity_ref": [ray.put(activity)],
+            "activity_ref": [] if activity is None else [ray.put(activity)],
             "day": int(day),
             "threads": max(1, int(cfg.cpus_per_actor)),
         },

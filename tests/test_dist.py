@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from adslog.errors import ConfigError
+from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from cli import main
 from dermdist import Engine, EngineError, RayInferenceConfig, embed_day_ray, require_ray
@@ -51,8 +53,8 @@ def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local:
     snap = _day_snapshot(work, day)
     known = open_version(ws.embeddings_dir("ctr"), day - 1).ids("ad")
     local = embed_day(ds, snap, day, known)
-    # small blocks: many more blocks than actors, so both actors embed and results come back out of order
-    got = embed_day_ray(ds, snap, day, known, cfg=RayInferenceConfig(actors=2, batch_size=97))
+    # small blocks: more blocks than actors, so both actors embed and results may come back out of order
+    got = embed_day_ray(ds, snap, day, known, cfg=RayInferenceConfig(actors=2, batch_size=500))
     assert len(local.user_ids) > 500 and len(local.ad_ids) > 300
     assert got.user_ids.dtype == np.int64 and got.ad_ids.dtype == np.int64
     np.testing.assert_array_equal(got.user_ids, local.user_ids)
@@ -64,6 +66,13 @@ def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local:
     np.testing.assert_allclose(got.ad_vecs, local.ad_vecs, rtol=0, atol=1e-5)
     # the vectors are not trivially equal: users differ from one another
     assert np.abs(local.user_vecs[0] - local.user_vecs[1]).max() > 1e-3
+    # a caller's log (here one through the last day: queries stop at the end of `day`) travels through the
+    # object store instead of each actor reading its own; one block per call here
+    act = ActivityLog.from_dataset(ds, ds.last_day)
+    shared = embed_day_ray(ds, snap, day, known, act, RayInferenceConfig(actors=1, batch_size=4096))
+    np.testing.assert_array_equal(shared.user_ids, local.user_ids)
+    np.testing.assert_allclose(shared.user_vecs, local.user_vecs, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(shared.ad_vecs, local.ad_vecs, rtol=0, atol=1e-5)
 
 
 def test_ray_publish_equals_local_version(
@@ -83,6 +92,36 @@ def test_ray_publish_equals_local_version(
         np.testing.assert_array_equal(got.ids(entity), ref.ids(entity))
         np.testing.assert_allclose(got.vectors(entity), ref.vectors(entity), rtol=0, atol=1e-6)
     assert m["stats"] == ref.manifest["stats"]
+
+
+def test_cli_daily_engine_ray(ws_copy: tuple[Workspace, dict], tmp_path: Path, ray_local: Any) -> None:
+    """`derm daily --engine ray` runs the whole cycle (eval, train, embed on Ray, index, ranker) for this run
+    only; its store version equals the one the local engine publishes from the same inputs."""
+    ws, summary = ws_copy
+    day = summary["eval_day"]
+    cycle_before = (ws.root / "cycle.json").read_bytes()
+    r = CliRunner().invoke(
+        main, ["daily", "--work", str(ws.root), "--day", str(day), "--engine", "ray", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.stderr == ""
+    out = json.loads(r.stdout)["days"][0]
+    assert out["day"] == day and not out["skipped"] and "embed_ctr" in out["stage_seconds"]
+    assert (ws.root / "cycle.json").read_bytes() == cycle_before  # the engine was this run's, not saved
+    assert (ws.index_dir / version_name(day) / "manifest.json").exists()
+    # the same day embedded locally from the same snapshot and previous version, in a copy
+    local_ws = Workspace(shutil.copytree(ws.root, tmp_path / "local"))
+    cfg = load_cycle_config(local_ws, "cpu")
+    assert cfg.engine is Engine.LOCAL
+    publish_embeddings(
+        local_ws, local_ws.dataset(), "ctr", day, cfg, day, back_inferred=False, overwrite=True
+    )
+    ray_v = open_version(ws.embeddings_dir("ctr"), day)
+    local_v = open_version(local_ws.embeddings_dir("ctr"), day)
+    assert ray_v.manifest["artifact_id"] != local_v.manifest["artifact_id"]
+    for entity in ("user", "ad"):
+        np.testing.assert_array_equal(ray_v.ids(entity), local_v.ids(entity))
+        np.testing.assert_allclose(ray_v.vectors(entity), local_v.vectors(entity), rtol=0, atol=1e-6)
 
 
 def test_engine_config_round_trip_and_old_cycle_json(ws_copy: tuple[Workspace, dict]) -> None:
