@@ -9,10 +9,13 @@ single-process ones to float tolerance (tested). The driver gathers the blocks i
 `DailyEmbeddings`, checks that every id came back exactly once, and the caller publishes it through the one
 atomic store publish (`workflow.cycle.publish_embeddings` -> `embstore.store.publish_day`).
 
-Each actor reads the activity log from the dataset itself (`ActivityLog.from_dataset(ds, day)`), so its
-constructor takes only paths and a restarted actor rebuilds itself (Ray cannot promise to restart an actor
-whose constructor arguments live in the object store: ray-project/ray#53727). The cost is one copy of the
-log per actor; a caller that already holds a log passes it and it is shared through the object store.
+Each actor reads the day's activity log from the dataset itself (`ActivityLog.from_dataset(ds, day)`): its
+constructor takes only paths, and the log is read in parallel where the actor runs rather than built on the
+driver and shipped. The cost is one copy of the log per actor (at scale: shard users by id so that an actor
+reads only its users' events; not done yet); a caller that already holds a log passes it, and it is shared
+through the object store (one copy per node). Ray Data keeps the pool's own start-up state in the object
+store, so Ray's core logs one error line per actor pool at start-up about actor restarts
+(ray-project/ray#53727); it is Ray's, on stderr, even with `--json`.
 
 On a cluster, the dataset directory and the workspace's model directory must be readable at the same paths
 from every node (shared storage), and derm must be installed on every node.
