@@ -162,3 +162,20 @@ def test_address_needs_ray_engine(ws_copy: tuple[Workspace, dict]) -> None:
     )
     assert r.exit_code == 1
     assert r.stderr.strip() == "Error: --address needs the ray engine (--engine ray)"
+
+
+def test_lost_or_duplicated_blocks_are_refused() -> None:
+    """The driver's check: a day whose blocks did not all come back exactly once is never published."""
+    from dermdist.infer import _gathered
+
+    expected = np.array([3, 7, 9], np.int64)
+    vecs = np.eye(4, 2, dtype=np.float32)
+    ids, got = _gathered(np.ones(3, bool), np.array([9, 3, 7], np.int64), vecs[:3], expected, "user")
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(got, vecs[[1, 2, 0]])  # each vector stays with its id
+    with pytest.raises(EngineError, match="returned 2 user embeddings for 3 users; nothing is published"):
+        _gathered(np.ones(2, bool), np.array([3, 7], np.int64), vecs[:2], expected, "user")
+    with pytest.raises(EngineError, match="returned 4 ad embeddings for 3 ads"):
+        _gathered(np.ones(4, bool), np.array([3, 7, 7, 9], np.int64), vecs, expected, "ad")
+    with pytest.raises(ConfigError, match="ray batch_size must be >= 1"):
+        RayInferenceConfig(batch_size=0)

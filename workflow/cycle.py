@@ -306,15 +306,24 @@ def publish_embeddings(
     )
 
 
+def check_engine(cfg: CycleConfig) -> None:
+    """EngineError naming `pip install 'derm[dist]'` when the config's engine is not installed: callers check
+    before any stage runs, so a run never trains for an hour and then fails at the embedding."""
+    if cfg.engine is Engine.RAY:
+        from dermdist.infer import require_ray
+
+        require_ray()
+
+
 def day_embedder(cfg: CycleConfig) -> Embedder:
     """The engine that embeds a day for `publish_embeddings` (and so for the cycle and the bootstrap):
     `towers.infer.embed_day` in this process, or `dermdist.embed_day_ray` on a Ray cluster. Either result goes
     through the same store publish, gates and lineage."""
     if cfg.engine is Engine.LOCAL:
         return embed_day
-    from dermdist.infer import embed_day_ray, require_ray
+    from dermdist.infer import embed_day_ray
 
-    require_ray()  # EngineError naming the extra, before any work
+    check_engine(cfg)
     return partial(embed_day_ray, cfg=RayInferenceConfig(cfg.ray_address, cfg.ray_actors))
 
 
@@ -395,6 +404,7 @@ def bootstrap(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train everything from scratch on `train_days` and publish the versions of their last day."""
+    check_engine(cfg)
     ds = ws.dataset()
     timer = timer or Timer()
     train_days = sorted(train_days)
@@ -551,9 +561,7 @@ def run_days(
     ks: tuple[int, ...] = (20, 100),
     warn: WarningConfig | None = None,
 ) -> list[dict[str, Any]]:
-    if cfg is not None and cfg.engine is Engine.RAY:
-        from dermdist.infer import require_ray
-
-        require_ray()  # before the lock and any stage: EngineError naming the extra
+    if cfg is not None:
+        check_engine(cfg)  # before the lock and any stage
     with ws.lock():
         return [run_day(ws, d, cfg, progress, overwrite=overwrite, ks=ks, warn=warn) for d in days]
