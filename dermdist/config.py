@@ -14,6 +14,14 @@ class Engine(StrEnum):
     LOCAL = "local"
     RAY = "ray"
 
+    @classmethod
+    def parse(cls, value: str) -> Engine:
+        """The engine named `value`, or ConfigError listing the choices."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ConfigError(f"engine must be local or ray, got {value!r}") from None
+
 
 @dataclass(frozen=True)
 class RayInferenceConfig:

@@ -138,6 +138,12 @@ def test_engine_config_round_trip_and_old_cycle_json(ws_copy: tuple[Workspace, d
         CycleConfig(engine="spark")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="ray actors must be >= 1"):
         CycleConfig(ray_actors=0)
+    before = (ws.root / "cycle.json").read_bytes()
+    with pytest.raises(
+        ConfigError, match="invalid value for engine: engine must be local or ray, got 'spark'"
+    ):
+        set_cycle_config(ws, {"engine": "spark"})
+    assert (ws.root / "cycle.json").read_bytes() == before
 
 
 def test_missing_ray_names_the_extra(

@@ -106,10 +106,7 @@ class CycleConfig:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "engine", Engine(self.engine))
-        except ValueError:
-            raise ConfigError(f"engine must be local or ray, got {self.engine!r}") from None
+        object.__setattr__(self, "engine", Engine.parse(self.engine))
         RayInferenceConfig(self.ray_address, self.ray_actors)  # validates (ConfigError)
         if not 0.0 <= self.min_index_recall <= 1.0:
             raise ConfigError("min_index_recall must be in [0, 1]")
@@ -179,7 +176,7 @@ class CycleConfig:
             device=device,
             feature_store=d.get("feature_store"),
             # workspaces written before the option ran in one process
-            engine=Engine(d.get("engine", Engine.LOCAL.value)),
+            engine=Engine.parse(d.get("engine", Engine.LOCAL.value)),
             ray_actors=d.get("ray_actors"),
             ray_address=ray_address,
         )
