@@ -842,6 +842,18 @@ def ranker_train(
 @click.option("--to", "day_to", type=DAY, default=None, help="Last day of a range.")
 @click.option("--overwrite", is_flag=True, help="Recompute days that are already published.")
 @device_option
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default=None,
+    help="Where the day's inference runs, for this run only (default: the cycle config's `engine`); "
+    "ray needs pip install 'derm[dist]'.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join (auto, ray://HEAD:10001); default: RAY_ADDRESS or a new local instance.",
+)
 @json_option
 @click.pass_context
 def daily(
@@ -853,9 +865,14 @@ def daily(
     day_to: int | None,
     overwrite: bool,
     device: str,
+    engine: str | None,
+    address: str | None,
     as_json: bool,
 ) -> None:
     """Run the daily cycle: evaluate the day, train one increment, embed, aggregate, index, refresh the ranker."""
+    from dataclasses import replace
+
+    from dermdist.config import Engine
     from workflow.cycle import load_cycle_config, run_days
 
     bars = _setup(as_json, ctx.obj["verbose"])
@@ -867,7 +884,13 @@ def daily(
         days = _days(ds, day_from, day_to, day_to)
     else:
         raise DermError("give --day D or --from D1 --to D2")
-    results = run_days(ws, days, load_cycle_config(ws, device), bars, overwrite)
+    cfg = load_cycle_config(ws, device)
+    if engine is not None or address is not None:
+        # this run only: never saved in cycle.json (a command changes no config)
+        cfg = replace(cfg, engine=Engine(engine) if engine else cfg.engine, ray_address=address)
+    if cfg.ray_address is not None and cfg.engine is not Engine.RAY:
+        raise DermError("--address needs the ray engine (--engine ray)")
+    results = run_days(ws, days, cfg, bars, overwrite)
     out = [
         {
             "day": r["day"],

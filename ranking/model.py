@@ -182,6 +182,8 @@ class WidePart(nn.Module):
     (slot, value, value) is hashed into `buckets` rows; weights start at 0, so an untrained wide part adds
     nothing. The table takes dense gradients and Adam (see `towers.config.TowerConfig.sparse_embeddings`)."""
 
+    cross_cols: torch.Tensor  # (P, 2) column pairs of the crosses in the stacked categorical matrix
+
     def __init__(self, spec: FeatureSpec, buckets: int, n_tasks: int) -> None:
         super().__init__()
         self.buckets = buckets
@@ -191,7 +193,6 @@ class WidePart(nn.Module):
         ad_cols = [n_user + j for j, f in enumerate(ad) if f.kind == "categorical"]
         left = [j for j, f in enumerate(user) if f.kind == "categorical"]
         left += [n_user + n_ad + j for j in range(n_ctx)]
-        self.register_buffer("single_cols", torch.arange(n_user + n_ad + n_ctx), persistent=False)
         pairs = [(a, b) for a in left for b in ad_cols]
         self.register_buffer(
             "cross_cols", torch.tensor(pairs, dtype=torch.long).reshape(-1, 2), persistent=False
@@ -201,7 +202,9 @@ class WidePart(nn.Module):
 
     def keys(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """int64 (B, n_features): each feature's row in the table."""
-        x = torch.cat([b["user_cat"], b["ad_cat"], b["ctx"]], dim=1).long()  # values < 2^21 (table sizes)
+        # table indices: crosses pair categorical (non-id) fields, whose values are < 2^21; a single feature's
+        # value (an id bucket) is < 2^42, below its slot's offset
+        x = torch.cat([b["user_cat"], b["ad_cat"], b["ctx"]], dim=1).long()
         slots = torch.arange(x.shape[1] + len(self.cross_cols), device=x.device)
         single = x  # (B, S)
         cross = x[:, self.cross_cols[:, 0]] * (1 << 21) + x[:, self.cross_cols[:, 1]]  # (B, P)

@@ -59,15 +59,19 @@ def embed_ads(snap: Snapshot, inputs: Inputs, ad_ids: np.ndarray, batch: int = 8
     return out
 
 
-def embed_day(
-    ds: Dataset,
-    snap: Snapshot,
-    day: int,
-    known_ad_ids: np.ndarray | None = None,
-    activity: ActivityLog | None = None,
-) -> DailyEmbeddings:
-    """Embeddings of day `day`'s active users, and of the ads impressed on `day` or live on day + 1;
-    `n_launch_ads` counts those not in `known_ad_ids` (int64, the ads already in the pool)."""
+@dataclass
+class DayEntities:
+    """What a day embeds: `users` int64[n_u] (active on the day), `ads` int64[n_a] (impressed on the day or
+    live on day + 1), `n_launch_ads` (those of `ads` not known before). Every engine embeds these ids."""
+
+    users: np.ndarray
+    ads: np.ndarray
+    n_launch_ads: int
+
+
+def day_entities(ds: Dataset, day: int, known_ad_ids: np.ndarray | None = None) -> DayEntities:
+    """Day `day`'s active users, and the ads impressed on `day` or live on day + 1; `n_launch_ads` counts
+    those not in `known_ad_ids` (int64, the ads already in the pool)."""
     ds.check_day(day)
     imp = ds.impressions(day, ["user_id", "ad_id"])
     users = np.unique(imp.column("user_id").to_numpy()).astype(np.int64)
@@ -75,17 +79,33 @@ def embed_day(
     tomorrow = ds.live_ads(day + 1) if day < ds.last_day else ds.live_ads(day)
     known = np.union1d(ads, known_ad_ids if known_ad_ids is not None else np.zeros(0, np.int64))
     launch = np.setdiff1d(tomorrow, known)
-    all_ads = np.union1d(ads, tomorrow)
+    return DayEntities(users, np.union1d(ads, tomorrow).astype(np.int64), len(launch))
+
+
+def end_of_day(day: int) -> int:
+    """The timestamp a daily user embedding is taken at: sequences hold every event strictly before it."""
+    return (int(day) + 1) * 86400
+
+
+def embed_day(
+    ds: Dataset,
+    snap: Snapshot,
+    day: int,
+    known_ad_ids: np.ndarray | None = None,
+    activity: ActivityLog | None = None,
+) -> DailyEmbeddings:
+    """Embeddings of day `day`'s entities (`day_entities`) in this process: the single-process engine."""
+    ents = day_entities(ds, day, known_ad_ids)
     if activity is None:
         activity = ActivityLog.from_dataset(ds, day)
     inputs = Inputs(ds, snap.spec, activity, snap.config.seq_len)
-    end_of_day = np.full(len(users), (day + 1) * 86400, np.int64)
+    ts = np.full(len(ents.users), end_of_day(day), np.int64)
     return DailyEmbeddings(
         day=day,
         model_version=snap.model_version,
-        user_ids=users,
-        user_vecs=embed_users(snap, inputs, users, end_of_day),
-        ad_ids=all_ads,
-        ad_vecs=embed_ads(snap, inputs, all_ads),
-        n_launch_ads=len(launch),
+        user_ids=ents.users,
+        user_vecs=embed_users(snap, inputs, ents.users, ts),
+        ad_ids=ents.ads,
+        ad_vecs=embed_ads(snap, inputs, ents.ads),
+        n_launch_ads=ents.n_launch_ads,
     )

@@ -33,6 +33,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ from adslog.errors import ConfigError, DataError, DermError
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from dermdist.config import Engine, RayInferenceConfig
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, open_version, publish_day
 from eval.evaluate import day_clicks, evaluate_day
@@ -55,13 +57,16 @@ from ranking.train import train_ranker
 from retrieval.prior import POPULARITY_DAYS
 from retrieval.retrieve import Retriever
 from towers.config import Task, TowerConfig
-from towers.infer import embed_day
-from towers.train import load_snapshot, train_towers
+from towers.infer import DailyEmbeddings, embed_day
+from towers.train import Snapshot, load_snapshot, train_towers
 from workflow.lineage import check_cycle_lineage
 
 log = logging.getLogger(__name__)
 
 CYCLE_FILE = "cycle.json"
+
+# (dataset, snapshot, day, known ad ids int64 | None, activity log | None) -> the day's embeddings
+Embedder = Callable[[Dataset, Snapshot, int, "np.ndarray | None", "ActivityLog | None"], DailyEmbeddings]
 
 
 @dataclass(frozen=True)
@@ -97,8 +102,16 @@ class CycleConfig:
     # online feature store URL (redis://HOST:PORT/DB[?prefix=NAME]) the cycle publishes to as its last step;
     # None: no online store. Stored in cycle.json: name a server without a password in the URL.
     feature_store: str | None = None
+    # where the day's inference runs: local (this process) | ray (Ray Data over `ray_actors` actors; the
+    # `dist` extra). `ray_address` is the cluster to join, a property of this run like `device`: never saved
+    # in cycle.json (None: RAY_ADDRESS or a new local instance).
+    engine: Engine = Engine.LOCAL
+    ray_actors: int | None = None
+    ray_address: str | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "engine", Engine.parse(self.engine))
+        RayInferenceConfig(self.ray_address, self.ray_actors)  # validates (ConfigError)
         if not 0.0 <= self.min_index_recall <= 1.0:
             raise ConfigError("min_index_recall must be in [0, 1]")
         if self.feature_store is not None:
@@ -139,10 +152,14 @@ class CycleConfig:
             "prior_windows": list(self.prior_windows),
             "popularity_window": self.popularity_window,
             "feature_store": self.feature_store,
+            "engine": self.engine.value,
+            "ray_actors": self.ray_actors,
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], device: str = "auto") -> CycleConfig:
+    def from_json(
+        cls, d: dict[str, Any], device: str = "auto", ray_address: str | None = None
+    ) -> CycleConfig:
         towers = TowerConfig.from_json(d["towers"])
         return cls(
             tasks=tuple(d["tasks"]),
@@ -168,6 +185,10 @@ class CycleConfig:
             popularity_window=d.get("popularity_window", POPULARITY_DAYS),
             device=device,
             feature_store=d.get("feature_store"),
+            # workspaces written before the option ran in one process
+            engine=Engine.parse(d.get("engine", Engine.LOCAL.value)),
+            ray_actors=d.get("ray_actors"),
+            ray_address=ray_address,
         )
 
 
@@ -270,7 +291,7 @@ def publish_embeddings(
     prev_day = ws.version_before(sdir, day)
     previous: StoreVersion | None = open_version(sdir, prev_day) if prev_day is not None else None
     known = previous.ids("ad") if previous is not None else None
-    daily = embed_day(ds, snap, day, known, activity)
+    daily = day_embedder(cfg)(ds, snap, day, known, activity)
     imp = ds.impressions(day, ["user_id", "ad_id"])
     active = {
         "user": np.unique(imp.column("user_id").to_numpy()),
@@ -290,6 +311,27 @@ def publish_embeddings(
         gates=None if back_inferred else cfg.gates,
         float16=cfg.store_float16,
     )
+
+
+def check_engine(cfg: CycleConfig) -> None:
+    """EngineError naming `pip install 'derm[dist]'` when the config's engine is not installed: callers check
+    before any stage runs, so a run never trains for an hour and then fails at the embedding."""
+    if cfg.engine is Engine.RAY:
+        from dermdist.infer import require_ray
+
+        require_ray()
+
+
+def day_embedder(cfg: CycleConfig) -> Embedder:
+    """The engine that embeds a day for `publish_embeddings` (and so for the cycle and the bootstrap):
+    `towers.infer.embed_day` in this process, or `dermdist.embed_day_ray` on a Ray cluster. Either result goes
+    through the same store publish, gates and lineage."""
+    if cfg.engine is Engine.LOCAL:
+        return embed_day
+    from dermdist.infer import embed_day_ray
+
+    check_engine(cfg)
+    return partial(embed_day_ray, cfg=RayInferenceConfig(cfg.ray_address, cfg.ray_actors))
 
 
 def cfg_device(cfg: CycleConfig) -> str:
@@ -370,6 +412,7 @@ def bootstrap(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train everything from scratch on `train_days` and publish the versions of their last day."""
+    check_engine(cfg)
     ds = ws.dataset()
     timer = timer or Timer()
     train_days = sorted(train_days)
@@ -526,5 +569,7 @@ def run_days(
     ks: tuple[int, ...] = (20, 100),
     warn: WarningConfig | None = None,
 ) -> list[dict[str, Any]]:
+    if cfg is not None:
+        check_engine(cfg)  # before the lock and any stage
     with ws.lock():
         return [run_day(ws, d, cfg, progress, overwrite=overwrite, ks=ks, warn=warn) for d in days]

@@ -80,6 +80,8 @@ class RunConfig:
                 "prior_windows": list(c.prior_windows),
                 "popularity_window": c.popularity_window,
                 "feature_store": c.feature_store,
+                "engine": c.engine.value,
+                "ray_actors": c.ray_actors,
             },
             "warnings": {f.name: getattr(self.warnings, f.name) for f in fields(WarningConfig)},
         }
@@ -105,6 +107,8 @@ _CYCLE = {
     "max_coverage_drop",
     "min_index_recall",
     "store_float16",
+    "engine",
+    "ray_actors",
 }
 
 
@@ -182,6 +186,8 @@ def parse_run_config(raw: dict[str, Any], path: Path, device: str | None = None)
             prior_windows=tuple(cy.get("prior_windows", base.cycle.prior_windows)),
             popularity_window=cy.get("popularity_window", base.cycle.popularity_window),
             feature_store=cy.get("feature_store", base.cycle.feature_store),
+            engine=cy.get("engine", base.cycle.engine),
+            ray_actors=cy.get("ray_actors", base.cycle.ray_actors),
             device=device or str(raw.get("device", base.cycle.device)),
         )
         where = "warnings"
@@ -292,6 +298,9 @@ KEY_DOCS: dict[str, str] = {
     "cycle.prior_windows": "popularity windows (periods) the prior's fit chooses from",
     "cycle.popularity_window": "periods of clicks behind the popularity list, cold start and eval's baseline",
     "cycle.feature_store": "online feature store URL the cycle publishes to (redis://HOST:PORT/DB); null: none",
+    "cycle.engine": "where the daily inference runs: local (this process) | ray (Ray Data actors; "
+    "pip install 'derm[dist]'; the cluster: derm daily --address or RAY_ADDRESS)",
+    "cycle.ray_actors": "actors of the ray engine's pool (null: one per CPU of the cluster)",
     "warnings.max_version_age": "warn when the versions are older than the evaluated period by more periods",
     "warnings.min_positives": "warn when a figure rests on fewer positives (clicked users, clicks)",
 }

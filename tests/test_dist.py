@@ -1,0 +1,187 @@
+"""Issue 16 item 1: the daily inference on Ray equals the single-process one (one local Ray per module)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from adslog.errors import ConfigError
+from adslog.sequences import ActivityLog
+from adslog.workspace import Workspace, version_name
+from cli import main
+from dermdist import Engine, EngineError, RayInferenceConfig, embed_day_ray, require_ray
+from embstore.store import open_version
+from towers.infer import embed_day
+from towers.train import load_snapshot
+from workflow.cycle import CycleConfig, load_cycle_config, publish_embeddings, set_cycle_config
+
+HAVE_RAY = importlib.util.find_spec("ray") is not None
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Any:
+    """One local Ray instance for the module's Ray tests (start-up costs seconds). Skipped only off CI
+    without the `dist` extra; on CI a missing Ray fails here."""
+    if not HAVE_RAY and not os.environ.get("CI"):
+        pytest.skip("ray is not installed (pip install 'derm[dist]')")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+def _day_snapshot(work: Path, day: int) -> Any:
+    return load_snapshot(Workspace(work).models_dir("ctr") / version_name(day), "cpu", with_state=False)
+
+
+def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local: Any) -> None:
+    work, summary = demo_ws
+    ws = Workspace(work)
+    ds = ws.dataset()
+    day = summary["daily_days"][-1]
+    snap = _day_snapshot(work, day)
+    known = open_version(ws.embeddings_dir("ctr"), day - 1).ids("ad")
+    local = embed_day(ds, snap, day, known)
+    # small blocks: more blocks than actors, so both actors embed and results may come back out of order
+    got = embed_day_ray(ds, snap, day, known, cfg=RayInferenceConfig(actors=2, batch_size=500))
+    assert len(local.user_ids) > 500 and len(local.ad_ids) > 300
+    assert got.user_ids.dtype == np.int64 and got.ad_ids.dtype == np.int64
+    np.testing.assert_array_equal(got.user_ids, local.user_ids)
+    np.testing.assert_array_equal(got.ad_ids, local.ad_ids)
+    assert got.n_launch_ads == local.n_launch_ads
+    assert got.model_version == local.model_version and got.day == day
+    assert got.user_vecs.dtype == np.float32 and got.user_vecs.shape == local.user_vecs.shape
+    np.testing.assert_allclose(got.user_vecs, local.user_vecs, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got.ad_vecs, local.ad_vecs, rtol=0, atol=1e-5)
+    # the vectors are not trivially equal: users differ from one another
+    assert np.abs(local.user_vecs[0] - local.user_vecs[1]).max() > 1e-3
+    # a caller's log (here one through the last day: queries stop at the end of `day`) travels through the
+    # object store instead of each actor reading its own; one block per call here
+    act = ActivityLog.from_dataset(ds, ds.last_day)
+    shared = embed_day_ray(ds, snap, day, known, act, RayInferenceConfig(actors=1, batch_size=4096))
+    np.testing.assert_array_equal(shared.user_ids, local.user_ids)
+    np.testing.assert_allclose(shared.user_vecs, local.user_vecs, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(shared.ad_vecs, local.ad_vecs, rtol=0, atol=1e-5)
+
+
+def test_ray_publish_equals_local_version(
+    demo_ws: tuple[Path, dict], ws_copy: tuple[Workspace, dict], ray_local: Any
+) -> None:
+    """The ray engine through the one publish path (`publish_embeddings` -> `publish_day`) writes the store
+    version the local engine wrote: the demo's (local) version of a daily day, recomputed on Ray."""
+    work, summary = demo_ws
+    ws, _ = ws_copy
+    day = summary["daily_days"][-1]
+    cfg = replace(load_cycle_config(ws, "cpu"), engine=Engine.RAY, ray_actors=2)
+    m = publish_embeddings(ws, ws.dataset(), "ctr", day, cfg, day, back_inferred=False, overwrite=True)
+    ref = open_version(Workspace(work).embeddings_dir("ctr"), day)
+    got = open_version(ws.embeddings_dir("ctr"), day)
+    assert m["artifact_id"] != ref.manifest["artifact_id"]  # really republished, not the copied version
+    for entity in ("user", "ad"):
+        np.testing.assert_array_equal(got.ids(entity), ref.ids(entity))
+        np.testing.assert_allclose(got.vectors(entity), ref.vectors(entity), rtol=0, atol=1e-6)
+    assert m["stats"] == ref.manifest["stats"]
+
+
+def test_cli_daily_engine_ray(ws_copy: tuple[Workspace, dict], tmp_path: Path, ray_local: Any) -> None:
+    """`derm daily --engine ray` runs the whole cycle (eval, train, embed on Ray, index, ranker) for this run
+    only; its store version equals the one the local engine publishes from the same inputs."""
+    ws, summary = ws_copy
+    day = summary["eval_day"]
+    cycle_before = (ws.root / "cycle.json").read_bytes()
+    r = CliRunner().invoke(
+        main, ["daily", "--work", str(ws.root), "--day", str(day), "--engine", "ray", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.stderr == ""
+    out = json.loads(r.stdout)["days"][0]
+    assert out["day"] == day and not out["skipped"] and "embed_ctr" in out["stage_seconds"]
+    assert (ws.root / "cycle.json").read_bytes() == cycle_before  # the engine was this run's, not saved
+    assert (ws.index_dir / version_name(day) / "manifest.json").exists()
+    # the same day embedded locally from the same snapshot and previous version, in a copy
+    local_ws = Workspace(shutil.copytree(ws.root, tmp_path / "local"))
+    cfg = load_cycle_config(local_ws, "cpu")
+    assert cfg.engine is Engine.LOCAL
+    publish_embeddings(
+        local_ws, local_ws.dataset(), "ctr", day, cfg, day, back_inferred=False, overwrite=True
+    )
+    ray_v = open_version(ws.embeddings_dir("ctr"), day)
+    local_v = open_version(local_ws.embeddings_dir("ctr"), day)
+    assert ray_v.manifest["artifact_id"] != local_v.manifest["artifact_id"]
+    for entity in ("user", "ad"):
+        np.testing.assert_array_equal(ray_v.ids(entity), local_v.ids(entity))
+        np.testing.assert_allclose(ray_v.vectors(entity), local_v.vectors(entity), rtol=0, atol=1e-6)
+
+
+def test_engine_config_round_trip_and_old_cycle_json(ws_copy: tuple[Workspace, dict]) -> None:
+    ws, _ = ws_copy
+    cfg = set_cycle_config(ws, {"engine": "ray", "ray_actors": "3"})
+    assert (cfg.engine, cfg.ray_actors) == (Engine.RAY, 3)
+    saved = json.loads((ws.root / "cycle.json").read_text())
+    assert saved["engine"] == "ray" and saved["ray_actors"] == 3 and "ray_address" not in saved
+    for key in ("engine", "ray_actors"):  # a cycle.json written before the option: one process
+        del saved[key]
+    old = CycleConfig.from_json(saved)
+    assert old.engine is Engine.LOCAL and old.ray_actors is None
+    with pytest.raises(ConfigError, match="engine must be local or ray, got 'spark'"):
+        CycleConfig(engine="spark")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="ray actors must be >= 1"):
+        CycleConfig(ray_actors=0)
+    before = (ws.root / "cycle.json").read_bytes()
+    with pytest.raises(
+        ConfigError, match="invalid value for engine: engine must be local or ray, got 'spark'"
+    ):
+        set_cycle_config(ws, {"engine": "spark"})
+    assert (ws.root / "cycle.json").read_bytes() == before
+
+
+def test_missing_ray_names_the_extra(
+    ws_copy: tuple[Workspace, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws, summary = ws_copy
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(EngineError, match=r"pip install 'derm\[dist\]'"):
+        require_ray()
+    day = summary["eval_day"]
+    before = sorted(p.name for p in ws.root.rglob("*"))
+    r = CliRunner().invoke(main, ["daily", "--work", str(ws.root), "--day", str(day), "--engine", "ray"])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "Error: the ray engine needs Ray: pip install 'derm[dist]'"
+    assert sorted(p.name for p in ws.root.rglob("*")) == before  # nothing ran, nothing written
+
+
+def test_address_needs_ray_engine(ws_copy: tuple[Workspace, dict]) -> None:
+    ws, summary = ws_copy
+    r = CliRunner().invoke(
+        main, ["daily", "--work", str(ws.root), "--day", str(summary["eval_day"]), "--address", "auto"]
+    )
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "Error: --address needs the ray engine (--engine ray)"
+
+
+def test_lost_or_duplicated_blocks_are_refused() -> None:
+    """The driver's check: a day whose blocks did not all come back exactly once is never published."""
+    from dermdist.infer import _gathered
+
+    expected = np.array([3, 7, 9], np.int64)
+    vecs = np.eye(4, 2, dtype=np.float32)
+    ids, got = _gathered(np.ones(3, bool), np.array([9, 3, 7], np.int64), vecs[:3], expected, "user")
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(got, vecs[[1, 2, 0]])  # each vector stays with its id
+    with pytest.raises(EngineError, match="returned 2 user embeddings for 3 users; nothing is published"):
+        _gathered(np.ones(2, bool), np.array([3, 7], np.int64), vecs[:2], expected, "user")
+    with pytest.raises(EngineError, match="returned 4 ad embeddings for 3 ads"):
+        _gathered(np.ones(4, bool), np.array([3, 7, 7, 9], np.int64), vecs, expected, "ad")
+    with pytest.raises(ConfigError, match="ray batch_size must be >= 1"):
+        RayInferenceConfig(batch_size=0)
