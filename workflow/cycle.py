@@ -387,7 +387,13 @@ def fit_retrieval_prior(ws: Workspace, ds: Dataset, day: int, cfg: CycleConfig) 
     users, relevant = day_clicks(ds, day)
     if len(users) == 0:
         return None
-    retriever = Retriever(ws, day, ds, prior=None)
+    try:
+        retriever = Retriever(ws, day, ds, prior=None)
+    except DataError as e:
+        # the versions that served `day` cannot be read (a corrupt index file): the index of `day` is rebuilt
+        # from its verified store version below, serving the ANN order until the next day's fit
+        log.warning("no retrieval prior fitted on day %d: %s", day, e)
+        return None
     if retriever.index is None:
         return None
     fit = retriever.fit_prior(users, relevant, cfg.self_check_k, windows=cfg.prior_windows)
