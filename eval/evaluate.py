@@ -261,7 +261,7 @@ def evaluate_day(
     versions = dict(cand.versions)
     rday = ws.version_before(ws.ranker_dir, day)
     if rday is not None:
-        snap, arrays, p_ctr = ranker_predictions(ws, day, imp, device)
+        snap, arrays, p_ctr = ranker_predictions(ws, day, imp, device, activity)
         versions["ranker"] = snap.version
         y = arrays.click
         oracle_p = imp.column("p_click").to_numpy() if "p_click" in imp.column_names else None
@@ -335,16 +335,18 @@ def evaluate_day(
 
 
 def ranker_predictions(
-    ws: Workspace, day: int, imp: Any, device: str = "cpu"
+    ws: Workspace, day: int, imp: Any, device: str = "cpu", activity: ActivityLog | None = None
 ) -> tuple[RankerSnapshot, ImpressionArrays, np.ndarray]:
     """The ranker serving `day` (the version before it) on the impressions `imp` of that day (logged context):
-    (its snapshot, the impressions' arrays, p_ctr float[n] in `imp`'s row order)."""
+    (its snapshot, the impressions' arrays, p_ctr float[n] in `imp`'s row order). `activity`: the day's
+    `ActivityLog.from_dataset(ds, day)` when the caller has it (read from the log otherwise)."""
     rday = ws.version_before(ws.ranker_dir, day)
     if rday is None:
         raise DermError(f"{ws.ranker_dir}: no ranker is published before day {day}")
     snap = load_ranker(Path(ws.ranker_dir) / version_name(rday), resolve_device(device))
     ds = ws.dataset()
-    inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, day), snap.config.seq_len)
+    activity = activity if activity is not None else ActivityLog.from_dataset(ds, day)
+    inputs = Inputs(ds, snap.spec, activity, snap.config.seq_len)
     arrays = inputs.arrays(imp)
     derm = DermLookup(ws, snap.config.derm_inputs, snap.manifest).features(
         arrays, int(snap.manifest["derm_dim"])

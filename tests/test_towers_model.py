@@ -242,6 +242,34 @@ def test_temperature_is_trained_unless_fixed(learn: bool) -> None:
         assert TowerConfig.from_json(cfg.to_json()).learn_temperature is False
 
 
+@pytest.mark.parametrize("sparse", [True, False])
+def test_sparse_embeddings_choose_the_optimiser(sparse: bool) -> None:
+    """sparse_embeddings: sparse id tables under SparseAdam, or dense tables under Adam, whose moments keep moving
+    a row on the steps after it was used (SparseAdam touches only the rows of the batch)."""
+    torch.manual_seed(0)
+    cfg = replace(SMALL, sparse_embeddings=sparse)
+    task = TrainTask(DermModel(SPEC, cfg), cfg)
+    towers = (task.model.user_tower, task.model.pin_tower)
+    tables = [t for tower in towers for t in tower.fields.cats]
+    seq = task.model.user_tower.sequence
+    assert seq is not None
+    tables += [seq.ad, seq.adv]
+    assert all(t.sparse is sparse for t in tables)
+    opt = TowerOptimizer(task.model, lr=0.05)
+    assert (opt.sparse is not None) is sparse
+    user_ids = task.model.user_tower.fields.cats[0].weight
+    b1, b2 = hand_batch(16, seed=1), hand_batch(16, seed=2)
+    b2["user_cat"][:, 0] = 1  # the second step uses user row 1 only
+    seen = next(int(u) for u in b1["user_cat"][:, 0] if int(u) != 1)  # a row of the first step only
+    _step(task, opt, b1)
+    row = user_ids[seen].detach().clone()
+    _step(task, opt, b2)
+    assert (
+        torch.equal(row, user_ids[seen].detach()) is sparse
+    )  # Adam's momentum moves it, SparseAdam does not
+    assert TowerConfig.from_json(cfg.to_json()).sparse_embeddings is sparse
+
+
 def test_pin_tower_ignores_engagement_inputs() -> None:
     torch.manual_seed(0)
     model = DermModel(SPEC, SMALL).eval()
