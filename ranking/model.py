@@ -72,6 +72,9 @@ class RankerConfig:
     wide_buckets: int = 1 << 18
     #: learning rate of the wide part (None: `lr`)
     wide_lr: float | None = None
+    #: the sparse id tables' optimiser (`towers.optim`): "lazy" = SparseAdam, "catch_up" = rows move as under
+    #: dense Adam at sparse cost
+    sparse_optimizer: str = "lazy"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -100,6 +103,10 @@ class RankerConfig:
             raise ConfigError("wide_buckets must be 0 (no wide part) or >= 2")
         if self.wide_lr is not None and not self.wide_lr > 0:
             raise ConfigError("wide_lr must be > 0 (or None for lr)")
+        from towers.optim import SPARSE_OPTIMIZERS
+
+        if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
+            raise ConfigError(f"sparse_optimizer must be one of {', '.join(SPARSE_OPTIMIZERS)}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,6 +125,7 @@ class RankerConfig:
         d.setdefault("embedding_init_std", None)
         d.setdefault("wide_buckets", 0)
         d.setdefault("wide_lr", None)
+        d.setdefault("sparse_optimizer", "lazy")
         d["derm_inputs"] = tuple(d["derm_inputs"])
         if "hidden" in d:
             d["hidden"] = tuple(d["hidden"])

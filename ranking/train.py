@@ -79,9 +79,9 @@ class RankerSnapshot:
 
 
 def ranker_optimizer(ranker: Ranker, cfg: RankerConfig) -> TowerOptimizer:
-    """SparseAdam for the sparse id tables, Adam for the rest; the wide part at `cfg.wide_lr` when set."""
+    """A sparse Adam (`cfg.sparse_optimizer`) for the sparse id tables, Adam for the rest; the wide part at `cfg.wide_lr` when set."""
     wide = {"wide.": cfg.wide_lr} if cfg.wide_lr is not None and ranker.wide is not None else None
-    return TowerOptimizer(ranker, lr=cfg.lr, prefix_lr=wide)
+    return TowerOptimizer(ranker, lr=cfg.lr, prefix_lr=wide, sparse_optimizer=cfg.sparse_optimizer)
 
 
 def new_snapshot(spec: FeatureSpec, cfg: RankerConfig, derm_dim: int, device: torch.device) -> RankerSnapshot:
@@ -349,6 +349,7 @@ def fit(
                 run[k] = run.get(k, 0.0) + v
             step += 1
             progress("train ranker", step, total)
+        snap.optimizer.flush()  # every embedding row up to date before the weights are read
         train_secs += time.perf_counter() - t0
         hist.append({k: round(v / steps_per_epoch, 6) for k, v in run.items()})
         if val is None:

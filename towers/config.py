@@ -59,6 +59,9 @@ class TowerConfig:
     # rarely seen row about 10x less per appearance (Gowalla, plain MF: validation recall@20 0.1645 with
     # SparseAdam vs 0.2021 with Adam after 8 epochs). Dense costs a pass over every table per step.
     sparse_embeddings: bool = True
+    # the sparse tables' optimiser (towers.optim): "lazy" = torch's SparseAdam (rows absent from a batch stand
+    # still); "catch_up" = CatchUpAdam, rows move as under dense Adam (to float error) at sparse cost
+    sparse_optimizer: str = "lazy"
     seq_len: int = 20
     batch_size: int = 2048
     lr: float = 2e-3
@@ -88,6 +91,10 @@ class TowerConfig:
             raise ConfigError("dim and token_dim must be positive")
         if self.embedding_init_std is not None and not self.embedding_init_std > 0:
             raise ConfigError("embedding_init_std must be > 0 (or None for torch's default N(0, 1))")
+        from towers.optim import SPARSE_OPTIMIZERS
+
+        if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
+            raise ConfigError(f"sparse_optimizer must be one of {', '.join(SPARSE_OPTIMIZERS)}")
         if self.id_bucket_factor < 1:
             raise ConfigError("id_bucket_factor must be >= 1")
         if self.id_buckets < 2:

@@ -106,7 +106,9 @@ def new_snapshot(spec: FeatureSpec, cfg: TowerConfig, device: torch.device) -> S
     torch.manual_seed(cfg.seed)
     model = DermModel(spec, cfg)
     task = TrainTask(model, cfg).to(device)
-    opt = TowerOptimizer(task.model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = TowerOptimizer(
+        task.model, lr=cfg.lr, weight_decay=cfg.weight_decay, sparse_optimizer=cfg.sparse_optimizer
+    )
     return Snapshot(
         task, opt, spec, cfg, {"lineage": uuid.uuid4().hex, "days_seen": [], "parent": None}, None
     )
@@ -123,7 +125,9 @@ def load_snapshot(directory: Path, device: torch.device | str = "cpu", with_stat
     task = TrainTask(model, cfg)
     try:
         model.load_state_dict(torch.load(directory / "weights.pt", map_location="cpu", weights_only=True))
-        opt = TowerOptimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = TowerOptimizer(
+            model, lr=cfg.lr, weight_decay=cfg.weight_decay, sparse_optimizer=cfg.sparse_optimizer
+        )
         task.to(dev)
         if with_state:
             state = torch.load(directory / "train_state.pt", map_location="cpu", weights_only=True)
@@ -208,6 +212,8 @@ def run_epochs(
             for k, v in {"loss": loss.item(), **parts}.items():
                 run[k] = run.get(k, 0.0) + v
             step += 1
+            if s == steps_per_epoch - 1:
+                optimizer.flush()  # every embedding row up to date before anyone reads the weights
             if step == 1:
                 crash_point("train", crash_detail)
             progress("train", step, total)

@@ -245,6 +245,8 @@ KEY_DOCS: dict[str, str] = {
     "towers.id_bucket_factor": "buckets per known id (next power of two)",
     "towers.embedding_init_std": "std of the normal init of id / categorical tables (null: N(0, 1))",
     "towers.sparse_embeddings": "true: sparse id-table gradients and SparseAdam; false: dense Adam on every table",
+    "towers.sparse_optimizer": "the sparse tables' optimiser: lazy (SparseAdam: rows absent from a batch stand "
+    "still) or catch_up (rows move as under dense Adam, at sparse cost)",
     "towers.seq_len": "clicks in the user's activity sequence",
     "towers.batch_size": "training batch size (also the in-batch softmax's candidates)",
     "towers.lr": "learning rate (decays linearly within each run)",
@@ -279,6 +281,8 @@ KEY_DOCS: dict[str, str] = {
     "ranker.embedding_init_std": "std of the normal init of the ranker's tables (null: N(0, 1))",
     "ranker.wide_buckets": "rows of the wide (linear, hashed one-hot and crossed) part; 0: no wide part",
     "ranker.wide_lr": "learning rate of the wide part (null: ranker.lr)",
+    "ranker.sparse_optimizer": "the ranker's sparse tables' optimiser: lazy (SparseAdam) or catch_up (rows move "
+    "as under dense Adam, at sparse cost)",
     "ranker.seed": "random seed of the ranker",
     "aggregation.users.heuristic": "users' pool heuristic: ma (moving average) | acc (latest) | ap",
     "aggregation.users.weight": "w of the users' moving average",
