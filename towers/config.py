@@ -136,4 +136,5 @@ class TowerConfig:
         towers', so a missing `backbone` means mlp; missing DHEN options take the defaults."""
         d = dict(d)
         d.setdefault("backbone", Backbone.MLP.value)
+        d.setdefault("sparse_optimizer", "lazy")  # snapshots before the option trained with SparseAdam
         return cls(**d)
