@@ -111,15 +111,7 @@ class TrainResult:
     samples_per_second: float
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "model_version": self.model_version,
-            "lineage": self.lineage,
-            "days": self.days,
-            "rows": self.rows,
-            "seconds": self.seconds,
-            "samples_per_second": self.samples_per_second,
-        }
+        return dict(self.__dict__)
 
 
 def _train_cycle(ws: Workspace, opts: TrainOptions) -> CycleConfig:
