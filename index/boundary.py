@@ -1,6 +1,7 @@
 """Boundary checks shared by every backend: ids and vectors in (`as_ids`, `as_vectors`, `check_ids_vecs`,
-`check_k`), results out (`pad_results`, `compact_rows`, `eligible_mask`), and `fast_path_ok`, the one guard
-that lets a backend answer an unfiltered, well-formed query without any of those checks."""
+`check_k`, `check_search`: the general path of every `search`), results out (`pad_results`, `compact_rows`,
+`eligible_mask`), and `fast_path_ok`, the one guard that lets a backend answer an unfiltered, well-formed query
+without any of those checks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from adslog.errors import DermError
-from index.types import NORM_TOL, PAD_ID, PAD_SCORE
+from index.types import NORM_TOL, PAD_ID, PAD_SCORE, SearchParams
 
 _F32 = np.dtype(np.float32)
 
@@ -33,6 +34,18 @@ def fast_path_ok(
         # one BLAS dot instead of an isfinite pass: NaN/inf anywhere (or overflow) makes it non-finite
         and math.isfinite(np.vdot(queries, queries))
     )
+
+
+def check_search(
+    queries: Any, k: Any, dim: int, params: SearchParams | None, allowed_ids: Any, excluded_ids: Any
+) -> tuple[np.ndarray, int, SearchParams, np.ndarray | None, np.ndarray | None]:
+    """The general path's checks of a `search` call, shared by every backend: (queries float32[q, dim], k,
+    params (default: none set), allowed ids int64 | None, excluded ids int64 | None); DermError on bad input."""
+    k = check_k(k)
+    queries = as_vectors(queries, dim, "queries", check_norm=False)
+    allowed = None if allowed_ids is None else as_ids(allowed_ids, "allowed_ids")
+    excluded = None if excluded_ids is None else as_ids(excluded_ids, "excluded_ids")
+    return queries, k, params or SearchParams(), allowed, excluded
 
 
 def as_ids(ids: Any, what: str = "ids") -> np.ndarray:

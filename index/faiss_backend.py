@@ -26,9 +26,8 @@ import numpy as np
 from adslog.errors import DataError, DermError
 from index.boundary import (
     as_ids,
-    as_vectors,
     check_ids_vecs,
-    check_k,
+    check_search,
     compact_rows,
     fast_path_ok,
     pad_results,
@@ -208,11 +207,9 @@ class FaissIndex:
         fast = self._search_fast(queries, k, params, allowed_ids, excluded_ids)
         if fast is not None:
             return fast
-        k = check_k(k)
-        queries = as_vectors(queries, self.config.dim, "queries", check_norm=False)
-        params = params or SearchParams()
-        allowed = None if allowed_ids is None else as_ids(allowed_ids, "allowed_ids")
-        excluded = None if excluded_ids is None else as_ids(excluded_ids, "excluded_ids")
+        queries, k, params, allowed, excluded = check_search(
+            queries, k, self.config.dim, params, allowed_ids, excluded_ids
+        )
         nq = queries.shape[0]
         n_int = 0 if self._index is None else int(self._index.ntotal)
         if nq == 0 or self.ntotal == 0 or (allowed is not None and allowed.size == 0):

@@ -34,9 +34,8 @@ import numpy as np
 from adslog.errors import DataError, DermError
 from index.boundary import (
     as_ids,
-    as_vectors,
     check_ids_vecs,
-    check_k,
+    check_search,
     compact_rows,
     eligible_mask,
     fast_path_ok,
@@ -173,14 +172,12 @@ class HnswIndex:
         fast = self._search_fast(queries, k, params, allowed_ids, excluded_ids)
         if fast is not None:
             return fast
-        k = check_k(k)
-        queries = as_vectors(queries, self.config.dim, "queries", check_norm=False)
-        params = params or SearchParams()
+        queries, k, params, allowed, excluded = check_search(
+            queries, k, self.config.dim, params, allowed_ids, excluded_ids
+        )
         if params.nprobe is not None:
             raise DermError("nprobe does not apply to the hnswlib backend (use ef)")
         ef = params.ef or self._ef
-        allowed = None if allowed_ids is None else as_ids(allowed_ids, "allowed_ids")
-        excluded = None if excluded_ids is None else as_ids(excluded_ids, "excluded_ids")
         nq, n_live = queries.shape[0], self._live.size
         empty = (np.empty((nq, 0), np.int64), np.empty((nq, 0), np.float32))
         if nq == 0 or n_live == 0:
