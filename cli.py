@@ -147,18 +147,6 @@ def _workspace(work: str, data: str | None) -> Any:
     return Workspace.open(work, data)
 
 
-def _span(days: list[int]) -> dict[str, int]:
-    return {"first": days[0], "last": days[-1], "n": len(days)}
-
-
-def _days(ds: Any, first: int | None, last: int | None, default_last: int) -> list[int]:
-    a = ds.first_day if first is None else ds.check_day(first)
-    b = default_last if last is None else ds.check_day(last)
-    if b < a:
-        raise DermError(f"{ds.root}: empty day range {a}..{b}")
-    return list(range(a, b + 1))
-
-
 # -- the CLI ------------------------------------------------------------------------------------------------
 @click.group(cls=DermGroup)
 @click.option(
@@ -437,44 +425,13 @@ def train(
     as_json: bool,
 ) -> None:
     """Train the upstream user, Pin and interaction towers from scratch on a window of days."""
-    from dataclasses import replace
-
-    from towers.config import Backbone, Task
-    from towers.train import train_towers
-    from workflow.cycle import CYCLE_FILE, CycleConfig, load_cycle_config, save_cycle_config
-    from workflow.lineage import check_retrain
+    from workflow.ops import TrainOptions, progress_marks, train_models
 
     _setup(as_json, ctx.obj["verbose"])
     ws = _workspace(work, data)
-    ds = ws.dataset()
-    first = ds.first_day if first_day is None else first_day
-    days = _days(ds, first, last_day, min(first + 6, ds.last_day))
-    cycle = load_cycle_config(ws, device) if (ws.root / CYCLE_FILE).exists() else CycleConfig(device=device)
-    if backbone is not None:
-        cycle = replace(cycle, towers=replace(cycle.towers, backbone=Backbone(backbone)))
-    cfg = replace(cycle.towers, task=Task(task), seed=seed)
-    if epochs:
-        cfg = replace(cfg, epochs_initial=epochs)
-    bars = _setup(as_json, ctx.obj["verbose"], {"train": cfg.epochs_initial})
-    if task not in cycle.tasks:
-        cycle = replace(cycle, tasks=(*cycle.tasks, task))
-    with ws.lock():
-        if overwrite:
-            check_retrain(ws, task, days[-1])
-        m = train_towers(
-            ds, days, cfg, ws.models_dir(task), device=device, progress=bars, overwrite=overwrite
-        )
-        save_cycle_config(
-            ws, replace(cycle, towers=replace(cycle.towers, seed=seed))
-        )  # after, under the lock
-    out = {
-        "model": str(ws.models_dir(task) / f"day={m['day']}"),
-        "model_version": m["model_version"],
-        "lineage": m["lineage"],
-        "days": _span(days),
-        **{k: m["train_stats"][k] for k in ("rows", "seconds", "samples_per_second")},
-    }
-    _emit(out, as_json, _kv)
+    opts = TrainOptions(first_day, last_day, task, epochs, seed, backbone, overwrite, device)
+    bars = _setup(as_json, ctx.obj["verbose"], progress_marks(ws, opts))
+    _emit(train_models(ws, opts, bars).to_json(), as_json, _kv)
 
 
 @main.command()
@@ -503,41 +460,17 @@ def embed(
     """Embed a day's active users and ads and publish the aggregated store version.
 
     Days up to the snapshot's last training day are back inference (allowed only to train downstream models)."""
-    from workflow.cycle import load_cycle_config, publish_embeddings
+    from workflow.ops import EmbedOptions, embed_days
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    ws = _workspace(work, None)
-    ds = ws.dataset()
-    cfg = load_cycle_config(ws, device)
-    mday = ws.latest_day(ws.models_dir(task))
-    if mday is None:
-        raise DermError(f"{ws.models_dir(task)}: no {task} model snapshot: run `derm train` first")
-    if day is not None:
-        days = [ds.check_day(day)]
-    elif day_from is not None or day_to is not None:
-        days = _days(ds, day_from, day_to, mday)
-    else:
-        days = [mday]
-    out = []
-    with ws.lock():
-        for i, d in enumerate(days):
-            if d > mday:
-                raise DermError(
-                    f"{ws.models_dir(task)}: no snapshot covers day {d} (latest is day {mday}); "
-                    "use `derm daily` to train forward"
-                )
-            m = publish_embeddings(ws, ds, task, d, cfg, mday, back_inferred=d < mday, overwrite=overwrite)
-            out.append(
-                {"day": d, "version": f"day={d}", "stats": m["stats"], "back_inferred": m["back_inferred"]}
-            )
-            bars("embed", i + 1, len(days))
-    _emit(
-        {"task": task, "versions": out},
-        as_json,
-        lambda o: "\n".join(
-            f"day {v['day']}: {v['stats']['user']['n_pool']} users, {v['stats']['ad']['n_pool']} ads in the pool"
-            for v in o["versions"]
-        ),
+    opts = EmbedOptions(day, day_from, day_to, task, overwrite, device)
+    _emit(embed_days(_workspace(work, None), opts, bars).to_json(), as_json, _embed_text)
+
+
+def _embed_text(o: dict[str, Any]) -> str:
+    return "\n".join(
+        f"day {v['day']}: {v['stats']['user']['n_pool']} users, {v['stats']['ad']['n_pool']} ads in the pool"
+        for v in o["versions"]
     )
 
 
@@ -622,30 +555,13 @@ def index_build(
 ) -> None:
     """Build the ad index over an embedding store version from scratch and publish it (with a recall self-check).
     --backend / --spec apply to this version only (`derm config set` changes the daily cycle's)."""
-    from index import SearchParams
-    from index.refresh import RefreshConfig, RefreshMode
-    from workflow.cycle import publish_index
+    from workflow.ops import IndexOptions, build_index
 
     _setup(as_json, ctx.obj["verbose"])
-    ws, cfg, d = _index_target(work, day, backend, spec, device)
-    params = SearchParams(ef=ef, nprobe=nprobe) if ef is not None or nprobe is not None else None
-    with ws.lock():
-        m = publish_index(ws, d, cfg, overwrite, RefreshConfig(mode=RefreshMode.REBUILD), params)
-    if backend or spec:  # a one-off build: the cycle's config changes only through `derm config set`
-        log.warning(
-            "this version uses %s %s; cycle.json is unchanged (the daily cycle keeps %s %s): "
-            "`derm config set --work %s index.backend=%s index.spec=%s` makes it the cycle's",
-            cfg.index.backend.value, cfg.index.spec, *_cycle_index(ws), work, cfg.index.backend.value,
-            cfg.index.spec,
-        )  # fmt: skip
-    _emit(_index_summary(ws, d, m), as_json, _index_text)
-
-
-def _cycle_index(ws: Any) -> tuple[str, str]:
-    from workflow.cycle import load_cycle_config
-
-    c = load_cycle_config(ws)
-    return c.index.backend.value, c.index.spec
+    opts = IndexOptions(
+        day, backend=backend, spec=spec, nprobe=nprobe, ef=ef, overwrite=overwrite, device=device
+    )
+    _emit(build_index(_workspace(work, None), opts).to_json(), as_json, _index_text)
 
 
 @index.command("refresh")
@@ -666,14 +582,12 @@ def index_refresh(
     ctx: click.Context, work: str, day: int | None, mode: str, overwrite: bool, device: str, as_json: bool
 ) -> None:
     """Publish the index of a store version from the previous index version: in place or rebuilt."""
-    from index.refresh import RefreshConfig, RefreshMode
-    from workflow.cycle import publish_index
+    from index.refresh import RefreshMode
+    from workflow.ops import IndexOptions, build_index
 
     _setup(as_json, ctx.obj["verbose"])
-    ws, cfg, d = _index_target(work, day, None, None, device)
-    with ws.lock():
-        m = publish_index(ws, d, cfg, overwrite, RefreshConfig(mode=RefreshMode(mode)))
-    _emit(_index_summary(ws, d, m), as_json, _index_text)
+    opts = IndexOptions(day, RefreshMode(mode), overwrite=overwrite, device=device)
+    _emit(build_index(_workspace(work, None), opts).to_json(), as_json, _index_text)
 
 
 @index.command("tune")
@@ -695,64 +609,28 @@ def index_tune(
     from index.versions import tune_workspace_index
 
     _setup(as_json, ctx.obj["verbose"])
-    if k < 1 or n_queries < 1:
-        raise DermError("--k and --queries must be >= 1")
-    vals = None
-    if values is not None:
-        try:
-            vals = [int(v) for v in values.split(",") if v.strip()]
-        except ValueError:
-            raise DermError(f"--values: not a comma-separated list of integers: {values!r}") from None
-        if not vals or min(vals) < 1:
-            raise DermError("--values: give at least one value >= 1")
-    doc = tune_workspace_index(_workspace(work, None), day, k, n_queries, vals)
-
-    def text(o: dict[str, Any]) -> str:
-        knob = o["knob"] or "exact"
-        head = f"{o['backend']} {o['spec']!r}, recall@{o['k']} over {o['n_queries']} queries"
-        head += f" (default {knob} {o['default']})" if o["knob"] else ""
-        rows = [f"{knob:>8}  recall@{o['k']:<5} QPS"]
-        rows += [
-            f"{str(p['value'] or '-'):>8}  {p['recall_at_k']:<12.4f} {p['qps']:,.0f}" for p in o["points"]
-        ]
-        return head + "\n" + "\n".join(rows)
-
-    _emit(doc, as_json, text)
+    vals = None if values is None else list(_ints("--values", values))
+    _emit(tune_workspace_index(_workspace(work, None), day, k, n_queries, vals), as_json, _tune_text)
 
 
-def _index_target(
-    work: str, day: int | None, backend: str | None, spec: str | None, device: str
-) -> tuple[Any, Any, int]:
-    """(workspace, cycle config with the index choice applied, store day) for `index build` / `refresh`."""
-    from dataclasses import replace
-
-    from index import Backend
-    from workflow.cycle import load_cycle_config
-
-    ws = _workspace(work, None)
-    cfg = load_cycle_config(ws, device)
-    if backend or spec:
-        b = Backend(backend) if backend else cfg.index.backend
-        s = spec or ("HNSW32" if b is Backend.HNSWLIB else "Flat")
-        cfg = replace(cfg, index=replace(cfg.index, backend=b, spec=s))
-    cfg = replace(cfg, index=replace(cfg.index, device=device))
-    d = day if day is not None else ws.latest_day(ws.embeddings_dir("ctr"))
-    if d is None:
-        raise DermError(f"{ws.embeddings_dir('ctr')}: no embedding store version: run `derm embed` first")
-    return ws, cfg, d
+def _ints(option: str, text: str, what: str = "value") -> tuple[int, ...]:
+    """A comma-separated list of integers >= 1 (DermError naming the option otherwise)."""
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise DermError(f"{option}: not a comma-separated list of integers: {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise DermError(f"{option}: give at least one {what} >= 1")
+    return vals
 
 
-def _index_summary(ws: Any, day: int, m: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "index": str(ws.index_dir / f"day={day}"),
-        "backend": m["backend"],
-        "spec": m["spec"],
-        "n_vectors": m["n_vectors"],
-        "build_seconds": m["build_seconds"],
-        "search_params": m.get("search_params"),
-        "self_check": m.get("self_check"),
-        "refresh": m.get("refresh"),
-    }
+def _tune_text(o: dict[str, Any]) -> str:
+    knob = o["knob"] or "exact"
+    head = f"{o['backend']} {o['spec']!r}, recall@{o['k']} over {o['n_queries']} queries"
+    head += f" (default {knob} {o['default']})" if o["knob"] else ""
+    rows = [f"{knob:>8}  recall@{o['k']:<5} QPS"]
+    rows += [f"{str(p['value'] or '-'):>8}  {p['recall_at_k']:<12.4f} {p['qps']:,.0f}" for p in o["points"]]
+    return head + "\n" + "\n".join(rows)
 
 
 def _index_text(o: dict[str, Any]) -> str:
@@ -802,36 +680,13 @@ def ranker_train(
 ) -> None:
     """Train the ranker from scratch; day d's rows use the embeddings published before d. --epochs and --seed
     apply to this training (recorded in the ranker's manifest), not to cycle.json."""
-    from dataclasses import replace
-
-    from ranking.train import train_ranker
-    from workflow.cycle import load_cycle_config
+    from workflow.ops import RankerOptions, progress_marks, train_ranker_op
 
     _setup(as_json, ctx.obj["verbose"])
     ws = _workspace(work, None)
-    ds = ws.dataset()
-    cfg = load_cycle_config(ws, device)
-    rcfg = cfg.ranker
-    if epochs is not None:
-        rcfg = replace(rcfg, epochs_initial=epochs)
-    if seed is not None:
-        rcfg = replace(rcfg, seed=seed)
-    bars = _setup(as_json, ctx.obj["verbose"], {"train ranker": rcfg.epochs_initial})
-    sday = ws.latest_day(ws.embeddings_dir("ctr"))
-    days = _days(ds, first_day, last_day, sday if sday is not None else ds.last_day)
-    with ws.lock():
-        m = train_ranker(ws, ds, days, rcfg, None, device, bars, overwrite)
-    st = m["train_stats"]
-    out = {
-        "ranker": str(ws.ranker_dir / f"day={m['day']}"),
-        "days": _span(days),
-        "rows": st["rows"],
-        "seconds": st["seconds"],
-        "calibration_ctr": {k: st["calibration_ctr"][k] for k in ("predicted", "observed")},
-        "calibration_cvr": {k: st["calibration_cvr"][k] for k in ("predicted", "observed")},
-        "embedding_versions": m["embedding_versions"],
-    }
-    _emit(out, as_json, _kv)
+    opts = RankerOptions(first_day, last_day, epochs, seed, overwrite, device)
+    bars = _setup(as_json, ctx.obj["verbose"], progress_marks(ws, opts))
+    _emit(train_ranker_op(ws, opts, bars).to_json(), as_json, _kv)
 
 
 @main.command()
@@ -870,47 +725,18 @@ def daily(
     as_json: bool,
 ) -> None:
     """Run the daily cycle: evaluate the day, train one increment, embed, aggregate, index, refresh the ranker."""
-    from dataclasses import replace
-
-    from dermdist.config import Engine
-    from workflow.cycle import load_cycle_config, run_days
+    from workflow.ops import DailyOptions, run_daily
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    ws = _workspace(work, data)
-    ds = ws.dataset()
-    if day is not None:
-        days = [ds.check_day(day)]
-    elif day_from is not None and day_to is not None:
-        days = _days(ds, day_from, day_to, day_to)
-    else:
-        raise DermError("give --day D or --from D1 --to D2")
-    cfg = load_cycle_config(ws, device)
-    if engine is not None or address is not None:
-        # this run only: never saved in cycle.json (a command changes no config)
-        cfg = replace(cfg, engine=Engine(engine) if engine else cfg.engine, ray_address=address)
-    if cfg.ray_address is not None and cfg.engine is not Engine.RAY:
-        raise DermError("--address needs the ray engine (--engine ray)")
-    results = run_days(ws, days, cfg, bars, overwrite)
-    out = [
-        {
-            "day": r["day"],
-            "skipped": r["skipped"],
-            "stage_seconds": r["stage_seconds"],
-            "recall_at_k": r["eval"]["retrieval"]["recall_at_k"],
-            "roc_auc": r["eval"]["ranking"].get("roc_auc"),
-            "warnings": r["eval"].get("warnings", []),
-        }
-        for r in results
-    ]
-    _emit(
-        {"days": out},
-        as_json,
-        lambda o: "\n".join(
-            f"day {d['day']}: {'skipped (already published)' if d['skipped'] else 'done'}; recall@k {d['recall_at_k']}, "
-            f"ROC-AUC {d['roc_auc']}"
-            + "".join(f"\n  WARNING {w['code']}: {w['message']}" for w in d["warnings"])
-            for d in o["days"]
-        ),
+    opts = DailyOptions(day, day_from, day_to, overwrite, device, engine, address)
+    _emit(run_daily(_workspace(work, data), opts, bars).to_json(), as_json, _daily_text)
+
+
+def _daily_text(o: dict[str, Any]) -> str:
+    return "\n".join(
+        f"day {d['day']}: {'skipped (already published)' if d['skipped'] else 'done'}; recall@k {d['recall_at_k']}, "
+        f"ROC-AUC {d['roc_auc']}" + "".join(f"\n  WARNING {w['code']}: {w['message']}" for w in d["warnings"])
+        for d in o["days"]
     )
 
 
@@ -1006,36 +832,22 @@ def eval_cmd(
     as_json: bool,
 ) -> None:
     """Evaluate a day with the versions published before it: recall@K, AUCs, embedding stats."""
-    from eval.evaluate import evaluate_day
-    from workflow.report import summary_table
+    from workflow.ops import EvalOptions, evaluate
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    try:
-        kk = tuple(int(x) for x in ks.split(",") if x.strip())
-    except ValueError:
-        raise DermError(f"--k: not a comma-separated list of integers: {ks!r}") from None
-    if not kk or min(kk) < 1:
-        raise DermError("--k: give at least one K >= 1")
-    ws = _workspace(work, data)
-    doc = evaluate_day(ws, day, kk, bars, device)
-    files = ""
-    if report_dir is not None:
-        from eval.report import write_report
+    opts = EvalOptions(day, _ints("--k", ks, "K"), report_dir, device)
+    _emit(evaluate(_workspace(work, data), opts, bars), as_json, _eval_text)
 
-        rep = write_report(ws, doc["day"], report_dir, bars, doc=doc, device=device)
-        doc = {**doc, "report": {"dir": rep["dir"], "files": rep["files"]}}
-        files = f"\nreport: {Path(rep['dir']) / 'report.md'} ({', '.join(rep['files'][1:])})"
+
+def _eval_text(d: dict[str, Any]) -> str:
     from eval.warnings import warning_lines
+    from workflow.report import summary_table
 
-    _emit(
-        doc,
-        as_json,
-        lambda d: (
-            f"day {d['day']} (embeddings of day {d['embedding_day']})\n"
-            + "\n".join([*summary_table(d), *warning_lines(d)])
-            + files
-        ),
-    )
+    lines = [f"day {d['day']} (embeddings of day {d['embedding_day']})", *summary_table(d), *warning_lines(d)]
+    if "report" in d:
+        rep = d["report"]
+        lines.append(f"report: {Path(rep['dir']) / 'report.md'} ({', '.join(rep['files'][1:])})")
+    return "\n".join(lines)
 
 
 @main.command()
@@ -1049,16 +861,18 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
     """Run the whole system on the built-in synthetic ads log and report (resumes after an interruption)."""
     from dataclasses import replace
 
-    from eval.warnings import warning_lines
     from workflow.demo import DemoConfig, run_demo
-    from workflow.report import summary_table
 
     bars = _setup(as_json, ctx.obj["verbose"])
     cfg = DemoConfig()
     s = run_demo(work, replace(cfg, cycle=replace(cfg.cycle, device=device)), progress=bars)
-    if as_json:
-        _emit(s, True, str)
-        return
+    _emit(s, as_json, lambda s: _demo_text(s, work))
+
+
+def _demo_text(s: dict[str, Any], work: str) -> str:
+    from eval.warnings import warning_lines
+    from workflow.report import summary_table
+
     lines = [
         f"derm demo: evaluated day {s['eval_day']} (trained on {len(s['train_days'])} days, "
         f"{len(s['daily_days'])} daily cycles)",
@@ -1070,7 +884,7 @@ def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
         f"total: {s['total_seconds']:.1f} s",
         f"report: {Path(work).resolve() / 'report.md'}",
     ]
-    click.echo("\n".join(lines))
+    return "\n".join(lines)
 
 
 @main.command("run")
@@ -1107,32 +921,24 @@ def run_cmd(
 ) -> None:
     """Run your own dataset end to end: bootstrap on the first periods, the daily cycle over the rest, evaluate
     every later period, report (resumes after an interruption). --json prints the last period's eval document."""
-    from dataclasses import replace
-
-    from eval.warnings import warning_lines
-    from workflow.report import summary_table
-    from workflow.run import period_table, run_dataset
-    from workflow.run_config import RunConfig, config_text, load_run_config
+    from workflow.ops import RunOptions, resolve_run_config, run_own
+    from workflow.run_config import config_text
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    cfg = load_run_config(config_file) if config_file else RunConfig()
-    cfg = replace(cfg, cycle=replace(cfg.cycle, device=device)) if device != "auto" else cfg
-    if train_periods is not None:
-        cfg = replace(cfg, train_periods=train_periods)
+    opts = RunOptions(work, data_dir, train_periods, config_file, device)
     if show_config:
+        cfg = resolve_run_config(opts)
         _emit(cfg.to_json(), as_json, lambda _: config_text(cfg))
         return
-    if work is None:
-        raise DermError("--work: give the workspace directory (and --data DATA on the first run)")
-    if data_dir is None and not (Path(work) / "workspace.json").exists():
-        raise DermError(
-            f"{Path(work).resolve()}: not a derm workspace yet: give --data DATA (a dataset made by "
-            "`derm data import ...`; check it with `derm data inspect DATA`)"
-        )
-    s = run_dataset(work, data_dir, cfg, bars)
-    if as_json:
-        _emit(s["report"], True, str)
-        return
+    s = run_own(opts, bars)
+    _emit(s["report"] if as_json else s, as_json, lambda s: _run_text(s, str(work)))
+
+
+def _run_text(s: dict[str, Any], work: str) -> str:
+    from eval.warnings import warning_lines
+    from workflow.report import summary_table
+    from workflow.run import period_table
+
     doc = s["report"]
     lines = [
         f"derm run: bootstrap on periods {s['train_days'][0]}..{s['train_days'][-1]} ({s['train_periods']} "
@@ -1148,7 +954,7 @@ def run_cmd(
         f"total: {s['total_seconds']:.1f} s; report: {Path(work).resolve() / 'report.md'}",
         f"next: derm eval --work {work} --day {doc['day']}; derm query --work {work} --user ID",
     ]
-    click.echo("\n".join(lines))
+    return "\n".join(lines)
 
 
 @main.command()
@@ -1360,7 +1166,7 @@ def kge_train(
     """Train KGE version DAY on graph version DAY: an increment from the newest version before DAY, or from
     scratch when there is none (WORK/kge/<model>/day=DAY)."""
     from adgraph.models import ModelKind
-    from adgraph.snapshot import kge_dir, train_kge
+    from adgraph.snapshot import train_kge
     from adgraph.train import KGEConfig, Loss, Sampling
 
     bars = _setup(as_json, ctx.obj["verbose"])
@@ -1371,8 +1177,14 @@ def kge_train(
     )  # fmt: skip
     with ws.lock():
         m = train_kge(ws, day, cfg, scratch=scratch, overwrite=overwrite, progress=bars)
+    _emit(_kge_summary(ws, model, m), as_json, _kv)
+
+
+def _kge_summary(ws: Any, model: str, m: dict[str, Any]) -> dict[str, Any]:
+    from adgraph.snapshot import kge_dir
+
     t = m["train"]
-    out = {
+    return {
         "kge": str(kge_dir(ws, model) / f"day={m['day']}"),
         "model": m["model"],
         "day": m["day"],
@@ -1385,7 +1197,6 @@ def kge_train(
         "seconds": t["seconds"],
         "edges_per_s": t["edges_per_s"],
     }
-    _emit(out, as_json, _kv)
 
 
 if __name__ == "__main__":

@@ -124,7 +124,14 @@ def read_manifest(
         raise DataError(path, f"expected an artifact of kind {kind!r}, found {m.get('kind')!r}")
     v = m.get("schema_version")
     if not isinstance(v, int) or v < 1 or v > max_schema_version:
-        raise DataError(path, f"unsupported schema_version {v!r} (this build reads 1..{max_schema_version})")
+        hint = (
+            "; written by a newer derm: upgrade derm to read it"
+            if isinstance(v, int) and v > max_schema_version
+            else ""
+        )
+        raise DataError(
+            path, f"unsupported schema_version {v!r} (this build reads 1..{max_schema_version}){hint}"
+        )
     verify_payload(Path(directory), m, verify)
     return m
 

@@ -35,7 +35,7 @@ def torch_cuda() -> bool:
 
 def bench_faiss(data: Any, queries: Any) -> dict[str, Any]:
     from index import Backend, IndexConfig, SearchParams, make_index
-    from index.base import recall_against_exact
+    from index.exact import recall_against_exact
 
     out: dict[str, Any] = {}
     for spec, params in (("Flat", None), ("IVF4096,Flat", SearchParams(nprobe=32))):

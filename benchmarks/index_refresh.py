@@ -25,7 +25,7 @@ from common import ROOT, write_result
 
 from adslog.artifact import set_latest
 from index import Backend, IndexConfig, SearchParams, build_index_artifact, load_index_artifact
-from index.base import recall_against_exact
+from index.exact import recall_against_exact
 from index.refresh import RefreshConfig, RefreshMode, Storage, refresh_index_artifact
 from index.synthetic import ClusteredConfig, ClusteredData
 

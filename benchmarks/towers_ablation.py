@@ -6,7 +6,7 @@ interaction tower's BCE), `no_logq`, `mlp_backbone` (the foundation's MLP towers
 0). Every arm shares data, epochs and seeds. Each run trains the CTR model from scratch on a window of days, then
 scores out of time:
 - retrieval recall@100: users embedded at the start of a test day (their sequence strictly before it), live ads
-  embedded by the Pin tower, exact inner-product search (`index.base.exact_search`); relevant = the ads the user
+  embedded by the Pin tower, exact inner-product search (`index.exact.exact_search`); relevant = the ads the user
   clicked that day. MovieLens masks items the user rated before (a rating is given once);
 - CTR-head ROC-AUC: the interaction tower on the test impressions with their logged context.
 Differences to `full` carry paired-bootstrap 95 % intervals per seed (users for recall, impressions clustered by
@@ -43,7 +43,7 @@ from eval.bootstrap import paired_bootstrap
 from eval.evaluate import oracle_topk
 from eval.metrics import recall_per_user, roc_auc
 from eval.upstream import head_probabilities
-from index.base import exact_search
+from index.exact import exact_search
 from retrieval.retrieve import popularity
 from towers.batches import Inputs
 from towers.config import TowerConfig

@@ -37,7 +37,7 @@ from adslog.errors import DataError, DermError, QualityGateError
 from adslog.workspace import Workspace, version_name
 from dermserve.config import ServiceConfig
 from embstore.online import OnlineStore, slot_artifact
-from index.base import recall_against_exact
+from index.exact import recall_against_exact
 from ranking.serve import ServeConfig, TwoStage, UnknownUser, serving_day
 
 log = logging.getLogger(__name__)

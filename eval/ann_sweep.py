@@ -1,23 +1,22 @@
 """A small ANN recall / QPS sweep over real ad vectors, run at report time (in memory, nothing published).
 
 Builds a faiss IVF index and an hnswlib graph over the given ad vectors, searches them at a few nprobe / ef
-values, and records for each point recall@k against exact search (`index.recall_against_exact`, tie tolerant)
-and queries per second of the ANN search alone (one batch, the threads the process allows). Exact search
-(faiss Flat through the same search path) is the reference point.
+values with `index.tune` (the sweep `derm index tune` runs): for each point recall@k against exact search (tie
+tolerant) and queries per second of the ANN search alone (one batch, the threads the process allows, timed by
+`index.tune.time_qps`). Exact search (faiss Flat through the same search path) is the reference point.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from adslog.progress import Progress, no_progress
-from index import Backend, IndexConfig, SearchParams, make_index, recall_against_exact
+from index import Backend, IndexConfig, TunePoint, make_index, tune
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +46,6 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12))
 
 
-def _qps(
-    search: Callable[[], object], n_queries: int, min_seconds: float = 0.05, max_reps: int = 50
-) -> float:
-    """Queries per second of the fastest of several repeats of one batch search (after one warm-up call):
-    a single sub-millisecond batch is dominated by timer and thread start-up noise."""
-    search()
-    best, spent, reps = float("inf"), 0.0, 0
-    while reps < 3 or (spent < min_seconds and reps < max_reps):
-        t = time.perf_counter()
-        search()
-        dt = time.perf_counter() - t
-        best, spent, reps = min(best, dt), spent + dt, reps + 1
-    return n_queries / max(best, 1e-9)
-
-
 def ann_sweep(
     ad_ids: np.ndarray,
     ad_vecs: np.ndarray,
@@ -86,49 +70,32 @@ def ann_sweep(
     vecs, q = _normalise(ad_vecs), _normalise(queries)
     n, dim = vecs.shape
     k = min(cfg.k, n)
-    points: list[dict[str, Any]] = []
     exact = make_index(IndexConfig(spec="Flat", dim=dim))
     exact.build(ad_ids, vecs)
-    points.append(
-        {
-            "backend": "faiss",
-            "spec": "Flat",
-            "param": None,
-            "value": None,
-            "recall": recall_against_exact(exact, q, k, ad_ids=ad_ids, ad_vecs=vecs),
-            "qps": _qps(lambda: exact.search(q, k), len(q)),
-            "build_s": 0.0,
-        }
-    )
+    points = [_point("faiss", "Flat", p, 0.0) for p in tune(exact, q, k, None, ad_ids, vecs)]
     nlist = int(max(1, min(4 * np.sqrt(n), n // 39)))  # faiss wants >= 39 training points per list
-    runs: list[tuple[IndexConfig, str, tuple[int, ...]]] = [
-        (IndexConfig(spec=f"IVF{nlist},Flat", dim=dim, seed=cfg.seed), "nprobe", cfg.nprobes),
-        (IndexConfig(backend=Backend.HNSWLIB, spec=cfg.hnsw_spec, dim=dim, seed=cfg.seed), "ef", cfg.efs),
+    runs: list[tuple[IndexConfig, list[int]]] = [
+        (
+            IndexConfig(spec=f"IVF{nlist},Flat", dim=dim, seed=cfg.seed),
+            [v for v in cfg.nprobes if v <= nlist],
+        ),
+        # an ef below k is raised to k by every backend: swept (and recorded) as k
+        (
+            IndexConfig(backend=Backend.HNSWLIB, spec=cfg.hnsw_spec, dim=dim, seed=cfg.seed),
+            sorted({max(v, k) for v in cfg.efs}),
+        ),
     ]
-    total = sum(len(v) for _, _, v in runs)
-    done = 0
-    for icfg, param, values in runs:
+    total, done = sum(len(v) for _, v in runs), 0
+    for icfg, values in runs:
         index = make_index(icfg)
         t = time.perf_counter()
         index.build(ad_ids, vecs)
         build_s = time.perf_counter() - t
-        for v in values:
-            if param == "nprobe" and v > nlist:
-                continue
-            params = SearchParams(**{param: max(v, k) if param == "ef" else v})
-            points.append(
-                {
-                    "backend": icfg.backend.value,
-                    "spec": icfg.spec,
-                    "param": param,
-                    "value": int(params.ef if param == "ef" else v),  # type: ignore[arg-type]
-                    "recall": recall_against_exact(index, q, k, params, ad_ids=ad_ids, ad_vecs=vecs),
-                    "qps": _qps(lambda: index.search(q, k, params), len(q)),  # noqa: B023 (called at once)
-                    "build_s": build_s,
-                }
-            )
-            done += 1
-            progress("ann sweep", done, total)
+        points += [
+            _point(icfg.backend.value, icfg.spec, p, build_s) for p in tune(index, q, k, values, ad_ids, vecs)
+        ]
+        done += len(values)
+        progress("ann sweep", done, total)
     return {
         "k": int(k),
         "n_ads": int(n),
@@ -142,4 +109,16 @@ def ann_sweep(
             "seed": cfg.seed,
         },
         "points": points,
+    }
+
+
+def _point(backend: str, spec: str, p: TunePoint, build_s: float) -> dict[str, Any]:
+    return {
+        "backend": backend,
+        "spec": spec,
+        "param": p.knob,
+        "value": p.value,
+        "recall": p.recall_at_k,
+        "qps": p.qps,
+        "build_s": build_s,
     }

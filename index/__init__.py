@@ -9,17 +9,11 @@ hard-linked base files, `index.delta`, or in full) or a rebuild (recorded);
 """
 
 from index.artifact import KIND, SCHEMA_VERSION, build_index_artifact, load_index_artifact
-from index.base import (
-    AnnIndex,
-    Backend,
-    IndexConfig,
-    SearchParams,
-    exact_search,
-    make_index,
-    recall_against_exact,
-)
+from index.backends import make_index
+from index.exact import exact_search, recall_against_exact
 from index.refresh import RefreshConfig, RefreshMode, Storage, refresh_index_artifact
 from index.tune import TunePoint, tune
+from index.types import AnnIndex, Backend, IndexConfig, SearchParams
 
 __all__ = [
     "KIND",

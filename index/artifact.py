@@ -18,19 +18,11 @@ import numpy as np
 from adslog.artifact import MANIFEST, make_manifest, publishing, read_manifest, write_json_atomic
 from adslog.errors import DataError, DermError, QualityGateError, VersionMismatchError
 from adslog.safepath import check_component
-from index.base import (
-    AnnIndex,
-    Backend,
-    IndexConfig,
-    SearchParams,
-    as_vectors,
-    check_ids_vecs,
-    check_k,
-    index_class,
-    make_index,
-    recall_against_exact,
-)
+from index.backends import index_class, make_index
+from index.boundary import as_vectors, check_ids_vecs, check_k
 from index.delta import IndexDelta, apply_delta, link_files, read_delta, write_delta
+from index.exact import recall_against_exact
+from index.types import AnnIndex, Backend, IndexConfig, SearchParams
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import numpy as np
 from adslog.artifact import file_sha256
 from adslog.errors import DataError
 from adslog.safepath import is_plain
-from index.base import AnnIndex
+from index.types import AnnIndex
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ How each operation maps onto faiss (checked against faiss 1.15):
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,16 @@ import faiss as _faiss
 import numpy as np
 
 from adslog.errors import DataError, DermError
-from index.base import (
-    Backend,
-    IndexConfig,
-    SearchParams,
+from index.boundary import (
     as_ids,
-    as_vectors,
     check_ids_vecs,
-    check_k,
+    check_search,
     compact_rows,
-    fill_short_rows,
+    fast_path_ok,
     pad_results,
 )
+from index.exact import fill_short_rows
+from index.types import Backend, IndexConfig, SearchParams
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +43,6 @@ faiss: Any = _faiss
 INDEX_FILE = "index.faiss"
 TRAIN_SAMPLE_MAX = 100_000
 INT64_MAX = np.iinfo(np.int64).max
-_F32 = np.dtype(np.float32)
 OVERFETCH_FACTOR = 4
 GPU_MAX_K = 2048  # classic faiss GPU indices cap k (and over-fetched k); larger requests run on the CPU index
 
@@ -211,11 +207,9 @@ class FaissIndex:
         fast = self._search_fast(queries, k, params, allowed_ids, excluded_ids)
         if fast is not None:
             return fast
-        k = check_k(k)
-        queries = as_vectors(queries, self.config.dim, "queries", check_norm=False)
-        params = params or SearchParams()
-        allowed = None if allowed_ids is None else as_ids(allowed_ids, "allowed_ids")
-        excluded = None if excluded_ids is None else as_ids(excluded_ids, "excluded_ids")
+        queries, k, params, allowed, excluded = check_search(
+            queries, k, self.config.dim, params, allowed_ids, excluded_ids
+        )
         nq = queries.shape[0]
         n_int = 0 if self._index is None else int(self._index.ntotal)
         if nq == 0 or self.ntotal == 0 or (allowed is not None and allowed.size == 0):
@@ -271,19 +265,8 @@ class FaissIndex:
         fills short rows. Query-time params equal to the index's own settings are not passed: SWIG's
         conversion of a SearchParameters object costs 3-8 us per call, a tenth of a single IVF query.
         """
-        if (
-            not self._fast_ok
-            or allowed_ids is not None
-            or excluded_ids is not None
-            or type(queries) is not np.ndarray
-            or queries.dtype is not _F32
-            or queries.ndim != 2
-            or queries.shape[1] != self.config.dim
-            or not queries.flags.c_contiguous
-            or type(k) is not int
-            or not 0 < k <= self._n_stored
-            # one BLAS dot instead of an isfinite pass: NaN/inf anywhere (or overflow) makes it non-finite
-            or not math.isfinite(np.vdot(queries, queries))
+        if not self._fast_ok or not fast_path_ok(
+            queries, k, self.config.dim, self._n_stored, allowed_ids, excluded_ids
         ):
             return None
         sp = None

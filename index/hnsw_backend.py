@@ -32,27 +32,23 @@ import hnswlib
 import numpy as np
 
 from adslog.errors import DataError, DermError
-from index.base import (
-    Backend,
-    IndexConfig,
-    SearchParams,
+from index.boundary import (
     as_ids,
-    as_vectors,
     check_ids_vecs,
-    check_k,
+    check_search,
     compact_rows,
     eligible_mask,
-    exact_search,
-    fill_short_rows,
+    fast_path_ok,
     pad_results,
 )
+from index.exact import exact_search, fill_short_rows
+from index.types import Backend, IndexConfig, SearchParams
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.hnsw"
 LIVE_IDS_FILE = "live_ids.npy"
 EXACT_FILTER_MAX = 4096
-_F32 = np.dtype(np.float32)
 OVERFETCH_MIN_FRACTION = 0.25
 
 
@@ -176,14 +172,12 @@ class HnswIndex:
         fast = self._search_fast(queries, k, params, allowed_ids, excluded_ids)
         if fast is not None:
             return fast
-        k = check_k(k)
-        queries = as_vectors(queries, self.config.dim, "queries", check_norm=False)
-        params = params or SearchParams()
+        queries, k, params, allowed, excluded = check_search(
+            queries, k, self.config.dim, params, allowed_ids, excluded_ids
+        )
         if params.nprobe is not None:
             raise DermError("nprobe does not apply to the hnswlib backend (use ef)")
         ef = params.ef or self._ef
-        allowed = None if allowed_ids is None else as_ids(allowed_ids, "allowed_ids")
-        excluded = None if excluded_ids is None else as_ids(excluded_ids, "excluded_ids")
         nq, n_live = queries.shape[0], self._live.size
         empty = (np.empty((nq, 0), np.int64), np.empty((nq, 0), np.float32))
         if nq == 0 or n_live == 0:
@@ -220,19 +214,8 @@ class HnswIndex:
         Taken only for contiguous float32 [q, dim] finite queries and 0 < k <= ntotal; hnswlib either fills
         all k columns (then no padding or fill-in is needed) or raises, and then the general path retries.
         """
-        if (
-            allowed_ids is not None
-            or excluded_ids is not None
-            or type(queries) is not np.ndarray
-            or queries.dtype is not _F32
-            or queries.ndim != 2
-            or queries.shape[1] != self.config.dim
-            or not queries.flags.c_contiguous
-            or type(k) is not int
-            or not 0 < k <= self._live.size
-            or (params is not None and params.nprobe is not None)
-            # one BLAS dot instead of an isfinite pass: NaN/inf anywhere (or overflow) makes it non-finite
-            or not math.isfinite(np.vdot(queries, queries))
+        if (params is not None and params.nprobe is not None) or not fast_path_ok(
+            queries, k, self.config.dim, self._live.size, allowed_ids, excluded_ids
         ):
             return None
         ef = max((params.ef if params is not None else None) or self._ef, k)

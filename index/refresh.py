@@ -51,8 +51,9 @@ from index.artifact import (
     load_index_base,
     write_index_version,
 )
-from index.base import AnnIndex, IndexConfig, SearchParams, check_ids_vecs, check_k
+from index.boundary import check_ids_vecs, check_k
 from index.delta import ChangeSet, IndexDelta, apply_delta, diff_from_base, diff_sets
+from index.types import AnnIndex, IndexConfig, SearchParams
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from adslog.errors import DermError
 from adslog.workspace import Workspace, version_name
 from embstore.store import StoreVersion, open_version
 from index.artifact import load_index_artifact
-from index.base import IndexConfig, SearchParams
 from index.refresh import RefreshConfig, refresh_index_artifact
 from index.tune import TunePoint, tune
+from index.types import IndexConfig, SearchParams
 
 log = logging.getLogger(__name__)
 

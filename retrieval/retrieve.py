@@ -34,7 +34,7 @@ from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from embstore.store import StoreVersion, open_version
 from index import SearchParams, load_index_artifact
-from index.base import compact_rows
+from index.boundary import compact_rows
 from retrieval.cold_start import ColdStart
 from retrieval.prior import (
     DEFAULT_BETAS,

@@ -174,7 +174,10 @@ def test_manifest_wrong_kind_and_version(tiny: Path) -> None:
     mpath = _edit_manifest(tiny, lambda m: m.update(kind="index"))
     assert _open_err(tiny) == f"{mpath}: expected an artifact of kind 'dataset', found 'index'"
     _edit_manifest(tiny, lambda m: m.update(kind="dataset", schema_version=99))
-    assert _open_err(tiny) == f"{mpath}: unsupported schema_version 99 (this build reads 1..1)"
+    assert (
+        _open_err(tiny)
+        == f"{mpath}: unsupported schema_version 99 (this build reads 1..1); written by a newer derm: upgrade derm to read it"
+    )
 
 
 def test_manifest_missing_table_or_day(tiny: Path) -> None:

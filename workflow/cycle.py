@@ -266,7 +266,8 @@ class Timer:
         return done
 
 
-def _task_cfg(cfg: CycleConfig, task: str) -> TowerConfig:
+def task_config(cfg: CycleConfig, task: str) -> TowerConfig:
+    """The tower config of `task`: the cycle's, with seed + 1 for cvr (the two models never share a seed)."""
     from dataclasses import replace
 
     return replace(cfg.towers, task=Task(task), seed=cfg.towers.seed + (0 if task == "ctr" else 1))
@@ -431,7 +432,7 @@ def bootstrap(
             train_towers(
                 ds,
                 train_days,
-                _task_cfg(cfg, task),
+                task_config(cfg, task),
                 mdir,
                 device=cfg.device,
                 progress=progress,
@@ -500,7 +501,7 @@ def run_day(
             train_towers(
                 ds,
                 [day],
-                _task_cfg(cfg, task),
+                task_config(cfg, task),
                 mdir,
                 parent=mdir / version_name(parent),
                 device=cfg.device,

@@ -8,7 +8,9 @@ within one lineage. Two rules, applied by the daily cycle and the manual command
   it (a store version names it as `model_artifact`): roll back first, or train into a new workspace.
 - `check_cycle_lineage`: the daily cycle refuses a day whose parent model and serving store come from
   different lineages, naming what must be rebuilt, instead of pooling new vectors into an old space (or
-  starting an empty pool that a coverage gate would no longer compare with the serving one).
+  starting an empty pool that a coverage gate would no longer compare with the serving one); and a day whose
+  parent ranker was trained on another embedding lineage than the serving store's, before anything is
+  trained or written (the ranker increment would refuse it only after the towers, store and index moved on).
 
 The ranker's own check (its recorded embedding lineages against the stores it reads) lives in
 `ranking.train.DermLookup`, so training, evaluation and serving all apply it.
@@ -21,7 +23,8 @@ from pathlib import Path
 from adslog.artifact import read_json, read_manifest
 from adslog.errors import VersionMismatchError
 from adslog.workspace import Workspace, version_name
-from embstore.store import open_version
+from embstore.store import StoreVersion, open_version
+from ranking.train import RANKER_KIND, RANKER_SCHEMA_VERSION, embedding_lineages
 from towers.train import MODEL_KIND, MODEL_SCHEMA_VERSION
 
 
@@ -62,7 +65,8 @@ def check_retrain(ws: Workspace, task: str, day: int) -> None:
 
 def check_cycle_lineage(ws: Workspace, day: int, tasks: tuple[str, ...]) -> None:
     """Refuse a daily cycle for `day` whose parent model (the newest before `day`) and serving store version
-    come from different lineages."""
+    come from different lineages, or whose parent ranker was trained on another embedding lineage."""
+    stores: dict[str, StoreVersion] = {}
     for task in tasks:
         mday = ws.version_before(ws.models_dir(task), day)
         sday = ws.version_before(ws.embeddings_dir(task), day)
@@ -70,11 +74,28 @@ def check_cycle_lineage(ws: Workspace, day: int, tasks: tuple[str, ...]) -> None
             continue
         mdir = ws.models_dir(task) / version_name(mday)
         model_lineage = str(read_manifest(mdir, MODEL_KIND, MODEL_SCHEMA_VERSION)["lineage"])
-        store = open_version(ws.embeddings_dir(task), sday)
+        store = stores[task] = open_version(ws.embeddings_dir(task), sday)
         if store.lineage != model_lineage:
             raise LineageError(
                 f"{mdir}: model lineage {model_lineage[:8]} differs from the serving store {store.dir} (lineage "
                 f"{store.lineage[:8]}): its store pool, index and ranker must be rebuilt from the new model "
                 f"(`derm embed --from <first> --to {mday}`, `derm index build`, `derm ranker train`), or roll "
                 f"back to the old lineage (`derm rollback --to {sday}`)"
+            )
+    _check_ranker_lineage(ws, day, stores)
+
+
+def _check_ranker_lineage(ws: Workspace, day: int, stores: dict[str, StoreVersion]) -> None:
+    rday = ws.version_before(ws.ranker_dir, day)
+    if rday is None:
+        return
+    rdir = ws.ranker_dir / version_name(rday)
+    recorded = embedding_lineages(ws, read_manifest(rdir, RANKER_KIND, RANKER_SCHEMA_VERSION, verify="size"))
+    for task, want in recorded.items():
+        store = stores.get(task)
+        if store is not None and want and store.lineage not in want:
+            raise LineageError(
+                f"{store.dir}: embedding lineage {store.lineage[:8]}, but the ranker {rdir} was trained on "
+                f"lineage {', '.join(sorted(x[:8] for x in want))}: retrain the ranker from scratch "
+                "(`derm ranker train`) or roll back (`derm rollback`)"
             )

@@ -1,0 +1,117 @@
+"""The project's packages import each other without a cycle (issue 18): module-level imports (including those
+under `if TYPE_CHECKING:`, which type checkers follow) form a DAG. Lazy imports inside functions are how an
+optional heavy dependency is loaded on demand, not a way around a cycle, so they are not edges here."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _modules() -> dict[str, Path]:
+    mods = {"cli": ROOT / "cli.py"}
+    for init in ROOT.glob("*/__init__.py"):
+        if init.parent.name == "tests":
+            continue
+        for f in init.parent.rglob("*.py"):
+            name = ".".join(f.relative_to(ROOT).with_suffix("").parts)
+            mods[name.removesuffix(".__init__")] = f
+    return mods
+
+
+def _imports(tree: ast.Module) -> list[str]:
+    out: list[str] = []
+
+    def visit(stmts: list[ast.stmt]) -> None:
+        for s in stmts:
+            if isinstance(s, ast.Import):
+                out.extend(a.name for a in s.names)
+            elif isinstance(s, ast.ImportFrom) and s.level == 0 and s.module:
+                out.append(s.module)
+                out.extend(f"{s.module}.{a.name}" for a in s.names)  # `from pkg import module`
+            elif isinstance(s, ast.If | ast.Try):
+                visit(s.body)
+                visit(s.orelse)
+                for h in getattr(s, "handlers", []):
+                    visit(h.body)
+
+    visit(tree.body)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = _modules()
+    return {
+        m: {i for i in _imports(ast.parse(f.read_text())) if i in mods and i != m} for m, f in mods.items()
+    }
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_the_detector_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_graph_covers_the_packages() -> None:
+    g = import_graph()
+    assert {"index.types", "index.boundary", "index.exact", "index.backends", "workflow.ops", "cli"} <= set(g)
+    assert "index.types" in g["index.faiss_backend"] and "index.exact" in g["index.hnsw_backend"]
+
+
+def test_no_import_cycle() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_the_index_package_imports_in_a_fresh_interpreter() -> None:
+    """A backend module imported first (the way `index.base` used to cycle with both backends) and then the rest:
+    the package initialises cleanly in a new process, which a session with everything already imported cannot
+    show."""
+    names = sorted((m for m in _modules() if m.startswith("index.")), key=lambda m: "backend" not in m)
+    code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
+    r = subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
