@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 import traceback
 import warnings
 from collections.abc import Callable
@@ -33,29 +32,30 @@ TS = click.IntRange(-(2**31) * 86400, (2**31 - 1) * 86400)
 
 # -- output helpers -----------------------------------------------------------------------------------------
 class Bars:
-    """Progress callback drawing one line per stage on stderr, only on a terminal and never with --json."""
+    """Progress callback: one `click.progressbar` per stage on stderr, only on a terminal and never with --json
+    (click draws the bar, the rate and the ETA)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
-        self._last = 0.0
         self._stage = ""
+        self._bar: Any = None
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled:
             return
-        now = time.monotonic()
-        if stage == self._stage and done < total and now - self._last < 0.1:
-            return
-        if stage != self._stage and self._stage:
-            sys.stderr.write("\n")
-        self._stage, self._last = stage, now
-        width = 30
-        fill = int(width * done / max(total, 1))
-        sys.stderr.write(f"\r{stage:<14} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}")
+        if stage != self._stage or self._bar is None or total != self._bar.length:
+            self._close()
+            self._stage = stage
+            self._bar = click.progressbar(length=max(total, 1), label=f"{stage:<14}", file=sys.stderr)
+            self._bar.__enter__()
+        self._bar.update(done - self._bar.pos)
         if done >= total:
-            sys.stderr.write("\n")
-            self._stage = ""
-        sys.stderr.flush()
+            self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+        self._bar, self._stage = None, ""
 
 
 def _setup(as_json: bool, verbose: int = 0, epochs: dict[str, int] | None = None) -> Any:
