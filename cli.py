@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from adslog.artifact import json_default
 from adslog.errors import DermError
 
 log = logging.getLogger("derm")
@@ -79,17 +80,9 @@ def _setup(as_json: bool, verbose: int = 0, epochs: dict[str, int] | None = None
 
 def _emit(obj: Any, as_json: bool, human: Callable[[Any], str]) -> None:
     if as_json:
-        click.echo(json.dumps(obj, indent=2, default=_default))
+        click.echo(json.dumps(obj, indent=2, default=json_default))
     else:
         click.echo(human(obj))
-
-
-def _default(o: Any) -> Any:
-    if hasattr(o, "item"):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 def _kv(d: dict[str, Any]) -> str:

@@ -68,7 +68,7 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f"{TMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=_json_default)
+        json.dump(obj, f, indent=2, default=json_default)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())
@@ -76,7 +76,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     fsync_dir(path.parent)
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """`json.dump(default=...)` for what derm's documents hold: numpy scalars and arrays, paths."""
     if hasattr(o, "item"):  # numpy scalars
         return o.item()
     if hasattr(o, "tolist"):
