@@ -161,7 +161,11 @@ def publish_kge_family(
         {e: active[e] for e in daily},
         overwrite=overwrite,
         gates=gates,
-        extra={"kge_model": kv.manifest["model"], "kge_norms": norms, "normalisation": "unit (kge norms <= 1)"},
+        extra={
+            "kge_model": kv.manifest["model"],
+            "kge_norms": norms,
+            "normalisation": "unit (kge norms <= 1)",
+        },
     )
     log.info("kge family %s version %d published from %s", family, day, kv.version)
     return m

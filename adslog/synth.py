@@ -436,7 +436,9 @@ def _serve(world: World, cfg: SynthConfig, day: int, rng: np.random.Generator) -
     }
 
 
-def _offsite(world: World, cfg: SynthConfig, d: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _offsite(
+    world: World, cfg: SynthConfig, d: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Offsite conversions of one day (view-through): each impression `d` served leads to a conversion on its
     ad's advertiser's own site, with no onsite click, with probability
 
@@ -457,7 +459,9 @@ def _offsite(world: World, cfg: SynthConfig, d: dict[str, np.ndarray], rng: np.r
     w = np.exp(cfg.offsite_conv_strength * (a - a.max()))  # shifted: no overflow; the ratio is unchanged
     p = np.minimum(1.0, cfg.offsite_per_impression * w / w.mean())
     hit = rng.random(n) < p
-    delay = np.minimum(rng.exponential(CONVERSION_DELAY_MEAN_S, n), CONVERSION_DELAY_CAP_S).astype(np.int64) + 1
+    delay = (
+        np.minimum(rng.exponential(CONVERSION_DELAY_MEAN_S, n), CONVERSION_DELAY_CAP_S).astype(np.int64) + 1
+    )
     ts = (d["ts"] + delay)[hit]
     order = np.argsort(ts, kind="stable")
     return {"urow": urow[hit][order], "vrow": vrow[hit][order], "ts": ts[order]}

@@ -45,8 +45,10 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "p_conv_with_offsite_history": ms(lambda r: r["with_vs_without_offsite"]["p_conv"]["with"]),
         "p_conv_without_offsite_history": ms(lambda r: r["with_vs_without_offsite"]["p_conv"]["without"]),
         "conversion_specific_term_gap": ms(
-            lambda r: r["with_vs_without_offsite"]["conversion_specific_logit_term"]["with"]
-            - r["with_vs_without_offsite"]["conversion_specific_logit_term"]["without"]
+            lambda r: (
+                r["with_vs_without_offsite"]["conversion_specific_logit_term"]["with"]
+                - r["with_vs_without_offsite"]["conversion_specific_logit_term"]["without"]
+            )
         ),
     }
 

@@ -81,10 +81,10 @@ class RankerConfig:
     #: False: the store's vectors enter frozen. True: trainable ID tables (one per input entity, explicit int64
     #: ids) initialised from the family's version before the first training day, learning at `kge_lr`
     kge_finetune: bool = False
-    #: target attention (needs kge_finetune, ad and advertiser inputs): the candidate ad's vector (its ad +
-    #: advertiser rows) attends over the table vectors of the user's graph neighbours (ads clicked / converted
-    #: onsite, advertisers converted offsite; the graph version of the KGE version read); output joins the
-    #: concatenation layer
+    #: target attention (needs kge_finetune and the ad input): the candidate ad's vector (its ad row, plus its
+    #: advertiser's row with the advertiser input) attends over the table vectors of the user's graph neighbours
+    #: (ads clicked / converted onsite; with the advertiser input also advertisers converted offsite; the graph
+    #: version of the KGE version read); output joins the concatenation layer
     kge_attention: bool = False
     #: learning rate of the KGE ID tables (None: `lr`)
     kge_lr: float | None = None
@@ -123,16 +123,16 @@ class RankerConfig:
             from adgraph.family import is_kge_family
 
             if not isinstance(self.kge_family, str) or not is_kge_family(self.kge_family):
-                raise ConfigError(f"kge_family {self.kge_family!r} is not a KGE store family (kge-transra, ...)")
+                raise ConfigError(
+                    f"kge_family {self.kge_family!r} is not a KGE store family (kge-transra, ...)"
+                )
             bad = [e for e in self.kge_inputs if e not in KGE_INPUTS]
             if bad or not self.kge_inputs or len(set(self.kge_inputs)) != len(self.kge_inputs):
                 raise ConfigError(f"kge_inputs {list(self.kge_inputs)}: one or more distinct of {KGE_INPUTS}")
         if (self.kge_finetune or self.kge_attention) and self.kge_family is None:
             raise ConfigError("kge_finetune and kge_attention need a kge_family")
-        if self.kge_attention and not (
-            self.kge_finetune and {"ad", "advertiser"} <= set(self.kge_inputs)
-        ):
-            raise ConfigError("kge_attention needs kge_finetune and the ad and advertiser kge_inputs")
+        if self.kge_attention and not (self.kge_finetune and "ad" in self.kge_inputs):
+            raise ConfigError("kge_attention needs kge_finetune and the ad kge_input")
         if self.kge_lr is not None and not self.kge_lr > 0:
             raise ConfigError("kge_lr must be > 0 (or None for lr)")
         if not isinstance(self.kge_neighbours, int) or self.kge_neighbours < 1:
@@ -275,8 +275,9 @@ class KGETables(nn.Module):
         for e in self.entities:
             ids, vecs = vectors[e]
             getattr(self, f"ids_{e}").copy_(ids)
-            self.emb[e].weight[0].zero_()
-            self.emb[e].weight[1:].copy_(vecs)
+            w: torch.Tensor = self.emb[e].weight  # type: ignore[assignment]
+            w[0].zero_()
+            w[1:].copy_(vecs)
 
     def rows(self, e: str, ids: torch.Tensor) -> torch.Tensor:
         """int64 rows (same shape as ids) of `ids` in table `e`; 0 for ids it does not hold (and -1 padding)."""
@@ -307,7 +308,9 @@ class KGETargetAttention(nn.Module):
         nn.init.zeros_(self.kind.weight)
         self.scale = 1.0 / float(dim) ** 0.5
 
-    def forward(self, q: torch.Tensor, keys: torch.Tensor, kind: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, q: torch.Tensor, keys: torch.Tensor, kind: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         keys = keys + self.kind(kind)
         s = torch.einsum("bd,bld->bl", self.q(q), self.k(keys)) * self.scale
         w = torch.softmax(s.masked_fill(~mask, -1e9), dim=1) * mask  # rows with no neighbour: all 0
@@ -379,7 +382,9 @@ class Ranker(nn.Module):
         self.kge_attention: KGETargetAttention | None = None
         if cfg.kge_finetune:
             if kge_sizes is None or set(kge_sizes) != set(cfg.kge_inputs):
-                raise ConfigError(f"kge_finetune needs table sizes for {list(cfg.kge_inputs)}, got {kge_sizes}")
+                raise ConfigError(
+                    f"kge_finetune needs table sizes for {list(cfg.kge_inputs)}, got {kge_sizes}"
+                )
             self.kge_tables = KGETables({e: int(kge_sizes[e]) for e in cfg.kge_inputs}, self.kge_dim)
         if cfg.kge_attention:
             self.kge_attention = KGETargetAttention(self.kge_dim)
@@ -444,12 +449,15 @@ class Ranker(nn.Module):
             parts.append((vec["user"] * vec["ad"]).sum(1, keepdim=True))
         if self.kge_attention is not None:
             assert self.kge_tables is not None
-            k_ad, m_ad = self.kge_tables("ad", b["kge_nb_ad_id"])
-            k_adv, m_adv = self.kge_tables("advertiser", b["kge_nb_advertiser_id"])
-            keys = torch.cat([k_ad, k_adv], dim=1)  # (B, 2L, d)
-            mask = torch.cat([m_ad, m_adv], dim=1)
-            kind = torch.cat([torch.zeros_like(m_ad, dtype=torch.long), torch.ones_like(m_adv, dtype=torch.long)], 1)
-            parts.append(self.kge_attention(vec["ad"] + vec["advertiser"], keys, kind, mask))
+            keys, mask = self.kge_tables("ad", b["kge_nb_ad_id"])  # (B, L, d), (B, L)
+            kind = torch.zeros_like(mask, dtype=torch.long)
+            q = vec["ad"]
+            if "advertiser" in vec:
+                k_adv, m_adv = self.kge_tables("advertiser", b["kge_nb_advertiser_id"])
+                keys, mask = torch.cat([keys, k_adv], dim=1), torch.cat([mask, m_adv], dim=1)  # (B, 2L, ...)
+                kind = torch.cat([kind, torch.ones_like(m_adv, dtype=torch.long)], dim=1)
+                q = q + vec["advertiser"]
+            parts.append(self.kge_attention(q, keys, kind, mask))
         return parts
 
     def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -104,7 +104,9 @@ def new_snapshot(
     sizes = None
     if cfg.kge_finetune:
         if kge_init is None:
-            raise DermError(f"kge_finetune: no {cfg.kge_family} store version to initialise the ID tables from")
+            raise DermError(
+                f"kge_finetune: no {cfg.kge_family} store version to initialise the ID tables from"
+            )
         sizes = {e: len(kge_init.ids(e)) for e in cfg.kge_inputs}
     ranker = Ranker(spec, cfg, derm_dim, kge_dim, sizes)
     if ranker.kge_tables is not None and kge_init is not None:
@@ -121,7 +123,9 @@ def new_snapshot(
     return RankerSnapshot(ranker, ranker_optimizer(ranker, cfg), spec, cfg, m)
 
 
-def kge_lookup(ws: Workspace, ds: Dataset, cfg: RankerConfig, ranker: dict[str, Any] | None) -> KGELookup | None:
+def kge_lookup(
+    ws: Workspace, ds: Dataset, cfg: RankerConfig, ranker: dict[str, Any] | None
+) -> KGELookup | None:
     """The KGE features a ranker with `cfg` reads (None without `cfg.kge_family`). `ranker`: the manifest of a
     trained ranker, whose recorded KGE lineages the lookup then enforces."""
     if cfg.kge_family is None:
@@ -484,7 +488,9 @@ def train_ranker(
                     "tables from (enable kge in the cycle config, or train the ranker on later days)"
                 )
             kge_init = open_version(ws.embeddings_dir(cfg.kge_family), kd)
-        snap = new_snapshot(spec, cfg, _derm_dim(ws, cfg.derm_inputs), dev, kge_dim(ws, cfg.kge_family), kge_init)
+        snap = new_snapshot(
+            spec, cfg, _derm_dim(ws, cfg.derm_inputs), dev, kge_dim(ws, cfg.kge_family), kge_init
+        )
         lineage, days_seen, parent_id, epochs = uuid.uuid4().hex, [], None, cfg.epochs_initial
     else:
         snap = load_ranker(parent, dev)

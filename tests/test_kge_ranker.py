@@ -40,7 +40,13 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("kger") / "data"
     generate(
         SynthConfig(
-            n_users=300, n_ads=200, n_days=5, impressions_per_day=6000, n_advertisers=20, n_categories=6, seed=3
+            n_users=300,
+            n_ads=200,
+            n_days=5,
+            impressions_per_day=6000,
+            n_advertisers=20,
+            n_categories=6,
+            seed=3,
         ),
         out,
     )
@@ -108,9 +114,20 @@ def test_store_gate_refuses_non_unit_vectors_of_any_family(kws: Workspace, tmp_p
     mm = {"dim": 2, "lineage": "x", "model_version": "m", "artifact_id": "a" * 32}
     daily = {e: (ids, vecs) for e in ("user", "ad", "advertiser")}
     with pytest.raises(QualityGateError, match="not unit-norm"):
-        publish_day(tmp_path / "f", "kge-transra", DAY0, mm, daily, None, {e: AggregationConfig() for e in daily}, {})
+        publish_day(
+            tmp_path / "f", "kge-transra", DAY0, mm, daily, None, {e: AggregationConfig() for e in daily}, {}
+        )
     with pytest.raises(ConfigError, match="store entities"):
-        publish_day(tmp_path / "f", "x", DAY0, mm, {"campaign": (ids, vecs)}, None, {"campaign": AggregationConfig()}, {})
+        publish_day(
+            tmp_path / "f",
+            "x",
+            DAY0,
+            mm,
+            {"campaign": (ids, vecs)},
+            None,
+            {"campaign": AggregationConfig()},
+            {},
+        )
     assert not (tmp_path / "f").exists()
 
 
@@ -134,7 +151,10 @@ def test_lookup_is_point_in_time_and_reads_what_was_published(kws: Workspace) ->
     clicked = {
         (u, x)
         for u, x, c in zip(
-            imp.column("user_id").to_numpy(), imp.column("ad_id").to_numpy(), imp.column("click").to_numpy(), strict=True
+            imp.column("user_id").to_numpy(),
+            imp.column("ad_id").to_numpy(),
+            imp.column("click").to_numpy(),
+            strict=True,
         )
         if c
     }
@@ -206,7 +226,9 @@ def test_ranker_with_each_kge_option_trains_and_reloads(kws: Workspace, opts: di
 def test_ranker_refuses_a_kge_store_of_another_lineage(data: Path, tmp_path: Path) -> None:
     ws = Workspace.create(tmp_path / "work", data)
     _kge_days(ws, range(DAY0, DAY0 + 3))
-    train_ranker(ws, ws.dataset(), [DAY0 + 1, DAY0 + 2], replace(TINY_RANKER, kge_finetune=True, kge_attention=True))
+    train_ranker(
+        ws, ws.dataset(), [DAY0 + 1, DAY0 + 2], replace(TINY_RANKER, kge_finetune=True, kge_attention=True)
+    )
     snap = load_ranker(ws.ranker_dir / version_name(DAY0 + 2))
     # a retrain of the KGE model from scratch starts a new lineage; the family's next version carries it
     publish_graph(ws, DAY0 + 3)
@@ -234,7 +256,48 @@ def test_kge_config_validation() -> None:
         RankerConfig(kge_finetune=True)
     with pytest.raises(ConfigError, match="kge_attention needs"):
         RankerConfig(kge_family=FAMILY, kge_attention=True)
+    with pytest.raises(ConfigError, match="kge_attention needs"):
+        RankerConfig(kge_family=FAMILY, kge_finetune=True, kge_attention=True, kge_inputs=("user",))
     with pytest.raises(ConfigError, match="kge_inputs"):
         RankerConfig(kge_family=FAMILY, kge_inputs=("category",))
     c = RankerConfig(kge_family=FAMILY, kge_finetune=True, kge_attention=True, kge_lr=0.05)
     assert RankerConfig.from_json(json.loads(json.dumps(c.to_json()))) == c
+
+
+def test_finetuned_tables_start_from_the_published_vectors(kws: Workspace) -> None:
+    from ranking.train import new_snapshot
+
+    v = open_version(kws.embeddings_dir(FAMILY), DAY0 + 1)
+    cfg = replace(TINY_RANKER, kge_finetune=True, kge_attention=True)
+    snap = new_snapshot(_spec(kws), cfg, 0, torch.device("cpu"), 8, v)
+    t = snap.ranker.kge_tables
+    assert t is not None and snap.manifest["kge_init_version"] == v.version
+    for e in ("user", "ad", "advertiser"):
+        ids = v.ids(e)
+        got, found = t(e, torch.from_numpy(ids[:50]))
+        assert found.all()
+        np.testing.assert_array_equal(got.detach().numpy(), v.vectors(e)[:50])
+    unknown, found = t("ad", torch.tensor([-1, 7], dtype=torch.long))
+    assert not found.any() and not unknown.detach().numpy().any()
+
+
+@pytest.mark.slow
+def test_demo_with_kge_runs_and_query_names_the_kge_version(tmp_path: Path) -> None:
+    from ranking.serve import ServeConfig, query
+    from workflow.cycle import load_cycle_config
+    from workflow.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.tiny().with_kge()
+    s = run_demo(tmp_path / "demo", cfg)
+    ws = Workspace.open(tmp_path / "demo")
+    assert load_cycle_config(ws).kge.enabled
+    days = ws.dataset().days()
+    fam = ws.embeddings_dir(FAMILY)
+    assert ws.published_days(fam) == days[:-1]  # every bootstrap and daily day, none of the eval day
+    r = load_ranker(ws.ranker_dir / version_name(days[-2]))
+    assert r.config.kge_attention and r.manifest["kge_versions"]
+    assert s["report"]["ranking"]["roc_auc"] > 0.55
+    user = int(ws.dataset().impressions(days[-1], ["user_id"]).column("user_id")[0].as_py())
+    doc = query(ws, user, ServeConfig(k=5, candidates=50), None, "cpu")
+    want = open_version(fam, days[-2]).version
+    assert doc["versions"]["kge"] == want and len(doc["results"]) == 5

@@ -300,7 +300,9 @@ def test_offsite_conversions_carry_conversion_signal_clicks_do_not(tmp_path: Pat
 
     from adgraph.offsite import offsite_signal
 
-    cfg = SynthConfig(n_users=1500, n_ads=1200, n_advertisers=80, n_days=6, impressions_per_day=30_000, seed=2)
+    cfg = SynthConfig(
+        n_users=1500, n_ads=1200, n_advertisers=80, n_days=6, impressions_per_day=30_000, seed=2
+    )
     gap, auc = {}, {}
     for strength in (1.5, 0.0):
         out = tmp_path / f"s{strength}"
