@@ -50,7 +50,7 @@ class Neighbours:
         # one entry per (user, tail): the newest of its relations
         order = np.lexsort((-ts, tail, head))
         head, tail, ts = head[order], tail[order], ts[order]
-        first = np.r_[True, (head[1:] != head[:-1]) | (tail[1:] != tail[:-1])]
+        first = np.r_[True, (head[1:] != head[:-1]) | (tail[1:] != tail[:-1])][: len(head)]
         head, tail, ts = head[first], tail[first], ts[first]
         order = np.lexsort((-ts, head))
         self.head, self.tail = head[order], tail[order]

@@ -301,3 +301,12 @@ def test_demo_with_kge_runs_and_query_names_the_kge_version(tmp_path: Path) -> N
     doc = query(ws, user, ServeConfig(k=5, candidates=50), None, "cpu")
     want = open_version(fam, days[-2]).version
     assert doc["versions"]["kge"] == want and len(doc["results"]) == 5
+    # rollback moves the KGE store family, the KGE model and the graph back with everything else
+    from adgraph.graph import graph_dir
+    from adgraph.snapshot import kge_dir as _kdir
+    from workflow.rollback import rollback
+
+    with ws.lock():
+        rollback(ws, days[-3])
+    for parent in (fam, _kdir(ws, ModelKind.TRANSRA), graph_dir(ws)):
+        assert ws.published_days(parent)[-1] == days[-3], parent
