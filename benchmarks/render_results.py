@@ -488,6 +488,7 @@ def kge_ranker_section(r: dict[str, Any]) -> list[str]:
     """The ranker with KGE vectors: none / frozen / finetune / finetune + attention / TransR (kge_ranker.py)."""
     lines = [
         "## The ranker with KGE vectors (TransRA paper's downstream claim)"
+        + (" (quick size)" if "--quick" in str(r.get("command")) else "")
         + ("" if r.get("complete", True) else " (incomplete run)"),
         "",
         f"`{r.get('command')}`; seeds {r.get('seeds')} (ranker init and order; data and KGE fixed); CTR head on "
@@ -495,6 +496,8 @@ def kge_ranker_section(r: dict[str, Any]) -> list[str]:
         f"the mean paired difference with its 95 % t-interval over seeds. {_machine(r)}.",
         "",
     ]
+    if r.get("synthetic_note"):
+        lines += [f"Synthetic part {r['synthetic_note']}.", ""]
     for name in ("synthetic", "movielens_100k"):
         d = r.get(name)
         if not d:

@@ -274,7 +274,7 @@ def test_finetuned_tables_start_from_the_published_vectors(kws: Workspace) -> No
     assert t is not None and snap.manifest["kge_init_version"] == v.version
     for e in ("user", "ad", "advertiser"):
         ids = v.ids(e)
-        got, found = t(e, torch.from_numpy(ids[:50]))
+        got, found = t(e, torch.from_numpy(ids[:50].copy()))
         assert found.all()
         np.testing.assert_array_equal(got.detach().numpy(), v.vectors(e)[:50])
     unknown, found = t("ad", torch.tensor([-1, 7], dtype=torch.long))
@@ -310,3 +310,30 @@ def test_demo_with_kge_runs_and_query_names_the_kge_version(tmp_path: Path) -> N
         rollback(ws, days[-3])
     for parent in (fam, _kdir(ws, ModelKind.TRANSRA), graph_dir(ws)):
         assert ws.published_days(parent)[-1] == days[-3], parent
+
+
+def test_neighbours_newest_first_one_per_tail_and_empty_relations() -> None:
+    import pyarrow as pa
+
+    from adgraph.graph import EDGE_SCHEMA
+    from ranking.kge import Neighbours
+
+    rows = [  # head user 1: ad 10 clicked at 5 and converted at 9, ad 11 at 7; user 2: ad 12 at 1
+        ("user", 1, "user_clicked_ad", "ad", 10, 1, 5),
+        ("user", 1, "user_converted_ad", "ad", 10, 1, 9),
+        ("user", 1, "user_clicked_ad", "ad", 11, 1, 7),
+        ("user", 2, "user_clicked_ad", "ad", 12, 1, 1),
+    ]
+    t = pa.Table.from_pylist([dict(zip(EDGE_SCHEMA.names, r, strict=True)) for r in rows], schema=EDGE_SCHEMA)
+
+    class G:
+        def edges(self) -> pa.Table:
+            return t
+
+    nb = Neighbours(G(), ("user_clicked_ad", "user_converted_ad"))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(
+        nb.matrix(np.array([1, 2, 3]), 3), [[10, 11, -1], [12, -1, -1], [-1, -1, -1]]
+    )
+    np.testing.assert_array_equal(nb.matrix(np.array([1]), 1), [[10]])
+    empty = Neighbours(G(), ("user_converted_offsite_advertiser",))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(empty.matrix(np.array([1, 2]), 2), -np.ones((2, 2)))
