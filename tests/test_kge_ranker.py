@@ -337,3 +337,47 @@ def test_neighbours_newest_first_one_per_tail_and_empty_relations() -> None:
     np.testing.assert_array_equal(nb.matrix(np.array([1]), 1), [[10]])
     empty = Neighbours(G(), ("user_converted_offsite_advertiser",))  # type: ignore[arg-type]
     np.testing.assert_array_equal(empty.matrix(np.array([1, 2]), 2), -np.ones((2, 2)))
+
+
+def test_cycle_config_kge_keys_round_trip_and_are_validated(data: Path, tmp_path: Path) -> None:
+    from workflow.cycle import CycleConfig, load_cycle_config, save_cycle_config, set_cycle_config
+
+    ws = Workspace.create(tmp_path / "work", data)
+    save_cycle_config(ws, CycleConfig(device="cpu"))
+    with pytest.raises(ConfigError, match="needs kge.enabled"):
+        set_cycle_config(ws, {"ranker.kge_family": "kge-transra"})
+    assert not load_cycle_config(ws).kge.enabled  # nothing written
+    cfg = set_cycle_config(
+        ws,
+        {
+            "kge.enabled": "true",
+            "kge.model.model": "transr",
+            "kge.model.dim": "16",
+            "ranker.kge_family": "kge-transr",
+            "ranker.kge_finetune": "true",
+        },
+    )
+    again = load_cycle_config(ws)
+    assert again == cfg and again.kge.family == "kge-transr" and again.kge.model.dim == 16
+    assert again.ranker.kge_finetune and not again.ranker.kge_attention
+    # a cycle.json written before the option loads with the KGE stage off
+    old = CycleConfig.to_json(CycleConfig(device="cpu"))
+    old.pop("kge")
+    assert not CycleConfig.from_json(old).kge.enabled
+
+
+def test_run_config_kge_section(tmp_path: Path) -> None:
+    from workflow.run_config import parse_run_config
+
+    raw = {
+        "kge": {"enabled": True, "model": "transr", "dim": 16, "window_days": 7},
+        "ranker": {"kge_family": "kge-transr", "kge_finetune": True, "kge_attention": True},
+    }
+    rc = parse_run_config(raw, tmp_path / "c.toml")
+    k = rc.cycle.kge
+    assert k.enabled and k.family == "kge-transr" and k.model.dim == 16 and k.graph.window_days == 7
+    assert rc.to_json()["kge"]["model"] == "transr" and rc.cycle.ranker.kge_attention
+    with pytest.raises(DataError, match="unknown key 'kge.margin'"):
+        parse_run_config({"kge": {"margin": 2.0}}, tmp_path / "c.toml")
+    with pytest.raises(DataError, match="needs kge.enabled"):
+        parse_run_config({"ranker": {"kge_family": "kge-transra"}}, tmp_path / "c.toml")
