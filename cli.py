@@ -847,17 +847,24 @@ def _eval_text(d: dict[str, Any]) -> str:
 @click.option(
     "--work", default="demo", show_default=True, type=click.Path(file_okay=False), help="Workspace directory."
 )
+@click.option(
+    "--kge",
+    "with_kge",
+    is_flag=True,
+    help="Also build the onsite-offsite graph, train TransRA and publish its store family each day; the ranker "
+    "fine-tunes KGE ID tables with target attention (issue 14).",
+)
 @device_option
 @json_option
 @click.pass_context
-def demo(ctx: click.Context, work: str, device: str, as_json: bool) -> None:
+def demo(ctx: click.Context, work: str, with_kge: bool, device: str, as_json: bool) -> None:
     """Run the whole system on the built-in synthetic ads log and report (resumes after an interruption)."""
     from dataclasses import replace
 
     from workflow.demo import DemoConfig, run_demo
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    cfg = DemoConfig()
+    cfg = DemoConfig().with_kge() if with_kge else DemoConfig()
     s = run_demo(work, replace(cfg, cycle=replace(cfg.cycle, device=device)), progress=bars)
     _emit(s, as_json, lambda s: _demo_text(s, work))
 

@@ -6,7 +6,10 @@ logging policy serves `impressions_per_day` impressions: an active user (activit
 and slot, a candidate set is sampled from the live ads by popularity, and the policy shows the candidate
 with the best noisy score (popularity, a stale and noisy estimate of the user's interest, bid). Clicks are
 Bernoulli draws from the true `p_click` (see `adslog.oracle`), conversions follow some clicks after an
-exponential delay, and users also convert on advertisers' own sites (offsite conversions).
+exponential delay, and users also convert on advertisers' own sites (offsite conversions): a user shown an
+ad of an advertiser may later convert on that advertiser's site, more likely the higher their latent
+conversion affinity for the advertiser (the same latent that sets their onsite P(conversion | click) on its
+ads, and plays no part in clicks), so offsite history says who converts where, which clicks do not.
 
 Latent factors never reach a Parquet table; they are written under `DATA/oracle/` for evaluation.
 """
@@ -87,8 +90,12 @@ class SynthConfig:
     drift_share: float = 0.5
     #: lognormal sigma of ad popularity (candidate sampling weights)
     popularity_sigma: float = 1.3
-    #: offsite conversions per impression served
-    offsite_per_impression: float = 0.003
+    #: offsite conversions per impression served (view-through: on the shown ad's advertiser's site)
+    offsite_per_impression: float = 0.05
+    #: how strongly the user x advertiser conversion affinity <user_conv, advertiser_conv> / sqrt(C) (~N(0, 1),
+    #: the advertiser part of onsite P(conversion | click)) tilts which impressions lead to an offsite
+    #: conversion: P ~ exp(offsite_conv_strength * affinity). 0 = offsite carries no conversion signal
+    offsite_conv_strength: float = 1.5
 
     def __post_init__(self) -> None:
         positive = (
@@ -115,7 +122,13 @@ class SynthConfig:
                 raise DermError(f"SynthConfig.{name} must be in [0, 1], got {v!r}")
         if self.initial_user_share == 0.0:
             raise DermError("SynthConfig.initial_user_share must be > 0 (someone must see the first day)")
-        for name in ("affinity_strength", "drift_per_day", "popularity_sigma", "offsite_per_impression"):
+        for name in (
+            "affinity_strength",
+            "drift_per_day",
+            "popularity_sigma",
+            "offsite_per_impression",
+            "offsite_conv_strength",
+        ):
             if getattr(self, name) < 0:
                 raise DermError(f"SynthConfig.{name} must be >= 0")
 
@@ -423,25 +436,35 @@ def _serve(world: World, cfg: SynthConfig, day: int, rng: np.random.Generator) -
     }
 
 
-def _offsite(world: World, cfg: SynthConfig, day: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Conversions on advertisers' own sites, with no onsite click: user chosen by activity, advertiser by
-    the user's latent affinity to it (plus region x category) among a sample of advertisers live today."""
+def _offsite(
+    world: World, cfg: SynthConfig, d: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Offsite conversions of one day (view-through): each impression `d` served leads to a conversion on its
+    ad's advertiser's own site, with no onsite click, with probability
+
+        offsite_per_impression * exp(s * a) / mean over the day's impressions of exp(s * a)   (capped at 1)
+
+    where a = <user_conv, advertiser_conv> / sqrt(C) is the user's latent conversion affinity for the
+    advertiser (~N(0, 1); every ad of the advertiser carries 0.6 advertiser_conv in its ad_conv, so `a` moves
+    onsite P(conversion | click) on its ads, never P(click)) and s = `offsite_conv_strength`. The conversion
+    lands an exponential delay (mean 6 h, capped at 3 days) after the impression. `rng` is the offsite
+    stream, apart from the impression stream, so the offsite model never moves an impression or a click."""
     t = world.truth
-    n = int(rng.poisson(cfg.offsite_per_impression * cfg.impressions_per_day))
-    live_adv = np.unique(t.ad_advertiser[(world.ad_first_day <= day) & (world.ad_last_day >= day)])
-    arrived = np.flatnonzero(world.user_first_day <= day)
-    if n == 0 or len(live_adv) == 0:
+    urow, vrow = d["urow"], t.ad_advertiser[d["arow"]].astype(np.int64)
+    n = len(urow)
+    if n == 0 or cfg.offsite_per_impression == 0:
         return {"urow": np.zeros(0, np.int64), "vrow": np.zeros(0, np.int64), "ts": np.zeros(0, np.int64)}
-    urow = arrived[np.searchsorted(_cum(world.user_activity[arrived]), rng.random(n), side="right")]
-    cand = live_adv[rng.integers(0, len(live_adv), (n, 16))]
-    u = t.user_factor(urow, day)
-    aff = np.einsum("nkd,nd->nk", t.advertiser_factor[cand], u) / np.sqrt(t.dim)
-    obs = t.region_category[t.user_region[urow, None], t.advertiser_category[cand]]
-    score = cfg.affinity_strength * aff + obs + rng.gumbel(size=(n, 16))
-    vrow = cand[np.arange(n), np.argmax(score, axis=1)]
-    ts = np.int64(day) * 86400 + rng.integers(0, 86400, n)
+    c = t.user_conv.shape[1]
+    a = np.einsum("nc,nc->n", t.user_conv[urow], t.advertiser_conv[vrow]) / np.sqrt(c)
+    w = np.exp(cfg.offsite_conv_strength * (a - a.max()))  # shifted: no overflow; the ratio is unchanged
+    p = np.minimum(1.0, cfg.offsite_per_impression * w / w.mean())
+    hit = rng.random(n) < p
+    delay = (
+        np.minimum(rng.exponential(CONVERSION_DELAY_MEAN_S, n), CONVERSION_DELAY_CAP_S).astype(np.int64) + 1
+    )
+    ts = (d["ts"] + delay)[hit]
     order = np.argsort(ts, kind="stable")
-    return {"urow": urow[order], "vrow": vrow[order], "ts": ts[order]}
+    return {"urow": urow[hit][order], "vrow": vrow[hit][order], "ts": ts[order]}
 
 
 def generate(
@@ -460,6 +483,8 @@ def generate(
     world = build_world(cfg, np.random.default_rng(root.spawn(1)[0]))
     truth: Truth = world.truth
     day_seeds = root.spawn(cfg.n_days + 1)[1:]
+    # the offsite model draws from its own stream: changing it never moves an impression or a click
+    offsite_seeds = np.random.SeedSequence([cfg.seed, 0x0FF5]).spawn(cfg.n_days)
     scores: list[np.ndarray] = []
     scores_np: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -497,10 +522,12 @@ def generate(
             n_clicks += int(d["click"].sum())
             n_conv += int(d["conversion"].sum())
             live_counts.append(len(d["live"]))
-            off_parts.append(_offsite(world, cfg, day, rng))
+            off_parts.append(_offsite(world, cfg, d, np.random.default_rng(offsite_seeds[i])))
             log.debug("day %d: %d impressions, %d live ads", day, len(d["ts"]), live_counts[-1])
             progress("synth", i + 1, cfg.n_days)
         off = {k: np.concatenate([p[k] for p in off_parts]) for k in ("urow", "vrow", "ts")}
+        order = np.argsort(off["ts"], kind="stable")  # delays carry some past their day's end
+        off = {k: v[order] for k, v in off.items()}
         w.write_table(
             "offsite_conversions",
             pa.table(
@@ -529,6 +556,7 @@ def generate(
             "n_clicks": n_clicks,
             "n_conversions": n_conv,
             "n_offsite_conversions": len(off["ts"]),
+            "offsite_share_of_conversions": len(off["ts"]) / max(1, len(off["ts"]) + n_conv),
             "ctr": n_clicks / n_imp,
             "conversions_per_click": n_conv / max(1, n_clicks),
             "top1pct_ad_impression_share": float(np.sort(ad_counts)[::-1][:top].sum() / n_imp),

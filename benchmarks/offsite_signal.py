@@ -2,8 +2,11 @@
 not? (`adgraph.offsite.offsite_signal`, oracle-weighted ROC-AUC; see its docstring for every figure.)
 
 Data: the generator's defaults (10k users, 6k ads, 14 days x 100k impressions), seeds 0, 1, 2; history = days
-1-10, evaluation = the clicks of days 11-14. A second arm multiplies the offsite volume by 10
-(`offsite_per_impression` 0.03) to separate "too little offsite data" from "no information in it".
+1-10, evaluation = the clicks of days 11-14. Arms: `default` (offsite conversions tilted by the user x
+advertiser conversion affinity, `offsite_conv_strength` 1.5), `no_tilt` (the same view-through volume with
+strength 0: what exposure alone puts in the offsite history) and `before_issue14` (the generator's earlier
+offsite model is gone; the `no_tilt` arm at the old volume 0.003 stands in for "little offsite data, no
+conversion information").
 Usage: python benchmarks/offsite_signal.py [--quick]   (writes benchmarks/results/offsite_signal.json)
 """
 
@@ -41,6 +44,12 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "share_with_offsite_history": ms(lambda r: r["share_with_offsite_history"]),
         "p_conv_with_offsite_history": ms(lambda r: r["with_vs_without_offsite"]["p_conv"]["with"]),
         "p_conv_without_offsite_history": ms(lambda r: r["with_vs_without_offsite"]["p_conv"]["without"]),
+        "conversion_specific_term_gap": ms(
+            lambda r: (
+                r["with_vs_without_offsite"]["conversion_specific_logit_term"]["with"]
+                - r["with_vs_without_offsite"]["conversion_specific_logit_term"]["without"]
+            )
+        ),
     }
 
 
@@ -53,7 +62,8 @@ def main() -> None:
         base = replace(base, n_users=2000, n_ads=1500, n_advertisers=100, impressions_per_day=30_000)
     arms = {
         "default": base,
-        "offsite_x10": replace(base, offsite_per_impression=10 * base.offsite_per_impression),
+        "no_tilt": replace(base, offsite_conv_strength=0.0),
+        "before_issue14": replace(base, offsite_conv_strength=0.0, offsite_per_impression=0.003),
     }
     first_eval = base.start_day + base.n_days - 4
     out: dict[str, Any] = {"eval_days": [first_eval, base.last_day], "seeds": list(SEEDS), "arms": {}}

@@ -452,8 +452,14 @@ def offsite_signal_section(r: dict[str, Any]) -> list[str]:
         "|---|---|---|",
     ]
     for arm, a in r.get("arms", {}).items():
-        for sig, v in (a.get("summary", {}).get("oracle_roc_auc") or {}).items():
+        summ = a.get("summary", {})
+        for sig, v in (summ.get("oracle_roc_auc") or {}).items():
             lines.append(f"| {arm} | {sig} | {_f(v['mean'])} [{_f(v['min'])}, {_f(v['max'])}] |")
+        v = summ.get("offsite_within_click_strata_oracle_roc_auc")
+        if v:
+            lines.append(
+                f"| {arm} | offsite, within equal onsite-click strata | {_f(v['mean'])} [{_f(v['min'])}, {_f(v['max'])}] |"
+            )
     return lines + [""]
 
 
@@ -478,6 +484,61 @@ def movielens_run_section(r: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def kge_ranker_section(r: dict[str, Any]) -> list[str]:
+    """The ranker with KGE vectors: none / frozen / finetune / finetune + attention / TransR (kge_ranker.py)."""
+    lines = [
+        "## The ranker with KGE vectors (TransRA paper's downstream claim)"
+        + (" (quick size)" if "--quick" in str(r.get("command")) else "")
+        + ("" if r.get("complete", True) else " (incomplete run)"),
+        "",
+        f"`{r.get('command')}`; seeds {r.get('seeds')} (ranker init and order; data and KGE fixed); CTR head on "
+        f"all test impressions, CVR head on clicked ones; mean +- std over seeds; the CVR difference vs none is "
+        f"the mean paired difference with its 95 % t-interval over seeds. {_machine(r)}.",
+        "",
+    ]
+    if r.get("synthetic_note"):
+        lines += [f"Synthetic part {r['synthetic_note']}.", ""]
+    for name in ("synthetic", "movielens_100k"):
+        d = r.get(name)
+        if not d:
+            continue
+        if "skipped" in d:
+            lines += [f"{name}: skipped ({d['skipped']}).", ""]
+            continue
+        if "arms" not in d:
+            continue
+        lines += [
+            f"{name}: train days {d['days']['train']}, test days {d['days']['test']} ({d.get('n_test_impressions')} "
+            f"impressions, {d.get('n_test_clicks')} clicks, {d.get('n_test_conversions')} conversions); KGE inputs "
+            f"{d.get('kge_inputs')}; {_f(d.get('seconds'), 0)} s.",
+            "",
+            "| arm | CTR ROC-AUC | CTR PR-AUC | CVR ROC-AUC | CVR PR-AUC | CVR ROC-AUC vs none [95 % CI] |",
+            "|---|---|---|---|---|---|",
+        ]
+        for arm, a in d["arms"].items():
+            vs = (a.get("vs_none") or {}).get("cvr_roc_auc") or {}
+            ci = vs.get("diff_ci95_over_seeds")
+            diff = (
+                "" if not vs else f"{vs['diff_mean']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+            )
+            lines.append(
+                f"| {arm} | {_f(a['ctr_roc_auc_mean'])} +- {_f(a['ctr_roc_auc_std'])} | {_f(a['ctr_pr_auc_mean'])} | "
+                f"{_f(a['cvr_roc_auc_mean'])} +- {_f(a['cvr_roc_auc_std'])} | {_f(a['cvr_pr_auc_mean'])} | {diff} |"
+            )
+        b = d.get("bar_finetune_attention_cvr") or {}
+        if b:
+            lines += [
+                "",
+                f"Bar (finetune_attention beats none on CVR ROC-AUC by more than the seed spread, and >= frozen): "
+                f"{'met' if b.get('met') else 'not met'} (lift {b.get('cvr_lift_vs_none'):+.4f} vs spread "
+                f"{_f(b.get('spread_max_std'))}; vs frozen {b.get('cvr_diff_vs_frozen'):+.4f}).",
+            ]
+        lines.append("")
+    return lines
+
+
+SECTIONS["kge_ranker"] = kge_ranker_section
+SECTIONS["kge_ranker_quick"] = kge_ranker_section
 SECTIONS["kge_link_prediction"] = kge_link_prediction_section
 SECTIONS["kge_link_prediction_quick"] = kge_link_prediction_section
 SECTIONS["kge_tuning"] = kge_tuning_section

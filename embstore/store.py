@@ -27,6 +27,9 @@ from embstore.aggregate import AggregationConfig, Pool, aggregate, stability
 STORE_KIND = "embedding_store"
 STORE_SCHEMA_VERSION = 1
 ENTITIES = ("user", "ad")
+#: entity kinds a store family may hold: the towers' families hold ENTITIES, the KGE family (`adgraph.family`)
+#: adds advertisers; the names become file names, so they come from this fixed list only
+KNOWN_ENTITIES = ("user", "ad", "advertiser")
 
 
 def daily_table(ids: np.ndarray, vecs: np.ndarray, day: int, model_version: str) -> pa.Table:
@@ -197,6 +200,7 @@ def publish_day(
     overwrite: bool = False,
     gates: StoreGates | None = None,
     float16: bool = False,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregate day `day`'s daily embeddings into the previous version's pool and publish version `day`.
 
@@ -204,15 +208,23 @@ def publish_day(
     entity -> ids active on the day (for coverage: the share of them that had an embedding published before).
     gates: quality gates checked before anything is written (QualityGateError: nothing is published and
     yesterday's version stays live). float16: store the served vectors as float16 (half the bytes; lookups
-    still return float32); the pool state used by aggregation stays float32.
+    still return float32); the pool state used by aggregation stays float32. The family's entities are the keys
+    of `daily` (each in KNOWN_ENTITIES, each with an aggregation config), recorded in the manifest. `extra`: more
+    manifest fields a family records (the KGE family: its model and the norms before normalisation).
     """
     dim = int(model_manifest["dim"])
+    entities = tuple(daily)
+    unknown = [e for e in entities if e not in KNOWN_ENTITIES or e not in cfg]
+    if not entities or unknown:
+        raise ConfigError(
+            f"store entities {list(entities)}: each must be one of {KNOWN_ENTITIES} with an aggregation config"
+        )
     serving = previous  # the coverage gate compares with the version serving now, whatever its lineage
     if previous is not None and previous.lineage != model_manifest["lineage"]:
         previous = None  # a retrain from scratch starts a new lineage: its pool starts empty
     stats: dict[str, Any] = {}
     pools: dict[str, Pool] = {}
-    for entity in ENTITIES:
+    for entity in entities:
         ids, vecs = daily[entity]
         check_vectors(vecs, f"{task_dir}/{version_name(day)} daily {entity} embeddings")
         before = previous.pool(entity) if previous is not None else Pool.empty(dim)
@@ -257,11 +269,13 @@ def publish_day(
         back_inferred=back_inferred,
         stats=stats,
         normalised=True,
+        entities=list(entities),
         storage_dtype="float16" if float16 else "float32",
+        **(extra or {}),
     )
     target = Path(task_dir) / version_name(day)
     with publishing(target, overwrite=overwrite) as tmp:
-        for entity in ENTITIES:
+        for entity in entities:
             ids, vecs = daily[entity]
             pq.write_table(
                 daily_table(ids, vecs, day, model_manifest["model_version"]), tmp / f"daily_{entity}.parquet"

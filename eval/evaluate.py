@@ -58,7 +58,7 @@ from eval.metrics import (
     roc_auc,
 )
 from eval.warnings import WarningConfig, eval_warnings
-from ranking.train import DermLookup, RankerSnapshot, load_ranker, score
+from ranking.train import DermLookup, RankerSnapshot, load_ranker, ranker_kge_features, score
 from retrieval.retrieve import Retriever
 from towers.batches import ImpressionArrays, Inputs
 from towers.train import resolve_device
@@ -351,6 +351,7 @@ def ranker_predictions(
     derm = DermLookup(ws, snap.config.derm_inputs, snap.manifest).features(
         arrays, int(snap.manifest["derm_dim"])
     )
+    derm.update(ranker_kge_features(ws, ds, snap, arrays))
     p_ctr, _ = score(snap, inputs, arrays, derm)
     return snap, arrays, p_ctr
 

@@ -31,6 +31,7 @@ from towers.features import FeatureSpec
 from towers.model import FieldEncoder, SequenceEncoder, init_embeddings, mlp
 
 DERM_INPUTS = ("ctr-user", "ctr-ad", "cvr-user", "cvr-ad")
+KGE_INPUTS = ("user", "ad", "advertiser")
 TASKS = ("ctr", "cvr")
 
 
@@ -75,6 +76,23 @@ class RankerConfig:
     #: the sparse id tables' optimiser (`towers.optim`): "lazy" = SparseAdam, "catch_up" = rows move as under
     #: dense Adam at sparse cost
     sparse_optimizer: str = "lazy"
+    #: the KGE store family the ranker reads (`kge-transra`, `kge-transr`, `kge-transe`; `adgraph.family`); None =
+    #: no KGE inputs. Rows of day d read the family's version before d (`ranking.kge`)
+    kge_family: str | None = None
+    #: which entities' KGE vectors enter the concatenation layer (with a found flag each, and the user . ad dot)
+    kge_inputs: tuple[str, ...] = KGE_INPUTS
+    #: False: the store's vectors enter frozen. True: trainable ID tables (one per input entity, explicit int64
+    #: ids) initialised from the family's version before the first training day, learning at `kge_lr`
+    kge_finetune: bool = False
+    #: target attention (needs kge_finetune and the ad input): the candidate ad's vector (its ad row, plus its
+    #: advertiser's row with the advertiser input) attends over the table vectors of the user's graph neighbours
+    #: (ads clicked / converted onsite; with the advertiser input also advertisers converted offsite; the graph
+    #: version of the KGE version read); output joins the concatenation layer
+    kge_attention: bool = False
+    #: learning rate of the KGE ID tables (None: `lr`)
+    kge_lr: float | None = None
+    #: neighbours of each kind (ads, advertisers) the attention reads, newest first
+    kge_neighbours: int = 20
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -107,11 +125,31 @@ class RankerConfig:
 
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
             raise ConfigError(f"sparse_optimizer must be one of {', '.join(SPARSE_OPTIMIZERS)}")
+        object.__setattr__(self, "kge_inputs", tuple(self.kge_inputs))
+        if self.kge_family is not None:
+            from adgraph.family import is_kge_family
+
+            if not isinstance(self.kge_family, str) or not is_kge_family(self.kge_family):
+                raise ConfigError(
+                    f"kge_family {self.kge_family!r} is not a KGE store family (kge-transra, ...)"
+                )
+            bad = [e for e in self.kge_inputs if e not in KGE_INPUTS]
+            if bad or not self.kge_inputs or len(set(self.kge_inputs)) != len(self.kge_inputs):
+                raise ConfigError(f"kge_inputs {list(self.kge_inputs)}: one or more distinct of {KGE_INPUTS}")
+        if (self.kge_finetune or self.kge_attention) and self.kge_family is None:
+            raise ConfigError("kge_finetune and kge_attention need a kge_family")
+        if self.kge_attention and not (self.kge_finetune and "ad" in self.kge_inputs):
+            raise ConfigError("kge_attention needs kge_finetune and the ad kge_input")
+        if self.kge_lr is not None and not self.kge_lr > 0:
+            raise ConfigError("kge_lr must be > 0 (or None for lr)")
+        if not isinstance(self.kge_neighbours, int) or self.kge_neighbours < 1:
+            raise ConfigError("kge_neighbours must be an integer >= 1")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["derm_inputs"] = list(self.derm_inputs)
         d["hidden"] = list(self.hidden)
+        d["kge_inputs"] = list(self.kge_inputs)
         return d
 
     @classmethod
@@ -127,6 +165,8 @@ class RankerConfig:
         d.setdefault("wide_lr", None)
         d.setdefault("sparse_optimizer", "lazy")
         d["derm_inputs"] = tuple(d["derm_inputs"])
+        if "kge_inputs" in d:
+            d["kge_inputs"] = tuple(d["kge_inputs"])
         if "hidden" in d:
             d["hidden"] = tuple(d["hidden"])
         return cls(**d)
@@ -226,6 +266,67 @@ class WidePart(nn.Module):
         return self.table(self.keys(b)).sum(1)
 
 
+class KGETables(nn.Module):
+    """Trainable KGE ID tables: per entity, sorted int64 ids (a buffer saved with the weights) and an
+    `nn.Embedding(n + 1, dim)` whose row 0 is every id the table does not hold (starts at zero)."""
+
+    def __init__(self, sizes: dict[str, int], dim: int) -> None:
+        super().__init__()
+        self.entities = tuple(sizes)
+        self.emb = nn.ModuleDict({e: nn.Embedding(n + 1, dim) for e, n in sizes.items()})
+        for e, n in sizes.items():
+            self.register_buffer(f"ids_{e}", torch.zeros(n, dtype=torch.long))
+
+    @torch.no_grad()
+    def init_from(self, vectors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """entity -> (ids int64 (n,) sorted unique, vecs float32 (n, dim)), sizes as constructed."""
+        for e in self.entities:
+            ids, vecs = vectors[e]
+            getattr(self, f"ids_{e}").copy_(ids)
+            w: torch.Tensor = self.emb[e].weight  # type: ignore[assignment]
+            w[0].zero_()
+            w[1:].copy_(vecs)
+
+    def rows(self, e: str, ids: torch.Tensor) -> torch.Tensor:
+        """int64 rows (same shape as ids) of `ids` in table `e`; 0 for ids it does not hold (and -1 padding)."""
+        known: torch.Tensor = getattr(self, f"ids_{e}")
+        if len(known) == 0:
+            return torch.zeros_like(ids)
+        pos = torch.searchsorted(known, ids).clamp_(max=len(known) - 1)
+        return torch.where(known[pos] == ids, pos + 1, torch.zeros_like(pos))
+
+    def forward(self, e: str, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors (..., dim), found bool (...))."""
+        r = self.rows(e, ids)
+        return self.emb[e](r), r > 0
+
+
+class KGETargetAttention(nn.Module):
+    """Target attention of the candidate over the user's graph neighbours: query q (B, d), keys (B, L, d) with
+    mask (B, L). Scores <W_q q, W_k k> / sqrt(d), softmax over the unmasked keys, output sum_l w_l W_v k_l.
+    Returns (B, d + 2): the output, <q, output> and a has-neighbours flag (a user with none gets zeros). W_q,
+    W_k, W_v start at the identity, so the first steps attend by KGE similarity as published."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        for lin in (self.q, self.k, self.v):
+            nn.init.eye_(lin.weight)
+        self.kind = nn.Embedding(2, dim)  # 0: neighbour ad, 1: neighbour advertiser
+        nn.init.zeros_(self.kind.weight)
+        self.scale = 1.0 / float(dim) ** 0.5
+
+    def forward(
+        self, q: torch.Tensor, keys: torch.Tensor, kind: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        keys = keys + self.kind(kind)
+        s = torch.einsum("bd,bld->bl", self.q(q), self.k(keys)) * self.scale
+        w = torch.softmax(s.masked_fill(~mask, -1e9), dim=1) * mask  # rows with no neighbour: all 0
+        out = torch.einsum("bl,bld->bd", w, self.v(keys))
+        has = mask.any(1, keepdim=True).float()
+        return torch.cat([out, (q * out).sum(1, keepdim=True), has], dim=1)
+
+
 class SequenceTransformer(SequenceEncoder):
     """The user's activity sequence (B, L) -> one token (B, C) through a transformer encoder.
 
@@ -270,11 +371,31 @@ class Ranker(nn.Module):
     `derm_<input>_found` float32 (B,) for each configured DERM input (zeros and 0 where the entity had no
     embedding in the store version before the impression's day). Output: logits (B, 2) = (ctr, cvr)."""
 
-    def __init__(self, spec: FeatureSpec, cfg: RankerConfig, derm_dim: int) -> None:
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        cfg: RankerConfig,
+        derm_dim: int,
+        kge_dim: int = 0,
+        kge_sizes: dict[str, int] | None = None,
+    ) -> None:
+        """`kge_dim`: width of the KGE vectors (0 without `cfg.kge_family`); `kge_sizes`: entity -> rows of the
+        finetuned ID tables (with `cfg.kge_finetune`; the ranker's manifest records them)."""
         super().__init__()
         c = cfg.token_dim
         self.cfg = cfg
         self.derm_dim = derm_dim
+        self.kge_dim = kge_dim if cfg.kge_family is not None else 0
+        self.kge_tables: KGETables | None = None
+        self.kge_attention: KGETargetAttention | None = None
+        if cfg.kge_finetune:
+            if kge_sizes is None or set(kge_sizes) != set(cfg.kge_inputs):
+                raise ConfigError(
+                    f"kge_finetune needs table sizes for {list(cfg.kge_inputs)}, got {kge_sizes}"
+                )
+            self.kge_tables = KGETables({e: int(kge_sizes[e]) for e in cfg.kge_inputs}, self.kge_dim)
+        if cfg.kge_attention:
+            self.kge_attention = KGETargetAttention(self.kge_dim)
         std = cfg.embedding_init_std
         self.user = FieldEncoder(spec, "user", c, std)
         self.ad = FieldEncoder(spec, "ad", c, std)
@@ -291,6 +412,11 @@ class Ranker(nn.Module):
         derm_width = (cfg.derm_projection if self.projection is not None else raw) or 0
         self.input_width = (self.user.n_tokens + self.ad.n_tokens + 1 + len(spec.context)) * c
         self.input_width += derm_width + n_derm + len(self.dots)
+        if cfg.kge_family is not None:
+            n_kge = len(cfg.kge_inputs)
+            both = "user" in cfg.kge_inputs and "ad" in cfg.kge_inputs
+            self.input_width += n_kge * self.kge_dim + n_kge + int(both)
+            self.input_width += (self.kge_dim + 2) if cfg.kge_attention else 0
         self.mmoe = MMoE(self.input_width, len(TASKS), cfg.n_experts, cfg.cross_layers, cfg.cross_rank)
         self.towers = nn.ModuleList(mlp([self.input_width, *cfg.hidden, 1]) for _ in TASKS)
         self.wide = WidePart(spec, cfg.wide_buckets, len(TASKS)) if cfg.wide_buckets else None
@@ -309,7 +435,38 @@ class Ranker(nn.Module):
             parts.append(torch.stack([b[f"derm_{name}_found"] for name in self.cfg.derm_inputs], dim=1))
         for t in self.dots:
             parts.append((b[f"derm_{t}-user"] * b[f"derm_{t}-ad"]).sum(1, keepdim=True))
+        if self.cfg.kge_family is not None:
+            parts += self.kge_parts(b)
         return torch.cat(parts, dim=1)
+
+    def kge_parts(self, b: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The KGE inputs of the concatenation layer: per input entity its vector (frozen from the batch, or
+        the finetuned table's row), the found flags, the user . ad dot, and the attention block's output."""
+        vec: dict[str, torch.Tensor] = {}
+        found: list[torch.Tensor] = []
+        for e in self.cfg.kge_inputs:
+            if self.kge_tables is not None:
+                v, f = self.kge_tables(e, b[f"kge_{e}_id"])
+                vec[e] = v
+                found.append(f.float())
+            else:
+                vec[e] = b[f"kge_{e}"]
+                found.append(b[f"kge_{e}_found"])
+        parts = [vec[e] for e in self.cfg.kge_inputs] + [torch.stack(found, dim=1)]
+        if "user" in vec and "ad" in vec:
+            parts.append((vec["user"] * vec["ad"]).sum(1, keepdim=True))
+        if self.kge_attention is not None:
+            assert self.kge_tables is not None
+            keys, mask = self.kge_tables("ad", b["kge_nb_ad_id"])  # (B, L, d), (B, L)
+            kind = torch.zeros_like(mask, dtype=torch.long)
+            q = vec["ad"]
+            if "advertiser" in vec:
+                k_adv, m_adv = self.kge_tables("advertiser", b["kge_nb_advertiser_id"])
+                keys, mask = torch.cat([keys, k_adv], dim=1), torch.cat([mask, m_adv], dim=1)  # (B, 2L, ...)
+                kind = torch.cat([kind, torch.ones_like(m_adv, dtype=torch.long)], dim=1)
+                q = q + vec["advertiser"]
+            parts.append(self.kge_attention(q, keys, kind, mask))
+        return parts
 
     def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         mixed = self.mmoe(self.concat(b))  # (B, 2, d)

@@ -41,7 +41,7 @@ from adslog.errors import DataError, DermError, UnknownUserError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from embstore.store import StoreVersion
-from ranking.train import DermLookup, RankerSnapshot, attach, load_ranker
+from ranking.train import DermLookup, RankerSnapshot, attach, kge_lookup, load_ranker
 from retrieval.cold_start import ColdStart
 from retrieval.retrieve import Retriever
 from towers.batches import ImpressionArrays, Inputs, to_device
@@ -223,6 +223,8 @@ class TwoStage:
             self.ranker.manifest,
             sources={"ctr": store} if store is not None else None,
         )
+        # the KGE features of a ranker with KGE inputs, from the versions it was trained on (lineage-checked)
+        self.kge = kge_lookup(ws, self.ds, self.ranker.config, self.ranker.manifest)
         self.ads = AdBook(self.ds.ads, self.ds.columns["ads"])
         c = self.config
         self.cold_start: ColdStart = self.retriever.cold_start(
@@ -231,7 +233,13 @@ class TwoStage:
 
     @property
     def versions(self) -> dict[str, str]:
-        return {**self.retriever.versions, "ranker": self.ranker.version}
+        """Every artifact version the answers come from; with a KGE ranker, `kge` names the KGE store family
+        version its features read on the query day (`none` when no version precedes the day)."""
+        out = {**self.retriever.versions, "ranker": self.ranker.version}
+        if self.kge is not None:
+            v = self.kge.version(self.day)
+            out["kge"] = v.version if v is not None else "none"
+        return out
 
     def rank(
         self,
@@ -284,6 +292,8 @@ class TwoStage:
                 ctx_ref=ctx,
             )
             derm = self.lookup.features(a, int(snap.manifest["derm_dim"]))
+            if self.kge is not None:
+                derm.update(self.kge.features(a, int(snap.manifest["kge_dim"])))
             batch = to_device(
                 attach(self.inputs.impression_batch(a, reference_context=True), derm, None), dev
             )

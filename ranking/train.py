@@ -30,11 +30,12 @@ from torch import nn
 
 from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import DataError, DermError, VersionMismatchError
+from adslog.errors import ConfigError, DataError, DermError, VersionMismatchError
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_day, version_name
 from embstore.store import StoreVersion, open_version
+from ranking.kge import KGELookup, kge_dim
 from ranking.model import Ranker, RankerConfig
 from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.features import FeatureSpec, build_feature_spec
@@ -79,15 +80,67 @@ class RankerSnapshot:
 
 
 def ranker_optimizer(ranker: Ranker, cfg: RankerConfig) -> TowerOptimizer:
-    """A sparse Adam (`cfg.sparse_optimizer`) for the sparse id tables, Adam for the rest; the wide part at `cfg.wide_lr` when set."""
-    wide = {"wide.": cfg.wide_lr} if cfg.wide_lr is not None and ranker.wide is not None else None
-    return TowerOptimizer(ranker, lr=cfg.lr, prefix_lr=wide, sparse_optimizer=cfg.sparse_optimizer)
+    """A sparse Adam (`cfg.sparse_optimizer`) for the sparse id tables, Adam for the rest; the wide part at
+    `cfg.wide_lr` and the KGE ID tables at `cfg.kge_lr` when set."""
+    prefix: dict[str, float] = {}
+    if cfg.wide_lr is not None and ranker.wide is not None:
+        prefix["wide."] = cfg.wide_lr
+    if cfg.kge_lr is not None and ranker.kge_tables is not None:
+        prefix["kge_tables."] = cfg.kge_lr
+    return TowerOptimizer(ranker, lr=cfg.lr, prefix_lr=prefix or None, sparse_optimizer=cfg.sparse_optimizer)
 
 
-def new_snapshot(spec: FeatureSpec, cfg: RankerConfig, derm_dim: int, device: torch.device) -> RankerSnapshot:
+def new_snapshot(
+    spec: FeatureSpec,
+    cfg: RankerConfig,
+    derm_dim: int,
+    device: torch.device,
+    kge_dim: int = 0,
+    kge_init: StoreVersion | None = None,
+) -> RankerSnapshot:
+    """A fresh ranker; with `cfg.kge_finetune` its KGE ID tables start from store version `kge_init` (every
+    entity it holds, unit-norm vectors)."""
     torch.manual_seed(cfg.seed)
-    ranker = Ranker(spec, cfg, derm_dim).to(device)
-    return RankerSnapshot(ranker, ranker_optimizer(ranker, cfg), spec, cfg, {})
+    sizes = None
+    if cfg.kge_finetune:
+        if kge_init is None:
+            raise DermError(
+                f"kge_finetune: no {cfg.kge_family} store version to initialise the ID tables from"
+            )
+        sizes = {e: len(kge_init.ids(e)) for e in cfg.kge_inputs}
+    ranker = Ranker(spec, cfg, derm_dim, kge_dim, sizes)
+    if ranker.kge_tables is not None and kge_init is not None:
+        ranker.kge_tables.init_from(
+            {
+                e: (torch.from_numpy(kge_init.ids(e).copy()), torch.from_numpy(kge_init.vectors(e).copy()))
+                for e in cfg.kge_inputs
+            }
+        )
+    ranker = ranker.to(device)
+    m: dict[str, Any] = {"kge_dim": ranker.kge_dim}
+    if sizes is not None and kge_init is not None:
+        m.update(kge_table_sizes=sizes, kge_init_version=kge_init.version, kge_init_lineage=kge_init.lineage)
+    return RankerSnapshot(ranker, ranker_optimizer(ranker, cfg), spec, cfg, m)
+
+
+def kge_lookup(
+    ws: Workspace, ds: Dataset, cfg: RankerConfig, ranker: dict[str, Any] | None
+) -> KGELookup | None:
+    """The KGE features a ranker with `cfg` reads (None without `cfg.kge_family`). `ranker`: the manifest of a
+    trained ranker, whose recorded KGE lineages the lookup then enforces."""
+    if cfg.kge_family is None:
+        return None
+    n = cfg.kge_neighbours if cfg.kge_attention else 0
+    return KGELookup(ws, ds, cfg.kge_family, cfg.kge_inputs, n, ranker)
+
+
+def ranker_kge_features(
+    ws: Workspace, ds: Dataset, snap: RankerSnapshot, a: ImpressionArrays
+) -> dict[str, np.ndarray]:
+    """The KGE arrays a trained ranker scores impressions `a` with (empty without KGE inputs); refuses a KGE
+    store version of a lineage the ranker was not trained on (VersionMismatchError)."""
+    lookup = kge_lookup(ws, ds, snap.config, snap.manifest)
+    return {} if lookup is None else lookup.features(a, int(snap.manifest.get("kge_dim", 0)))
 
 
 class DermLookup:
@@ -224,7 +277,10 @@ def load_ranker(directory: Path, device: torch.device | str = "cpu") -> RankerSn
     except (KeyError, ValueError, TypeError) as e:
         raise DataError(Path(directory) / "manifest.json", f"invalid ranker config ({e})") from None
     spec = FeatureSpec.from_json(m["feature_spec"])
-    ranker = Ranker(spec, cfg, int(m["derm_dim"]))
+    try:
+        ranker = Ranker(spec, cfg, int(m["derm_dim"]), int(m.get("kge_dim", 0)), m.get("kge_table_sizes"))
+    except ConfigError as e:
+        raise DataError(Path(directory) / "manifest.json", f"invalid ranker ({e})") from None
     try:
         ranker.load_state_dict(
             torch.load(Path(directory) / "weights.pt", map_location="cpu", weights_only=True)
@@ -379,6 +435,24 @@ def fit(
     }
 
 
+def kge_record(snap: RankerSnapshot, kge: KGELookup | None) -> dict[str, Any]:
+    """The KGE fields of a ranker manifest: dim, table sizes and the version they started from, and every KGE
+    store version (and lineage) read, this run's and its parents' (a fine-tune must stay on them)."""
+    m = snap.manifest
+    out: dict[str, Any] = {"kge_dim": snap.ranker.kge_dim}
+    for key in ("kge_table_sizes", "kge_init_version", "kge_init_lineage"):
+        if key in m:
+            out[key] = m[key]
+    if kge is not None:
+        versions = set(m.get("kge_versions") or []) | kge.used
+        lineages = set(m.get("kge_lineages") or []) | kge.lineages
+        if "kge_init_lineage" in m:
+            lineages.add(m["kge_init_lineage"])
+        out["kge_versions"] = sorted(versions)
+        out["kge_lineages"] = sorted(lineages)
+    return out
+
+
 def train_ranker(
     ws: Workspace,
     ds: Dataset,
@@ -405,7 +479,19 @@ def train_ranker(
             raise DermError("early stopping holds out the last training day: give at least two days")
         train_days = days[: len(days) - len(val_days)]
         spec = build_feature_spec(ds, train_days, cfg.id_buckets)
-        snap = new_snapshot(spec, cfg, _derm_dim(ws, cfg.derm_inputs), dev)
+        kge_init = None
+        if cfg.kge_finetune and cfg.kge_family is not None:
+            # point-in-time: the tables start from the version that served the first training day
+            kd = ws.version_before(ws.embeddings_dir(cfg.kge_family), train_days[0])
+            if kd is None:
+                raise DermError(
+                    f"kge_finetune: no {cfg.kge_family} store version before day {train_days[0]} to start the ID "
+                    "tables from (enable kge in the cycle config, or train the ranker on later days)"
+                )
+            kge_init = open_version(ws.embeddings_dir(cfg.kge_family), kd)
+        snap = new_snapshot(
+            spec, cfg, _derm_dim(ws, cfg.derm_inputs), dev, kge_dim(ws, cfg.kge_family), kge_init
+        )
         lineage, days_seen, parent_id, epochs = uuid.uuid4().hex, [], None, cfg.epochs_initial
     else:
         snap = load_ranker(parent, dev)
@@ -421,11 +507,16 @@ def train_ranker(
     inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, last), cfg.seq_len)
     # a fine-tune reads embeddings of its parent's lineages only (VersionMismatchError otherwise)
     lookup = DermLookup(ws, cfg.derm_inputs, snap.manifest if parent is not None else None)
+    kge = kge_lookup(ws, ds, cfg, snap.manifest if parent is not None else None)
+    k_dim = snap.ranker.kge_dim
     cutoff = (last + 1) * 86400  # labels as known at the end of the last day (delayed conversions)
 
     def rows(ds_days: list[int]) -> RankerRows:
         a = inputs.impressions(ds_days, label_cutoff_ts=cutoff)
-        return RankerRows(inputs, a, lookup.features(a, derm_dim))
+        feats = lookup.features(a, derm_dim)
+        if kge is not None:
+            feats.update(kge.features(a, k_dim))
+        return RankerRows(inputs, a, feats)
 
     train = rows(train_days)
     val = rows(val_days) if val_days else None
@@ -458,6 +549,7 @@ def train_ranker(
         derm_dim=derm_dim,
         embedding_versions={k: sorted(v) for k, v in lookup.used.items()},
         embedding_lineages={k: sorted(v) for k, v in lookup.lineages.items()},
+        **kge_record(snap, kge),
         train_stats=stats,
     )
     target = ws.ranker_dir / version_name(last)

@@ -264,3 +264,52 @@ def test_progress_overwrite_and_validation(tmp_path: Path) -> None:
     for bad in ({"n_users": 0}, {"n_days": -1}, {"drift_share": 1.5}, {"max_campaign_days": 1}, {"seed": -1}):
         with pytest.raises(DermError):
             SynthConfig(**bad)
+
+
+# sha256 over the ts, user_id, ad_id, click, surface, position columns of TINY's impressions, written by the
+# generator before the offsite model drew from its own stream (commit 7dd59db): the offsite change must not move
+# an impression or a click
+TINY_IMPRESSIONS_SHA256 = "fc853f9f10a232b41d3e224532a9a0e5ed5ffcc9b4d077ff2048f908f5d08bec"
+
+
+def test_offsite_model_leaves_impressions_and_clicks_unchanged(tmp_path: Path) -> None:
+    import hashlib
+    from dataclasses import replace
+
+    hashes, offsite = [], []
+    for strength, rate in ((1.5, 0.05), (0.0, 0.003)):
+        out = tmp_path / f"s{strength}"
+        s = generate(replace(TINY, offsite_conv_strength=strength, offsite_per_impression=rate), out)
+        t = Dataset.open(out).impressions(Dataset.open(out).days())
+        h = hashlib.sha256()
+        for c in ("ts", "user_id", "ad_id", "click", "surface", "position"):
+            h.update(np.ascontiguousarray(t.column(c).to_numpy()).tobytes())
+        hashes.append(h.hexdigest())
+        offsite.append(s["n_offsite_conversions"])
+        assert (s["n_clicks"], s["n_conversions"]) == (144, 23)  # the pre-change generator's figures
+    assert hashes == [TINY_IMPRESSIONS_SHA256] * 2
+    assert offsite[0] > 5 * offsite[1] > 0  # the offsite model itself did change
+
+
+def test_offsite_conversions_carry_conversion_signal_clicks_do_not(tmp_path: Path) -> None:
+    """Offsite history on (user, advertiser) now marks users whose *conversion-specific* logit term (the one
+    onsite clicks cannot reveal) is higher, and the oracle-weighted ROC-AUC of the offsite count alone over the
+    last 2 days' clicks is clearly above 0.5. With the tilt off (offsite_conv_strength 0) offsite history still
+    tracks exposure (view-through), but not the conversion-specific term."""
+    from dataclasses import replace
+
+    from adgraph.offsite import offsite_signal
+
+    cfg = SynthConfig(
+        n_users=1500, n_ads=1200, n_advertisers=80, n_days=6, impressions_per_day=30_000, seed=2
+    )
+    gap, auc = {}, {}
+    for strength in (1.5, 0.0):
+        out = tmp_path / f"s{strength}"
+        generate(replace(cfg, offsite_conv_strength=strength), out)
+        sig = offsite_signal(Dataset.open(out), cfg.start_day + cfg.n_days - 2)
+        term = sig["with_vs_without_offsite"]["conversion_specific_logit_term"]
+        gap[strength] = term["with"] - term["without"]
+        auc[strength] = sig["oracle_roc_auc"]["offsite"]
+    assert auc[1.5] > 0.53
+    assert gap[1.5] > 0.1 and gap[0.0] < 0.05

@@ -5,7 +5,9 @@ bootstrap(train days W = [a..b]):
     back inference with that snapshot for each day of W -> embeddings/<task>/day=a..b (marked back_inferred;
         allowed because these days only train downstream models, never evaluate them)
     index over the pooled ads of store version b -> index/day=b
-    ranker trained on W (day d's rows read the store version before d) -> ranker/day=b
+    with `kge.enabled`: graph, KGE and KGE store versions for each day of W (from scratch on the first)
+    ranker trained on W (day d's rows read the store version before d) -> ranker/day=b; a ranker with
+        `kge_finetune` trains on the days of W that have a KGE version before them (W minus its first day)
 
 run_day(d), in order:
     1. evaluate d with the versions published before d -> evals/day=d.json
@@ -13,8 +15,11 @@ run_day(d), in order:
     3. inference for d's active users and ads (+ launch embeddings of ads going live on d+1), aggregated into
        the pool -> embeddings/<task>/day=d
     4. index over the new pool -> index/day=d
-    5. ranker: one increment on d (embeddings of the version before d) -> ranker/day=d
-    6. with `feature_store` set: the store version the workspace now serves is published to the online
+    5. with `kge.enabled`: graph version d (events before the end of d) -> graph/day=d, one KGE increment
+       (from scratch the first time) -> kge/<model>/day=d, and its store family -> embeddings/kge-<model>/day=d
+       (`adgraph.family`; the same store gates), which serves d + 1
+    6. ranker: one increment on d (embeddings of the version before d) -> ranker/day=d
+    7. with `feature_store` set: the store version the workspace now serves is published to the online
        feature store (`embstore.online.publish_workspace`, the `derm publish` path; a no-op when it is live)
 
 Quality gates: a store version with NaN / non-unit vectors or a coverage drop over `gates.max_coverage_drop`
@@ -39,6 +44,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from adgraph.family import KGECycleConfig
 from adslog.artifact import read_json, write_json_atomic
 from adslog.dataset import Dataset
 from adslog.errors import ConfigError, DataError, DermError
@@ -108,9 +114,19 @@ class CycleConfig:
     engine: Engine = Engine.LOCAL
     ray_actors: int | None = None
     ray_address: str | None = None
+    # the onsite-offsite graph, KGE model and KGE store family of each day (`adgraph.family.KGECycleConfig`);
+    # off by default. A ranker reads the family with `ranker.kge_family`
+    kge: KGECycleConfig = field(default_factory=KGECycleConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engine", Engine.parse(self.engine))
+        if self.ranker.kge_family is not None and not (
+            self.kge.enabled and self.ranker.kge_family == self.kge.family
+        ):
+            raise ConfigError(
+                f"ranker.kge_family {self.ranker.kge_family!r} needs kge.enabled with that model "
+                f"(kge.model.model = {self.ranker.kge_family.removeprefix('kge-')!r})"
+            )
         RayInferenceConfig(self.ray_address, self.ray_actors)  # validates (ConfigError)
         if not 0.0 <= self.min_index_recall <= 1.0:
             raise ConfigError("min_index_recall must be in [0, 1]")
@@ -154,6 +170,7 @@ class CycleConfig:
             "feature_store": self.feature_store,
             "engine": self.engine.value,
             "ray_actors": self.ray_actors,
+            "kge": self.kge.to_json(),
         }
 
     @classmethod
@@ -189,6 +206,8 @@ class CycleConfig:
             engine=Engine.parse(d.get("engine", Engine.LOCAL.value)),
             ray_actors=d.get("ray_actors"),
             ray_address=ray_address,
+            # workspaces written before the option had no KGE stage
+            kge=KGECycleConfig.from_json(d["kge"]) if "kge" in d else KGECycleConfig(),
         )
 
 
@@ -311,6 +330,26 @@ def publish_embeddings(
         overwrite=overwrite,
         gates=None if back_inferred else cfg.gates,
         float16=cfg.store_float16,
+    )
+
+
+def publish_kge(
+    ws: Workspace, day: int, cfg: CycleConfig, overwrite: bool = False, gates: bool = True
+) -> dict[str, Any] | None:
+    """The KGE stage of day `day` (None when `cfg.kge` is off): graph version `day`, KGE version `day` (an
+    increment from the newest version before it, or from scratch) and store version `day` of the KGE family.
+    Every step is skipped when published, like every stage of the cycle. The same path as `derm graph build`,
+    `derm kge train` and `derm kge publish`."""
+    if not cfg.kge.enabled:
+        return None
+    from adgraph.family import publish_kge_family
+    from adgraph.graph import publish_graph
+    from adgraph.snapshot import train_kge
+
+    publish_graph(ws, day, cfg.kge.graph, overwrite=overwrite)
+    train_kge(ws, day, cfg.kge.model, overwrite=overwrite)
+    return publish_kge_family(
+        ws, day, cfg.kge.model.model, cfg.kge.aggregation, cfg.gates if gates else None, overwrite=overwrite
     )
 
 
@@ -447,9 +486,20 @@ def bootstrap(
     done = timer.stage("index")
     publish_index(ws, last, cfg, overwrite)
     done()
+    if cfg.kge.enabled:
+        done = timer.stage("kge")
+        for d in train_days:
+            publish_kge(ws, d, cfg, overwrite, gates=False)  # coverage grows from nothing over the window
+        done()
     if overwrite or not (ws.ranker_dir / version_name(last) / "manifest.json").exists():
+        days = train_days
+        if cfg.ranker.kge_finetune and cfg.ranker.kge_family is not None:
+            fam = ws.embeddings_dir(cfg.ranker.kge_family)
+            days = [d for d in train_days if ws.version_before(fam, d) is not None]
+            if not days:
+                raise ConfigError("ranker.kge_finetune needs a bootstrap window of at least two periods")
         done = timer.stage("ranker")
-        train_ranker(ws, ds, train_days, cfg.ranker, None, cfg.device, progress, overwrite)
+        train_ranker(ws, ds, days, cfg.ranker, None, cfg.device, progress, overwrite)
         done()
     return {"train_days": train_days, "stage_seconds": timer.seconds}
 
@@ -474,6 +524,8 @@ def run_day(
     names = [ws.models_dir(t) / version_name(day) for t in cfg.tasks]
     names += [ws.embeddings_dir(t) / version_name(day) for t in cfg.tasks]
     names += [ws.index_dir / version_name(day), ws.ranker_dir / version_name(day)]
+    if cfg.kge.enabled:
+        names.append(ws.embeddings_dir(cfg.kge.family) / version_name(day))
     if not overwrite and ws.eval_path(day).exists() and all((n / "manifest.json").exists() for n in names):
         log.info("day %d is already published; skipping (use overwrite to recompute)", day)
         publish_online(ws, cfg, timer)  # a cycle whose publish failed (server down) completes on a rerun
@@ -515,6 +567,10 @@ def run_day(
     done = timer.stage("index")
     publish_index(ws, day, cfg, overwrite)  # QualityGateError (nothing published) under min_index_recall
     done()
+    if cfg.kge.enabled:
+        done = timer.stage("kge")
+        publish_kge(ws, day, cfg, overwrite)
+        done()
     if overwrite or not (ws.ranker_dir / version_name(day) / "manifest.json").exists():
         parent = ws.version_before(ws.ranker_dir, day)
         done = timer.stage("ranker")

@@ -60,6 +60,22 @@ class DemoConfig:
             ),
         )
 
+    def with_kge(self) -> DemoConfig:
+        """The same demo with the KGE stage on (`derm demo --kge`): each day's onsite-offsite graph, TransRA
+        model and `kge-transra` store family, and a ranker that fine-tunes ID tables started from those vectors
+        with target attention over the user's graph neighbours (the `finetune_attention` arm of
+        `benchmarks/kge_ranker.py`). The KGE model is sized down with the demo (dim 16, 10 epochs)."""
+        from dataclasses import replace
+
+        from adgraph.family import KGECycleConfig, kge_family
+        from adgraph.train import KGEConfig
+
+        kcfg = KGEConfig(dim=16, epochs=10)
+        ranker = replace(
+            self.cycle.ranker, kge_family=kge_family(kcfg.model), kge_finetune=True, kge_attention=True
+        )
+        return replace(self, cycle=replace(self.cycle, ranker=ranker, kge=KGECycleConfig(True, kcfg)))
+
     def __post_init__(self) -> None:
         if not 1 <= self.train_days <= self.synth.n_days - 2:
             raise ConfigError("train_days must leave at least one daily cycle and one evaluation day")

@@ -24,13 +24,14 @@ REJECTED = "rejected"
 
 
 def families(ws: Workspace) -> list[Path]:
-    """Every versioned artifact family present in the workspace."""
+    """Every versioned artifact family present in the workspace (with the KGE stage: the graph and each KGE
+    model's versions too, so a rolled-back KGE version is never continued by the next increment)."""
     out = []
-    for group in ("models", "embeddings"):
+    for group in ("models", "embeddings", "kge"):
         base = ws.root / group
         if base.exists():
             out += sorted(p for p in base.iterdir() if p.is_dir())
-    out += [p for p in (ws.index_dir, ws.ranker_dir) if p.exists()]
+    out += [p for p in (ws.index_dir, ws.ranker_dir, ws.root / "graph") if p.exists()]
     return out
 
 

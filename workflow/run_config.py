@@ -13,6 +13,7 @@ is 12 weeks. Layout (TOML; JSON has the same nesting):
     [aggregation.ads]
     [index]                      # backend (faiss | hnswlib), spec
     [cycle]                      # tasks, self_check_queries, self_check_k, max_coverage_drop, ...
+    [kge]                        # enabled, model (transra | transr | transe), dim, epochs, ... (adgraph.family)
     [warnings]                   # eval.warnings.WarningConfig fields
 """
 
@@ -83,6 +84,16 @@ class RunConfig:
                 "engine": c.engine.value,
                 "ray_actors": c.ray_actors,
             },
+            "kge": {
+                "enabled": c.kge.enabled,
+                "model": c.kge.model.model.value,
+                "dim": c.kge.model.dim,
+                "epochs": c.kge.model.epochs,
+                "incremental_epochs": c.kge.model.incremental_epochs,
+                "lr": c.kge.model.lr,
+                "seed": c.kge.model.seed,
+                "window_days": c.kge.graph.window_days,
+            },
             "warnings": {f.name: getattr(self.warnings, f.name) for f in fields(WarningConfig)},
         }
 
@@ -112,6 +123,9 @@ _CYCLE = {
 }
 
 
+_KGE = {"enabled", "model", "dim", "epochs", "incremental_epochs", "lr", "seed", "window_days"}
+
+
 def _known(section: str) -> set[str]:
     if section == "towers":
         return {f.name for f in fields(TowerConfig)} - set(_TOWER_SKIP)
@@ -119,7 +133,7 @@ def _known(section: str) -> set[str]:
         return {f.name for f in fields(RankerConfig)}
     if section == "warnings":
         return {f.name for f in fields(WarningConfig)}
-    return {"index": {"backend", "spec"}, "cycle": _CYCLE}.get(section, set())
+    return {"index": {"backend", "spec"}, "cycle": _CYCLE, "kge": _KGE}.get(section, set())
 
 
 def _check_keys(path: Path, d: dict[str, Any], known: set[str], prefix: str) -> None:
@@ -138,7 +152,7 @@ def _table(path: Path, d: dict[str, Any], key: str) -> dict[str, Any]:
 def parse_run_config(raw: dict[str, Any], path: Path, device: str | None = None) -> RunConfig:
     """A RunConfig from the nested dict of a config file (see the module docstring); every problem is a
     DataError naming `path` and the key."""
-    sections = {"towers", "ranker", "aggregation", "index", "cycle", "warnings"}
+    sections = {"towers", "ranker", "aggregation", "index", "cycle", "kge", "warnings"}
     _check_keys(path, raw, _TOP | sections, "")
     for s in sections - {"aggregation"}:
         _check_keys(path, _table(path, raw, s), _known(s), f"{s}.")
@@ -168,6 +182,15 @@ def parse_run_config(raw: dict[str, Any], path: Path, device: str | None = None)
         ix = _table(path, raw, "index")
         backend = Backend(ix.get("backend", base.cycle.index.backend.value))
         spec = ix.get("spec", "HNSW32" if backend is Backend.HNSWLIB else base.cycle.index.spec)
+        where = "kge"
+        kg = _table(path, raw, "kge")
+        k0 = base.cycle.kge
+        kge = replace(
+            k0,
+            enabled=kg.get("enabled", k0.enabled),
+            model=replace(k0.model, **{k: v for k, v in kg.items() if k not in ("enabled", "window_days")}),
+            graph=replace(k0.graph, window_days=kg.get("window_days", k0.graph.window_days)),
+        )
         where = "cycle"
         cy = _table(path, raw, "cycle")
         cycle = CycleConfig(
@@ -189,6 +212,7 @@ def parse_run_config(raw: dict[str, Any], path: Path, device: str | None = None)
             engine=cy.get("engine", base.cycle.engine),
             ray_actors=cy.get("ray_actors", base.cycle.ray_actors),
             device=device or str(raw.get("device", base.cycle.device)),
+            kge=kge,
         )
         where = "warnings"
         warn = WarningConfig(**_table(path, raw, "warnings"))
@@ -283,6 +307,14 @@ KEY_DOCS: dict[str, str] = {
     "ranker.wide_lr": "learning rate of the wide part (null: ranker.lr)",
     "ranker.sparse_optimizer": "the ranker's sparse tables' optimiser: lazy (SparseAdam) or catch_up (rows move "
     "as under dense Adam, at sparse cost)",
+    "ranker.kge_family": "KGE store family the ranker reads (kge-transra | kge-transr | kge-transe; needs "
+    "kge.enabled with that model); null: no KGE inputs",
+    "ranker.kge_inputs": "entities whose KGE vectors the ranker reads: user, ad, advertiser",
+    "ranker.kge_finetune": "false: frozen KGE vectors as inputs; true: trainable ID tables started from them",
+    "ranker.kge_attention": "target attention of the candidate ad over the user's graph neighbours' KGE vectors "
+    "(needs kge_finetune)",
+    "ranker.kge_lr": "learning rate of the KGE ID tables (null: ranker.lr)",
+    "ranker.kge_neighbours": "graph neighbours of each kind (ads, advertisers) the attention reads",
     "ranker.seed": "random seed of the ranker",
     "aggregation.users.heuristic": "users' pool heuristic: ma (moving average) | acc (latest) | ap",
     "aggregation.users.weight": "w of the users' moving average",
@@ -305,6 +337,14 @@ KEY_DOCS: dict[str, str] = {
     "cycle.engine": "where the daily inference runs: local (this process) | ray (Ray Data actors; "
     "pip install 'derm[dist]'; the cluster: derm daily --address or RAY_ADDRESS)",
     "cycle.ray_actors": "actors of the ray engine's pool (null: one per CPU of the cluster)",
+    "kge.enabled": "build the onsite-offsite graph, train the KGE model and publish its store family each period",
+    "kge.model": "KGE model: transra (TransR with an identity anchor) | transr | transe",
+    "kge.dim": "width of the KGE entity vectors",
+    "kge.epochs": "epochs of the KGE model's from-scratch training",
+    "kge.incremental_epochs": "epochs of each daily KGE increment",
+    "kge.lr": "Adagrad learning rate of the KGE model",
+    "kge.seed": "random seed of the KGE model",
+    "kge.window_days": "periods of events in each day's graph (null: every period so far)",
     "warnings.max_version_age": "warn when the versions are older than the evaluated period by more periods",
     "warnings.min_positives": "warn when a figure rests on fewer positives (clicked users, clicks)",
 }

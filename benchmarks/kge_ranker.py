@@ -1,0 +1,310 @@
+"""The TransRA paper's downstream claim on our data (issue 14): does the ranker gain from KGE vectors, frozen or
+fine-tuned with target attention over the user's graph neighbours?
+
+Per dataset, one workspace: every day d of the window gets graph version d (point-in-time: events before the
+end of d; `adgraph.graph.publish_graph`), KGE version d (from scratch on the first day of the span, then one
+increment a day; `adgraph.snapshot.train_kge`) of TransRA and of TransR, and store version d of their families
+`kge-transra` / `kge-transr` (`adgraph.family.publish_kge_family`, the cycle's path). Rows of day d read the
+versions of day d - 1 (`ranking.kge.KGELookup`), in training and test alike; the finetuned tables start from
+the version before the first training day. The KGE models are trained once per dataset (seed 0); the ranker
+seeds 0, 1, 2 vary the ranker's initialisation and batch order, on the same rows.
+
+Arms (`ranking.model.RankerConfig`): none (no KGE), frozen (KGE vectors of user, ad, advertiser as inputs),
+finetune (ID tables initialised from them, own learning rate), finetune_attention (+ the target-attention block),
+transr_finetune_attention (the same from TransR's vectors instead of TransRA's). Metrics on the pooled test days:
+ROC-AUC and PR-AUC of the CTR head (all impressions) and the CVR head (clicked impressions, post-click); mean
+and std (ddof 1) over seeds; per arm vs none a paired bootstrap interval per seed (test impressions resampled)
+and a t interval of the mean paired difference over seeds.
+
+Data: the synthetic generator (offsite conversions carry conversion information, `offsite_signal.json`) and
+MovieLens-100K in weekly buckets (click = rating >= 4, conversion = rating 5; no offsite data, so the graph has
+clicked / converted / in-category edges only). Usage: python benchmarks/kge_ranker.py [--quick] [--no-movielens]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from common import RESULTS, ROOT, write_result
+
+from adgraph.family import kge_family, publish_kge_family
+from adgraph.graph import publish_graph
+from adgraph.models import ModelKind
+from adgraph.snapshot import train_kge
+from adgraph.train import KGEConfig
+from adslog.dataset import Dataset
+from adslog.sequences import ActivityLog
+from adslog.synth import SynthConfig, generate
+from adslog.workspace import Workspace
+from embstore.store import StoreGates, open_version
+from eval.bootstrap import paired_bootstrap
+from eval.metrics import pr_auc, roc_auc
+from ranking.kge import KGELookup, kge_dim
+from ranking.model import RankerConfig
+from ranking.train import RankerRows, fit, new_snapshot, predict
+from towers.batches import Inputs
+from towers.features import build_feature_spec
+
+WORK = ROOT / "benchmarks" / "work" / "kge_ranker"
+SEEDS = (0, 1, 2)
+BOOT = 100
+METRICS = {"roc_auc": roc_auc, "pr_auc": pr_auc}
+T975 = {2: 12.706, 3: 4.303}
+SYNTH = SynthConfig(n_users=5000, n_ads=2500, n_advertisers=200, n_days=12, impressions_per_day=80_000)
+MODELS = (ModelKind.TRANSRA, ModelKind.TRANSR)
+
+
+def arms(
+    base: RankerConfig, inputs: tuple[str, ...] = ("user", "ad", "advertiser")
+) -> dict[str, RankerConfig]:
+    ra, r = kge_family(ModelKind.TRANSRA), kge_family(ModelKind.TRANSR)
+    base = replace(base, kge_inputs=inputs)
+    ft = {"kge_finetune": True, "kge_lr": base.lr}
+    return {
+        "none": base,
+        "frozen": replace(base, kge_family=ra),
+        "finetune": replace(base, kge_family=ra, **ft),
+        "finetune_attention": replace(base, kge_family=ra, kge_attention=True, **ft),
+        "transr_finetune_attention": replace(base, kge_family=r, kge_attention=True, **ft),
+    }
+
+
+def prepare(ws: Workspace, days: list[int], kcfg: KGEConfig) -> dict[str, Any]:
+    """Graph, KGE and store family versions for each of `days`, for both models; returns timings and sizes."""
+    info: dict[str, Any] = {"graph_edges": {}, "kge_seconds": {}}
+    t0 = time.perf_counter()
+    for d in days:
+        m = publish_graph(ws, d)
+        info["graph_edges"][str(d)] = int(m["n_edges"])
+    info["graph_seconds"] = round(time.perf_counter() - t0, 1)
+    for model in MODELS:
+        t0 = time.perf_counter()
+        for d in days:
+            train_kge(ws, d, replace(kcfg, model=model))
+            # coverage gate off: the first versions cover few of the day's users by construction
+            publish_kge_family(ws, d, model, gates=StoreGates(1.0))
+        info["kge_seconds"][model.value] = round(time.perf_counter() - t0, 1)
+        print(f"  kge {model.value}: {info['kge_seconds'][model.value]} s", flush=True)
+    return info
+
+
+def run_seed(
+    ws: Workspace,
+    ds: Dataset,
+    split: dict[str, list[int]],
+    base: RankerConfig,
+    seed: int,
+    inputs_kge: tuple[str, ...],
+) -> dict[str, Any]:
+    """Every arm on the same rows; returns arm -> test probabilities (n, 2) and the test labels."""
+    spec = build_feature_spec(ds, split["train"], base.id_buckets)
+    inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, split["test"][-1]), base.seq_len)
+    cutoff = (split["train"][-1] + 1) * 86400
+    a_train = inputs.impressions(split["train"], label_cutoff_ts=cutoff)
+    a_test = inputs.impressions(split["test"])
+    out: dict[str, Any] = {}
+    feats: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]] = {}
+    for arm, cfg in arms(base, inputs_kge).items():
+        cfg = replace(cfg, seed=seed)
+        fam = cfg.kge_family
+        if fam is not None and fam not in feats:
+            dim = kge_dim(ws, fam)
+            lk = KGELookup(ws, ds, fam, cfg.kge_inputs, cfg.kge_neighbours)
+            feats[fam] = (lk.features(a_train, dim), lk.features(a_test, dim), dim)
+        tr, te, dim = feats[fam] if fam is not None else ({}, {}, 0)
+        train, test = RankerRows(inputs, a_train, tr), RankerRows(inputs, a_test, te)
+        init = None
+        if cfg.kge_finetune and fam is not None:
+            kd = ws.version_before(ws.embeddings_dir(fam), split["train"][0])
+            assert kd is not None
+            init = open_version(ws.embeddings_dir(fam), kd)
+        snap = new_snapshot(spec, cfg, 0, torch.device("cpu"), dim, init)
+        clicked = train.arrays.click > 0
+        snap.ranker.init_output_bias(
+            float(train.arrays.click.mean()), float(train.arrays.conversion[clicked].mean())
+        )
+        t0 = time.perf_counter()
+        stats = fit(snap, train, None, cfg.epochs_initial, torch.device("cpu"), seed=seed)
+        out[arm] = {"p": predict(snap.ranker, test), "seconds": round(time.perf_counter() - t0, 1)}
+        print(f"  seed {seed} {arm}: {out[arm]['seconds']} s, loss {stats['loss_by_epoch'][-1]}", flush=True)
+    out["_labels"] = {"click": a_test.click, "conversion": a_test.conversion, "n_train": len(a_train)}
+    return out
+
+
+def summarise(per_seed: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    scores: dict[str, dict[str, list[float]]] = {a: {} for a in names}
+    boots: dict[str, dict[str, list[dict[str, Any]]]] = {a: {} for a in names}
+    for s, res in zip(SEEDS, per_seed, strict=False):
+        click, conv = res["_labels"]["click"], res["_labels"]["conversion"]
+        clicked = click > 0
+        for arm in names:
+            p, p0 = res[arm]["p"], res["none"]["p"]
+            for head, (pp, y, q0) in {
+                "ctr": (p[:, 0], click, p0[:, 0]),
+                "cvr": (p[clicked, 1], conv[clicked], p0[clicked, 1]),
+            }.items():
+                for mname, fn in METRICS.items():
+                    key = f"{head}_{mname}"
+                    scores[arm].setdefault(key, []).append(float(fn(pp, y)))  # type: ignore[arg-type]
+                    if arm != "none":
+                        bs = paired_bootstrap(fn, pp, q0, y, n=BOOT, seed=s)
+                        boots[arm].setdefault(key, []).append(
+                            {"seed": s, "diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"]}
+                        )
+    out: dict[str, Any] = {}
+    for arm in names:
+        e: dict[str, Any] = {}
+        for key, vals in scores[arm].items():
+            e[f"{key}_mean"] = statistics.fmean(vals)
+            e[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+            e[f"{key}_per_seed"] = vals
+        e["train_seconds_per_seed"] = [res[arm]["seconds"] for res in per_seed]
+        if arm != "none":
+            vs: dict[str, Any] = {}
+            for key, rows in boots[arm].items():
+                d = [r["diff"] for r in rows]
+                m = statistics.fmean(d)
+                half = T975[len(d)] * statistics.stdev(d) / np.sqrt(len(d)) if len(d) in T975 else None
+                vs[key] = {
+                    "diff_mean": m,
+                    "diff_ci95_over_seeds": None if half is None else [m - half, m + half],
+                    "per_seed_bootstrap": rows,
+                }
+            e["vs_none"] = vs
+        out[arm] = e
+    return out
+
+
+def bar(a: dict[str, Any]) -> dict[str, Any]:
+    """finetune_attention beats none on CVR ROC-AUC by more than the seed spread, and is >= frozen."""
+    fa, n, fr = a["finetune_attention"], a["none"], a["frozen"]
+    lift = fa["cvr_roc_auc_mean"] - n["cvr_roc_auc_mean"]
+    spread = max(fa["cvr_roc_auc_std"] or 0.0, n["cvr_roc_auc_std"] or 0.0)
+    return {
+        "cvr_lift_vs_none": lift,
+        "spread_max_std": spread,
+        "cvr_diff_vs_frozen": fa["cvr_roc_auc_mean"] - fr["cvr_roc_auc_mean"],
+        "beats_none": bool(lift > spread),
+        "at_least_frozen": bool(fa["cvr_roc_auc_mean"] >= fr["cvr_roc_auc_mean"]),
+        "met": bool(lift > spread and fa["cvr_roc_auc_mean"] >= fr["cvr_roc_auc_mean"]),
+    }
+
+
+def run_dataset(
+    data: Path,
+    work: Path,
+    split: dict[str, list[int]],
+    base: RankerConfig,
+    kcfg: KGEConfig,
+    inputs_kge: tuple[str, ...] = ("user", "ad", "advertiser"),
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ws = Workspace.create(work, data)  # reuses one bound to `data`
+    ds = ws.dataset()
+    info = prepare(ws, split["kge"], kcfg)
+    per_seed = [run_seed(ws, ds, split, base, s, inputs_kge) for s in SEEDS]
+    names = list(arms(base))
+    c = per_seed[0]["_labels"]["click"]
+    a = summarise(per_seed, names)
+    return {
+        "days": split,
+        "n_train_rows": per_seed[0]["_labels"]["n_train"],
+        "n_test_impressions": int(len(c)),
+        "n_test_clicks": int(c.sum()),
+        "n_test_conversions": int(per_seed[0]["_labels"]["conversion"][c > 0].sum()),
+        "kge_inputs": list(inputs_kge),
+        "prepare": info,
+        "arms": a,
+        "bar_finetune_attention_cvr": bar(a),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-movielens", action="store_true")
+    ap.add_argument(
+        "--movielens-only",
+        action="store_true",
+        help="keep the synthetic part of the existing kge_ranker.json, (re)run MovieLens",
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    WORK.mkdir(parents=True, exist_ok=True)
+    synth_cfg = (
+        SYNTH
+        if not args.quick
+        else replace(SYNTH, n_users=1500, n_ads=1000, n_days=8, impressions_per_day=15_000)
+    )
+    kcfg = KGEConfig() if not args.quick else KGEConfig(epochs=3, dim=16, relation_dim=None)
+    base = RankerConfig(derm_inputs=(), token_dim=8, hidden=(32,), cross_rank=16, seq_heads=1, seq_len=20)
+    result: dict[str, Any] = {
+        "command": "python benchmarks/kge_ranker.py" + (" --quick" if args.quick else ""),
+        "seeds": list(SEEDS),
+        "bootstrap_replicates": BOOT,
+        "configs": {
+            "ranker_base": base.to_json(),
+            "kge": kcfg.to_json(),
+            "arms": {k: v.to_json() for k, v in arms(base).items()},
+        },
+        "protocol": __doc__,
+    }
+    data = WORK / ("synthetic_quick" if args.quick else "synthetic")
+    if not (data / "manifest.json").exists() and not args.movielens_only:
+        generate(synth_cfg, data)
+    if args.movielens_only:
+        prev = json.loads((RESULTS / "kge_ranker.json").read_text())
+        result["synthetic"] = prev["synthetic"]
+        result["synthetic_note"] = f"from the run at git {prev.get('git_sha')} (--movielens-only)"
+    else:
+        days = Dataset.open(data).days()
+        n_test = 3 if not args.quick else 2
+        n_train = 5 if not args.quick else 3
+        split = {
+            "kge": days[-n_test - n_train - 2 : -1],  # versions serving the training and test days
+            "train": days[-n_test - n_train : -n_test],
+            "test": days[-n_test:],
+        }
+        print("synthetic", split, flush=True)
+        result["synthetic"] = {"synth_config": dict(synth_cfg.__dict__)}
+        ws_name = "ws_quick" if args.quick else "ws_synthetic"
+        result["synthetic"].update(run_dataset(data, WORK / ws_name, split, base, kcfg))
+        write_result("kge_ranker" + ("_quick" if args.quick else ""), {**result, "complete": False})
+    ml_src = ROOT.parent / "shared" / "data" / "movielens_100k"
+    if args.quick or args.no_movielens:
+        result["movielens_100k"] = {"skipped": "quick run" if args.quick else "--no-movielens"}
+    elif not (ml_src / "ml-100k.inter").exists():
+        result["movielens_100k"] = {"skipped": f"{ml_src} not available"}
+    else:
+        from adslog.importers import import_movielens_100k
+        from adslog.rebucket import rebucket
+
+        ml = WORK / "movielens_daily"
+        if not (ml / "manifest.json").exists():
+            import_movielens_100k(ml_src, ml)
+        wk = WORK / "movielens_weekly"
+        if not (wk / "manifest.json").exists():
+            rebucket(ml, wk, 7)
+        wd = [d for d in Dataset.open(wk).days() if Dataset.open(wk).partition_files(d)]
+        ml_split = {"kge": wd[-4 - 6 - 2 : -1], "train": wd[-4 - 6 : -4], "test": wd[-4:]}
+        print("movielens", ml_split, flush=True)
+        result["movielens_100k"] = run_dataset(
+            wk, WORK / "ws_movielens", ml_split, replace(base, batch_size=512), kcfg, ("user", "ad")
+        )
+    result["complete"] = True
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    print(write_result("kge_ranker" + ("_quick" if args.quick else ""), result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

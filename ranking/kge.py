@@ -1,0 +1,156 @@
+"""KGE inputs of the ranker (issue 14, item 4): what `RankerConfig.kge_family` adds to a batch, point-in-time.
+
+For impressions of day d, everything comes from the KGE store family version before d (`Workspace.version_before`
+on `WORK/embeddings/kge-<model>/`, the vectors `adgraph.family.publish_kge_family` published) and from the graph
+version of the same day (`WORK/graph/day=<D>`, events before the end of D < d), never from day d itself:
+
+    kge_<entity>          float32 (n, dim)  frozen KGE vector of the row's user / ad / ad's advertiser (0: unknown)
+    kge_<entity>_found    float32 (n,)      1 where the store version holds the entity
+    kge_<entity>_id       int64 (n,)        the entity's id (the finetuned ID tables look it up themselves)
+    kge_nb_ad_id          int64 (n, L)      the user's graph neighbour ads (clicked or converted onsite), newest
+                                            first, -1 padded
+    kge_nb_advertiser_id  int64 (n, L)      the user's offsite-converted advertisers, newest first, -1 padded
+
+`KGELookup.used` / `lineages` name the store versions read; a ranker records them (`kge_versions`,
+`kge_lineages`) and a later lookup for it refuses a store version of another lineage (VersionMismatchError),
+as `ranking.train.DermLookup` does for the DERM families.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from adgraph.graph import GraphVersion, Relation, graph_dir
+from adslog.dataset import Dataset
+from adslog.errors import DataError, VersionMismatchError
+from adslog.sequences import AdvertiserMap
+from adslog.workspace import Workspace, version_name
+from embstore.store import StoreVersion, open_version
+from towers.batches import ImpressionArrays
+
+KGE_INPUTS = ("user", "ad", "advertiser")
+_AD_RELATIONS = (Relation.USER_CLICKED_AD.value, Relation.USER_CONVERTED_AD.value)
+_ADV_RELATIONS = (Relation.USER_CONVERTED_OFFSITE_ADVERTISER.value,)
+
+
+class Neighbours:
+    """The graph neighbours of users in one graph version: per user, tails of the given relations, newest
+    (largest last_ts) first, one entry per distinct tail."""
+
+    def __init__(self, graph: GraphVersion, relations: tuple[str, ...]) -> None:
+        e = graph.edges()
+        e = e.filter(pc.is_in(e.column("relation"), value_set=pa.array(relations)))
+        head = e.column("head_id").to_numpy().astype(np.int64)
+        tail = e.column("tail_id").to_numpy().astype(np.int64)
+        ts = e.column("last_ts").to_numpy().astype(np.int64)
+        # one entry per (user, tail): the newest of its relations
+        order = np.lexsort((-ts, tail, head))
+        head, tail, ts = head[order], tail[order], ts[order]
+        first = np.r_[True, (head[1:] != head[:-1]) | (tail[1:] != tail[:-1])][: len(head)]
+        head, tail, ts = head[first], tail[first], ts[first]
+        order = np.lexsort((-ts, head))
+        self.head, self.tail = head[order], tail[order]
+
+    def matrix(self, users: np.ndarray, length: int) -> np.ndarray:
+        """int64 (n, length): each user's newest `length` neighbours, -1 padded."""
+        users = np.asarray(users, np.int64)
+        lo = np.searchsorted(self.head, users, side="left")
+        cnt = np.minimum(np.searchsorted(self.head, users, side="right") - lo, length)
+        out = np.full((len(users), length), -1, np.int64)
+        j = np.arange(length)
+        take = j[None, :] < cnt[:, None]
+        out[take] = self.tail[(lo[:, None] + j[None, :])[take]]
+        return out
+
+
+class KGELookup:
+    """KGE features of impressions, point-in-time (module docstring). `ranker`: the manifest of the ranker the
+    features are for; its recorded `kge_lineages` are enforced."""
+
+    def __init__(
+        self,
+        ws: Workspace,
+        ds: Dataset,
+        family: str,
+        inputs: tuple[str, ...],
+        neighbours: int = 0,
+        ranker: dict[str, Any] | None = None,
+    ) -> None:
+        self.ws, self.family, self.inputs, self.n_neighbours = ws, family, inputs, neighbours
+        self.dir = ws.embeddings_dir(family)
+        self.adv_of = AdvertiserMap.from_dataset(ds)
+        self.used: set[str] = set()
+        self.lineages: set[str] = set()
+        self._expect = set((ranker or {}).get("kge_lineages") or [])
+        self._ranker = ranker
+        self._versions: dict[int, StoreVersion | None] = {}
+        self._graphs: dict[int, tuple[Neighbours, Neighbours]] = {}
+
+    def version(self, day: int) -> StoreVersion | None:
+        """The family's store version serving `day` (the newest before it), lineage-checked; None: none yet."""
+        if day not in self._versions:
+            d = self.ws.version_before(self.dir, day)
+            v = None if d is None else open_version(self.dir, d)
+            if v is not None and self._expect and v.lineage not in self._expect:
+                raise VersionMismatchError(
+                    f"{v.dir}: KGE lineage {v.lineage[:8]}, but the ranker of day "
+                    f"{(self._ranker or {}).get('day')} was trained on KGE lineage "
+                    f"{', '.join(sorted(x[:8] for x in self._expect))}: retrain the ranker from scratch "
+                    "(`derm ranker train`) or roll back (`derm rollback`)"
+                )
+            if v is not None:
+                self.lineages.add(v.lineage)
+            self._versions[day] = v
+        return self._versions[day]
+
+    def _graph(self, day: int) -> tuple[Neighbours, Neighbours]:
+        if day not in self._graphs:
+            gdir = graph_dir(self.ws) / version_name(day)
+            if not (gdir / "manifest.json").is_file():
+                raise DataError(gdir, f"graph version {day} not published: the KGE attention reads it")
+            g = GraphVersion(gdir)
+            self._graphs[day] = (Neighbours(g, _AD_RELATIONS), Neighbours(g, _ADV_RELATIONS))
+        return self._graphs[day]
+
+    def features(self, a: ImpressionArrays, dim: int) -> dict[str, np.ndarray]:
+        """The arrays of the module docstring for impressions `a`."""
+        n, L = len(a), self.n_neighbours
+        ids = {"user": a.user_id, "ad": a.ad_id, "advertiser": self.adv_of(a.ad_id)}
+        out: dict[str, np.ndarray] = {}
+        for e in self.inputs:
+            out[f"kge_{e}"] = np.zeros((n, dim), np.float32)
+            out[f"kge_{e}_found"] = np.zeros(n, np.float32)
+            out[f"kge_{e}_id"] = ids[e].astype(np.int64)
+        if L:
+            out["kge_nb_ad_id"] = np.full((n, L), -1, np.int64)
+            out["kge_nb_advertiser_id"] = np.full((n, L), -1, np.int64)
+        for day in np.unique(a.day):
+            v = self.version(int(day))
+            if v is None:
+                continue
+            if int(v.manifest["dim"]) != dim:
+                raise DataError(v.dir, f"KGE store dim {v.manifest['dim']} but the ranker reads dim {dim}")
+            self.used.add(v.version)
+            rows = np.flatnonzero(a.day == day)
+            for e in self.inputs:
+                if e not in (v.manifest.get("entities") or []):
+                    continue
+                vv, ff = v.lookup(e, ids[e][rows])
+                out[f"kge_{e}"][rows], out[f"kge_{e}_found"][rows] = vv, ff
+            if L:
+                ad_nb, adv_nb = self._graph(v.day)
+                out["kge_nb_ad_id"][rows] = ad_nb.matrix(a.user_id[rows], L)
+                out["kge_nb_advertiser_id"][rows] = adv_nb.matrix(a.user_id[rows], L)
+        return out
+
+
+def kge_dim(ws: Workspace, family: str | None) -> int:
+    """The dim of the family's newest store version (32, the KGE default, when none is published)."""
+    if family is None:
+        return 0
+    d = ws.latest_day(ws.embeddings_dir(family))
+    return 32 if d is None else int(open_version(ws.embeddings_dir(family), d).manifest["dim"])
