@@ -854,6 +854,13 @@ def ranker_train(
     default=None,
     help="Ray cluster to join (auto, ray://HEAD:10001); default: RAY_ADDRESS or a new local instance.",
 )
+@click.option(
+    "--train-workers",
+    type=int,
+    default=None,
+    help="With the ray engine: train the towers and the ranker on N data-parallel Ray workers (torch DDP), "
+    "for this run only (default: the cycle config's `train_workers`).",
+)
 @json_option
 @click.pass_context
 def daily(
@@ -867,6 +874,7 @@ def daily(
     device: str,
     engine: str | None,
     address: str | None,
+    train_workers: int | None,
     as_json: bool,
 ) -> None:
     """Run the daily cycle: evaluate the day, train one increment, embed, aggregate, index, refresh the ranker."""
@@ -890,6 +898,10 @@ def daily(
         cfg = replace(cfg, engine=Engine(engine) if engine else cfg.engine, ray_address=address)
     if cfg.ray_address is not None and cfg.engine is not Engine.RAY:
         raise DermError("--address needs the ray engine (--engine ray)")
+    if train_workers is not None:
+        if cfg.engine is not Engine.RAY:
+            raise DermError("--train-workers needs the ray engine (--engine ray)")
+        cfg = replace(cfg, train_workers=train_workers)  # ConfigError below 1
     results = run_days(ws, days, cfg, bars, overwrite)
     out = [
         {

@@ -82,6 +82,7 @@ class RunConfig:
                 "feature_store": c.feature_store,
                 "engine": c.engine.value,
                 "ray_actors": c.ray_actors,
+                "train_workers": c.train_workers,
             },
             "warnings": {f.name: getattr(self.warnings, f.name) for f in fields(WarningConfig)},
         }
@@ -109,6 +110,7 @@ _CYCLE = {
     "store_float16",
     "engine",
     "ray_actors",
+    "train_workers",
 }
 
 
@@ -188,6 +190,7 @@ def parse_run_config(raw: dict[str, Any], path: Path, device: str | None = None)
             feature_store=cy.get("feature_store", base.cycle.feature_store),
             engine=cy.get("engine", base.cycle.engine),
             ray_actors=cy.get("ray_actors", base.cycle.ray_actors),
+            train_workers=cy.get("train_workers", base.cycle.train_workers),
             device=device or str(raw.get("device", base.cycle.device)),
         )
         where = "warnings"
@@ -301,6 +304,8 @@ KEY_DOCS: dict[str, str] = {
     "cycle.engine": "where the daily inference runs: local (this process) | ray (Ray Data actors; "
     "pip install 'derm[dist]'; the cluster: derm daily --address or RAY_ADDRESS)",
     "cycle.ray_actors": "actors of the ray engine's pool (null: one per CPU of the cluster)",
+    "cycle.train_workers": "with the ray engine: data-parallel Ray Train workers (torch DDP) that train the "
+    "towers and the ranker (null: train in the driver process; ignored by the local engine)",
     "warnings.max_version_age": "warn when the versions are older than the evaluated period by more periods",
     "warnings.min_positives": "warn when a figure rests on fewer positives (clicked users, clicks)",
 }
