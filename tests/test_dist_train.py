@@ -156,7 +156,9 @@ def _ctr_auc(ws: Workspace, model_dir: Path, day: int) -> float:
 
 
 @pytest.mark.slow
-def test_two_workers_reach_single_process_quality(ws_copy: tuple[Workspace, dict]) -> None:
+def test_two_workers_reach_single_process_quality(
+    ws_copy: tuple[Workspace, dict], record_property: Any
+) -> None:
     """Towers trained from scratch on the demo's training days: two Ray Train workers (DDP, gloo) against
     the single process at three seeds, by CTR ROC-AUC on the next (held-out) day."""
     if not HAVE_RAY:
@@ -185,6 +187,7 @@ def test_two_workers_reach_single_process_quality(ws_copy: tuple[Workspace, dict
     assert abs(m["train_stats"]["rows"] - n / 2) <= 1  # worker 0 trained on its half
     two = _ctr_auc(ws, out / version_name(days[-1]), held_out)
     spread = max(single) - min(single)
+    record_property("ctr_auc", {"single_seeds_0_1_2": single, "two_workers": two})  # shown with -rA
     assert min(single) > 0.55  # the single-process models learned something
     assert min(single) - max(spread, 0.01) <= two <= max(single) + max(spread, 0.01), (two, single)
 
@@ -224,11 +227,11 @@ def test_killed_worker_or_driver_then_rerun_resumes(ws_copy: tuple[Workspace, di
 
     r = _daily_ray(ws, day, "train")  # both Ray Train workers kill themselves after their first step
     assert r.returncode == 1, r.stderr
-    assert (
-        r.stderr.strip()
-        .splitlines()[-1]
-        .startswith("Error: data-parallel training on 2 Ray workers failed; nothing was published")
-    )
+    # one Error line (Ray's own processes may log around it on stderr)
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "Error: data-parallel training on 2 Ray workers failed; nothing was published ("
+    ), r.stderr[-2000:]
     assert not (ws.models_dir("ctr") / version_name(day)).exists()
     assert {k: v for k, v in _manifests(ws).items() if k in before} == before
     assert {d: get_latest(d) for d in latest} == latest
