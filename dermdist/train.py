@@ -7,8 +7,8 @@ Worker 0 publishes the snapshot through the one atomic publish; the others publi
 Why Ray Train and not torchrun: the cycle's `ray` engine already joins a Ray cluster for the day's inference,
 so the same cluster (and `--address`) runs the training workers, places them, and reports a dead worker as a
 failed run instead of a hang; torchrun would need its own rendezvous and a launcher per node. The price,
-measured on the 2-core test machine under load: about 25-30 s to start a worker group (`benchmarks/scale.py`
-records it per stage), nothing at 10^7 rows, most of a small test day.
+measured on the 2-core test machine under load with a toy loop: 26 s to start and finish a group of one
+worker, 30 s for two; paid once per training stage (`benchmarks/scale.py` times the whole stages).
 
 Crash safety: a killed worker fails the whole group (`FailureConfig(max_failures=0)`; a half-trained group is
 never restarted mid-day with stale state), nothing is published because worker 0 publishes only after its last
