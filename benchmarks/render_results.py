@@ -490,7 +490,7 @@ def scale_section(r: dict[str, Any]) -> list[str]:
     stages = r["stages"]
     la = r["load_average_start"]
     lines = [
-        "## Scale: one daily cycle at 1M, 3M and 10M impressions",
+        "## Scale: one daily cycle from 100k to 10M impressions (cost model)",
         "",
         f"Command: `{r['command']}`. Machine: {_machine(r)}. {r['shared_machine']}; load average "
         f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} at the start, {r['load_average_end'][0]:.1f} at the end. "
@@ -513,12 +513,14 @@ def scale_section(r: dict[str, Any]) -> list[str]:
         peaks = " | ".join(f"{x['stage_peak_mb'].get(s, 0.0):,.0f}" for s in stages)
         lines.append(f"| {x['impressions']:,} | {x['engine']} | {peaks} |")
     g = r["growth_exponent"]["local"]
-    g10 = r["growth_1m_to_10m"]
+    g10, g3 = r["growth_1m_to_10m"], r.get("growth_1m_to_3m")
+    over = g.get("cost_per_impression_over_smallest")
     lines += [
         "",
         f"Cost per impression, 1M -> 10M (single process): {g10 if g10 is not None else 'not measured'}; "
-        f"1M -> 3M: {r.get('growth_1m_to_3m')}; growth exponent of total seconds on impressions (local): "
-        f"{g['exponent']} over sizes {g['sizes']}.",
+        f"1M -> 3M: {g3 if g3 is not None else 'not measured'}. Local growth exponent of total seconds on "
+        f"impressions: {g['exponent']} over sizes {g['sizes']} (cost per impression over the smallest: {over}). "
+        "Projections to 100M and 1B: docs/SCALING.md.",
     ]
     for x in r.get("not_run", []):
         lines.append(f"- Not run: {x['impressions']:,} {x['engine']}: {x['reason']}.")
