@@ -23,7 +23,8 @@ Rules, each chosen so that W workers train what one process would, W times faste
   gradient with the gloo backend (an all-gather of the touched rows: its cost grows with the rows a batch
   touches, not with the tables); dense tables would all-reduce every row of every table each step (the
   default 2^17-bucket tables are ~16 MB a table a step) and lose SparseAdam's lazy moments (see
-  `TowerConfig.sparse_embeddings`). NCCL cannot all-reduce sparse tensors: on CUDA the group must be gloo, or
+  `TowerConfig.sparse_embeddings`). Measured (`benchmarks/ddp_sparse.py`: 2 gloo workers, 4 tables of
+  2^17 x 32, local batch 1,024, 2 shared cores): 0.028 s a step sparse, 0.43 s dense (15.5x). NCCL cannot all-reduce sparse tensors: on CUDA the group must be gloo, or
   the model must have dense tables (`towers.sparse_embeddings = false`), else `wrap` raises DermError.
 """
 
