@@ -702,6 +702,13 @@ def ranker_train(
     default=None,
     help="Ray cluster to join (auto, ray://HEAD:10001); default: RAY_ADDRESS or a new local instance.",
 )
+@click.option(
+    "--train-workers",
+    type=int,
+    default=None,
+    help="With the ray engine: train the towers and the ranker on N data-parallel Ray workers (torch DDP), "
+    "for this run only (default: the cycle config's `train_workers`).",
+)
 @json_option
 @click.pass_context
 def daily(
@@ -715,13 +722,14 @@ def daily(
     device: str,
     engine: str | None,
     address: str | None,
+    train_workers: int | None,
     as_json: bool,
 ) -> None:
     """Run the daily cycle: evaluate the day, train one increment, embed, aggregate, index, refresh the ranker."""
     from workflow.ops import DailyOptions, run_daily
 
     bars = _setup(as_json, ctx.obj["verbose"])
-    opts = DailyOptions(day, day_from, day_to, overwrite, device, engine, address)
+    opts = DailyOptions(day, day_from, day_to, overwrite, device, engine, address, train_workers)
     _emit(run_daily(_workspace(work, data), opts, bars).to_json(), as_json, _daily_text)
 
 

@@ -546,6 +546,52 @@ SECTIONS["offsite_signal"] = offsite_signal_section
 SECTIONS["movielens_run"] = movielens_run_section
 
 
+def scale_section(r: dict[str, Any]) -> list[str]:
+    """The cost model: one daily cycle per size and engine (benchmarks/scale.py)."""
+    stages = r["stages"]
+    la = r["load_average_start"]
+    lines = [
+        "## Scale: one daily cycle from 100k to 10M impressions (cost model)",
+        "",
+        f"Command: `{r['command']}`. Machine: {_machine(r)}. {r['shared_machine']}; load average "
+        f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} at the start, {r['load_average_end'][0]:.1f} at the end. "
+        f"Memory: {r['memory']}. Budget {r['budget_seconds'] / 60:.0f} min, used {r['wall_seconds'] / 60:.0f}.",
+        "",
+        "| impressions | engine | workers | "
+        + " | ".join(f"{s} s" for s in stages)
+        + " | total s | s per M | peak MB | load before |",
+        "|---|---|---|" + "---|" * len(stages) + "---|---|---|---|",
+    ]
+    for x in r["runs"]:
+        secs = " | ".join(f"{x['stage_seconds'].get(s, 0.0):.1f}" for s in stages)
+        lines.append(
+            f"| {x['impressions']:,} | {x['engine']} | {x['workers']} | {secs} | {x['total_seconds']:.0f} | "
+            f"{x['seconds_per_million']:.0f} | {x['peak_rss_mb']:,.0f} | {x['load_average_before'][0]:.1f} |"
+        )
+    lines += ["", "Peak memory per stage (MB):", ""]
+    lines += ["| impressions | engine | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
+    for x in r["runs"]:
+        peaks = " | ".join(f"{x['stage_peak_mb'].get(s, 0.0):,.0f}" for s in stages)
+        lines.append(f"| {x['impressions']:,} | {x['engine']} | {peaks} |")
+    g = r["growth_exponent"]["local"]
+    g10, g3 = r["growth_1m_to_10m"], r.get("growth_1m_to_3m")
+    over = g.get("cost_per_impression_over_smallest")
+    lines += [
+        "",
+        f"Cost per impression, 1M -> 10M (single process): {g10 if g10 is not None else 'not measured'}; "
+        f"1M -> 3M: {g3 if g3 is not None else 'not measured'}. Local growth exponent of total seconds on "
+        f"impressions: {g['exponent']} over sizes {g['sizes']} (cost per impression over the smallest: {over}). "
+        "Projections to 100M and 1B: docs/SCALING.md.",
+    ]
+    for x in r.get("not_run", []):
+        lines.append(f"- Not run: {x['impressions']:,} {x['engine']}: {x['reason']}.")
+    lines.append("")
+    return lines
+
+
+SECTIONS["scale"] = scale_section
+
+
 def main() -> None:
     lines = [
         "# Results",

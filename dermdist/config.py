@@ -47,3 +47,27 @@ class RayInferenceConfig:
             raise ConfigError(f"ray batch_size must be >= 1, got {self.batch_size}")
         if self.cpus_per_actor <= 0:
             raise ConfigError(f"ray cpus_per_actor must be > 0, got {self.cpus_per_actor}")
+
+
+@dataclass(frozen=True)
+class RayTrainConfig:
+    """Data-parallel training on Ray Train (`dermdist.train`).
+
+    workers: processes in the torch.distributed group (1 reproduces the single-process run).
+    address: the cluster to join, as `RayInferenceConfig.address`.
+    cpus_per_worker: CPUs each worker reserves; its torch uses as many threads.
+    timeout_s: how long a collective waits for a peer before the group fails.
+    """
+
+    workers: int = 2
+    address: str | None = None
+    cpus_per_worker: float = 1.0
+    timeout_s: int = 300
+
+    def __post_init__(self) -> None:
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"train_workers must be an integer >= 1 (or null), got {self.workers!r}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"ray cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.timeout_s < 1:
+            raise ConfigError(f"ray timeout_s must be >= 1, got {self.timeout_s}")

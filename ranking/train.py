@@ -41,6 +41,7 @@ from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.features import FeatureSpec, build_feature_spec
 from towers.losses import multitask_bce
 from towers.optim import TowerOptimizer
+from towers.parallel import DataParallel
 from towers.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -373,17 +374,29 @@ def fit(
     device: torch.device,
     progress: Progress = no_progress,
     seed: int = 0,
+    parallel: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Train `snap` in place for up to `epochs` shuffled passes over `train`; with `val`, stop after
     `config.patience` epochs without a lower validation loss and keep the best epoch's weights and optimiser
     state. The learning rate decays linearly to 10 % over the planned steps (as `towers.train.run_epochs`).
-    Returns loss history, epochs run, the best epoch and throughput."""
+    Returns loss history, epochs run, the best epoch and throughput.
+
+    `parallel`: this process is one worker of a data-parallel group (`towers.parallel`): `train` is its shard,
+    the config's batch size is the global batch and the ranker steps under DDP. Every worker scores the whole
+    `val` with the same weights, so all take the same early-stopping decision."""
     n, bs = len(train), snap.config.batch_size
     if n == 0:
         raise DermError("no impressions to train on")
     task = RankerTask(snap.ranker)
+    forward: nn.Module = task
+    if parallel is not None:
+        seed += parallel.rank
+        bs = parallel.local_batch(bs)
+        steps_per_epoch = parallel.steps(n, bs)
+        forward = parallel.wrap(task, device)
+    else:
+        steps_per_epoch = max(1, n // bs)
     rng = np.random.default_rng(seed)
-    steps_per_epoch = max(1, n // bs)
     total = steps_per_epoch * epochs
     step, hist, val_hist = 0, [], []
     best: tuple[float, int, dict[str, Any], dict[str, Any]] | None = None
@@ -394,7 +407,7 @@ def fit(
         perm = rng.permutation(n)
         run: dict[str, float] = {}
         for s in range(steps_per_epoch):
-            loss, parts = task(to_device(train.batch(perm[s * bs : (s + 1) * bs]), device))
+            loss, parts = forward(to_device(train.batch(perm[s * bs : (s + 1) * bs]), device))
             if not torch.isfinite(loss):
                 raise DermError("ranker training diverged: loss is not finite")
             snap.optimizer.zero_grad(set_to_none=True)
@@ -423,16 +436,21 @@ def fit(
         snap.optimizer.load_state_dict(best[3])
     snap.ranker.eval()
     done = len(hist)
-    return {
+    world = parallel.world if parallel is not None else 1
+    out: dict[str, Any] = {
         "epochs": done,
         "max_epochs": epochs,
         "best_epoch": best[1] if best is not None else done,
         "rows": n,
         "seconds": round(train_secs, 3),
-        "samples_per_second": round(steps_per_epoch * bs * done / max(train_secs, 1e-9), 1),
+        # the group's rate (every worker steps bs rows at once)
+        "samples_per_second": round(steps_per_epoch * bs * world * done / max(train_secs, 1e-9), 1),
         "loss_by_epoch": hist,
         "validation_loss_by_epoch": val_hist,
     }
+    if parallel is not None:
+        out["data_parallel"] = {"workers": world, "rank": parallel.rank, "local_batch": bs}
+    return out
 
 
 def kge_record(snap: RankerSnapshot, kge: KGELookup | None) -> dict[str, Any]:
@@ -462,10 +480,15 @@ def train_ranker(
     device: str = "auto",
     progress: Progress = no_progress,
     overwrite: bool = False,
+    parallel: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Train from scratch over `days` (with early stopping: on all but the last, validated on the last) or
     fine-tune the snapshot at `parent` on them; publish `ranker/day=<max(days)>` and move LATEST. Returns
-    the manifest, which names the embedding store versions the ranker consumed."""
+    the manifest, which names the embedding store versions the ranker consumed.
+
+    `parallel`: this process is one worker of a data-parallel group (`towers.parallel`, launched by
+    `dermdist.train`): it trains on its shard of the training rows, and only worker 0 publishes (the others
+    return `{"published": False, "train_stats": ...}`)."""
     if not days:
         raise DermError("no ranker training days given")
     for d in days:
@@ -511,22 +534,23 @@ def train_ranker(
     k_dim = snap.ranker.kge_dim
     cutoff = (last + 1) * 86400  # labels as known at the end of the last day (delayed conversions)
 
-    def rows(ds_days: list[int]) -> RankerRows:
-        a = inputs.impressions(ds_days, label_cutoff_ts=cutoff)
+    def rows(ds_days: list[int], shard: bool) -> RankerRows:
+        keep = parallel.rows if parallel is not None and shard else None
+        a = inputs.impressions(ds_days, label_cutoff_ts=cutoff, rows=keep)
         feats = lookup.features(a, derm_dim)
         if kge is not None:
             feats.update(kge.features(a, k_dim))
         return RankerRows(inputs, a, feats)
 
-    train = rows(train_days)
-    val = rows(val_days) if val_days else None
+    train = rows(train_days, shard=True)
+    val = rows(val_days, shard=False) if val_days else None
     if parent is None:
         clicked = train.arrays.click > 0
         snap.ranker.init_output_bias(
             float(train.arrays.click.mean()),
             float(train.arrays.conversion[clicked].mean()) if clicked.any() else 0.5,
         )
-    stats = fit(snap, train, val, epochs, dev, progress, seed=cfg.seed + last)
+    stats = fit(snap, train, val, epochs, dev, progress, seed=cfg.seed + last, parallel=parallel)
     stats.update(calibration_report(predict(snap.ranker, train), train.arrays))
     stats["device"] = dev.type
     if val is not None:
@@ -552,6 +576,8 @@ def train_ranker(
         **kge_record(snap, kge),
         train_stats=stats,
     )
+    if parallel is not None and not parallel.chief:
+        return {"published": False, "train_stats": stats}
     target = ws.ranker_dir / version_name(last)
     with publishing(target, overwrite=overwrite) as tmp:
         torch.save(snap.ranker.state_dict(), tmp / "weights.pt")

@@ -6,6 +6,7 @@ tensors: `impression_batch` for training/scoring impressions, `user_batch` / `ad
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +60,15 @@ class Inputs:
         self._seq_dense = np.concatenate([self.ads.dense, np.zeros((1, self.ads.dense.shape[1]), np.float32)])
         self._pad_row = n_ads
 
-    def impressions(self, days: list[int], label_cutoff_ts: int | None = None) -> ImpressionArrays:
+    def impressions(
+        self,
+        days: list[int],
+        label_cutoff_ts: int | None = None,
+        rows: Callable[[int], np.ndarray] | None = None,
+    ) -> ImpressionArrays:
+        """The impressions of `days` (dataset order: by day, then as written). `rows(n)`: the indices of the n
+        rows to keep (a data-parallel worker's shard, `towers.parallel.DataParallel.rows`), taken before any
+        feature is built."""
         cols = ["user_id", "ad_id", "ts", "day", "click"]
         imp_cols = self.ds.columns["impressions"]
         has_conv = "conversion" in imp_cols
@@ -69,6 +78,8 @@ class Inputs:
                 cols.append("conversion_ts")
         cols += [f.name for f in self.spec.context if f.name in imp_cols]
         t = self.ds.impressions(days, cols)
+        if rows is not None:
+            t = t.take(pa.array(rows(t.num_rows), pa.int64()))
         return self.arrays(t, label_cutoff_ts)
 
     def arrays(self, t: pa.Table, label_cutoff_ts: int | None = None) -> ImpressionArrays:

@@ -33,6 +33,7 @@ from towers.features import FeatureSpec, build_feature_spec
 from towers.losses import CandidateFrequency, multitask_bce, sampled_softmax_loss
 from towers.model import DermModel
 from towers.optim import TowerOptimizer
+from towers.parallel import DataParallel
 
 log = logging.getLogger(__name__)
 
@@ -181,14 +182,25 @@ def run_epochs(
     progress: Progress = no_progress,
     seed: int = 0,
     crash_detail: str = "",
+    parallel: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Train `task` (a module returning (loss, parts)) for `epochs` shuffled passes over rows 0..n-1;
     `make_batch(row_indices)` builds each batch. Returns loss history and throughput. Shared by the upstream
-    towers and the downstream ranker."""
+    towers and the downstream ranker.
+
+    `parallel`: this process is one worker of a data-parallel group (`towers.parallel`); rows 0..n-1 are then
+    this worker's shard, `batch_size` is the global batch and `task` is stepped under DDP."""
     if n == 0:
         raise DermError("no impressions to train on")
+    forward: nn.Module = task
+    if parallel is not None:
+        seed += parallel.rank
+        batch_size = parallel.local_batch(batch_size)
+        steps_per_epoch = parallel.steps(n, batch_size)
+        forward = parallel.wrap(task, device)
+    else:
+        steps_per_epoch = max(1, n // batch_size)
     rng = np.random.default_rng(seed)
-    steps_per_epoch = max(1, n // batch_size)
     total = steps_per_epoch * epochs
     # Linear decay to 10 % of the learning rate over the run: with rare positive labels, a constant Adam step
     # leaves the output bias oscillating, and the probabilities of the final weights were off by 30 % on the
@@ -202,7 +214,7 @@ def run_epochs(
         run: dict[str, float] = {}
         for s in range(steps_per_epoch):
             batch = to_device(make_batch(perm[s * batch_size : (s + 1) * batch_size]), device)
-            loss, parts = task(batch)
+            loss, parts = forward(batch)
             if not torch.isfinite(loss):
                 raise DermError("training diverged: loss is not finite")
             optimizer.zero_grad(set_to_none=True)
@@ -221,13 +233,18 @@ def run_epochs(
     secs = time.perf_counter() - t0
     optimizer.set_lr_scale(1.0)
     task.eval()
-    return {
+    world = parallel.world if parallel is not None else 1
+    out: dict[str, Any] = {
         "epochs": epochs,
         "rows": n,
         "seconds": round(secs, 3),
-        "samples_per_second": round(steps_per_epoch * batch_size * epochs / max(secs, 1e-9), 1),
+        # the group's rate (every worker steps batch_size rows at once)
+        "samples_per_second": round(steps_per_epoch * batch_size * world * epochs / max(secs, 1e-9), 1),
         "loss_by_epoch": hist,
     }
+    if parallel is not None:
+        out["data_parallel"] = {"workers": world, "rank": parallel.rank, "local_batch": batch_size}
+    return out
 
 
 @torch.no_grad()
@@ -250,9 +267,14 @@ def train_towers(
     device: str = "auto",
     progress: Progress = no_progress,
     overwrite: bool = False,
+    parallel: DataParallel | None = None,
 ) -> dict[str, Any]:
     """Train from scratch over `days` (parent None) or one increment from the snapshot at `parent`, and
-    publish the result as `out_dir/day=<max(days)>`. Returns the new snapshot's manifest."""
+    publish the result as `out_dir/day=<max(days)>`. Returns the new snapshot's manifest.
+
+    `parallel`: this process is one worker of a data-parallel group (`towers.parallel`, launched by
+    `dermdist.train`): it trains on its shard of the rows, and only worker 0 publishes (the others return
+    `{"published": False, "train_stats": ...}`)."""
     if not days:
         raise DermError("no training days given")
     for d in days:
@@ -278,7 +300,11 @@ def train_towers(
         epochs = snap.config.epochs_incremental
     activity = ActivityLog.from_dataset(ds, last)
     inputs = Inputs(ds, snap.spec, activity, snap.config.seq_len)
-    arrays = inputs.impressions(sorted(days), label_cutoff_ts=(last + 1) * 86400)
+    arrays = inputs.impressions(
+        sorted(days),
+        label_cutoff_ts=(last + 1) * 86400,
+        rows=parallel.rows if parallel is not None else None,
+    )
     if parent is None:
         init_output_bias(snap.model.interaction.head, arrays.click, arrays.conversion)
     stats = run_epochs(
@@ -292,6 +318,7 @@ def train_towers(
         progress,
         seed=snap.config.seed + last,
         crash_detail=str(Path(out_dir) / version_name(last)),
+        parallel=parallel,
     )
     stats["temperature"] = snap.model.temperature().item()
     stats["device"] = dev.type
@@ -303,4 +330,6 @@ def train_towers(
         last,
         stats["samples_per_second"],
     )
+    if parallel is not None and not parallel.chief:
+        return {"published": False, "train_stats": stats}
     return save_snapshot(snap, out_dir, last, stats, overwrite=overwrite)

@@ -51,7 +51,7 @@ from adslog.errors import ConfigError, DataError, DermError
 from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
-from dermdist.config import Engine, RayInferenceConfig
+from dermdist.config import Engine, RayInferenceConfig, RayTrainConfig
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, open_version, publish_day
 from eval.evaluate import day_clicks, evaluate_day
@@ -117,6 +117,9 @@ class CycleConfig:
     # the onsite-offsite graph, KGE model and KGE store family of each day (`adgraph.family.KGECycleConfig`);
     # off by default. A ranker reads the family with `ranker.kge_family`
     kge: KGECycleConfig = field(default_factory=KGECycleConfig)
+    # with the ray engine, train the towers and the ranker on this many data-parallel Ray Train workers (torch
+    # DDP, `dermdist.train`); None: train in the driver process. Ignored by the local engine.
+    train_workers: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engine", Engine.parse(self.engine))
@@ -128,6 +131,8 @@ class CycleConfig:
                 f"(kge.model.model = {self.ranker.kge_family.removeprefix('kge-')!r})"
             )
         RayInferenceConfig(self.ray_address, self.ray_actors)  # validates (ConfigError)
+        if self.train_workers is not None:
+            RayTrainConfig(self.train_workers)  # validates (ConfigError)
         if not 0.0 <= self.min_index_recall <= 1.0:
             raise ConfigError("min_index_recall must be in [0, 1]")
         if self.feature_store is not None:
@@ -171,6 +176,7 @@ class CycleConfig:
             "engine": self.engine.value,
             "ray_actors": self.ray_actors,
             "kge": self.kge.to_json(),
+            "train_workers": self.train_workers,
         }
 
     @classmethod
@@ -208,6 +214,7 @@ class CycleConfig:
             ray_address=ray_address,
             # workspaces written before the option had no KGE stage
             kge=KGECycleConfig.from_json(d["kge"]) if "kge" in d else KGECycleConfig(),
+            train_workers=d.get("train_workers"),
         )
 
 
@@ -374,6 +381,67 @@ def day_embedder(cfg: CycleConfig) -> Embedder:
     return partial(embed_day_ray, cfg=RayInferenceConfig(cfg.ray_address, cfg.ray_actors))
 
 
+def ray_training(cfg: CycleConfig) -> RayTrainConfig | None:
+    """The data-parallel training of this run: with the ray engine and `train_workers` set, that many Ray
+    Train workers; else None (train in this process)."""
+    if cfg.engine is not Engine.RAY or cfg.train_workers is None:
+        return None
+    return RayTrainConfig(cfg.train_workers, cfg.ray_address)
+
+
+def train_task_towers(
+    ws: Workspace,
+    ds: Dataset,
+    task: str,
+    days: list[int],
+    cfg: CycleConfig,
+    parent_day: int | None,
+    progress: Progress = no_progress,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train `task`'s towers on `days` (from scratch, or one increment from snapshot `parent_day`) and publish
+    `models/<task>/day=<max(days)>`: in this process, or data-parallel on Ray (`ray_training`)."""
+    mdir = ws.models_dir(task)
+    parent = mdir / version_name(parent_day) if parent_day is not None else None
+    rcfg = ray_training(cfg)
+    if rcfg is not None:
+        from dermdist.train import train_towers_ray
+
+        return train_towers_ray(
+            ds.root, days, task_config(cfg, task), mdir, parent, cfg.device, rcfg, overwrite
+        )
+    return train_towers(
+        ds,
+        days,
+        task_config(cfg, task),
+        mdir,
+        parent=parent,
+        device=cfg.device,
+        progress=progress,
+        overwrite=overwrite,
+    )
+
+
+def train_cycle_ranker(
+    ws: Workspace,
+    ds: Dataset,
+    days: list[int],
+    cfg: CycleConfig,
+    parent_day: int | None,
+    progress: Progress = no_progress,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train the ranker on `days` (from scratch, or fine-tune ranker `parent_day`) and publish
+    `ranker/day=<max(days)>`: in this process, or data-parallel on Ray (`ray_training`)."""
+    parent = ws.ranker_dir / version_name(parent_day) if parent_day is not None else None
+    rcfg = ray_training(cfg)
+    if rcfg is not None:
+        from dermdist.train import train_ranker_ray
+
+        return train_ranker_ray(ws, days, cfg.ranker, parent, cfg.device, rcfg, overwrite)
+    return train_ranker(ws, ds, days, cfg.ranker, parent, cfg.device, progress, overwrite)
+
+
 def cfg_device(cfg: CycleConfig) -> str:
     from towers.train import resolve_device
 
@@ -468,15 +536,7 @@ def bootstrap(
         mdir = ws.models_dir(task)
         if overwrite or not (mdir / version_name(last) / "manifest.json").exists():
             done = timer.stage(f"train_{task}")
-            train_towers(
-                ds,
-                train_days,
-                task_config(cfg, task),
-                mdir,
-                device=cfg.device,
-                progress=progress,
-                overwrite=overwrite,
-            )
+            train_task_towers(ws, ds, task, train_days, cfg, None, progress, overwrite)
             done()
         done = timer.stage(f"embed_{task}")
         for i, d in enumerate(train_days):
@@ -499,7 +559,7 @@ def bootstrap(
             if not days:
                 raise ConfigError("ranker.kge_finetune needs a bootstrap window of at least two periods")
         done = timer.stage("ranker")
-        train_ranker(ws, ds, days, cfg.ranker, None, cfg.device, progress, overwrite)
+        train_cycle_ranker(ws, ds, days, cfg, None, progress, overwrite)
         done()
     return {"train_days": train_days, "stage_seconds": timer.seconds}
 
@@ -550,16 +610,7 @@ def run_day(
             if parent is None:
                 raise DermError(f"{mdir}: no snapshot before day {day}")
             done = timer.stage(f"train_{task}")
-            train_towers(
-                ds,
-                [day],
-                task_config(cfg, task),
-                mdir,
-                parent=mdir / version_name(parent),
-                device=cfg.device,
-                progress=progress,
-                overwrite=overwrite,
-            )
+            train_task_towers(ws, ds, task, [day], cfg, parent, progress, overwrite)
             done()
         done = timer.stage(f"embed_{task}")
         publish_embeddings(ws, ds, task, day, cfg, day, back_inferred=False, overwrite=overwrite)
@@ -574,16 +625,7 @@ def run_day(
     if overwrite or not (ws.ranker_dir / version_name(day) / "manifest.json").exists():
         parent = ws.version_before(ws.ranker_dir, day)
         done = timer.stage("ranker")
-        train_ranker(
-            ws,
-            ds,
-            [day],
-            cfg.ranker,
-            ws.ranker_dir / version_name(parent) if parent is not None else None,
-            cfg.device,
-            progress,
-            overwrite,
-        )
+        train_cycle_ranker(ws, ds, [day], cfg, parent, progress, overwrite)
         done()
     publish_online(ws, cfg, timer)
     return {"day": day, "skipped": False, "eval": doc, "stage_seconds": timer.seconds}

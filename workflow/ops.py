@@ -350,6 +350,7 @@ class DailyOptions:
     device: str = "auto"
     engine: str | None = None
     address: str | None = None
+    train_workers: int | None = None  # data-parallel training workers (needs the ray engine)
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,10 @@ def run_daily(ws: Workspace, opts: DailyOptions, progress: Progress = no_progres
         cfg = replace(cfg, engine=engine, ray_address=opts.address)
     if cfg.ray_address is not None and cfg.engine is not Engine.RAY:
         raise DermError("--address needs the ray engine (--engine ray)")
+    if opts.train_workers is not None:
+        if cfg.engine is not Engine.RAY:
+            raise DermError("--train-workers needs the ray engine (--engine ray)")
+        cfg = replace(cfg, train_workers=opts.train_workers)  # ConfigError below 1
     results = run_days(ws, days, cfg, progress, opts.overwrite)
     return DailyResult([_day_row(r) for r in results])
 

@@ -83,6 +83,7 @@ class RunConfig:
                 "feature_store": c.feature_store,
                 "engine": c.engine.value,
                 "ray_actors": c.ray_actors,
+                "train_workers": c.train_workers,
             },
             "kge": {
                 "enabled": c.kge.enabled,
@@ -120,6 +121,7 @@ _CYCLE = {
     "store_float16",
     "engine",
     "ray_actors",
+    "train_workers",
 }
 
 
@@ -211,6 +213,7 @@ def parse_run_config(raw: dict[str, Any], path: Path, device: str | None = None)
             feature_store=cy.get("feature_store", base.cycle.feature_store),
             engine=cy.get("engine", base.cycle.engine),
             ray_actors=cy.get("ray_actors", base.cycle.ray_actors),
+            train_workers=cy.get("train_workers", base.cycle.train_workers),
             device=device or str(raw.get("device", base.cycle.device)),
             kge=kge,
         )
@@ -345,6 +348,8 @@ KEY_DOCS: dict[str, str] = {
     "kge.lr": "Adagrad learning rate of the KGE model",
     "kge.seed": "random seed of the KGE model",
     "kge.window_days": "periods of events in each day's graph (null: every period so far)",
+    "cycle.train_workers": "with the ray engine: data-parallel Ray Train workers (torch DDP) that train the "
+    "towers and the ranker (null: train in the driver process; ignored by the local engine)",
     "warnings.max_version_age": "warn when the versions are older than the evaluated period by more periods",
     "warnings.min_positives": "warn when a figure rests on fewer positives (clicked users, clicks)",
 }

@@ -1,0 +1,103 @@
+"""Data-parallel training: what one worker of a torch.distributed group changes in the one training loop.
+
+`towers.train.run_epochs` (towers) and `ranking.train.fit` (ranker) take an optional `DataParallel`; with it
+they run the same loop on this worker's shard of the rows, with the module wrapped in
+`torch.nn.parallel.DistributedDataParallel`. There is no second loop: a group of one worker takes exactly the
+single-process steps (same rows, same order, same learning-rate schedule), so its weights equal the
+single-process ones (tested). Who starts the workers and the process group is the launcher's job
+(`dermdist.train`: Ray Train's `TorchTrainer`); this module only reads the initialised group.
+
+Rules, each chosen so that W workers train what one process would, W times faster per step:
+- rows: row r of the training days' impressions (in the dataset's order: by day, then ts as written) belongs
+  to worker r % W. Deterministic, balanced to one row, independent of the ids.
+- batch: the config's `batch_size` is the global batch; each worker takes batch_size // W rows per step, and
+  DDP averages the gradients, so a step sees batch_size rows and the steps per epoch (and so the
+  learning-rate decay) are those of one process. Every worker runs the same number of steps (the minimum
+  over the group: a worker that stepped once more would wait for ever in the gradient all-reduce).
+- shuffle: worker w permutes its rows with seed + w (worker 0 keeps the single-process seed).
+- in-batch negatives: the towers' sampled softmax and its logQ estimate (`CandidateFrequency`, a buffer that
+  DDP must not overwrite from worker 0: `broadcast_buffers=False`) work on each worker's local batch, so a
+  positive meets batch_size // W - 1 negatives instead of batch_size - 1; the snapshot keeps worker 0's
+  estimate (the workers' batches are drawn alike, so their estimates estimate the same Q).
+- sparse gradients: the id tables keep sparse gradients and SparseAdam under DDP. DDP all-reduces a sparse
+  gradient with the gloo backend (an all-gather of the touched rows: its cost grows with the rows a batch
+  touches, not with the tables); dense tables would all-reduce every row of every table each step (the
+  default 2^17-bucket tables are ~16 MB a table a step) and lose SparseAdam's lazy moments (see
+  `TowerConfig.sparse_embeddings`). Measured (`benchmarks/ddp_sparse.py`: 2 gloo workers, 4 tables of
+  2^17 x 32, local batch 1,024, 2 shared cores): 0.028 s a step sparse, 0.43 s dense (15.5x). NCCL cannot all-reduce sparse tensors: on CUDA the group must be gloo, or
+  the model must have dense tables (`towers.sparse_embeddings = false`), else `wrap` raises DermError.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from adslog.errors import DermError
+
+
+@dataclass(frozen=True)
+class DataParallel:
+    """This worker's place in an initialised torch.distributed group: `rank` in 0..world-1."""
+
+    rank: int
+    world: int
+
+    def __post_init__(self) -> None:
+        if self.world < 1 or not 0 <= self.rank < self.world:
+            raise DermError(f"data-parallel rank {self.rank} is outside a group of {self.world}")
+
+    @classmethod
+    def from_group(cls) -> DataParallel:
+        """The default process group's rank and size; DermError when none is initialised."""
+        import torch.distributed as dist
+
+        if not dist.is_available() or not dist.is_initialized():
+            raise DermError("data-parallel training needs an initialised torch.distributed process group")
+        return cls(dist.get_rank(), dist.get_world_size())
+
+    @property
+    def chief(self) -> bool:
+        """Worker 0 publishes the artifact; the others only train."""
+        return self.rank == 0
+
+    def rows(self, n: int) -> np.ndarray:
+        """This worker's rows of n: int64 indices r with r % world == rank, ascending."""
+        return np.arange(self.rank, n, self.world, dtype=np.int64)
+
+    def local_batch(self, batch_size: int) -> int:
+        return max(1, batch_size // self.world)
+
+    def steps(self, n_local: int, local_batch: int) -> int:
+        """Steps per epoch: the group's minimum of max(1, n_local // local_batch) (a collective call)."""
+        import torch.distributed as dist
+
+        mine = torch.tensor([max(1, n_local // local_batch)], dtype=torch.int64)
+        if self.world > 1:
+            dist.all_reduce(mine, op=dist.ReduceOp.MIN)
+        return int(mine.item())
+
+    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
+        """`module` under DistributedDataParallel (parameters are not copied: the caller's optimiser still
+        steps them). Worker 0's parameters are broadcast to the group here; buffers are never synchronised."""
+        import torch.distributed as dist
+
+        sparse = any(isinstance(m, nn.Embedding) and m.sparse for m in module.modules())
+        if sparse and dist.get_backend() == "nccl":
+            raise DermError(
+                "NCCL cannot all-reduce the sparse gradients of the id tables: train the data-parallel "
+                "workers on CPU (gloo) or set towers.sparse_embeddings = false"
+            )
+        ids = [device.index] if device.type == "cuda" else None
+        # find_unused_parameters: a batch with no positive skips the sampled softmax (and so the temperature).
+        # broadcast_buffers=False keeps each worker's logQ estimate its own; torch 2.13 deprecates the name but
+        # its replacement still syncs buffers at init, and says to keep this one until `init_sync_buffers`.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            return nn.parallel.DistributedDataParallel(
+                module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True
+            )
