@@ -5,14 +5,16 @@ Split: the towers are bootstrapped on every week but the last 4 (`--train-period
 trains; the last 4 weeks are its test weeks. `derm run` then runs the daily cycle over the test weeks, so week t
 is scored with versions updated on weeks before t (towers_ablation scores all 4 with the bootstrap model).
 Towers as towers_ablation's MovieLens arms: `TowerConfig(batch_size=1024, epochs_initial=2)`, DHEN (`full`) and
-MLP (`mlp_backbone`); the ranker with its defaults. One seed (0) per arm.
+MLP (`mlp_backbone`); the ranker and the retrieval prior (fitted by the cycle after each evaluated week,
+recorded in the next index version) with their defaults. One seed (0) per arm.
 
 Reported per test week and pooled over its (user, week) rows:
 - `derm eval`'s figures: recall@100 from the ANN index over all live movies, popularity beside it, ROC-AUC,
   warnings;
 - towers_ablation's protocol on the same workspace: the movies the user rated before the week are removed from
   the retrieved list (and from popularity's) before cutting to 100 (`masked_recall_at_100`); its figures are
-  towers_ablation.json's `full` 0.402 and `mlp_backbone` 0.435 (3-seed means), popularity 0.467.
+  towers_ablation.json's `full` 0.402 and `mlp_backbone` 0.435 (3-seed means), popularity 0.467;
+  `masked_minus_popularity`: ours - popularity pooled over user-weeks with a paired bootstrap interval.
 Usage: python benchmarks/movielens_run.py   (writes benchmarks/results/movielens_run.json)
 """
 
@@ -32,6 +34,7 @@ from adslog.dataset import Dataset
 from adslog.importers import import_movielens_100k
 from adslog.periods import Period
 from adslog.workspace import Workspace
+from eval.bootstrap import paired_bootstrap
 from eval.metrics import recall_per_user
 from retrieval.retrieve import Retriever, popularity
 from towers.config import Backbone, TowerConfig
@@ -108,8 +111,11 @@ def run_arm(data: Path, backbone: Backbone, train_periods: int) -> dict[str, Any
         pooled["popularity"].append(m["popularity"])
         pooled["derm_eval"].append(np.full(n, r["recall_at_k"][str(K)]))
         pooled["derm_eval_popularity"].append(np.full(n, r["popularity_recall_at_k"][str(K)]))
+    ours, pop = np.concatenate(pooled["ours"]), np.concatenate(pooled["popularity"])
+    ci = paired_bootstrap(np.mean, ours, pop, n=1000, seed=0)
     return {
         "backbone": backbone.value,
+        "masked_minus_popularity": {"diff": ci["diff"], "ci": [ci["lo"], ci["hi"]], "unit": "user-week"},
         "train_days": [s["train_days"][0], s["train_days"][-1]],
         "test_weeks": weeks,
         "seconds": seconds,
