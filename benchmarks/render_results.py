@@ -470,15 +470,18 @@ def movielens_run_section(r: dict[str, Any]) -> list[str]:
         "",
         f"`{r.get('command')}`; reference: {ref.get('source')}. {_machine(r)}.",
         "",
-        "| backbone | user-weeks | recall@100 (seen masked) | popularity (masked) | recall@100 (derm eval) | "
-        "popularity (derm eval) | seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| backbone | user-weeks | recall@100 (seen masked) | popularity (masked) | ours - popularity [95 % CI] "
+        "| recall@100 (derm eval) | popularity (derm eval) | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, a in r.get("arms", {}).items():
         p = a.get("pooled", {})
+        d = a.get("masked_minus_popularity") or {}
+        ci = d.get("ci") or [None, None]
+        diff = f"{_f(d.get('diff'))} [{_f(ci[0])}, {_f(ci[1])}]" if d else "-"
         lines.append(
             f"| {name} | {p.get('n_user_weeks')} | {_f(p.get('masked_recall_at_100'))} | "
-            f"{_f(p.get('masked_popularity_recall_at_100'))} | {_f(p.get('recall_at_100'))} | "
+            f"{_f(p.get('masked_popularity_recall_at_100'))} | {diff} | {_f(p.get('recall_at_100'))} | "
             f"{_f(p.get('popularity_recall_at_100'))} | {_f(a.get('seconds'), 0)} |"
         )
     return lines + [""]
