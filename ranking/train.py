@@ -41,7 +41,7 @@ from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.features import FeatureSpec, build_feature_spec
 from towers.losses import multitask_bce
 from towers.optim import TowerOptimizer
-from towers.parallel import DataParallel
+from towers.parallel import DataParallel, training_plan
 from towers.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -388,14 +388,7 @@ def fit(
     if n == 0:
         raise DermError("no impressions to train on")
     task = RankerTask(snap.ranker)
-    forward: nn.Module = task
-    if parallel is not None:
-        seed += parallel.rank
-        bs = parallel.local_batch(bs)
-        steps_per_epoch = parallel.steps(n, bs)
-        forward = parallel.wrap(task, device)
-    else:
-        steps_per_epoch = max(1, n // bs)
+    forward, bs, steps_per_epoch, seed = training_plan(parallel, task, n, bs, seed, device)
     rng = np.random.default_rng(seed)
     total = steps_per_epoch * epochs
     step, hist, val_hist = 0, [], []

@@ -101,3 +101,20 @@ class DataParallel:
             return nn.parallel.DistributedDataParallel(
                 module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True
             )
+
+
+def training_plan(
+    parallel: DataParallel | None,
+    task: nn.Module,
+    n: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+) -> tuple[nn.Module, int, int, int]:
+    """What a training loop over n rows steps: (the module to call, the local batch size, steps per epoch, the
+    shuffle seed). One process: (task, batch_size, n // batch_size (>= 1), seed). Data-parallel: `task` under
+    DDP, this worker's share of the global batch, the steps every worker runs, seed + rank."""
+    if parallel is None:
+        return task, batch_size, max(1, n // batch_size), seed
+    local = parallel.local_batch(batch_size)
+    return parallel.wrap(task, device), local, parallel.steps(n, local), seed + parallel.rank

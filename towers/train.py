@@ -33,7 +33,7 @@ from towers.features import FeatureSpec, build_feature_spec
 from towers.losses import CandidateFrequency, multitask_bce, sampled_softmax_loss
 from towers.model import DermModel
 from towers.optim import TowerOptimizer
-from towers.parallel import DataParallel
+from towers.parallel import DataParallel, training_plan
 
 log = logging.getLogger(__name__)
 
@@ -192,14 +192,7 @@ def run_epochs(
     this worker's shard, `batch_size` is the global batch and `task` is stepped under DDP."""
     if n == 0:
         raise DermError("no impressions to train on")
-    forward: nn.Module = task
-    if parallel is not None:
-        seed += parallel.rank
-        batch_size = parallel.local_batch(batch_size)
-        steps_per_epoch = parallel.steps(n, batch_size)
-        forward = parallel.wrap(task, device)
-    else:
-        steps_per_epoch = max(1, n // batch_size)
+    forward, batch_size, steps_per_epoch, seed = training_plan(parallel, task, n, batch_size, seed, device)
     rng = np.random.default_rng(seed)
     total = steps_per_epoch * epochs
     # Linear decay to 10 % of the learning rate over the run: with rare positive labels, a constant Adam step
