@@ -67,6 +67,11 @@ log = logging.getLogger(__name__)
 
 EVAL_SCHEMA_VERSION = 1
 SLATE_USERS = 300  # users sampled for the slate's true value on synthetic data (~3 s on the demo)
+#: the oracle's top k scores every clicked user against every live ad (users x ads true p_click): above this many
+#: clicked users it runs on a seeded sample of them, so eval's cost stops growing with users x ads (issue 16:
+#: `scale.json` measured eval's cost growing as N^1.84 in impressions, 53 % of a 300k-impression day). Every
+#: benchmark before the cap had fewer clicked users per day (synthetic_quality ~8k, the demo ~9.5k)
+ORACLE_USERS = 20_000
 CURVE_KS = (10, 20, 50, 100, 200)
 BOOTSTRAP_REPLICATES = 1000
 
@@ -139,6 +144,15 @@ def oracle_topk(
     return out
 
 
+def oracle_sample(n: int, cap: int, seed: int) -> np.ndarray | None:
+    """Sorted positions of a seeded sample of `cap` of n users; None (all of them) when n <= cap."""
+    if cap < 1:
+        raise ValueError("oracle_users must be >= 1")
+    if n <= cap:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
+
+
 def _nonpersonal_oracle(data_root: Path, imp: Any, day: int) -> np.ndarray | None:
     """True P(click) of the logged impressions with each user's latent interests replaced by the day's mean
     (biases, region / age x category, surface, position kept): what a model that learns no per-user taste can
@@ -161,11 +175,13 @@ def evaluate_day(
     device: str = "cpu",
     slate_users: int = SLATE_USERS,
     warn: WarningConfig | None = None,
+    oracle_users: int = ORACLE_USERS,
 ) -> dict[str, Any]:
     """The `derm eval --json` document for `day` (default: the data's last day); the ranker scores on
     `device` (auto | cpu | cuda). On synthetic data (a dataset with an oracle) the document gains `slate`: the
     true expected clicks and revenue per user of each ordering (`eval.slate`) for a seeded sample of
-    `slate_users` users shown ads that day (0: skip). `warnings` lists what makes a figure mean little
+    `slate_users` users shown ads that day (0: skip); its oracle figures (`oracle_*`, `relevance_recall_at_k`)
+    rest on at most `oracle_users` clicked users (a seeded sample, recorded as `oracle_sample`). `warnings` lists what makes a figure mean little
     (`eval.warnings`, thresholds from `warn`); `version_days` the day of each version that served the day,
     `period` what one day of the dataset is."""
     ds = ws.dataset()
@@ -207,14 +223,23 @@ def evaluate_day(
     }
     live = retriever.live
     progress("eval", 1, 3)
-    otop = oracle_topk(ds.root, users, retriever.live, day, kmax) if ds.has_oracle else None
+    otop, o_rel = None, relevant
+    if ds.has_oracle:
+        o_idx = oracle_sample(len(users), oracle_users, day)
+        o_users, o_cand = (users, cand.ids) if o_idx is None else (users[o_idx], cand.ids[o_idx])
+        o_rel = relevant if o_idx is None else [relevant[i] for i in o_idx]
+        otop = oracle_topk(ds.root, o_users, retriever.live, day, kmax)
+        if otop is not None and o_idx is not None:
+            retrieval["oracle_sample"] = {"n_users": int(len(o_idx)), "of": int(len(users)), "seed": int(day)}
     if otop is not None:
-        retrieval["oracle_recall_at_k"] = {str(k): recall_at_k(otop, relevant, k) for k in ks}
-        retrieval["relevance_recall_at_k"] = {str(k): overlap_at_k(cand.ids, otop, k) for k in ks}
-    systems = {"": cand.ids, "popularity_": pop} | ({"oracle_": otop} if otop is not None else {})
-    for prefix, top in systems.items():
-        retrieval[f"{prefix}ndcg_at_k"] = {str(k): ndcg_at_k(top, relevant, k) for k in ks}
-        retrieval[f"{prefix}hit_rate_at_k"] = {str(k): hit_rate_at_k(top, relevant, k) for k in ks}
+        retrieval["oracle_recall_at_k"] = {str(k): recall_at_k(otop, o_rel, k) for k in ks}
+        retrieval["relevance_recall_at_k"] = {str(k): overlap_at_k(o_cand, otop, k) for k in ks}
+    systems = {"": (cand.ids, relevant), "popularity_": (pop, relevant)}
+    if otop is not None:
+        systems["oracle_"] = (otop, o_rel)
+    for prefix, (top, rel) in systems.items():
+        retrieval[f"{prefix}ndcg_at_k"] = {str(k): ndcg_at_k(top, rel, k) for k in ks}
+        retrieval[f"{prefix}hit_rate_at_k"] = {str(k): hit_rate_at_k(top, rel, k) for k in ks}
     retrieval["random_recall_at_k"] = {str(k): random_recall_at_k(relevant, live, k) for k in ks}
     retrieval["random_ndcg_at_k"] = {str(k): random_ndcg_at_k(relevant, live, k) for k in ks}
     retrieval["random_hit_rate_at_k"] = {str(k): random_hit_rate_at_k(relevant, live, k) for k in ks}
@@ -225,7 +250,7 @@ def evaluate_day(
         "random": [random_recall_at_k(relevant, live, k) for k in curve_ks],
     }
     if otop is not None:
-        curve["oracle"] = [recall_at_k(otop, relevant, k) for k in curve_ks]
+        curve["oracle"] = [recall_at_k(otop, o_rel, k) for k in curve_ks]
     retrieval["recall_curve"] = curve
     retrieval["vs_popularity"] = {}
     for k in ks:

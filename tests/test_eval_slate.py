@@ -60,3 +60,34 @@ def test_eval_document_carries_the_slate_on_synthetic_data(demo_ws: tuple[Path, 
     assert sl["k50"]["oracle"] >= sl["k50"]["oracle_candidates"] >= sl["k50"]["two_stage"] > 0
     assert any(line.startswith("| true clicks per user, top 50:") for line in summary_table(doc))
     assert "slate" not in evaluate_day(Workspace.open(work), int(s["eval_day"]), slate_users=0)
+
+
+def test_oracle_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[Path, dict]) -> None:
+    """Eval's oracle top k (users x live ads) runs on at most `oracle_users` clicked users: below the cap the
+    document is unchanged, above it the oracle figures are those of the recorded seeded sample."""
+    from eval.evaluate import evaluate_day, group_by_user, oracle_sample, oracle_topk
+    from eval.metrics import recall_at_k
+    from retrieval.retrieve import Retriever
+
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    day = s["eval_day"]
+    full = evaluate_day(ws, day, slate_users=0)
+    assert "oracle_sample" not in full["retrieval"]
+    capped = evaluate_day(ws, day, slate_users=0, oracle_users=25)
+    r = capped["retrieval"]
+    assert r["oracle_sample"] == {"n_users": 25, "of": full["retrieval"]["n_users"], "seed": day}
+    # the model's own figures do not depend on the cap
+    assert r["recall_at_k"] == full["retrieval"]["recall_at_k"]
+    ds = ws.dataset()
+    imp = ds.impressions(day, ["user_id", "ad_id", "click"])
+    click = imp.column("click").to_numpy() == 1
+    users, relevant = group_by_user(
+        imp.column("user_id").to_numpy()[click], imp.column("ad_id").to_numpy()[click]
+    )
+    idx = oracle_sample(len(users), 25, day)
+    assert idx is not None and len(idx) == 25
+    top = oracle_topk(ds.root, users[idx], Retriever(ws, day, ds).live, day, 100)
+    assert top is not None
+    assert r["oracle_recall_at_k"]["100"] == pytest.approx(recall_at_k(top, [relevant[i] for i in idx], 100))
+    assert r["oracle_recall_at_k"]["100"] != pytest.approx(full["retrieval"]["oracle_recall_at_k"]["100"])
