@@ -64,11 +64,15 @@ class CatchUpAdam(torch.optim.Optimizer):
         # the update at silent step s = last + j is lr * m b1^j / bc1(s) / sqrt(v b2^j / bc2(s)), i.e.
         # lr * m / sqrt(v) * r^j * sqrt(bc2(s)) / bc1(s): summed exactly over the first _HORIZON steps, then
         # as a geometric tail with the last bias corrections (r^64 < 1e-3)
-        j = torch.arange(1, _HORIZON + 1, device=p.device, dtype=torch.float64)
         r = b1 / b2**0.5
-        c = torch.sqrt(1 - torch.outer(b2**last, b2**j)) / (1 - torch.outer(b1**last, b1**j))
-        coef = (torch.where(j <= k.unsqueeze(1), c, 0.0) * r**j).sum(1)
-        coef += r ** (_HORIZON + 1) * (1 - r ** (k - _HORIZON).clamp(min=0)) / (1 - r) * c[:, -1]
+        if float(last.min()) >= _SETTLED:
+            # bias corrections have settled (they move < 0.02 % over the horizon): one geometric sum per row
+            coef = torch.sqrt(1 - b2 ** (last + 1)) / (1 - b1 ** (last + 1)) * r * (1 - r**k) / (1 - r)
+        else:
+            j = torch.arange(1, _HORIZON + 1, device=p.device, dtype=torch.float64)
+            c = torch.sqrt(1 - torch.outer(b2**last, b2**j)) / (1 - torch.outer(b1**last, b1**j))
+            coef = (torch.where(j <= k.unsqueeze(1), c, 0.0) * r**j).sum(1)
+            coef += r ** (_HORIZON + 1) * (1 - r ** (k - _HORIZON).clamp(min=0)) / (1 - r) * c[:, -1]
         p.index_add_(0, rows, (-group["lr"] * coef).to(p.dtype).unsqueeze(1) * m / (v.sqrt() + group["eps"]))
         st["exp_avg"].index_copy_(0, rows, m * (b1**k).to(p.dtype).unsqueeze(1))
         st["exp_avg_sq"].index_copy_(0, rows, v * (b2**k).to(p.dtype).unsqueeze(1))
@@ -128,6 +132,7 @@ def _catch_up_hook(opt: CatchUpAdam, module: nn.Module, args: tuple[Any, ...]) -
 
 SPARSE_OPTIMIZERS = ("lazy", "catch_up")
 _HORIZON = 64  # silent steps summed exactly in a catch-up
+_SETTLED = 5000  # from this step on the catch-up uses the bias corrections at the gap's first step
 
 
 class TowerOptimizer:
