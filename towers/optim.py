@@ -66,7 +66,7 @@ class CatchUpAdam(torch.optim.Optimizer):
         # as a geometric tail with the last bias corrections (r^64 < 1e-3)
         r = b1 / b2**0.5
         if float(last.min()) >= _SETTLED:
-            # bias corrections have settled (they move < 0.02 % over the horizon): one geometric sum per row
+            # bias corrections have settled (sqrt(bc2) moves < 0.5 % over the horizon): one geometric sum per row
             coef = torch.sqrt(1 - b2 ** (last + 1)) / (1 - b1 ** (last + 1)) * r * (1 - r**k) / (1 - r)
         else:
             j = torch.arange(1, _HORIZON + 1, device=p.device, dtype=torch.float64)
@@ -132,7 +132,7 @@ def _catch_up_hook(opt: CatchUpAdam, module: nn.Module, args: tuple[Any, ...]) -
 
 SPARSE_OPTIMIZERS = ("lazy", "catch_up")
 _HORIZON = 64  # silent steps summed exactly in a catch-up
-_SETTLED = 5000  # from this step on the catch-up uses the bias corrections at the gap's first step
+_SETTLED = 3000  # from this step on the catch-up uses the bias corrections at the gap's first step
 
 
 class TowerOptimizer:
