@@ -595,6 +595,40 @@ def scale_section(r: dict[str, Any]) -> list[str]:
 SECTIONS["scale"] = scale_section
 
 
+def sparse_optimizer_section(r: dict[str, Any]) -> list[str]:
+    """SparseAdam vs the catch-up sparse Adam on Gowalla's validation split, beside plain MF (sparse_optimizer.py)."""
+    arms = r.get("arms", {})
+    n = max((len(a.get("curve", [])) for a in arms.values()), default=0)
+    lines = [
+        "## Sparse Adam: lazy (SparseAdam) vs catch-up, beside plain MF (Gowalla validation split)",
+        "",
+        f"`{r.get('command')}`; validation recall@20 after each epoch ({r.get('split')}); load average at the end "
+        f"{[round(x, 1) for x in r.get('load_average', [])]}. {_machine(r)}.",
+        "",
+        "| arm | " + " | ".join(f"epoch {i + 1}" for i in range(n)) + " | train s |",
+        "|---|" + "---|" * (n + 1),
+    ]
+    for name, a in arms.items():
+        pts = [_f(p.get("recall_at_20")) for p in a.get("curve", [])]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(pts + ["-"] * (n - len(pts)))
+            + f" | {_f(a.get('train_seconds'), 0)} |"
+        )
+    st = r.get("step", {})
+    lines += [
+        "",
+        f"Optimiser step alone ({st.get('table')}): lazy {st.get('lazy_early_ms')} ms early / {st.get('lazy_late_ms')} "
+        f"ms late; catch-up {st.get('catch_up_early_ms')} ms early / {st.get('catch_up_late_ms')} ms past step "
+        f"{st.get('settled_step')}.",
+        "",
+    ]
+    return lines
+
+
+SECTIONS["sparse_optimizer"] = sparse_optimizer_section
+
+
 def main() -> None:
     lines = [
         "# Results",
