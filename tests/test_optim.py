@@ -83,3 +83,14 @@ def test_a_lazy_state_loads_into_the_catch_up_optimiser() -> None:
 def test_unknown_sparse_optimizer_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="sparse_optimizer"):
         TowerConfig(sparse_optimizer="momentum")
+
+
+def test_a_new_optimiser_replaces_the_tables_catch_up_hook() -> None:
+    """Only the newest optimiser of a model catches its rows up: an older one's hook is removed."""
+    table = nn.Embedding(10, 2, sparse=True)
+    TowerOptimizer(table, lr=0.02, sparse_optimizer="catch_up")
+    assert len(table._forward_pre_hooks) == 1
+    TowerOptimizer(table, lr=0.02, sparse_optimizer="catch_up")
+    assert len(table._forward_pre_hooks) == 1
+    TowerOptimizer(table, lr=0.02, sparse_optimizer="lazy")
+    assert len(table._forward_pre_hooks) == 0

@@ -131,6 +131,7 @@ def _catch_up_hook(opt: CatchUpAdam, module: nn.Module, args: tuple[Any, ...]) -
 
 
 SPARSE_OPTIMIZERS = ("lazy", "catch_up")
+_HOOK_ATTR = "_derm_catch_up_hook"  # the handle of a table's catch-up pre-hook
 _HORIZON = 64  # silent steps summed exactly in a catch-up
 _SETTLED = 3000  # from this step on the catch-up uses the bias corrections at the gap's first step
 
@@ -161,13 +162,24 @@ class TowerOptimizer:
         if sparse_optimizer not in SPARSE_OPTIMIZERS:
             raise ValueError(f"sparse_optimizer must be one of {SPARSE_OPTIMIZERS}, got {sparse_optimizer!r}")
         self.sparse: torch.optim.Optimizer | None = None
+        tables = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.sparse]
+        for m in (
+            tables
+        ):  # the tables follow the newest optimiser: an older one's catch-up hook would read stale state
+            handle = getattr(m, _HOOK_ATTR, None)
+            if handle is not None:
+                handle.remove()
+                delattr(m, _HOOK_ATTR)
         if sparse:
             if sparse_optimizer == "catch_up":
                 catch_up = CatchUpAdam(sparse, lr=lr)
                 self.sparse = catch_up
-                for m in model.modules():
-                    if isinstance(m, nn.Embedding) and m.sparse:
-                        m.register_forward_pre_hook(functools.partial(_catch_up_hook, catch_up))
+                for m in tables:
+                    setattr(
+                        m,
+                        _HOOK_ATTR,
+                        m.register_forward_pre_hook(functools.partial(_catch_up_hook, catch_up)),
+                    )
             else:
                 self.sparse = torch.optim.SparseAdam(sparse, lr=lr)
         self.dense = torch.optim.Adam(param_groups, lr=lr, weight_decay=weight_decay)
