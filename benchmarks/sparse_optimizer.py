@@ -27,7 +27,7 @@ from common import write_result  # noqa: E402
 
 from adslog.dataset import Dataset  # noqa: E402
 from eval.baselines import plain_mf  # noqa: E402
-from towers.optim import _SETTLED, TowerOptimizer  # noqa: E402
+from towers.optim import SETTLED_STEP, TowerOptimizer  # noqa: E402
 
 EPOCHS = 4
 ARMS: dict[str, dict[str, Any]] = {
@@ -47,10 +47,10 @@ def step_ms(kind: str, late: bool, steps: int = 40) -> float:
     t0 = time.perf_counter()
     for i, ids in enumerate(batches):
         if i == 10:
-            if late and kind == "catch_up":  # as if _SETTLED steps had passed with every row up to date
+            if late and kind == "catch_up":  # as if SETTLED_STEP steps had passed with every row up to date
                 st = opt.sparse.state[table.weight]  # type: ignore[union-attr]
-                st["step"] += _SETTLED
-                st["last"] += _SETTLED
+                st["step"] += SETTLED_STEP
+                st["last"] += SETTLED_STEP
             t0 = time.perf_counter()
         opt.zero_grad()
         table(ids).sum().backward()
@@ -105,7 +105,7 @@ def main() -> None:
         "step": {
             **steps,
             "table": "2^20 x 64, batches of 2,048 ids out of 30,000, 2 threads",
-            "settled_step": _SETTLED,
+            "settled_step": SETTLED_STEP,
         },
         "load_average": list(os.getloadavg()),
         "wall_seconds": round(time.perf_counter() - t_start, 1),

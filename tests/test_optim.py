@@ -44,10 +44,10 @@ def test_catch_up_matches_dense_adam_where_sparse_adam_does_not() -> None:
 
 
 def test_catch_up_matches_dense_adam_once_bias_corrections_settle() -> None:
-    """Past `_SETTLED` steps the catch-up takes the one-sum path; it still tracks dense Adam."""
-    from towers.optim import _SETTLED
+    """Past `SETTLED_STEP` steps the catch-up takes the one-sum path; it still tracks dense Adam."""
+    from towers.optim import SETTLED_STEP
 
-    steps = _SETTLED + 400
+    steps = SETTLED_STEP + 400
     dense, _ = _train("dense", steps=steps)
     catch_up, _ = _train("catch_up", steps=steps)
     lazy, _ = _train("lazy", steps=steps)

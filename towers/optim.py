@@ -65,7 +65,7 @@ class CatchUpAdam(torch.optim.Optimizer):
         # lr * m / sqrt(v) * r^j * sqrt(bc2(s)) / bc1(s): summed exactly over the first _HORIZON steps, then
         # as a geometric tail with the last bias corrections (r^64 < 1e-3)
         r = b1 / b2**0.5
-        if float(last.min()) >= _SETTLED:
+        if float(last.min()) >= SETTLED_STEP:
             # bias corrections have settled (sqrt(bc2) moves < 0.5 % over the horizon): one geometric sum per row
             coef = torch.sqrt(1 - b2 ** (last + 1)) / (1 - b1 ** (last + 1)) * r * (1 - r**k) / (1 - r)
         else:
@@ -133,7 +133,7 @@ def _catch_up_hook(opt: CatchUpAdam, module: nn.Module, args: tuple[Any, ...]) -
 SPARSE_OPTIMIZERS = ("lazy", "catch_up")
 _HOOK_ATTR = "_derm_catch_up_hook"  # the handle of a table's catch-up pre-hook
 _HORIZON = 64  # silent steps summed exactly in a catch-up
-_SETTLED = 3000  # from this step on the catch-up uses the bias corrections at the gap's first step
+SETTLED_STEP = 3000  # from this step on the catch-up uses the bias corrections at the gap's first step
 
 
 class TowerOptimizer:
