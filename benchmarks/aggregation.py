@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 from common import ROOT, write_result
+from harness import std, t_half, upstream
 
 from adslog.dataset import Dataset
 from adslog.importers import import_movielens_100k
@@ -33,15 +34,13 @@ from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace, version_name
 from embstore.aggregate import AggregationConfig, Heuristic
-from embstore.store import StoreGates, open_version, publish_day
+from embstore.store import open_version, publish_day
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import roc_auc
 from ranking.model import RankerConfig
 from ranking.train import DermLookup, load_ranker, score, train_ranker
 from towers.batches import Inputs
 from towers.config import Task, TowerConfig
-from towers.train import train_towers
-from workflow.cycle import CycleConfig, publish_embeddings
 
 WORK = ROOT / "benchmarks" / "work" / "aggregation"
 SEEDS = (0, 1, 2)
@@ -59,26 +58,6 @@ PAPER_LIFT_PCT = {"acc": 0.02, "ma_0.2": 0.03, "ma_0.5": 0.06, "ma_0.8": 0.09, "
 def weekly(src: Path, out: Path) -> Path:
     """Weekly buckets of `src` (days and timestamps rescaled together, see `adslog.rebucket`)."""
     return out if (out / "manifest.json").exists() else rebucket(src, out, 7)
-
-
-def upstream(ws: Workspace, ds: Dataset, window: list[int], later: list[int], towers: TowerConfig) -> None:
-    """CVR model: from scratch on `window`, back inference over it, then one increment + embedding per day."""
-    # the coverage gate is off: MovieLens weeks bring waves of new users (coverage 0.76 -> 0.44 between two
-    # weeks), a property of the data, and this benchmark measures aggregation, not gating
-    cfg = CycleConfig(tasks=("ctr", "cvr"), towers=towers, gates=StoreGates(1.0), device="cpu")
-    mdir = ws.models_dir("cvr")
-    if not (mdir / version_name(window[-1]) / "manifest.json").exists():
-        train_towers(ds, window, towers, mdir, device="cpu")
-    for d in window:
-        publish_embeddings(
-            ws, ds, "cvr", d, cfg, window[-1], back_inferred=True, activity=ActivityLog.from_dataset(ds, d)
-        )
-    for d in later:
-        if not (mdir / version_name(d) / "manifest.json").exists():
-            train_towers(
-                ds, [d], towers, mdir, parent=mdir / version_name(ws.version_before(mdir, d)), device="cpu"
-            )
-        publish_embeddings(ws, ds, "cvr", d, cfg, d, back_inferred=False)
 
 
 def arm_store(base: Workspace, arm_ws: Workspace, days: list[int], agg: AggregationConfig) -> None:
@@ -146,10 +125,11 @@ def run_dataset(
     for seed in SEEDS:
         root = WORK / name / f"seed{seed}"
         base = Workspace.open(root / "base", data)
+        # the cvr model trains with seed `seed` (as every committed run): the cycle's task_config adds 1 for cvr
         tcfg = TowerConfig(
-            **{**towers.to_json(), "task": Task.CVR, "seed": seed, "hidden": tuple(towers.hidden)}
+            **{**towers.to_json(), "task": Task.CVR, "seed": seed - 1, "hidden": tuple(towers.hidden)}
         )
-        upstream(base, ds, train_window, later, tcfg)
+        upstream(base, ds, train_window, tcfg, later=later, tasks=("cvr",), daily_increments=True)
         store_days = train_window + later
         scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for arm, agg in ARMS.items():
@@ -187,13 +167,12 @@ def run_dataset(
         aucs = [r["roc_auc"] for r in rows]
         entry: dict[str, Any] = {
             "roc_auc_mean": statistics.mean(aucs),
-            "roc_auc_std": statistics.stdev(aucs),
+            "roc_auc_std": std(aucs),
             "per_seed": rows,
         }
         if arm != "none":
             lifts = [r["lift"] for r in rows]
-            m, sd = statistics.mean(lifts), statistics.stdev(lifts)
-            half = 4.303 * sd / np.sqrt(len(lifts))  # t(0.975, df=2)
+            m, half = statistics.mean(lifts), t_half(lifts) or float("nan")
             base_auc = statistics.mean(r["roc_auc"] for r in per_seed["none"])
             entry.update(
                 lift_mean=m,

@@ -19,7 +19,6 @@ Usage: python benchmarks/kge_link_prediction.py [--quick] [--movielens] [--no-ab
 from __future__ import annotations
 
 import argparse
-import math
 import shutil
 import statistics
 import tempfile
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 from common import write_result
+from harness import t_half
 
 from adgraph.evaluate import held_out_edges, link_prediction, popularity_scorer
 from adgraph.graph import GraphConfig, build_edges, open_graph, publish_graph
@@ -50,7 +50,7 @@ MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens
 def _interval(vals: list[float]) -> dict[str, Any]:
     m = statistics.fmean(vals)
     sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    h = T975_2 * sd / math.sqrt(len(vals)) if len(vals) == 3 else None
+    h = t_half(vals, {3: T975_2})  # the exact t quantile; an interval for 3 seeds only (as committed)
     return {"mean": m, "std": sd, "ci95": [m - h, m + h] if h is not None else None, "values": vals}
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from common import RESULTS, ROOT, write_result
+from harness import mean_std, seed_scores, t_half
 
 from adgraph.family import kge_family, publish_kge_family
 from adgraph.graph import publish_graph
@@ -45,7 +46,6 @@ from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
 from embstore.store import StoreGates, open_version
-from eval.bootstrap import paired_bootstrap
 from eval.metrics import pr_auc, roc_auc
 from ranking.kge import KGELookup, kge_dim
 from ranking.model import RankerConfig
@@ -57,7 +57,7 @@ WORK = ROOT / "benchmarks" / "work" / "kge_ranker"
 SEEDS = (0, 1, 2)
 BOOT = 100
 METRICS = {"roc_auc": roc_auc, "pr_auc": pr_auc}
-T975 = {2: 12.706, 3: 4.303}
+T975 = {2: 12.706, 3: 4.303}  # t by seed count; no interval past 3 seeds (harness.t_half)
 SYNTH = SynthConfig(n_users=5000, n_ads=2500, n_advertisers=200, n_days=12, impressions_per_day=80_000)
 MODELS = (ModelKind.TRANSRA, ModelKind.TRANSR)
 
@@ -140,39 +140,19 @@ def run_seed(
 
 
 def summarise(per_seed: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
-    scores: dict[str, dict[str, list[float]]] = {a: {} for a in names}
-    boots: dict[str, dict[str, list[dict[str, Any]]]] = {a: {} for a in names}
-    for s, res in zip(SEEDS, per_seed, strict=False):
-        click, conv = res["_labels"]["click"], res["_labels"]["conversion"]
-        clicked = click > 0
-        for arm in names:
-            p, p0 = res[arm]["p"], res["none"]["p"]
-            for head, (pp, y, q0) in {
-                "ctr": (p[:, 0], click, p0[:, 0]),
-                "cvr": (p[clicked, 1], conv[clicked], p0[clicked, 1]),
-            }.items():
-                for mname, fn in METRICS.items():
-                    key = f"{head}_{mname}"
-                    scores[arm].setdefault(key, []).append(float(fn(pp, y)))  # type: ignore[arg-type]
-                    if arm != "none":
-                        bs = paired_bootstrap(fn, pp, q0, y, n=BOOT, seed=s)
-                        boots[arm].setdefault(key, []).append(
-                            {"seed": s, "diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"]}
-                        )
+    seeds = SEEDS[: len(per_seed)]  # an incomplete run has fewer seeds
+    scores, boots = seed_scores(per_seed, seeds, names, METRICS, BOOT)
     out: dict[str, Any] = {}
     for arm in names:
         e: dict[str, Any] = {}
         for key, vals in scores[arm].items():
-            e[f"{key}_mean"] = statistics.fmean(vals)
-            e[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
-            e[f"{key}_per_seed"] = vals
+            mean_std(e, key, vals, statistics.fmean)
         e["train_seconds_per_seed"] = [res[arm]["seconds"] for res in per_seed]
         if arm != "none":
             vs: dict[str, Any] = {}
             for key, rows in boots[arm].items():
                 d = [r["diff"] for r in rows]
-                m = statistics.fmean(d)
-                half = T975[len(d)] * statistics.stdev(d) / np.sqrt(len(d)) if len(d) in T975 else None
+                m, half = statistics.fmean(d), t_half(d, T975)
                 vs[key] = {
                     "diff_mean": m,
                     "diff_ci95_over_seeds": None if half is None else [m - half, m + half],

@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from common import ROOT, write_result
-from ranker_ablation import upstream
+from harness import upstream
 from towers_ablation import test_sets
 
 from adslog.dataset import Dataset
@@ -449,7 +449,7 @@ def main() -> None:
         ws = Workspace.open(root, ds.root)
         # the ctr towers on every training week, back-inferred over them (the ranker's training rows read those
         # versions), then one inference-only version per test week but the last
-        upstream(ws, ds, weeks["train"], weeks["test"][:-1], replace(TOWERS, seed=seed), tasks=("ctr",))
+        upstream(ws, ds, weeks["train"], replace(TOWERS, seed=seed), later=weeks["test"][:-1], tasks=("ctr",))
         r = retrieval_seed(ds, val, test, weeks, seed, ws)
         retr.append(r)
         rank.append(ranking_seed(ds, ws, weeks, seed))

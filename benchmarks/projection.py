@@ -26,20 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 from common import ROOT, write_result
+from harness import mean_std, upstream
 
 from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
-from adslog.workspace import Workspace, version_name
-from embstore.store import StoreGates
+from adslog.workspace import Workspace
 from eval.metrics import pr_auc, roc_auc
 from ranking.model import DERM_INPUTS, RankerConfig
 from ranking.train import DermLookup, RankerRows, RankerTask, fit, new_snapshot, predict
 from towers.batches import Inputs
-from towers.config import Backbone, Task, TowerConfig
+from towers.config import Backbone, TowerConfig
 from towers.features import build_feature_spec
-from towers.train import train_towers
-from workflow.cycle import CycleConfig, publish_embeddings
 
 WORK = ROOT / "benchmarks" / "work" / "projection"
 SEEDS = (0, 1, 2)
@@ -48,17 +46,6 @@ PROJECTION = 128
 ARMS = {"none": ((), None), "no_projection": (DERM_INPUTS, None), "projection": (DERM_INPUTS, PROJECTION)}
 PAPER = {"no_projection_lift_pct": 0.19, "projection_lift_pct": 0.18, "throughput_gain_pct": 5.68}
 REPS, STEPS = 7, 6
-
-
-def upstream(ws: Workspace, ds: Dataset, window: list[int], towers: TowerConfig) -> None:
-    cfg = CycleConfig(tasks=("ctr", "cvr"), towers=towers, gates=StoreGates(1.0), device="cpu")
-    for task in ("ctr", "cvr"):
-        tcfg = replace(towers, task=Task(task), seed=towers.seed + (0 if task == "ctr" else 1))
-        if not (ws.models_dir(task) / version_name(window[-1]) / "manifest.json").exists():
-            train_towers(ds, window, tcfg, ws.models_dir(task), device="cpu")
-        for d in window:
-            act = ActivityLog.from_dataset(ds, d)
-            publish_embeddings(ws, ds, task, d, cfg, window[-1], back_inferred=True, activity=act)
 
 
 def throughput(spec: Any, cfg: RankerConfig, rows: RankerRows) -> dict[str, Any]:
@@ -157,7 +144,7 @@ def main() -> None:
     for arm, sc in scores.items():
         e: dict[str, Any] = {"seeds": list(SEEDS), "fit_samples_per_second": fit_rates[arm]}
         for m, v in sc.items():
-            e[f"{m}_mean"], e[f"{m}_std"], e[f"{m}_per_seed"] = statistics.mean(v), statistics.stdev(v), v
+            mean_std(e, m, v)
             if arm != "none":
                 base = statistics.mean(scores["none"][m])
                 e[f"{m}_lift_pct"] = 100 * (e[f"{m}_mean"] - base) / base

@@ -26,26 +26,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from common import RESULTS, ROOT, write_result
+from harness import mean_std, seed_scores, t_half, upstream
 
 from adslog.dataset import Dataset
 from adslog.importers import import_movielens_100k
 from adslog.rebucket import rebucket
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
-from adslog.workspace import Workspace, version_name
-from embstore.store import StoreGates
-from eval.bootstrap import paired_bootstrap
+from adslog.workspace import Workspace
 from eval.metrics import pr_auc, roc_auc
 from ranking.model import DERM_INPUTS, RankerConfig
 from ranking.train import DermLookup, RankerRows, calibration, fit, new_snapshot, predict
 from towers.batches import Inputs
-from towers.config import Backbone, Task, TowerConfig
+from towers.config import Backbone, TowerConfig
 from towers.features import build_feature_spec
-from towers.train import train_towers
-from workflow.cycle import CycleConfig, publish_embeddings
 
 WORK = ROOT / "benchmarks" / "work" / "ranker_ablation_v3"
 RESULTS_PATH = RESULTS / "ranker_ablation.json"
@@ -86,31 +82,6 @@ def weekly_buckets(src: Path, out: Path) -> Path:
     original `ts` under a week-index `day` zeroed every conversion label in training, and the CVR head scored
     below chance)."""
     return out if (out / "manifest.json").exists() else rebucket(src, out, 7)
-
-
-def upstream(
-    ws: Workspace,
-    ds: Dataset,
-    window: list[int],
-    later: list[int],
-    towers: TowerConfig,
-    tasks: tuple[str, ...] = ("ctr", "cvr"),
-) -> None:
-    """The upstream models of `tasks` (default both), trained once from scratch on `window` (back inference
-    over it); for each later day the same snapshot embeds that day's users and ads into a new store version
-    (daily inference and aggregation without daily increments: the 45-minute budget on 2 cores). The coverage
-    gate is off (MovieLens weeks bring waves of new users)."""
-    cfg = CycleConfig(tasks=tasks, towers=towers, gates=StoreGates(1.0), device="cpu")
-    for task in tasks:
-        tcfg = replace(towers, task=Task(task), seed=towers.seed + (0 if task == "ctr" else 1))
-        mdir = ws.models_dir(task)
-        if not (mdir / version_name(window[-1]) / "manifest.json").exists():
-            train_towers(ds, window, tcfg, mdir, device="cpu")
-        for d in window:
-            act = ActivityLog.from_dataset(ds, d)
-            publish_embeddings(ws, ds, task, d, cfg, window[-1], back_inferred=True, activity=act)
-        for d in later:
-            publish_embeddings(ws, ds, task, d, cfg, window[-1], back_inferred=False)
 
 
 def run_seed(
@@ -154,44 +125,15 @@ def run_seed(
     return out
 
 
-def _std(values: list[float]) -> float | None:
-    return statistics.stdev(values) if len(values) > 1 else None
-
-
-def _t_half(values: list[float]) -> float:
-    if len(values) < 2:
-        return float("nan")
-    t975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(len(values), 2.0)
-    return t975 * statistics.stdev(values) / np.sqrt(len(values))
-
-
 def summarise(per_seed: list[dict[str, dict[str, Any]]], seeds: tuple[int, ...]) -> dict[str, Any]:
     arms: dict[str, Any] = {}
-    scores: dict[str, dict[str, list[float]]] = {a: {} for a in ARMS}
-    boots: dict[str, dict[str, list[dict[str, Any]]]] = {a: {} for a in ARMS}
-    for s, res in zip(seeds, per_seed, strict=True):
-        click, conv = res["_labels"]["click"], res["_labels"]["conversion"]
-        clicked = click > 0
-        for arm in ARMS:
-            p = res[arm]["p"]
-            for head, (pp, y, p0) in {
-                "": (p[:, 0], click, res["none"]["p"][:, 0]),
-                "cvr_": (p[clicked, 1], conv[clicked], res["none"]["p"][clicked, 1]),
-            }.items():
-                for mname, fn in METRICS.items():
-                    key = head + mname
-                    scores[arm].setdefault(key, []).append(float(fn(pp, y)))  # type: ignore[arg-type]
-                    if arm != "none":
-                        bs = paired_bootstrap(fn, pp, p0, y, n=BOOT, seed=s)
-                        boots[arm].setdefault(key, []).append(
-                            {"seed": s, "lift": bs["diff"], "lo": bs["lo"], "hi": bs["hi"]}
-                        )
+    scores, boots = seed_scores(
+        per_seed, seeds, list(ARMS), METRICS, BOOT, heads=("", "cvr_"), diff_key="lift"
+    )
     for arm in ARMS:
         e: dict[str, Any] = {"seeds": list(seeds)}
         for key, vals in scores[arm].items():
-            e[f"{key}_mean"] = statistics.mean(vals)
-            e[f"{key}_std"] = _std(vals)
-            e[f"{key}_per_seed"] = vals
+            mean_std(e, key, vals)
         e["epochs_per_seed"] = [res[arm]["epochs"] for res in per_seed]
         e["best_epoch_per_seed"] = [res[arm]["best_epoch"] for res in per_seed]
         e["train_seconds_per_seed"] = [res[arm]["seconds"] for res in per_seed]
@@ -200,7 +142,7 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]], seeds: tuple[int, ...])
             for key, rows in boots[arm].items():
                 d = [r["lift"] for r in rows]
                 base = statistics.mean(scores["none"][key])
-                m, half = statistics.mean(d), _t_half(d)
+                m, half = statistics.mean(d), t_half(d) or float("nan")  # nan: under 2 or over 10 seeds
                 paper = PAPER_CTR if not key.startswith("cvr_") else PAPER_CVR
                 fig = paper.get(arm)
                 lifts[key] = {
@@ -334,7 +276,7 @@ def main(quick: bool = False) -> None:
         for name, (data, days, tcfg, rcfg, extra) in runs.items():
             t = time.perf_counter()
             ws = Workspace.open(WORK / (name + ("_quick" if quick else "")) / f"seed{seed}", data)
-            upstream(ws, Dataset.open(data), days["window"], days["later"], replace(tcfg, seed=seed))
+            upstream(ws, Dataset.open(data), days["window"], replace(tcfg, seed=seed), later=days["later"])
             print(f"{name} seed {seed}: upstream {time.perf_counter() - t:.0f} s", flush=True)
             per_seed[name].append(run_seed(ws, Dataset.open(data), days, rcfg, seed))
             seconds[name] += time.perf_counter() - t

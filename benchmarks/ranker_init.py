@@ -6,7 +6,7 @@ Why it might matter: every hashed id (user, ad, advertiser, campaign, the sequen
 signal, and an id shown a few hundred times over the window (this log: ~2.5 clicks per user) may not train it
 away. Setup: synthetic_quality's log (12k users, 7k ads, 12 days x 150k impressions, seed 0); the CTR upstream
 towers (the demo's default config) trained once on the first 8 days, back inference over them, the same
-snapshot embedding days 8-10 (ranker_ablation's `upstream`). Regimes, each scored on the last day's 150k
+snapshot embedding days 8-10 (`harness.upstream`). Regimes, each scored on the last day's 150k
 impressions (DERM embeddings from the store version before that day):
 - `one_pass`: one epoch over the 11 days before the last day (1.65M impressions);
 - `daily`: the daily cycle's schedule: `epochs_initial` (2) epochs over the first 8 days, then one epoch on
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from common import ROOT, write_result
-from ranker_ablation import _t_half, upstream
+from harness import t_half, upstream
 from synthetic_quality import SYNTH, TRAIN_DAYS
 
 from adslog.dataset import Dataset
@@ -67,7 +67,7 @@ def compare(preds: dict[str, list[np.ndarray]], y: np.ndarray, users: np.ndarray
             bs = paired_bootstrap(fn, a, b, y, groups=users, n=BOOT, seed=seed)
             rows.append({"seed": seed, "diff": bs["diff"], "lo": bs["lo"], "hi": bs["hi"]})
         d = [r["diff"] for r in rows]
-        mean, half = statistics.mean(d), _t_half(d)
+        mean, half = statistics.mean(d), t_half(d) or float("nan")
         diffs[m] = {
             "mean": mean,
             "t_ci95_over_seeds": [mean - half, mean + half],
@@ -90,7 +90,7 @@ def main() -> None:
     test = days[-1]
     window, later = days[:TRAIN_DAYS], days[TRAIN_DAYS:-1]
     demo = DemoConfig()
-    upstream(ws, ds, window, later, demo.cycle.towers, tasks=("ctr",))
+    upstream(ws, ds, window, demo.cycle.towers, later=later, tasks=("ctr",))
     upstream_s = time.perf_counter() - t0
     print(f"upstream ready in {upstream_s:.0f} s", flush=True)
     train_days = days[:-1]
