@@ -47,7 +47,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from common import ROOT, write_result
-from harness import upstream
+from harness import std, upstream
 from towers_ablation import test_sets
 
 from adslog.dataset import Dataset
@@ -311,7 +311,7 @@ def _ci(b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mean_sd(x: list[float]) -> dict[str, Any]:
-    return {"mean": statistics.mean(x), "std": statistics.stdev(x) if len(x) > 1 else None, "per_seed": x}
+    return {"mean": statistics.mean(x), "std": std(x), "per_seed": x}
 
 
 def popular_recall(p: Period, window: int | None) -> np.ndarray:

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 from common import ROOT, write_result
+from harness import std
 
 from adslog.dataset import Dataset
 from adslog.importers import import_movielens_100k
@@ -180,9 +181,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         auc = [roc_auc(r["p_ctr"], r["click"]) or float("nan") for r in per_seed]
         row: dict[str, Any] = {
             "recall_at_100_mean": statistics.mean(rec),
-            "recall_at_100_std": statistics.stdev(rec) if len(rec) > 1 else None,
+            "recall_at_100_std": std(rec),
             "ctr_roc_auc_mean": statistics.mean(auc),
-            "ctr_roc_auc_std": statistics.stdev(auc) if len(auc) > 1 else None,
+            "ctr_roc_auc_std": std(auc),
             "per_seed": [
                 {"seed": s, "recall_at_100": r, "ctr_roc_auc": a, "train_seconds": x["train_seconds"]}
                 for s, r, a, x in zip(SEEDS, rec, auc, per_seed, strict=True)
