@@ -5,13 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-
-def _f(x: Any, nd: int = 4) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
+from _tables import fmt as _f
+from _tables import row, table
 
 
 def _head(title: str, r: dict[str, Any], name: str = "") -> list[str]:
@@ -27,14 +22,15 @@ def _head(title: str, r: dict[str, Any], name: str = "") -> list[str]:
 
 def towers_throughput_section(r: dict[str, Any]) -> list[str]:
     c = r.get("cpu", {})
+    measures = {
+        "training samples, DHEN backbone": "train_samples_per_second",
+        "training samples, MLP backbone": "train_samples_per_second_mlp_backbone",
+        "inference, user tower (users)": "inference_users_per_second",
+        "inference, Pin tower (ads)": "inference_ads_per_second",
+        "Parquet-to-tensor loader alone (samples)": "loader_samples_per_second",
+    }
     return _head("Upstream towers: throughput (CPU)", r) + [
-        "| measure | per second |",
-        "|---|---|",
-        f"| training samples, DHEN backbone | {_f(c.get('train_samples_per_second'), 1)} |",
-        f"| training samples, MLP backbone | {_f(c.get('train_samples_per_second_mlp_backbone'), 1)} |",
-        f"| inference, user tower (users) | {_f(c.get('inference_users_per_second'), 1)} |",
-        f"| inference, Pin tower (ads) | {_f(c.get('inference_ads_per_second'), 1)} |",
-        f"| Parquet-to-tensor loader alone (samples) | {_f(c.get('loader_samples_per_second'), 1)} |",
+        *table(("measure", "per second"), [(m, _f(c.get(k), 1)) for m, k in measures.items()]),
         "",
         f"Loader / DHEN training step: {_f(c.get('loader_over_train_step'), 1)}x (bar 5x). "
         f"CUDA: {r.get('cuda') or r.get('cuda_reason', '-')}.",
@@ -56,10 +52,8 @@ def towers_ablation_section(r: dict[str, Any]) -> list[str]:
             f"{_f(b.get('popularity_recall_at_100'))}, oracle {_f(b.get('oracle_recall_at_100'))}, oracle CTR "
             f"ROC-AUC {_f(b.get('oracle_ctr_roc_auc'))}.",
             "",
-            "| arm | recall@100 (mean ± sd) | CTR ROC-AUC (mean ± sd) | Δ recall vs full, per seed [95 % CI] | "
-            "Δ ROC-AUC vs full, per seed [95 % CI] |",
-            "|---|---|---|---|---|",
         ]
+        rows = []
         for arm, a in d["arms"].items():
             vs = a.get("vs_full", {}).get("per_seed", [])
             dr = "; ".join(
@@ -70,10 +64,22 @@ def towers_ablation_section(r: dict[str, Any]) -> list[str]:
                 f"{_f(x['ctr_roc_auc']['diff'])} [{_f(x['ctr_roc_auc']['lo'])}, {_f(x['ctr_roc_auc']['hi'])}]"
                 for x in vs
             )
-            lines.append(
-                f"| {arm} | {_f(a['recall_at_100_mean'])} ± {_f(a['recall_at_100_std'])} | "
-                f"{_f(a['ctr_roc_auc_mean'])} ± {_f(a['ctr_roc_auc_std'])} | {dr or '-'} | {da or '-'} |"
+            rows.append(
+                (
+                    arm,
+                    f"{_f(a['recall_at_100_mean'])} ± {_f(a['recall_at_100_std'])}",
+                    f"{_f(a['ctr_roc_auc_mean'])} ± {_f(a['ctr_roc_auc_std'])}",
+                    dr or "-",
+                    da or "-",
+                )
             )
+        header = (
+            "arm",
+            "recall@100 (mean ± sd)",
+            "CTR ROC-AUC (mean ± sd)",
+            "Δ recall vs full, per seed [95 % CI]",
+        )
+        lines += table((*header, "Δ ROC-AUC vs full, per seed [95 % CI]"), rows)
         lines.append("")
     return lines
 
@@ -85,9 +91,28 @@ def _logistic_rows(b: dict[str, Any] | None) -> list[str]:
         return []
     lo, hi = b["ranker_minus_logistic_ci"]
     return [
-        f"| one-hot logistic regression ROC-AUC (same rows) | {_f(b['logistic_roc_auc'])} | - | - |",
-        f"| ranker - regression [95 % paired CI over users] | {_f(b['ranker_minus_logistic'])} [{_f(lo)}, "
-        f"{_f(hi)}] | - | - |",
+        row(("one-hot logistic regression ROC-AUC (same rows)", _f(b["logistic_roc_auc"]), "-", "-")),
+        row(
+            (
+                "ranker - regression [95 % paired CI over users]",
+                f"{_f(b['ranker_minus_logistic'])} [{_f(lo)}, {_f(hi)}]",
+                "-",
+                "-",
+            )
+        ),
+    ]
+
+
+def recall_rows(ret: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows (recall@k, ours, popularity, oracle) of an eval document's retrieval part, k ascending."""
+    return [
+        (
+            f"recall@{k}",
+            _f(ret["recall_at_k"][k]),
+            _f(ret["popularity_recall_at_k"][k]),
+            _f(ret.get("oracle_recall_at_k", {}).get(k)),
+        )
+        for k in sorted(ret.get("recall_at_k", {}), key=int)
     ]
 
 
@@ -99,26 +124,24 @@ def synthetic_quality_section(r: dict[str, Any]) -> list[str]:
         f"Log: {r.get('synth')}; trained from scratch on {len(r.get('train_days', []))} days, then "
         f"{len(r.get('daily_days', []))} daily cycles; evaluated day {r.get('eval_day')}.",
         "",
-        "| metric | ours | popularity | oracle |",
-        "|---|---|---|---|",
     ]
-    for k in sorted(ret.get("recall_at_k", {}), key=int):
-        lines.append(
-            f"| recall@{k} | {_f(ret['recall_at_k'][k])} | {_f(ret['popularity_recall_at_k'][k])} | "
-            f"{_f(ret.get('oracle_recall_at_k', {}).get(k))} |"
-        )
+    rows = recall_rows(ret)
+    rows += [
+        ("downstream ranker ROC-AUC", _f(rank.get("roc_auc")), "-", _f(rank.get("oracle_roc_auc"))),
+        ("upstream CTR head ROC-AUC", _f(r.get("upstream_ctr_roc_auc")), "-", "-"),
+    ]
     lines += [
-        f"| downstream ranker ROC-AUC | {_f(rank.get('roc_auc'))} | - | {_f(rank.get('oracle_roc_auc'))} |",
-        f"| upstream CTR head ROC-AUC | {_f(r.get('upstream_ctr_roc_auc'))} | - | - |",
+        *table(("metric", "ours", "popularity", "oracle"), rows),
         *_logistic_rows(r.get("baselines")),
         "",
-        "| bar | value | met |",
-        "|---|---|---|",
+        *table(
+            ("bar", "value", "met"),
+            [
+                (f"{name} (bar {b.get('bar')})", _f(b.get("ratio", b.get("diff"))), b.get("met"))
+                for name, b in r.get("bars", {}).items()
+            ],
+        ),
     ]
-    for name, b in r.get("bars", {}).items():
-        lines.append(
-            f"| {name} (bar {b.get('bar')}) | {_f(b.get('ratio', b.get('diff')))} | {b.get('met')} |"
-        )
     reach = r.get("reachable", {})
     lines += [
         "",
@@ -136,20 +159,26 @@ def synthetic_quality_section(r: dict[str, Any]) -> list[str]:
             "",
             "The same path on the same-size log in other worlds (recall@100; ROC-AUC of the downstream ranker):",
             "",
-            "| world | ours | popularity | oracle | ours / popularity | ours / oracle | ranker AUC | oracle AUC | "
-            "non-personal AUC |",
-            "|---|---|---|---|---|---|---|---|---|",
         ]
+        rows = []
         for name, w in others.items():
             ret_w, rank_w = w["eval"]["retrieval"], w["eval"]["ranking"]
             b = w.get("bars", {})
-            lines.append(
-                f"| {name} | {_f(ret_w['recall_at_k']['100'])} | {_f(ret_w['popularity_recall_at_k']['100'])} | "
-                f"{_f(ret_w.get('oracle_recall_at_k', {}).get('100'))} | "
-                f"{_f(b.get('recall_at_100_vs_popularity', {}).get('ratio'), 2)} | "
-                f"{_f(b.get('recall_at_100_vs_oracle', {}).get('ratio'), 2)} | {_f(rank_w.get('roc_auc'))} | "
-                f"{_f(rank_w.get('oracle_roc_auc'))} | {_f(rank_w.get('nonpersonal_oracle_roc_auc'))} |"
+            rows.append(
+                (
+                    name,
+                    _f(ret_w["recall_at_k"]["100"]),
+                    _f(ret_w["popularity_recall_at_k"]["100"]),
+                    _f(ret_w.get("oracle_recall_at_k", {}).get("100")),
+                    _f(b.get("recall_at_100_vs_popularity", {}).get("ratio"), 2),
+                    _f(b.get("recall_at_100_vs_oracle", {}).get("ratio"), 2),
+                    _f(rank_w.get("roc_auc")),
+                    _f(rank_w.get("oracle_roc_auc")),
+                    _f(rank_w.get("nonpersonal_oracle_roc_auc")),
+                )
             )
+        header = ("world", "ours", "popularity", "oracle", "ours / popularity", "ours / oracle", "ranker AUC")
+        lines += table((*header, "oracle AUC", "non-personal AUC"), rows)
     return [*lines, ""]
 
 
@@ -159,17 +188,21 @@ def synthetic_reachability_section(r: dict[str, Any]) -> list[str]:
         f"Base world {r.get('base')}; last day of each log, recall@{r.get('k')} of the ads clicked that day. "
         "No model trained: ranking by the true p_click (oracle) bounds every model.",
         "",
-        "| world | top 1 % ads' impression share | popularity | oracle | oracle / popularity | oracle ROC-AUC | "
-        "non-personal ROC-AUC |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for name, w in r.get("worlds", {}).items():
-        lines.append(
-            f"| {name} | {_f(w.get('top1pct_ad_impression_share'), 3)} | {_f(w.get('popularity_recall_at_100'))} | "
-            f"{_f(w.get('oracle_recall_at_100'))} | {_f(w.get('oracle_over_popularity'), 2)} | "
-            f"{_f(w.get('oracle_roc_auc'))} | {_f(w.get('nonpersonal_oracle_roc_auc'))} |"
+    rows = [
+        (
+            name,
+            _f(w.get("top1pct_ad_impression_share"), 3),
+            _f(w.get("popularity_recall_at_100")),
+            _f(w.get("oracle_recall_at_100")),
+            _f(w.get("oracle_over_popularity"), 2),
+            _f(w.get("oracle_roc_auc")),
+            _f(w.get("nonpersonal_oracle_roc_auc")),
         )
-    return [*lines, ""]
+        for name, w in r.get("worlds", {}).items()
+    ]
+    header = ("world", "top 1 % ads' impression share", "popularity", "oracle", "oracle / popularity")
+    return [*lines, *table((*header, "oracle ROC-AUC", "non-personal ROC-AUC"), rows), ""]
 
 
 def _size(s: dict[str, Any]) -> str:
@@ -201,10 +234,8 @@ def synthetic_ceiling_section(r: dict[str, Any]) -> list[str]:
             f"recall bar (2x popularity) {_f(b.get('recall_bar'))}, within the best ceiling: "
             f"{b.get('recall_bar_within_ceiling')}.",
             "",
-            "| estimate of the user | ROC-AUC (test-day impressions) | recall@100 |",
-            "|---|---|---|",
         ]
-        for k in (
+        estimates = (
             "oracle",
             "policy+feedback",
             "policy",
@@ -212,17 +243,22 @@ def synthetic_ceiling_section(r: dict[str, Any]) -> list[str]:
             "prior",
             "nonpersonal_oracle",
             "popularity",
-        ):
-            lines.append(f"| {k} | {_f(auc.get(k))} | {_f(rec.get(k))} |")
+        )
         lr = w.get("logistic_regression") or {}
-        lines.append(
-            f"| logistic regression (learned from the log: one-hot features, L2 {lr.get('l2', '-')}) | "
-            f"{_f(lr.get('roc_auc'))} | - |"
-        )
-        lines.append(
-            f"| models: ranker / upstream CTR head; retrieval | {_f(m.get('ranker_roc_auc'))} / "
-            f"{_f(m.get('upstream_ctr_roc_auc'))} | {_f(m.get('retrieval_recall_at_100'))} |"
-        )
+        rows = [(k, _f(auc.get(k)), _f(rec.get(k))) for k in estimates]
+        rows += [
+            (
+                f"logistic regression (learned from the log: one-hot features, L2 {lr.get('l2', '-')})",
+                _f(lr.get("roc_auc")),
+                "-",
+            ),
+            (
+                "models: ranker / upstream CTR head; retrieval",
+                f"{_f(m.get('ranker_roc_auc'))} / {_f(m.get('upstream_ctr_roc_auc'))}",
+                _f(m.get("retrieval_recall_at_100")),
+            ),
+        ]
+        lines += table(("estimate of the user", "ROC-AUC (test-day impressions)", "recall@100"), rows)
         lines.append("")
     return lines
 
@@ -236,20 +272,31 @@ def ranker_init_section(r: dict[str, Any]) -> list[str]:
         "`one_pass`: one epoch over the 11 days before the test day; `daily`: the daily cycle's schedule (2 epochs "
         "on the first 8 days, then one epoch per later day).",
         "",
-        "| regime | ROC-AUC N(0, 1) | ROC-AUC std 0.01 | difference (t 95 % over seeds) | seeds better | "
-        "log loss N(0, 1) | log loss std 0.01 |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for g, e in r.get("regimes", {}).items():
         a, b = e["arms"].get("normal_1", {}), e["arms"].get("std_0.01", {})
         d = e.get("difference", {}).get("roc_auc", {})
         ci = d.get("t_ci95_over_seeds") or [None, None]
-        lines.append(
-            f"| {g} | {_f(a.get('roc_auc_mean'))} | {_f(b.get('roc_auc_mean'))} | {_f(d.get('mean'))} "
-            f"[{_f(ci[0])}, {_f(ci[1])}] | {d.get('seeds_better')}/{len(r.get('seeds', []))} | "
-            f"{_f(a.get('log_loss_mean'), 5)} | {_f(b.get('log_loss_mean'), 5)} |"
+        rows.append(
+            (
+                g,
+                _f(a.get("roc_auc_mean")),
+                _f(b.get("roc_auc_mean")),
+                f"{_f(d.get('mean'))} [{_f(ci[0])}, {_f(ci[1])}]",
+                f"{d.get('seeds_better')}/{len(r.get('seeds', []))}",
+                _f(a.get("log_loss_mean"), 5),
+                _f(b.get("log_loss_mean"), 5),
+            )
         )
-    return [*lines, ""]
+    header = (
+        "regime",
+        "ROC-AUC N(0, 1)",
+        "ROC-AUC std 0.01",
+        "difference (t 95 % over seeds)",
+        "seeds better",
+    )
+    return [*lines, *table((*header, "log loss N(0, 1)", "log loss std 0.01"), rows), ""]
 
 
 def gowalla_section(r: dict[str, Any]) -> list[str]:
@@ -257,27 +304,35 @@ def gowalla_section(r: dict[str, Any]) -> list[str]:
     lines += [
         f"Model: {r.get('model', '-')}. Wall time {_f(r.get('wall_seconds'), 0)} s.",
         "",
-        "| system | Recall@20 | NDCG@20 |",
-        "|---|---|---|",
     ]
-    mine = [
+    mine: list[tuple[float, tuple[str, ...]]] = [
         (
             r.get("recall_at_20") or 0,
-            f"| **derm (ours)** | **{_f(r.get('recall_at_20'))}** | **{_f(r.get('ndcg_at_20'))}** |",
+            ("**derm (ours)**", f"**{_f(r.get('recall_at_20'))}**", f"**{_f(r.get('ndcg_at_20'))}**"),
         )
     ]
     ref = r.get("reference_mf")
     if isinstance(ref, dict):  # measured in the same run, same protocol
-        mine.append((ref.get("recall_at_20") or 0, f"| *plain MF reference (this run, {_f(ref.get('wall_seconds'), 0)} s)* | "
-                     f"*{_f(ref.get('recall_at_20'))}* | *{_f(ref.get('ndcg_at_20'))}* |"))  # fmt: skip
+        mine.append(
+            (
+                ref.get("recall_at_20") or 0,
+                (
+                    f"*plain MF reference (this run, {_f(ref.get('wall_seconds'), 0)} s)*",
+                    f"*{_f(ref.get('recall_at_20'))}*",
+                    f"*{_f(ref.get('ndcg_at_20'))}*",
+                ),
+            )
+        )
     mine.sort(key=lambda x: -x[0])
     bars = r.get("bars")
     pub = bars.get("rows", []) if isinstance(bars, dict) else []
-    for row in pub:  # published rows best first; ours where its recall puts it
-        while mine and mine[0][0] >= (row.get("recall_at_20") or 0):
-            lines.append(mine.pop(0)[1])
-        lines.append(f"| {row.get('model')} | {_f(row.get('recall_at_20'))} | {_f(row.get('ndcg_at_20'))} |")
-    lines += [m[1] for m in mine]
+    rows: list[tuple[str, ...]] = []
+    for p in pub:  # published rows best first; ours where its recall puts it
+        while mine and mine[0][0] >= (p.get("recall_at_20") or 0):
+            rows.append(mine.pop(0)[1])
+        rows.append((p.get("model"), _f(p.get("recall_at_20")), _f(p.get("ndcg_at_20"))))
+    rows += [m[1] for m in mine]
+    lines += table(("system", "Recall@20", "NDCG@20"), rows)
     chosen = r.get("chosen", {})
     lines += [
         "",
@@ -302,15 +357,19 @@ def ranker_ablation_section(r: dict[str, Any]) -> list[str]:
         lines += [
             f"**{name}** ({d.get('n_test_impressions', '-')} test impressions). Lifts vs `none`, mean over seeds.",
             "",
-            "| arm | CTR ROC-AUC | lift % | CTR PR-AUC | CVR ROC-AUC | CVR PR-AUC |",
-            "|---|---|---|---|---|---|",
         ]
-        for arm, a in d["arms"].items():
-            lift = a.get("lift_vs_none", {}).get("roc_auc", {}).get("lift_pct")
-            lines.append(
-                f"| {arm} | {_f(a.get('roc_auc_mean'))} ± {_f(a.get('roc_auc_std'))} | {_f(lift, 2)} | "
-                f"{_f(a.get('pr_auc_mean'))} | {_f(a.get('cvr_roc_auc_mean'))} | {_f(a.get('cvr_pr_auc_mean'))} |"
+        rows = [
+            (
+                arm,
+                f"{_f(a.get('roc_auc_mean'))} ± {_f(a.get('roc_auc_std'))}",
+                _f(a.get("lift_vs_none", {}).get("roc_auc", {}).get("lift_pct"), 2),
+                _f(a.get("pr_auc_mean")),
+                _f(a.get("cvr_roc_auc_mean")),
+                _f(a.get("cvr_pr_auc_mean")),
             )
+            for arm, a in d["arms"].items()
+        ]
+        lines += table(("arm", "CTR ROC-AUC", "lift %", "CTR PR-AUC", "CVR ROC-AUC", "CVR PR-AUC"), rows)
         bar = d.get("bar_all_beats_none_ctr_roc_auc")
         if bar is not None:
             paired = ", ".join(_f(x) for x in bar.get("paired_lifts", []))
@@ -331,15 +390,18 @@ def projection_section(r: dict[str, Any]) -> list[str]:
         f"DERM inputs {r.get('derm_inputs')} of width {r.get('upstream_dim')} ({r.get('derm_width')} in all), "
         f"projected to {r.get('projection_width')}.",
         "",
-        "| arm | ROC-AUC (mean ± sd) | lift % vs none | samples/s (interleaved median) |",
-        "|---|---|---|---|",
     ]
     sps = t.get("samples_per_second_median", {})
-    for arm, a in r.get("arms", {}).items():
-        lines.append(
-            f"| {arm} | {_f(a.get('roc_auc_mean'))} ± {_f(a.get('roc_auc_std'))} | "
-            f"{_f(a.get('roc_auc_lift_pct'), 2)} | {_f(sps.get(arm), 0)} |"
+    rows = [
+        (
+            arm,
+            f"{_f(a.get('roc_auc_mean'))} ± {_f(a.get('roc_auc_std'))}",
+            _f(a.get("roc_auc_lift_pct"), 2),
+            _f(sps.get(arm), 0),
         )
+        for arm, a in r.get("arms", {}).items()
+    ]
+    lines += table(("arm", "ROC-AUC (mean ± sd)", "lift % vs none", "samples/s (interleaved median)"), rows)
     lines += ["", f"Throughput gain of the projection: {_f(t.get('throughput_gain_pct'), 1)} %.", ""]
     return lines
 
@@ -347,9 +409,10 @@ def projection_section(r: dict[str, Any]) -> list[str]:
 def two_stage_section(r: dict[str, Any]) -> list[str]:
     lines = _head("Two-stage retrieval then ranking vs one stage", r, "two_stage")
     rec = r.get("recall_at_50") or {k: v for k, v in r.items() if isinstance(v, float) and "recall" in k}
-    lines += ["| system | recall@50 |", "|---|---|"]
-    for k, v in rec.items():
-        lines.append(f"| {k} | {_f(v if not isinstance(v, dict) else v.get('recall'))} |")
+    lines += table(
+        ("system", "recall@50"),
+        [(k, _f(v if not isinstance(v, dict) else v.get("recall"))) for k, v in rec.items()],
+    )
     lines += [
         "",
         f"Test day {r.get('test_day')}: {r.get('n_users')} users who clicked, {r.get('n_live_ads')} live ads; "
@@ -372,11 +435,14 @@ def query_latency_section(r: dict[str, Any]) -> list[str]:
         f"p99 {_f(r.get('p99_ms'), 1)} ms (target p99 < {_f(r.get('target_p99_ms'), 0)} ms: "
         f"{r.get('meets_target')}).",
         "",
-        "| stage | p50 ms | p99 ms |",
-        "|---|---|---|",
+        *table(
+            ("stage", "p50 ms", "p99 ms"),
+            [
+                (st, _f(s.get("p50_ms"), 2), _f(s.get("p99_ms"), 2))
+                for st, s in r.get("breakdown_ms", {}).items()
+            ],
+        ),
     ]
-    for stage, s in r.get("breakdown_ms", {}).items():
-        lines.append(f"| {stage} | {_f(s.get('p50_ms'), 2)} | {_f(s.get('p99_ms'), 2)} |")
     return [*lines, ""]
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from _render_models import SECTIONS as MODEL_SECTIONS
-from _render_models import _f, _logistic_rows
+from _render_models import _logistic_rows, recall_rows
+from _tables import fmt as _f
+from _tables import table
+from common import RESULTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "docs" / "RESULTS.md"
 
 
@@ -35,30 +35,36 @@ def demo_section(r: dict[str, Any]) -> list[str]:
         f"cycles; evaluated day {doc['day']} with the versions of day {doc['embedding_day']}. "
         f"{ret['n_users']} users clicked that day ({ret['n_cold']} cold start), {ret.get('n_live_ads')} ads were live.",
         "",
-        "| metric | ours | popularity | oracle |",
-        "|---|---|---|---|",
     ]
-    for k in ks:
-        lines.append(
-            f"| recall@{k} | {_f(ret['recall_at_k'][k])} | {_f(ret['popularity_recall_at_k'][k])} | "
-            f"{_f(ret.get('oracle_recall_at_k', {}).get(k))} |"
-        )
-    for k in ks:
-        if "relevance_recall_at_k" in ret:
-            lines.append(
-                f"| overlap with the oracle's top {k} | {_f(ret['relevance_recall_at_k'][k])} | - | 1 |"
-            )
+    rows = recall_rows(ret)
+    if "relevance_recall_at_k" in ret:
+        rows += [
+            (f"overlap with the oracle's top {k}", _f(ret["relevance_recall_at_k"][k]), "-", 1) for k in ks
+        ]
+    rows += [
+        (
+            f"ranker ROC-AUC (CTR head, all {rank.get('n_impressions')} impressions)",
+            _f(rank.get("roc_auc")),
+            "-",
+            _f(rank.get("oracle_roc_auc")),
+        ),
+        ("ranker PR-AUC", _f(rank.get("pr_auc")), "-", "-"),
+        (
+            "mean predicted / observed CTR",
+            f"{_f(rank.get('predicted_ctr'))} / {_f(rank.get('observed_ctr'))}",
+            "-",
+            "-",
+        ),
+    ]
+    lines += table(("metric", "ours", "popularity", "oracle"), rows)
     lines += [
-        f"| ranker ROC-AUC (CTR head, all {rank.get('n_impressions')} impressions) | {_f(rank.get('roc_auc'))} | - | "
-        f"{_f(rank.get('oracle_roc_auc'))} |",
-        f"| ranker PR-AUC | {_f(rank.get('pr_auc'))} | - | - |",
-        f"| mean predicted / observed CTR | {_f(rank.get('predicted_ctr'))} / {_f(rank.get('observed_ctr'))} | - | - |",
         *_logistic_rows(r.get("baselines")),
         "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.1f} |" for k, v in r["stage_seconds"].items()],
-        f"| **total** | **{r['total_seconds']:.1f}** |",
+        *table(
+            ("stage", "seconds"),
+            [(k, f"{v:.1f}") for k, v in r["stage_seconds"].items()]
+            + [("**total**", f"**{r['total_seconds']:.1f}**")],
+        ),
         "",
     ]
     st = r.get("dataset_stats", {})
@@ -86,10 +92,11 @@ def bench_times_section(r: dict[str, Any]) -> list[str]:
         "",
         f"Machine: {_machine(r)}.",
         "",
-        "| script | seconds | exit |",
-        "|---|---|---|",
-        *[f"| {name} | {v['seconds']:.0f} | {v['exit']} |" for name, v in r["scripts"].items()],
-        f"| **total** (all scripts) | **{r['total_seconds']:.0f}** | |",
+        *table(
+            ("script", "seconds", "exit"),
+            [(name, f"{v['seconds']:.0f}", v["exit"]) for name, v in r["scripts"].items()]
+            + [("**total** (all scripts)", f"**{r['total_seconds']:.0f}**", "")],
+        ),
         "",
     ]
 
@@ -102,16 +109,35 @@ def store_speed_section(r: dict[str, Any]) -> list[str]:
         f"Command: `{r['command']}`. Machine: {_machine(r)}. Median of {r['repeats']} interleaved runs, each beside "
         "a same-run reference on the same bytes.",
         "",
-        "| operation | ours | reference | target |",
-        "|---|---|---|---|",
-        f"| aggregate {p['n']:,} x {p['dim']} pool + {p['updates']:,} daily updates ({p['heuristic']}) | "
-        f"{r['aggregate_seconds']:.3f} s | {r['aggregate_reference_seconds']:.3f} s (numpy copy of state + prev) | "
-        f"< {r['aggregate_target_seconds']} s |",
-        f"| publish (write + fsync + rename) | {r['publish_seconds']:.3f} s | {r['publish_reference_seconds']:.3f} s "
-        "(np.save of the same arrays + fsync) | - |",
-        f"| lookup 10,000 ids (memory-mapped, warm) | {r['lookup_10k_ms']:.2f} ms | {r['lookup_10k_reference_ms']:.2f} ms "
-        f"(numpy fancy indexing in memory) | < {r['lookup_target_ms']} ms |",
-        f"| lookup 10,000 ids, first after opening (cold map) | {r.get('lookup_10k_cold_ms', float('nan')):.2f} ms | - | - |",
+        *table(
+            ("operation", "ours", "reference", "target"),
+            [
+                (
+                    f"aggregate {p['n']:,} x {p['dim']} pool + {p['updates']:,} daily updates ({p['heuristic']})",
+                    f"{r['aggregate_seconds']:.3f} s",
+                    f"{r['aggregate_reference_seconds']:.3f} s (numpy copy of state + prev)",
+                    f"< {r['aggregate_target_seconds']} s",
+                ),
+                (
+                    "publish (write + fsync + rename)",
+                    f"{r['publish_seconds']:.3f} s",
+                    f"{r['publish_reference_seconds']:.3f} s (np.save of the same arrays + fsync)",
+                    "-",
+                ),
+                (
+                    "lookup 10,000 ids (memory-mapped, warm)",
+                    f"{r['lookup_10k_ms']:.2f} ms",
+                    f"{r['lookup_10k_reference_ms']:.2f} ms (numpy fancy indexing in memory)",
+                    f"< {r['lookup_target_ms']} ms",
+                ),
+                (
+                    "lookup 10,000 ids, first after opening (cold map)",
+                    f"{r.get('lookup_10k_cold_ms', float('nan')):.2f} ms",
+                    "-",
+                    "-",
+                ),
+            ],
+        ),
         "",
     ]
     d = r.get("daily")
@@ -143,19 +169,26 @@ def aggregation_section(r: dict[str, Any]) -> list[str]:
             f"**{name}** (test days {d['test_days'][0]}..{d['test_days'][-1]} pooled; "
             f"{d['arms']['none']['per_seed'][0]['n_test_clicks']} clicked test impressions per seed)",
             "",
-            "| arm | CVR ROC-AUC (mean ± sd) | lift (mean, 95 % CI over seeds) | lift % | seeds with lift > 0 | paper lift % |",
-            "|---|---|---|---|---|---|",
         ]
+        rows = []
         for arm, e in d["arms"].items():
             auc = f"{e['roc_auc_mean']:.4f} ± {e['roc_auc_std']:.4f}"
             if arm == "none":
-                lines.append(f"| none | {auc} | - | - | - | - |")
+                rows.append(("none", auc, "-", "-", "-", "-"))
             else:
                 lo, hi = e["lift_ci95"]
-                lines.append(
-                    f"| {arm} | {auc} | {e['lift_mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {e['lift_pct']:+.2f} % | "
-                    f"{e['seeds_with_positive_lift']}/{len(e['per_seed'])} | {e['paper_lift_pct']:+.2f} % |"
+                rows.append(
+                    (
+                        arm,
+                        auc,
+                        f"{e['lift_mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]",
+                        f"{e['lift_pct']:+.2f} %",
+                        f"{e['seeds_with_positive_lift']}/{len(e['per_seed'])}",
+                        f"{e['paper_lift_pct']:+.2f} %",
+                    )
                 )
+        header = ("arm", "CVR ROC-AUC (mean ± sd)", "lift (mean, 95 % CI over seeds)", "lift %")
+        lines += table((*header, "seeds with lift > 0", "paper lift %"), rows)
         lines.append("")
     return lines
 
@@ -176,16 +209,23 @@ def index_overhead_section(r: dict[str, Any]) -> list[str]:
         f"(bars: >= {r['bars']['batch_1000']} at batch 1,000, >= {r['bars']['batch_1']} at batch 1). "
         f"Load average at the end: {r.get('load_avg_at_end', 0):.1f} (shared machine).",
         "",
-        "| index | QPS direct (1,000) | QPS ours (1,000) | ratio [95 % CI] | QPS direct (1) | QPS ours (1) | "
-        "ratio [95 % CI] |",
-        "|---|---|---|---|---|---|---|",
+        *table(
+            ("index", "QPS direct (1,000)", "QPS ours (1,000)", "ratio [95 % CI]")
+            + ("QPS direct (1)", "QPS ours (1)", "ratio [95 % CI]"),
+            [
+                (
+                    name,
+                    f"{b['qps_direct_batch_1000']:,.0f}",
+                    f"{b['qps_ours_batch_1000']:,.0f}",
+                    ratio(b, "batch_1000"),
+                    f"{b['qps_direct_batch_1']:,.0f}",
+                    f"{b['qps_ours_batch_1']:,.0f}",
+                    ratio(b, "batch_1"),
+                )
+                for name, b in r["per_backend"].items()
+            ],
+        ),
     ]
-    for name, b in r["per_backend"].items():
-        lines.append(
-            f"| {name} | {b['qps_direct_batch_1000']:,.0f} | {b['qps_ours_batch_1000']:,.0f} | "
-            f"{ratio(b, 'batch_1000')} | {b['qps_direct_batch_1']:,.0f} | {b['qps_ours_batch_1']:,.0f} | "
-            f"{ratio(b, 'batch_1')} |"
-        )
     lines += ["", f"Meets both bars: {r['meets_bars']}.", ""]
     return lines
 
@@ -198,17 +238,24 @@ def index_scale_section(r: dict[str, Any]) -> list[str]:
         f"{r['qps_note']}. Chosen point: the fastest with recall@{r['k']} >= {r['target_recall']} "
         f"(else the best recall reached). Total {r['total_seconds']:.0f} s.",
         "",
-        "| index | build s | RSS growth MB | file MB | knob | recall@100 | QPS |",
-        "|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, b in r["per_backend"].items():
         c = b["chosen"]
         knob = f"{c['knob']} {c['value']}" if c["knob"] else "exact"
         mark = "" if b["reached_target"] else " (best reached)"
-        lines.append(
-            f"| {name} | {b['build_seconds']:.1f} | {b['rss_delta_bytes'] / 2**20:,.0f} | "
-            f"{b['index_file_bytes'] / 2**20:,.0f} | {knob} | {c['recall_at_k']:.4f}{mark} | {c['qps']:,.0f} |"
+        rows.append(
+            (
+                name,
+                f"{b['build_seconds']:.1f}",
+                f"{b['rss_delta_bytes'] / 2**20:,.0f}",
+                f"{b['index_file_bytes'] / 2**20:,.0f}",
+                knob,
+                f"{c['recall_at_k']:.4f}{mark}",
+                f"{c['qps']:,.0f}",
+            )
         )
+    lines += table(("index", "build s", "RSS growth MB", "file MB", "knob", "recall@100", "QPS"), rows)
     lines += ["", f"Not measured: {r.get('not_measured', '-')}.", ""]
     return lines
 
@@ -225,22 +272,36 @@ def index_refresh_section(r: dict[str, Any]) -> list[str]:
         f"(bar {r['bar']['speedup']}x); recall@{r['k']} after refresh {r['recall_in_place']:.4f} in place vs "
         f"{r['recall_rebuild']:.4f} rebuilt.",
         "",
-        "| index | auto mode | in place s (stored as) | rebuild s | speedup | in place written in full s | "
-        "reader load s (in place / rebuilt) | recall in place | recall rebuilt |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    rows: list[tuple[Any, ...]] = []
     for name, b in r["per_backend"].items():
         if b.get("rebuild_only"):
-            lines.append(f"| {name} | rebuild only ({b['auto_reason']}) | - | - | - | - | - | - | - |")
+            rows.append((name, f"rebuild only ({b['auto_reason']})", *["-"] * 7))
             continue
         full = b.get("in_place_full_write_seconds")
         loads = (b.get("reader_load_seconds_in_place"), b.get("reader_load_seconds_rebuild"))
-        lines.append(
-            f"| {name} | {b['auto_mode']} | {b['in_place_seconds']:.2f} ({b.get('in_place_storage', 'full')}) | "
-            f"{b['rebuild_seconds']:.2f} | {b['speedup']:.1f}x | {'-' if full is None else f'{full:.2f}'} | "
-            f"{'-' if loads[0] is None else f'{loads[0]:.2f} / {loads[1]:.2f}'} | "
-            f"{b['recall_in_place']:.4f} | {b['recall_rebuild']:.4f} |"
+        rows.append(
+            (
+                name,
+                b["auto_mode"],
+                f"{b['in_place_seconds']:.2f} ({b.get('in_place_storage', 'full')})",
+                f"{b['rebuild_seconds']:.2f}",
+                f"{b['speedup']:.1f}x",
+                "-" if full is None else f"{full:.2f}",
+                "-" if loads[0] is None else f"{loads[0]:.2f} / {loads[1]:.2f}",
+                f"{b['recall_in_place']:.4f}",
+                f"{b['recall_rebuild']:.4f}",
+            )
         )
+    header = (
+        "index",
+        "auto mode",
+        "in place s (stored as)",
+        "rebuild s",
+        "speedup",
+        "in place written in full s",
+    )
+    lines += table((*header, "reader load s (in place / rebuilt)", "recall in place", "recall rebuilt"), rows)
     lines += ["", "Excluded from the worst case:"]
     lines += [f"- {k}: {v}" for k, v in r["excluded_from_worst_case"].items()]
     lines.append("")
@@ -255,13 +316,14 @@ def index_gpu_section(r: dict[str, Any]) -> list[str]:
         "",
         f"Command: `{r['command']}`. Machine: {_machine(r)}. Path: {r['path']}.",
         "",
-        "| index / device | build s | QPS | recall@100 |",
-        "|---|---|---|---|",
+        *table(
+            ("index / device", "build s", "QPS", "recall@100"),
+            [
+                (name, _f(b.get("build_seconds"), 2), f"{b['qps']:,.0f}", _f(b.get("recall_at_100")))
+                for name, b in r["results"].items()
+            ],
+        ),
     ]
-    for name, b in r["results"].items():
-        lines.append(
-            f"| {name} | {_f(b.get('build_seconds'), 2)} | {b['qps']:,.0f} | {_f(b.get('recall_at_100'))} |"
-        )
     lines.append("")
     return lines
 
@@ -273,14 +335,14 @@ def robustness_section(r: dict[str, Any]) -> list[str]:
         f"Command: `{r['command']}`. Machine: {_machine(r)}. A tiny demo workspace; the cycle killed and corrupted "
         f"is `derm daily --day {r['day']}`.",
         "",
-        "| category | tried | outcomes |",
-        "|---|---|---|",
     ]
+    rows = []
     for cat in ("bad_inputs", "corruption", "writes_outside", "kills"):
         c = r[cat]
-        outs = ", ".join(f"{k} {v}" for k, v in c.items() if k not in ("tried", "cases", "seconds") and not
-                         isinstance(v, float))  # fmt: skip
-        lines.append(f"| {cat} | {c['tried']} | {outs} |")
+        skip = ("tried", "cases", "seconds")
+        outs = ", ".join(f"{k} {v}" for k, v in c.items() if k not in skip and not isinstance(v, float))
+        rows.append((cat, c["tried"], outs))
+    lines += table(("category", "tried", "outcomes"), rows)
     bad = [c for c in r["corruption"]["cases"] if c["outcome"] != "refused"]
     lines += [
         "",
@@ -301,13 +363,13 @@ def movielens_quality_section(r: dict[str, Any]) -> list[str]:
         f"(user, week) rows; paired bootstrap over users ({r['bootstrap_replicates']} replicates). Headline: "
         f"{ret['headline']}.",
         "",
-        "| retrieval arm | recall@100 | minus popularity [95 % CI] |",
-        "|---|---|---|",
     ]
+    rows = []
     for name, a in ret["arms"].items():
         vs = a.get("vs_popularity")
         ci = f"{vs['diff']:+.4f} [{vs['diff_ci'][0]:+.4f}, {vs['diff_ci'][1]:+.4f}]" if vs else "-"
-        lines.append(f"| {name} | {a['recall_at_100']:.4f} | {ci} |")
+        rows.append((name, f"{a['recall_at_100']:.4f}", ci))
+    lines += table(("retrieval arm", "recall@100", "minus popularity [95 % CI]"), rows)
     lo, hi = rank["diff_ci"]
     lines += [
         "",
@@ -329,14 +391,14 @@ def slate_value_section(r: dict[str, Any]) -> list[str]:
         f"{r['cap']} in the served order. True expected clicks / revenue per user at the reference context, and "
         "the fraction of the oracle's.",
         "",
-        "| k | measure | " + " | ".join(systems) + " | two_stage - retrieval [95 % CI] |",
-        "|---|---|" + "---|" * (len(systems) + 1),
     ]
+    rows = []
     for k in ("k10", "k50"):
         for name, sec in (("clicks", r[k]), ("revenue", r[k]["revenue"])):
-            cells = " | ".join(f"{sec[s]:.3f} ({sec['fraction_of_oracle'][s]:.2f})" for s in systems)
+            cells = [f"{sec[s]:.3f} ({sec['fraction_of_oracle'][s]:.2f})" for s in systems]
             lo, hi = sec["two_stage_minus_retrieval_ci"]
-            lines.append(f"| {k[1:]} | {name} | {cells} | [{lo:+.3f}, {hi:+.3f}] |")
+            rows.append((k[1:], name, *cells, f"[{lo:+.3f}, {hi:+.3f}]"))
+    lines += table(("k", "measure", *systems, "two_stage - retrieval [95 % CI]"), rows)
     lines.append("")
     return lines
 
@@ -366,14 +428,15 @@ def serve_load_section(r: dict[str, Any]) -> list[str]:
         "",
         f"`{r['command']}`: {r['what']}. {r['seconds_per_level']} s per level. {_machine(r)}.",
         "",
-        "| store | batching | concurrency | requests/s | p50 ms | p95 ms | p99 ms | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        *table(
+            ("store", "batching", "concurrency", "requests/s", "p50 ms", "p95 ms", "p99 ms", "errors"),
+            [
+                (x["store"], "on" if x["batching"] else "off", x["concurrency"], x["qps"])
+                + (x["p50_ms"], x["p95_ms"], x["p99_ms"], x["errors"])
+                for x in r["runs"]
+            ],
+        ),
     ]
-    for x in r["runs"]:
-        lines.append(
-            f"| {x['store']} | {'on' if x['batching'] else 'off'} | {x['concurrency']} | {x['qps']} | "
-            f"{x['p50_ms']} | {x['p95_ms']} | {x['p99_ms']} | {x['errors']} |"
-        )
     s = r["swaps"]
     lines += [
         "",
@@ -408,18 +471,18 @@ def kge_link_prediction_section(r: dict[str, Any]) -> list[str]:
             f"{name}: trained on graph day {d.get('train_day')} ({d.get('n_train_edges')} edges), tested on "
             f"{d.get('n_test_edges')} edges new on day {d.get('test_day')}.",
             "",
-            "| model | MRR [95 % CI] | Hits@10 | edges/s |",
-            "|---|---|---|---|",
         ]
+        rows = []
         for m in ("transe", "transr", "transra", "popularity"):
             x = d.get(m)
             if not x:
                 continue
             ci = (x.get("mrr_interval") or {}).get("ci95")
             ci_s = f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else ""
-            lines.append(
-                f"| {m} | {_f(x.get('mrr'))}{ci_s} | {_f(x.get('hits_at_10'))} | {_f(x.get('edges_per_s'), 0)} |"
+            rows.append(
+                (m, f"{_f(x.get('mrr'))}{ci_s}", _f(x.get("hits_at_10")), _f(x.get("edges_per_s"), 0))
             )
+        lines += table(("model", "MRR [95 % CI]", "Hits@10", "edges/s"), rows)
         lines.append("")
     return lines
 
@@ -431,14 +494,21 @@ def kge_tuning_section(r: dict[str, Any]) -> list[str]:
         f"Trained on day {r.get('train_day')}, validated on day {r.get('validation_day')}; degree popularity MRR "
         f"{_f((r.get('popularity') or {}).get('mrr'))}. {_machine(r)}.",
         "",
-        "| model | lr | epochs | MRR | Hits@10 | clicked-ad MRR |",
-        "|---|---|---|---|---|---|",
+        *table(
+            ("model", "lr", "epochs", "MRR", "Hits@10", "clicked-ad MRR"),
+            [
+                (
+                    x["model"],
+                    x["lr"],
+                    x["epochs"],
+                    _f(x["mrr"]),
+                    _f(x["hits_at_10"]),
+                    _f(x.get("clicked_mrr")),
+                )
+                for x in r.get("runs", [])
+            ],
+        ),
     ]
-    for x in r.get("runs", []):
-        lines.append(
-            f"| {x['model']} | {x['lr']} | {x['epochs']} | {_f(x['mrr'])} | {_f(x['hits_at_10'])} | "
-            f"{_f(x.get('clicked_mrr'))} |"
-        )
     return lines + [""]
 
 
@@ -448,19 +518,19 @@ def offsite_signal_section(r: dict[str, Any]) -> list[str]:
         "",
         f"Eval days {r.get('eval_days')}, seeds {r.get('seeds')}; mean [min, max] over seeds. {_machine(r)}.",
         "",
-        "| world | signal | ROC-AUC |",
-        "|---|---|---|",
     ]
+
+    def span(v: dict[str, Any]) -> str:
+        return f"{_f(v['mean'])} [{_f(v['min'])}, {_f(v['max'])}]"
+
+    rows = []
     for arm, a in r.get("arms", {}).items():
         summ = a.get("summary", {})
-        for sig, v in (summ.get("oracle_roc_auc") or {}).items():
-            lines.append(f"| {arm} | {sig} | {_f(v['mean'])} [{_f(v['min'])}, {_f(v['max'])}] |")
+        rows += [(arm, sig, span(v)) for sig, v in (summ.get("oracle_roc_auc") or {}).items()]
         v = summ.get("offsite_within_click_strata_oracle_roc_auc")
         if v:
-            lines.append(
-                f"| {arm} | offsite, within equal onsite-click strata | {_f(v['mean'])} [{_f(v['min'])}, {_f(v['max'])}] |"
-            )
-    return lines + [""]
+            rows.append((arm, "offsite, within equal onsite-click strata", span(v)))
+    return lines + table(("world", "signal", "ROC-AUC"), rows) + [""]
 
 
 def movielens_run_section(r: dict[str, Any]) -> list[str]:
@@ -470,21 +540,21 @@ def movielens_run_section(r: dict[str, Any]) -> list[str]:
         "",
         f"`{r.get('command')}`; reference: {ref.get('source')}. {_machine(r)}.",
         "",
-        "| backbone | user-weeks | recall@100 (seen masked) | popularity (masked) | ours - popularity [95 % CI] "
-        "| recall@100 (derm eval) | popularity (derm eval) | seconds |",
-        "|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for name, a in r.get("arms", {}).items():
         p = a.get("pooled", {})
         d = a.get("masked_minus_popularity") or {}
         ci = d.get("ci") or [None, None]
         diff = f"{_f(d.get('diff'))} [{_f(ci[0])}, {_f(ci[1])}]" if d else "-"
-        lines.append(
-            f"| {name} | {p.get('n_user_weeks')} | {_f(p.get('masked_recall_at_100'))} | "
-            f"{_f(p.get('masked_popularity_recall_at_100'))} | {diff} | {_f(p.get('recall_at_100'))} | "
-            f"{_f(p.get('popularity_recall_at_100'))} | {_f(a.get('seconds'), 0)} |"
+        rows.append(
+            (name, p.get("n_user_weeks"), _f(p.get("masked_recall_at_100")))
+            + (_f(p.get("masked_popularity_recall_at_100")), diff, _f(p.get("recall_at_100")))
+            + (_f(p.get("popularity_recall_at_100")), _f(a.get("seconds"), 0))
         )
-    return lines + [""]
+    header = ("backbone", "user-weeks", "recall@100 (seen masked)", "popularity (masked)")
+    header += ("ours - popularity [95 % CI]", "recall@100 (derm eval)", "popularity (derm eval)", "seconds")
+    return lines + table(header, rows) + [""]
 
 
 def kge_ranker_section(r: dict[str, Any]) -> list[str]:
@@ -515,19 +585,33 @@ def kge_ranker_section(r: dict[str, Any]) -> list[str]:
             f"impressions, {d.get('n_test_clicks')} clicks, {d.get('n_test_conversions')} conversions); KGE inputs "
             f"{d.get('kge_inputs')}; {_f(d.get('seconds'), 0)} s.",
             "",
-            "| arm | CTR ROC-AUC | CTR PR-AUC | CVR ROC-AUC | CVR PR-AUC | CVR ROC-AUC vs none [95 % CI] |",
-            "|---|---|---|---|---|---|",
         ]
+        rows = []
         for arm, a in d["arms"].items():
             vs = (a.get("vs_none") or {}).get("cvr_roc_auc") or {}
             ci = vs.get("diff_ci95_over_seeds")
             diff = (
                 "" if not vs else f"{vs['diff_mean']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
             )
-            lines.append(
-                f"| {arm} | {_f(a['ctr_roc_auc_mean'])} +- {_f(a['ctr_roc_auc_std'])} | {_f(a['ctr_pr_auc_mean'])} | "
-                f"{_f(a['cvr_roc_auc_mean'])} +- {_f(a['cvr_roc_auc_std'])} | {_f(a['cvr_pr_auc_mean'])} | {diff} |"
+            rows.append(
+                (
+                    arm,
+                    f"{_f(a['ctr_roc_auc_mean'])} +- {_f(a['ctr_roc_auc_std'])}",
+                    _f(a["ctr_pr_auc_mean"]),
+                    f"{_f(a['cvr_roc_auc_mean'])} +- {_f(a['cvr_roc_auc_std'])}",
+                    _f(a["cvr_pr_auc_mean"]),
+                    diff,
+                )
             )
+        header = (
+            "arm",
+            "CTR ROC-AUC",
+            "CTR PR-AUC",
+            "CVR ROC-AUC",
+            "CVR PR-AUC",
+            "CVR ROC-AUC vs none [95 % CI]",
+        )
+        lines += table(header, rows)
         b = d.get("bar_finetune_attention_cvr") or {}
         if b:
             lines += [
@@ -560,22 +644,28 @@ def scale_section(r: dict[str, Any]) -> list[str]:
         f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} at the start, {r['load_average_end'][0]:.1f} at the end. "
         f"Memory: {r['memory']}. Budget {r['budget_seconds'] / 60:.0f} min, used {r['wall_seconds'] / 60:.0f}.",
         "",
-        "| impressions | engine | workers | "
-        + " | ".join(f"{s} s" for s in stages)
-        + " | total s | s per M | peak MB | load before |",
-        "|---|---|---|" + "---|" * len(stages) + "---|---|---|---|",
     ]
-    for x in r["runs"]:
-        secs = " | ".join(f"{x['stage_seconds'].get(s, 0.0):.1f}" for s in stages)
-        lines.append(
-            f"| {x['impressions']:,} | {x['engine']} | {x['workers']} | {secs} | {x['total_seconds']:.0f} | "
-            f"{x['seconds_per_million']:.0f} | {x['peak_rss_mb']:,.0f} | {x['load_average_before'][0]:.1f} |"
-        )
+    rows = [
+        (f"{x['impressions']:,}", x["engine"], x["workers"])
+        + tuple(f"{x['stage_seconds'].get(s, 0.0):.1f}" for s in stages)
+        + (f"{x['total_seconds']:.0f}", f"{x['seconds_per_million']:.0f}", f"{x['peak_rss_mb']:,.0f}")
+        + (f"{x['load_average_before'][0]:.1f}",)
+        for x in r["runs"]
+    ]
+    header = ("impressions", "engine", "workers", *(f"{s} s" for s in stages))
+    lines += table((*header, "total s", "s per M", "peak MB", "load before"), rows)
     lines += ["", "Peak memory per stage (MB):", ""]
-    lines += ["| impressions | engine | " + " | ".join(stages) + " |", "|---|---|" + "---|" * len(stages)]
-    for x in r["runs"]:
-        peaks = " | ".join(f"{x['stage_peak_mb'].get(s, 0.0):,.0f}" for s in stages)
-        lines.append(f"| {x['impressions']:,} | {x['engine']} | {peaks} |")
+    lines += table(
+        ("impressions", "engine", *stages),
+        [
+            (
+                f"{x['impressions']:,}",
+                x["engine"],
+                *(f"{x['stage_peak_mb'].get(s, 0.0):,.0f}" for s in stages),
+            )
+            for x in r["runs"]
+        ],
+    )
     g = r["growth_exponent"]["local"]
     g10, g3 = r["growth_1m_to_10m"], r.get("growth_1m_to_3m")
     over = g.get("cost_per_impression_over_smallest")
@@ -605,16 +695,12 @@ def sparse_optimizer_section(r: dict[str, Any]) -> list[str]:
         f"`{r.get('command')}`; validation recall@20 after each epoch ({r.get('split')}); load average at the end "
         f"{[round(x, 1) for x in r.get('load_average', [])]}. {_machine(r)}.",
         "",
-        "| arm | " + " | ".join(f"epoch {i + 1}" for i in range(n)) + " | train s |",
-        "|---|" + "---|" * (n + 1),
     ]
+    rows = []
     for name, a in arms.items():
         pts = [_f(p.get("recall_at_20")) for p in a.get("curve", [])]
-        lines.append(
-            f"| {name} | "
-            + " | ".join(pts + ["-"] * (n - len(pts)))
-            + f" | {_f(a.get('train_seconds'), 0)} |"
-        )
+        rows.append((name, *pts, *["-"] * (n - len(pts)), _f(a.get("train_seconds"), 0)))
+    lines += table(("arm", *(f"epoch {i + 1}" for i in range(n)), "train s"), rows)
     st = r.get("step", {})
     lines += [
         "",
