@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo check bench clean
+.PHONY: venv test demo check bench results clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,10 @@ check: venv
 
 bench: venv
 	$(BIN)/python benchmarks/run_all.py
+
+# docs/RESULTS.md and the README's figures block from the committed benchmarks/results/*.json (no rerun)
+results: venv
+	$(BIN)/python benchmarks/render_results.py
 
 clean:
 	rm -rf $(VENV) demo

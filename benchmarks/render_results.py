@@ -1,17 +1,22 @@
-"""Regenerate docs/RESULTS.md from benchmarks/results/*.json. No figure in that page is typed by hand."""
+"""Regenerate docs/RESULTS.md and the README's figures block (between its `results:begin` / `results:end`
+markers) from benchmarks/results/*.json. No figure in either is typed by hand; tests/test_results_render.py
+fails when a committed file differs from what the JSON renders."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from _render_models import SECTIONS as MODEL_SECTIONS
 from _render_models import _logistic_rows, recall_rows
+from _render_readme import readme_block, replace_block
 from _tables import fmt as _f
 from _tables import table
 from common import RESULTS, ROOT
 
 OUT = ROOT / "docs" / "RESULTS.md"
+README = ROOT / "README.md"
 
 
 def _machine(r: dict[str, Any]) -> str:
@@ -715,7 +720,8 @@ def sparse_optimizer_section(r: dict[str, Any]) -> list[str]:
 SECTIONS["sparse_optimizer"] = sparse_optimizer_section
 
 
-def main() -> None:
+def render_results(results: dict[str, dict[str, Any]]) -> str:
+    """docs/RESULTS.md from `results` (file stem -> its JSON), sections in file-name order."""
     lines = [
         "# Results",
         "",
@@ -723,16 +729,34 @@ def main() -> None:
         "(`make bench` reruns every benchmark, then this). Do not edit by hand.",
         "",
     ]
-    for path in sorted(RESULTS.glob("*.json")):
-        r = json.loads(path.read_text())
-        fn = SECTIONS.get(path.stem)
+    for stem in sorted(results):
+        r = results[stem]
+        fn = SECTIONS.get(stem)
         if fn is not None:
             lines += fn(r)
         else:
-            lines += [f"## {path.stem}", "", "```json", json.dumps(r, indent=2)[:4000], "```", ""]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines))
-    print(f"wrote {OUT}")
+            lines += [f"## {stem}", "", "```json", json.dumps(r, indent=2)[:4000], "```", ""]
+    return "\n".join(lines)
+
+
+def load_results(results_dir: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(results_dir.glob("*.json"))}
+
+
+def render(results_dir: Path = RESULTS) -> dict[Path, str]:
+    """What the committed JSON makes of each generated file: docs/RESULTS.md and the README's block."""
+    results = load_results(results_dir)
+    return {OUT: render_results(results), README: replace_block(README.read_text(), readme_block(results))}
+
+
+def main() -> None:
+    for path, text in render().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+            print(f"wrote {path}")
+        else:
+            print(f"unchanged {path}")
 
 
 if __name__ == "__main__":
