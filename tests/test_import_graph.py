@@ -117,21 +117,21 @@ def test_the_index_package_imports_in_a_fresh_interpreter() -> None:
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-# The stages in data-flow order (CONVENTIONS 4): a package imports only from packages before it. `dermcore` is
-# the bottom (errors, artifacts, progress, safe paths), `adslog` the data layer on it, `adserving` the serving
-# stage after the ranker, and `cli` the top.
+# The stages in data-flow order (CONVENTIONS 4, the README's architecture list): a package imports only from
+# packages before it. `dermcore` is the bottom (errors, artifacts, progress, safe paths), `adslog` the data layer
+# on it, `adserving` the serving stage after the ranker, and `cli` the top.
 STAGES = (
     "dermcore",
     "adslog",
     "towers",
     "embstore",
+    "adgraph",
     "index",
     "retrieval",
-    "adgraph",
     "ranking",
-    "dermdist",
     "adserving",
     "eval",
+    "dermdist",
     "workflow",
     "dermserve",
     "cli",
