@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from adslog.artifact import json_default
-from adslog.errors import DermError
+from dermcore.artifact import json_default
+from dermcore.errors import DermError
 
 log = logging.getLogger("derm")
 
@@ -72,7 +72,7 @@ def _setup(as_json: bool, verbose: int = 0, epochs: dict[str, int] | None = None
     if as_json:
         warnings.simplefilter("ignore")
     if verbose and not as_json:
-        from adslog.progress import ProgressLog
+        from dermcore.progress import ProgressLog
 
         return ProgressLog(logging.getLogger("derm.progress"), marks=epochs)
     return Bars(not as_json)
@@ -779,8 +779,9 @@ def query(
     as_json: bool,
 ) -> None:
     """Retrieve live ads for a user by ANN, score them with the ranker and print the top k by eCPM."""
-    from ranking.serve import Order, ServeConfig
-    from ranking.serve import query as run_query
+    from adserving.auction import Order
+    from adserving.two_stage import ServeConfig
+    from adserving.two_stage import query as run_query
 
     _setup(as_json, ctx.obj["verbose"])
     cap = max_per_advertiser or None

@@ -30,9 +30,9 @@ from adgraph.models import ModelKind
 from adgraph.snapshot import KGEVersion, kge_dir
 from adgraph.train import KGEConfig
 from adslog.dataset import Dataset
-from adslog.errors import ConfigError, DataError
 from adslog.sequences import AdvertiserMap
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import ConfigError, DataError
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, open_version, publish_day
 

@@ -35,7 +35,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from adslog.artifact import (
+from adslog.dataset import Dataset
+from adslog.workspace import Workspace, version_day, version_name
+from dermcore.artifact import (
     get_latest,
     make_manifest,
     publishing,
@@ -43,9 +45,7 @@ from adslog.artifact import (
     set_latest,
     write_json_atomic,
 )
-from adslog.dataset import Dataset
-from adslog.errors import ConfigError, DataError
-from adslog.workspace import Workspace, version_day, version_name
+from dermcore.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from adgraph.graph import RELATION_TYPES, NodeType, Relation
-from adslog.errors import DermError
+from dermcore.errors import DermError
 
 #: loss(positive scores float32[B], negative scores float32[B, n]) -> scalar
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

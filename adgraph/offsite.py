@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from adslog.dataset import Dataset
-from adslog.errors import DataError
 from adslog.oracle import Oracle, roc_auc
 from adslog.sequences import AdvertiserMap
+from dermcore.errors import DataError
 
 
 def weighted_auc(

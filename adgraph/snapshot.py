@@ -27,7 +27,8 @@ import torch
 from adgraph.graph import GraphVersion, NodeType, Relation, graph_dir
 from adgraph.models import STATE_KEYS, EntityIndex, KGEModel, ModelKind
 from adgraph.train import KGEConfig, since_ts_of, train_increment, train_scratch
-from adslog.artifact import (
+from adslog.workspace import Workspace, version_day, version_name
+from dermcore.artifact import (
     get_latest,
     make_manifest,
     publishing,
@@ -35,9 +36,8 @@ from adslog.artifact import (
     set_latest,
     write_json_atomic,
 )
-from adslog.errors import DataError, DermError, VersionMismatchError
-from adslog.progress import Progress, no_progress
-from adslog.workspace import Workspace, version_day, version_name
+from dermcore.errors import DataError, DermError, VersionMismatchError
+from dermcore.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 

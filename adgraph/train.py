@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from adgraph.graph import SECONDS_PER_DAY, NodeType, Relation
 from adgraph.models import EntityIndex, KGEModel, LossFn, ModelKind, relation_types
-from adslog.errors import ConfigError, DermError, VersionMismatchError
-from adslog.progress import Progress, no_progress
+from dermcore.errors import ConfigError, DermError, VersionMismatchError
+from dermcore.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 

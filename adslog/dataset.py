@@ -17,8 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from adslog.artifact import make_manifest, publishing, read_manifest, write_json_atomic
-from adslog.errors import DataError
 from adslog.schema import (
     DATASET_KIND,
     DATASET_SCHEMA_VERSION,
@@ -30,6 +28,8 @@ from adslog.schema import (
     ColumnSpec,
     table_schema,
 )
+from dermcore.artifact import make_manifest, publishing, read_manifest, write_json_atomic
+from dermcore.errors import DataError
 
 log = logging.getLogger(__name__)
 

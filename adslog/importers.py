@@ -31,7 +31,7 @@ Generic (`GenericImportConfig`: a CSV or Parquet log, chosen by file extension)
     Features of the optional users/items files: integers in 0..MAX_INT_CARDINALITY-1 become categorical
     (cardinality max + 1), other numbers numeric float32, booleans categorical, text categorical through a
     vocabulary (`vocab/<table>.<column>.parquet`; a column name that is not a plain file name is encoded by
-    `adslog.safepath.safe_component`, so no header can place a file outside the dataset). Every user/item of
+    `dermcore.safepath.safe_component`, so no header can place a file outside the dataset). Every user/item of
     the log must be in those files, unless `missing_features="unknown"`: then each missing id gets a row
     whose categorical features hold an explicit unknown code (the column's last code, its cardinality grown by
     one) and whose numeric features hold the median of the known rows, and the table gains
@@ -68,11 +68,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from adslog.dataset import DatasetWriter
-from adslog.errors import ConfigError, DataError
 from adslog.periods import Period
-from adslog.progress import Progress, no_progress
-from adslog.safepath import resolve_under, safe_component
 from adslog.schema import ColumnKind, ColumnSpec, day_of
+from dermcore.errors import ConfigError, DataError
+from dermcore.progress import Progress, no_progress
+from dermcore.safepath import resolve_under, safe_component
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from adslog.dataset import Dataset
-from adslog.errors import ConfigError
 from adslog.periods import period_start
-from adslog.progress import Progress, no_progress
+from dermcore.errors import ConfigError
+from dermcore.progress import Progress, no_progress
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from adslog.artifact import read_json, read_manifest
-from adslog.errors import DataError, DermError
-from adslog.safepath import resolve_under
 from adslog.schema import DATASET_KIND, DATASET_SCHEMA_VERSION
+from dermcore.artifact import read_json, read_manifest
+from dermcore.errors import DataError, DermError
+from dermcore.safepath import resolve_under
 
 log = logging.getLogger(__name__)
 

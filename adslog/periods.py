@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from adslog.errors import ConfigError
+from dermcore.errors import ConfigError
 
 DAY_SECONDS = 86400
 _NAMED = {"day": 1, "week": 7}

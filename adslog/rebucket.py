@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 
 from adslog.dataset import Dataset, DatasetWriter
-from adslog.errors import DermError
 from adslog.periods import dataset_period
 from adslog.schema import ColumnKind, ColumnSpec
+from dermcore.errors import DermError
 
 DAY = 86400
 

@@ -26,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 
 from adslog.dataset import DatasetWriter
-from adslog.errors import DermError
 from adslog.oracle import ORACLE_DIR, REFERENCE_POSITION, REFERENCE_SURFACE, Oracle, Truth, _sigmoid, roc_auc
-from adslog.progress import Progress, no_progress
 from adslog.schema import ColumnKind, ColumnSpec
+from dermcore.errors import DermError
+from dermcore.progress import Progress, no_progress
 
 __all__ = [
     "REFERENCE_POSITION",

@@ -23,10 +23,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from adslog.artifact import clean_tmp, get_latest, read_json, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import DataError, DermError
-from adslog.safepath import check_component, check_no_symlinks
+from dermcore.artifact import clean_tmp, get_latest, read_json, write_json_atomic
+from dermcore.errors import DataError, DermError
+from dermcore.safepath import check_component, check_no_symlinks
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 from common import ROOT, write_result
 
-from adslog.artifact import set_latest
+from dermcore.artifact import set_latest
 from index import Backend, IndexConfig, SearchParams, build_index_artifact, load_index_artifact
 from index.exact import recall_against_exact
 from index.refresh import RefreshConfig, RefreshMode, Storage, refresh_index_artifact

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 from common import ROOT, write_result
 
-from adslog.artifact import read_json
 from adslog.dataset import Dataset
 from adslog.importers import import_movielens_100k
 from adslog.periods import Period
 from adslog.workspace import Workspace
+from dermcore.artifact import read_json
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import recall_per_user
 from retrieval.retrieve import Retriever, popularity

@@ -28,9 +28,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import ROOT, write_result  # noqa: E402
 
+from adserving.two_stage import ServeConfig, TwoStage  # noqa: E402
 from adslog.synth import SynthConfig, generate  # noqa: E402
 from adslog.workspace import Workspace  # noqa: E402
-from ranking.serve import ServeConfig, TwoStage  # noqa: E402
 from workflow.cycle import CycleConfig, bootstrap  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "work" / "query_latency"

@@ -195,9 +195,9 @@ class Server:
 
 # -- phases -----------------------------------------------------------------------------------------------
 def warm_users(work: Path, n: int = 2000) -> list[int]:
+    from adserving.versions import serving_day
     from adslog.workspace import Workspace
     from embstore.store import open_version
-    from ranking.serve import serving_day
 
     ws = Workspace.open(work)
     store = open_version(ws.embeddings_dir("ctr"), serving_day(ws) - 1)

@@ -23,10 +23,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import ROOT, write_result  # noqa: E402
 
+from adserving.two_stage import TwoStage  # noqa: E402
 from adslog.oracle import Oracle  # noqa: E402
 from adslog.workspace import Workspace  # noqa: E402
 from eval.slate import slate_value  # noqa: E402
-from ranking.serve import TwoStage  # noqa: E402
 from workflow.demo import DemoConfig, run_demo  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "work" / "slate_value"

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from common import ROOT, write_result
 
-from adslog.artifact import make_manifest, publishing, write_json_atomic
 from adslog.workspace import Workspace
+from dermcore.artifact import make_manifest, publishing, write_json_atomic
 from embstore.aggregate import AggregationConfig, Pool, aggregate
 from embstore.store import STORE_KIND, STORE_SCHEMA_VERSION, StoreVersion, write_pool
 

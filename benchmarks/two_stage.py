@@ -36,11 +36,12 @@ import pyarrow.compute as pc  # noqa: E402
 import torch  # noqa: E402
 from common import ROOT, write_result  # noqa: E402
 
+from adserving.auction import Order  # noqa: E402
+from adserving.two_stage import ServeConfig, TwoStage  # noqa: E402
 from adslog.workspace import Workspace  # noqa: E402
 from eval.bootstrap import paired_bootstrap  # noqa: E402
 from eval.evaluate import group_by_user, oracle_topk  # noqa: E402
 from eval.metrics import recall_at_k, recall_per_user  # noqa: E402
-from ranking.serve import Order, ServeConfig, TwoStage  # noqa: E402
 from workflow.demo import DemoConfig, run_demo  # noqa: E402
 
 WORK = ROOT / "benchmarks" / "work" / "two_stage"

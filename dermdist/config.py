@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from adslog.errors import ConfigError
+from dermcore.errors import ConfigError
 
 
 class Engine(StrEnum):

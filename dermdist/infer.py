@@ -32,8 +32,8 @@ import numpy as np
 import pyarrow as pa
 
 from adslog.dataset import Dataset
-from adslog.errors import DermError
 from adslog.sequences import ActivityLog
+from dermcore.errors import DermError
 from dermdist.config import RayInferenceConfig
 from towers.infer import DailyEmbeddings, day_entities, embed_ads, embed_users, end_of_day
 from towers.train import Snapshot

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from adslog.artifact import read_json
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import read_json
 from dermdist.config import RayInferenceConfig, RayTrainConfig
 from dermdist.infer import EngineError, connect
 from ranking.model import RankerConfig

@@ -29,13 +29,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from adslog.errors import DermError, UnknownUserError
+from adserving.auction import Order
+from adserving.two_stage import ServeConfig
+from dermcore.errors import DermError, UnknownUserError
 from dermserve.batcher import Batcher, QueryParams
 from dermserve.config import ServiceConfig
 from dermserve.metrics import Metrics
 from dermserve.versions import VersionManager, VersionSet
 from embstore.online import FeatureStoreError, OnlineStore
-from ranking.serve import Order, ServeConfig
 
 log = logging.getLogger(__name__)
 

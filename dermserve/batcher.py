@@ -2,7 +2,7 @@
 lookup, one ANN search, one ranker pass), Triton's dynamic batcher idea.
 
 All queries run on one worker thread. The ranker's shared-sequence forward installs hooks on its module for
-the duration of a call (`ranking.serve._forward_shared_sequence`), so two threads must not score on one
+the duration of a call (`ranking.scoring.forward_shared_sequence`), so two threads must not score on one
 ranker at once; and on a 2-core machine torch's intra-op threads use the cores of one forward pass anyway.
 While the worker is busy, arriving queries wait in a queue; when it frees, the next pass takes up to
 `max_users` waiting queries that share the same version set and query parameters (order kept). A query
@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from adserving.two_stage import ServeConfig
 from dermserve.versions import VersionSet
-from ranking.serve import ServeConfig
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from adslog.errors import ConfigError
+from adserving.two_stage import ServeConfig, UnknownUser
+from dermcore.errors import ConfigError
 from embstore.online import OnlineStoreConfig
-from ranking.serve import ServeConfig, UnknownUser
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def load_admin_token(path: str | None = None) -> str | None:
     import os
     from pathlib import Path
 
-    from adslog.errors import DataError
+    from dermcore.errors import DataError
 
     if path is not None:
         try:

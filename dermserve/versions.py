@@ -1,12 +1,12 @@
 """Version sets and hot swap: what the service serves, and how a newer day replaces it without a lost request.
 
 A version set is one embedding store version, the index built from it and one ranker, loaded into a
-`ranking.serve.TwoStage` (the same object `derm query` builds) and checked before it serves:
+`adserving.two_stage.TwoStage` (the same object `derm query` builds) and checked before it serves:
 
 - the rule that picks it is `Workspace.serving_version` over store, index and ranker (the newest day published
   in all three and at or before each LATEST), so a daily cycle that has published the new store and index but
   not yet the ranker is not picked up half-way; when no day is common to all three (a ranker trained once), the
-  rule of `derm query` (`ranking.serve.serving_day`: store and index) picks it;
+  rule of `derm query` (`adserving.versions.serving_day`: store and index) picks it;
 - loading checks what `TwoStage` checks (manifests and payload checksums, the index built from that store
   version and lineage, an online store serving exactly that version), then here: dims of store, index and
   ranker agree, the index's recall@10 against exact search over its own ad vectors reaches `min_recall`, and a
@@ -32,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from adslog.artifact import read_json
-from adslog.errors import DataError, DermError, QualityGateError
+from adserving.two_stage import ServeConfig, TwoStage, UnknownUser
+from adserving.versions import serving_day
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import read_json
+from dermcore.errors import DataError, DermError, QualityGateError
 from dermserve.config import ServiceConfig
 from embstore.online import OnlineStore, slot_artifact
 from index.exact import recall_against_exact
-from ranking.serve import ServeConfig, TwoStage, UnknownUser, serving_day
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from adslog.errors import ConfigError
+from dermcore.errors import ConfigError
 
 
 class Heuristic(StrEnum):

@@ -44,9 +44,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from adslog.errors import ConfigError, DataError, DermError
-from adslog.faults import crash_point
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import ConfigError, DataError, DermError
+from dermcore.faults import crash_point
 from embstore.store import StoreVersion, _check_array, open_version
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
-from adslog.errors import ConfigError, DataError, QualityGateError
 from adslog.workspace import version_name
+from dermcore.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
+from dermcore.errors import ConfigError, DataError, QualityGateError
 from embstore.aggregate import AggregationConfig, Pool, aggregate, stability
 
 STORE_KIND = "embedding_store"

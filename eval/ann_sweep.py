@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from adslog.progress import Progress, no_progress
+from dermcore.progress import Progress, no_progress
 from index import Backend, IndexConfig, TunePoint, make_index, tune
 
 log = logging.getLogger(__name__)

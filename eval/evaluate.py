@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from adslog.errors import DermError
-from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import DermError
+from dermcore.progress import Progress, no_progress
 from embstore.store import open_version
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import (
@@ -201,8 +201,8 @@ def evaluate_day(
     imp = ds.impressions(day, imp_cols)
     clicked = imp.filter(pc.equal(imp.column("click"), 1))
     users, relevant = group_by_user(clicked.column("user_id").to_numpy(), clicked.column("ad_id").to_numpy())
-    # users without an embedding get serving's fallback (`ranking.serve.TwoStage` with the default knobs)
-    from ranking.serve import ServeConfig
+    # users without an embedding get serving's fallback (`adserving.two_stage.TwoStage` with the default knobs)
+    from adserving.two_stage import ServeConfig
 
     sc = ServeConfig()
     activity = ActivityLog.from_dataset(ds, day)
@@ -333,7 +333,7 @@ def evaluate_day(
     mday = ws.version_before(model_dir, day)
     train_days: list[int] = []
     if mday is not None:
-        from adslog.artifact import read_json
+        from dermcore.artifact import read_json
 
         train_days = list(read_json(model_dir / version_name(mday) / "manifest.json").get("days_seen", []))
     slate = _slate(ws, day, imp, device, slate_users) if ds.has_oracle and rday is not None else None
@@ -384,9 +384,9 @@ def ranker_predictions(
 
 def _slate(ws: Workspace, day: int, imp: Any, device: str, n: int) -> dict[str, Any] | None:
     """`eval.slate.slate_value` for a seeded sample of `n` users shown ads on `day` (None when n is 0)."""
+    from adserving.two_stage import TwoStage
     from adslog.oracle import Oracle
     from eval.slate import slate_value
-    from ranking.serve import TwoStage
 
     shown = np.unique(imp.column("user_id").to_numpy()).astype(np.int64)
     if n <= 0 or len(shown) == 0:

@@ -18,9 +18,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from adslog.artifact import read_json
-from adslog.progress import Progress, no_progress
 from adslog.workspace import Workspace
+from dermcore.artifact import read_json
+from dermcore.progress import Progress, no_progress
 from embstore.store import open_version
 from eval.ann_sweep import AnnSweepConfig, ann_sweep
 from eval.evaluate import evaluate_day

@@ -8,7 +8,7 @@ compares choices of ads, not placements):
 
 - expected clicks per user: the sum of true p_click over the slate;
 - expected revenue per user: the sum of bid x p_click [x p_conversion for conversion-objective ads], in the
-  eCPM units of `ranking.serve.ecpm` (1000 x, per thousand impressions).
+  eCPM units of `adserving.auction.ecpm` (1000 x, per thousand impressions).
 
 Systems, on the same users: `retrieval` (the first k of the serving path's candidates, ANN order; cold users
 get the cold-start path's order), `two_stage` (the ranker's p_ctr order over the candidates), `served` (the
@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from adserving.auction import CONVERSION_OBJECTIVE, ECPM_SCALE, ecpm, select_top
+from adserving.two_stage import TwoStage
 from eval.bootstrap import paired_bootstrap
-from ranking.serve import CONVERSION_OBJECTIVE, ECPM_SCALE, TwoStage, ecpm, select_top
 
 SYSTEMS = ("retrieval", "two_stage", "served", "oracle_candidates", "oracle")
 
@@ -104,6 +105,6 @@ def slate_value(
 
 
 def _value(bid: np.ndarray, objective: np.ndarray, p_click: np.ndarray, p_conv: np.ndarray) -> np.ndarray:
-    """True expected revenue of each ad, in `ranking.serve.ecpm` units."""
+    """True expected revenue of each ad, in `adserving.auction.ecpm` units."""
     conv = np.where(objective == CONVERSION_OBJECTIVE, p_conv.astype(np.float64), 1.0)
     return ECPM_SCALE * bid.astype(np.float64) * p_click * conv

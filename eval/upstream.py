@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from adslog.errors import DermError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import DermError
 from eval.metrics import pr_auc, roc_auc
 from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.train import Snapshot, load_snapshot

@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from adslog.errors import ConfigError
+from dermcore.errors import ConfigError
 
 CONFIDENCE = 0.95
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from adslog.artifact import MANIFEST, make_manifest, publishing, read_manifest, write_json_atomic
-from adslog.errors import DataError, DermError, QualityGateError, VersionMismatchError
-from adslog.safepath import check_component
+from dermcore.artifact import MANIFEST, make_manifest, publishing, read_manifest, write_json_atomic
+from dermcore.errors import DataError, DermError, QualityGateError, VersionMismatchError
+from dermcore.safepath import check_component
 from index.backends import index_class, make_index
 from index.boundary import as_vectors, check_ids_vecs, check_k
 from index.delta import IndexDelta, apply_delta, link_files, read_delta, write_delta

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from adslog.errors import DermError
+from dermcore.errors import DermError
 from index.types import AnnIndex, Backend, IndexConfig
 
 if TYPE_CHECKING:

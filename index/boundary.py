@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from adslog.errors import DermError
+from dermcore.errors import DermError
 from index.types import NORM_TOL, PAD_ID, PAD_SCORE, SearchParams
 
 _F32 = np.dtype(np.float32)

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from adslog.artifact import file_sha256
-from adslog.errors import DataError
-from adslog.safepath import is_plain
+from dermcore.artifact import file_sha256
+from dermcore.errors import DataError
+from dermcore.safepath import is_plain
 from index.types import AnnIndex
 
 log = logging.getLogger(__name__)

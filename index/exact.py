@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from adslog.errors import DermError
+from dermcore.errors import DermError
 from index.boundary import as_ids, as_vectors, check_k, eligible_mask, pad_results
 from index.types import PAD_ID, AnnIndex, SearchParams
 

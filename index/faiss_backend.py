@@ -23,7 +23,7 @@ from typing import Any
 import faiss as _faiss
 import numpy as np
 
-from adslog.errors import DataError, DermError
+from dermcore.errors import DataError, DermError
 from index.boundary import (
     as_ids,
     check_ids_vecs,

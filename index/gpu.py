@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Any
 
-from adslog.errors import DermError
+from dermcore.errors import DermError
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 import hnswlib
 import numpy as np
 
-from adslog.errors import DataError, DermError
+from dermcore.errors import DataError, DermError
 from index.boundary import (
     as_ids,
     check_ids_vecs,

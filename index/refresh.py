@@ -1,6 +1,6 @@
 """Daily refresh: publish the next index version by updating the previous one in place, or by rebuilding.
 
-The new version always goes into a NEW directory through `adslog.artifact.publishing`; the in-place path
+The new version always goes into a NEW directory through `dermcore.artifact.publishing`; the in-place path
 loads the previous version's base files into memory, applies the change there and writes the result, so
 the previous directory is never modified and queries reading it keep answering while the refresh runs.
 
@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from adslog.artifact import publishing, read_manifest
-from adslog.errors import DataError, DermError
+from dermcore.artifact import publishing, read_manifest
+from dermcore.errors import DataError, DermError
 from index.artifact import (
     KIND,
     SCHEMA_VERSION,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adslog.errors import DermError
+from dermcore.errors import DermError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from adslog.errors import DermError
+from dermcore.errors import DermError
 from index.boundary import as_ids, as_vectors, check_k
 from index.exact import exact_search, recall_of_results
 from index.types import AnnIndex, SearchParams

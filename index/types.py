@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from adslog.errors import DermError
+from dermcore.errors import DermError
 
 NORM_TOL = 1e-3
 PAD_ID = -1

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from adslog.artifact import read_json, set_latest
-from adslog.errors import DermError
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import read_json, set_latest
+from dermcore.errors import DermError
 from embstore.store import StoreVersion, open_version
 from index.artifact import load_index_artifact
 from index.refresh import RefreshConfig, refresh_index_artifact

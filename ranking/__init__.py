@@ -1,6 +1,7 @@
 """The downstream ranker: a multi-task mixture of DCNv2 experts over user / ad features, context, the activity
 sequence and DERM embeddings (`ranking.model`), its point-in-time training and scoring (`ranking.train`), and
-the two-stage query (`ranking.serve`)."""
+the shared-sequence forward pass that scores one user's candidates (`ranking.scoring`). The two-stage query that
+serves it is `adserving`."""
 
 from ranking.model import (
     DERM_INPUTS,
@@ -11,6 +12,7 @@ from ranking.model import (
     RankerConfig,
     SequenceTransformer,
 )
+from ranking.scoring import forward_shared_sequence, user_runs
 from ranking.train import (
     RANKER_SCHEMA_VERSION,
     DermLookup,
@@ -38,8 +40,10 @@ __all__ = [
     "SequenceTransformer",
     "calibration",
     "fit",
+    "forward_shared_sequence",
     "load_ranker",
     "predict",
     "score",
     "train_ranker",
+    "user_runs",
 ]

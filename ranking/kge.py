@@ -26,9 +26,9 @@ import pyarrow.compute as pc
 
 from adgraph.graph import GraphVersion, Relation, graph_dir
 from adslog.dataset import Dataset
-from adslog.errors import DataError, VersionMismatchError
 from adslog.sequences import AdvertiserMap
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import DataError, VersionMismatchError
 from embstore.store import StoreVersion, open_version
 from towers.batches import ImpressionArrays
 

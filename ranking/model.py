@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adslog.errors import ConfigError
+from dermcore.errors import ConfigError
 from towers.features import FeatureSpec
 from towers.model import FieldEncoder, SequenceEncoder, init_embeddings, mlp
 

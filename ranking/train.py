@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import ConfigError, DataError, DermError, VersionMismatchError
-from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_day, version_name
+from dermcore.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
+from dermcore.errors import ConfigError, DataError, DermError, VersionMismatchError
+from dermcore.progress import Progress, no_progress
 from embstore.store import StoreVersion, open_version
 from ranking.kge import KGELookup, kge_dim
 from ranking.model import Ranker, RankerConfig

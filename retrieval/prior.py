@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from adslog.errors import ConfigError, DataError
+from dermcore.errors import ConfigError, DataError
 
 #: days of clicks behind the popularity list and the cold-start fallback (re-exported by retrieval.retrieve)
 POPULARITY_DAYS = 7

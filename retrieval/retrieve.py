@@ -7,9 +7,9 @@ the index's manifest must name that store version as its source. Only ads live o
 eligible; callers may exclude ads.
 
 `Retriever.retrieve` (batch, used by `derm eval`): a user with no pooled embedding is answered by the cold-start
-fallback it is given (`retrieval.cold_start.ColdStart`, categories first: what `derm eval` and the serving path
-`ranking.serve.TwoStage` both pass), else from the most-clicked live ads of the 7 days before d (ties by ad_id),
-the `cold_start` path.
+fallback it is given (`retrieval.cold_start.ColdStart`, categories first: what `derm eval` and the serving
+path `adserving.two_stage.TwoStage` both pass), else from the most-clicked live ads of the 7 days before d (ties
+by ad_id), the `cold_start` path.
 
 Optional popularity prior (by default the one the daily cycle recorded in the served index version, none when it
 recorded none: the ANN order; or `Retriever(prior=PriorConfig(...))`): candidates are
@@ -29,9 +29,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from adslog.dataset import Dataset
-from adslog.errors import DataError, DermError, VersionMismatchError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import DataError, DermError, VersionMismatchError
 from embstore.store import StoreVersion, open_version
 from index import SearchParams, load_index_artifact
 from index.boundary import compact_rows

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from adslog.artifact import set_latest
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import set_latest
 
 FAMILIES = ("embeddings/ctr", "index", "ranker")  # the cycle's publish order of what a version set holds
 

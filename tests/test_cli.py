@@ -10,8 +10,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from adslog.errors import DermError
 from cli import main
+from dermcore.errors import DermError
 
 runner = CliRunner()
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adslog.artifact import get_latest, read_json
-from adslog.errors import QualityGateError
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import get_latest, read_json
+from dermcore.errors import QualityGateError
 from embstore.aggregate import AggregationConfig
 from embstore.store import StoreGates, open_version, publish_day
 from retrieval.retrieve import Retriever

@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from adslog import artifact
-from adslog.artifact import publishing
 from adslog.dataset import Dataset, DatasetWriter
-from adslog.errors import DataError
 from adslog.schema import REQUIRED_IMPRESSION_COLUMNS, ColumnKind, ColumnSpec, table_schema
+from dermcore import artifact
+from dermcore.artifact import publishing
+from dermcore.errors import DataError
 
 IMP_COLS = [
     *REQUIRED_IMPRESSION_COLUMNS,

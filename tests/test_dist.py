@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from adslog.errors import ConfigError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from cli import main
+from dermcore.errors import ConfigError
 from dermdist import Engine, EngineError, RayInferenceConfig, embed_day_ray, require_ray
 from embstore.store import open_version
 from towers.infer import embed_day

@@ -22,10 +22,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from adslog.artifact import get_latest, read_json
-from adslog.errors import ConfigError, DermError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import get_latest, read_json
+from dermcore.errors import ConfigError, DermError
 from dermdist import RayTrainConfig
 from ranking.train import train_ranker
 from towers.batches import Inputs

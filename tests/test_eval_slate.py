@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from adserving.two_stage import TwoStage
 from adslog.oracle import Oracle
 from adslog.workspace import Workspace
 from eval.slate import SYSTEMS, slate_value
-from ranking.serve import TwoStage
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from adslog.errors import DermError
 from adslog.workspace import Workspace
+from dermcore.errors import DermError
 from eval.upstream import upstream_heads
 
 

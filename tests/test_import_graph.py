@@ -115,3 +115,72 @@ def test_the_index_package_imports_in_a_fresh_interpreter() -> None:
     code = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
     r = subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# The stages in data-flow order (CONVENTIONS 4, the README's architecture list): a package imports only from
+# packages before it. `dermcore` is the bottom (errors, artifacts, progress, safe paths), `adslog` the data layer
+# on it, `adserving` the serving stage after the ranker, and `cli` the top.
+STAGES = (
+    "dermcore",
+    "adslog",
+    "towers",
+    "embstore",
+    "adgraph",
+    "index",
+    "retrieval",
+    "ranking",
+    "adserving",
+    "eval",
+    "dermdist",
+    "workflow",
+    "dermserve",
+    "cli",
+)
+
+
+def _package(module: str) -> str:
+    return module.split(".")[0]
+
+
+def _every_import(path: Path) -> set[str]:
+    """Top-level package of every absolute import anywhere in the file, lazy ones inside functions included."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(_package(a.name) for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.add(_package(node.module))
+    return out
+
+
+def _imports_of_package(package: str) -> dict[str, set[str]]:
+    """Per module of `package`: the other derm packages it imports, lazily or not."""
+    mods = _modules()
+    derm = {_package(m) for m in mods}
+    return {m: (_every_import(f) & derm) - {package} for m, f in mods.items() if _package(m) == package}
+
+
+def test_the_stage_list_names_every_package() -> None:
+    assert set(STAGES) == {_package(m) for m in _modules()}
+
+
+def test_dermcore_imports_no_other_derm_package() -> None:
+    got = _imports_of_package("dermcore")
+    assert {"dermcore.errors", "dermcore.artifact", "dermcore.progress", "dermcore.safepath"} <= set(got)
+    assert {m: sorted(d) for m, d in got.items() if d} == {}
+
+
+def test_adslog_imports_only_dermcore() -> None:
+    """The data layer stands on the core alone: nothing from a later stage, not even lazily."""
+    got = _imports_of_package("adslog")
+    assert {"adslog.dataset", "adslog.workspace"} <= set(got)
+    assert {m: sorted(d - {"dermcore"}) for m, d in got.items() if d - {"dermcore"}} == {}
+
+
+def test_a_stage_imports_only_earlier_stages() -> None:
+    rank = {p: i for i, p in enumerate(STAGES)}
+    late = sorted(
+        (m, d) for m, deps in import_graph().items() for d in deps if rank[_package(d)] > rank[_package(m)]
+    )
+    assert late == []
+    assert "adserving.two_stage" in import_graph()["eval.slate"]  # the check sees cross-package edges

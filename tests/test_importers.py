@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from adslog.dataset import Dataset
-from adslog.errors import DataError
 from adslog.importers import GenericImportConfig, import_generic, import_gowalla, import_movielens_100k
 from adslog.schema import ColumnKind
+from dermcore.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ML = SHARED_DATA / "movielens_100k"

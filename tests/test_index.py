@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adslog.errors import DataError, DermError, VersionMismatchError
+from dermcore.errors import DataError, DermError, VersionMismatchError
 from index import (
     AnnIndex,
     Backend,

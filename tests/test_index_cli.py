@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from adslog.artifact import get_latest
 from adslog.workspace import Workspace
 from cli import main
+from dermcore.artifact import get_latest
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 
-from adslog.artifact import set_latest
-from adslog.errors import DataError
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import set_latest
+from dermcore.errors import DataError
 from index import Backend, IndexConfig, SearchParams, build_index_artifact, load_index_artifact, make_index
 from index.delta import DELTA_FILE
 from index.refresh import RefreshConfig, RefreshMode, Storage, diff_against_index, refresh_index_artifact

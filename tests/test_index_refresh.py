@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adslog.artifact import get_latest, set_latest
-from adslog.errors import DermError
+from dermcore.artifact import get_latest, set_latest
+from dermcore.errors import DermError
 from index import Backend, IndexConfig, SearchParams, build_index_artifact, load_index_artifact, make_index
 from index.refresh import RefreshConfig, RefreshMode, diff_against_index, refresh_index_artifact
 from index.synthetic import ClusteredConfig, ClusteredData, normalise

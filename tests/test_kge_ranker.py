@@ -16,10 +16,10 @@ from adgraph.graph import publish_graph
 from adgraph.models import ModelKind, NodeType
 from adgraph.snapshot import kge_dir, open_kge, train_kge
 from adgraph.train import KGEConfig
-from adslog.errors import ConfigError, DataError, QualityGateError, VersionMismatchError
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import ConfigError, DataError, QualityGateError, VersionMismatchError
 from embstore.store import open_version
 from ranking.kge import KGELookup
 from ranking.model import RankerConfig
@@ -283,7 +283,7 @@ def test_finetuned_tables_start_from_the_published_vectors(kws: Workspace) -> No
 
 @pytest.mark.slow
 def test_demo_with_kge_runs_and_query_names_the_kge_version(tmp_path: Path) -> None:
-    from ranking.serve import ServeConfig, query
+    from adserving.two_stage import ServeConfig, query
     from workflow.cycle import load_cycle_config
     from workflow.demo import DemoConfig, run_demo
 

@@ -18,10 +18,10 @@ from adgraph.models import EntityIndex, KGEModel, ModelKind, transe_score, trans
 from adgraph.snapshot import KGEVersion, kge_dir, open_kge, train_kge
 from adgraph.train import KGEConfig, NegativeSampler, batch_loss, rng_for, to_triples
 from adslog.dataset import Dataset
-from adslog.errors import ConfigError, DataError, VersionMismatchError
 from adslog.importers import GenericImportConfig, import_generic
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
+from dermcore.errors import ConfigError, DataError, VersionMismatchError
 
 DAY0 = 20_000
 SMALL = dict(dim=8, epochs=2, incremental_epochs=1, batch_size=256, negatives=4)
@@ -236,7 +236,7 @@ def test_tampered_anchor_refused(ws: Workspace) -> None:
     """A TransRA version whose anchor projection is not the identity (written around the checksums) fails."""
     import json
 
-    from adslog.artifact import payload_record
+    from dermcore.artifact import payload_record
 
     publish_graph(ws, DAY0)
     train_kge(ws, DAY0, KGEConfig(model=ModelKind.TRANSRA, **SMALL))

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from adslog.errors import QualityGateError, VersionMismatchError
+from adserving.two_stage import TwoStage
 from adslog.workspace import Workspace, version_name
 from cli import main
+from dermcore.errors import QualityGateError, VersionMismatchError
 from embstore.aggregate import AggregationConfig
 from embstore.store import StoreGates, open_version, publish_day
-from ranking.serve import TwoStage
 from workflow.cycle import run_day
 from workflow.lineage import LineageError, check_retrain
 from workflow.rollback import rollback

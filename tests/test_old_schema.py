@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adslog.errors import DataError
 from adslog.workspace import Workspace
+from dermcore.errors import DataError
 from embstore.store import StoreVersion
 from index import exact_search, load_index_artifact
 from ranking.train import load_ranker

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from adslog.artifact import get_latest
 from adslog.workspace import Workspace, version_name
 from cli import main
+from dermcore.artifact import get_latest
 
 CLI = Path(__file__).resolve().parent.parent / "cli.py"
 MAX_BODY = 25

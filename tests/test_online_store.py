@@ -20,13 +20,13 @@ with warnings.catch_warnings():  # starlette's TestClient warns that it runs ove
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from adslog.errors import VersionMismatchError
+from adserving.two_stage import TwoStage
 from adslog.workspace import Workspace
 from cli import main
+from dermcore.errors import VersionMismatchError
 from dermserve import ServiceConfig, create_app
 from embstore.online import OnlineStore, OnlineStoreConfig, publish_workspace
 from embstore.store import open_version
-from ranking.serve import TwoStage
 from tests import serving
 from tests.serving import REDIS_URL, latest_day, republish, wait_until, withdraw
 

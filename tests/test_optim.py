@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from adslog.errors import ConfigError
+from dermcore.errors import ConfigError
 from towers.config import TowerConfig
 from towers.optim import TowerOptimizer
 

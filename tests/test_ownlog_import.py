@@ -13,13 +13,13 @@ from click.testing import CliRunner
 from ownlog import START, WEEK, write_ownlog
 
 from adslog.dataset import Dataset
-from adslog.errors import ConfigError, DataError, DermError
 from adslog.importers import GenericImportConfig, import_generic
 from adslog.inspect import InspectConfig, inspect_dataset
 from adslog.periods import Period, bucket_days, bucket_seconds, dataset_period
 from adslog.rebucket import rebucket
 from adslog.schema import ColumnKind
 from cli import main
+from dermcore.errors import ConfigError, DataError, DermError
 
 
 def _own(tmp_path: Path, **kw: object) -> tuple[dict[str, Path], GenericImportConfig]:

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from ownlog import START, write_ownlog
 
-from adslog.artifact import read_json
 from adslog.dataset import Dataset
-from adslog.errors import DataError
 from adslog.importers import GenericImportConfig, import_generic
 from cli import main
+from dermcore.artifact import read_json
+from dermcore.errors import DataError
 from eval.warnings import WarningConfig, eval_warnings, hoeffding_interval
 from workflow.cycle import daily_gap
 from workflow.rollback import rollback

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from adslog.dataset import Dataset
-from adslog.errors import DataError
 from adslog.importers import TS_MAX, GenericImportConfig, import_generic
 from cli import main
+from dermcore.errors import DataError
 
 # valid values drawn four times as often as broken ones, so both outcomes are exercised
 _valid_ts = st.integers(0, TS_MAX)

@@ -11,10 +11,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from adslog.errors import DermError
+from adserving.auction import ECPM_SCALE, ecpm, select_top
+from adserving.two_stage import ServeConfig, TwoStage, query
 from adslog.workspace import Workspace
 from cli import main
-from ranking.serve import ECPM_SCALE, ServeConfig, TwoStage, ecpm, query, select_top
+from dermcore.errors import DermError
 from retrieval.cold_start import PEER_CATEGORIES, POPULAR, USER_CATEGORIES
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from adslog.errors import DataError
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import DataError
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import open_version, publish_day
 from ranking.model import DERM_INPUTS, CrossLayer, CrossNetwork, MMoE, Ranker, RankerConfig

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from adslog.dataset import Dataset
-from adslog.errors import DermError
 from adslog.rebucket import rebucket
 from adslog.synth import SynthConfig, generate
+from dermcore.errors import DermError
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adslog.errors import ConfigError, DataError
 from adslog.workspace import Workspace
+from dermcore.errors import ConfigError, DataError
 from eval.evaluate import day_clicks
 from retrieval.prior import (
     DEFAULT_BETAS,

@@ -17,13 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from adslog.artifact import get_latest, publishing, set_latest, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import DataError
 from adslog.importers import GenericImportConfig, import_generic
-from adslog.safepath import check_component, is_plain, resolve_under, safe_component
 from adslog.workspace import Workspace
 from cli import main
+from dermcore.artifact import get_latest, publishing, set_latest, write_json_atomic
+from dermcore.errors import DataError
+from dermcore.safepath import check_component, is_plain, resolve_under, safe_component
 
 
 def _files_below(root: Path) -> set[str]:

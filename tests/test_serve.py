@@ -21,10 +21,10 @@ with warnings.catch_warnings():  # starlette's TestClient warns that it runs ove
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from adserving.two_stage import ServeConfig, TwoStage
 from adslog.workspace import Workspace, version_name
 from cli import main
 from dermserve import ServiceConfig, create_app
-from ranking.serve import ServeConfig, TwoStage
 from tests.serving import free_port, latest_day, republish, withdraw
 from workflow.rollback import rollback
 
@@ -396,8 +396,8 @@ def test_micro_batcher_groups_concurrent_queries(served: Any) -> None:
     go in their own pass; an unknown user fails alone; each answer equals the single query's."""
     import asyncio
 
+    from adserving.auction import Order
     from dermserve.batcher import Batcher, QueryParams
-    from ranking.serve import Order
 
     _, app = served
     vset = app.state.manager.current

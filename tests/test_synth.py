@@ -12,7 +12,6 @@ import pytest
 
 import adslog.oracle as oracle_mod
 from adslog.dataset import Dataset, DatasetWriter
-from adslog.errors import DataError, DermError
 from adslog.schema import REQUIRED_IMPRESSION_COLUMNS, ColumnKind
 from adslog.synth import (
     REFERENCE_POSITION,
@@ -23,6 +22,7 @@ from adslog.synth import (
     generate,
     roc_auc,
 )
+from dermcore.errors import DataError, DermError
 
 TINY = SynthConfig(n_users=300, n_ads=400, n_advertisers=30, n_days=3, impressions_per_day=3_000, seed=7)
 # small but not tiny: enough clicks for stable statistics, ~1.5 s to generate

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adslog.artifact import read_json
-from adslog.errors import DermError, VersionMismatchError
+from adserving.two_stage import ServeConfig, TwoStage, query
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import read_json
+from dermcore.errors import DermError, VersionMismatchError
 from embstore.store import open_version
 from eval.evaluate import evaluate_day
-from ranking.serve import ServeConfig, TwoStage, query
 from retrieval.retrieve import Retriever
 from workflow.cycle import run_day
 from workflow.demo import DemoConfig, run_demo
@@ -143,7 +143,7 @@ def test_retrieval_filters_to_live_ads_and_refuses_skew(demo_ws: tuple[Path, dic
         Retriever(ws2, day)
     assert Retriever(ws2, day, allow_skew=True).index is not None
     # a half-moved cycle (store LATEST at day-1, index LATEST still at day-2) serves day-2 for both
-    from adslog.artifact import set_latest
+    from dermcore.artifact import set_latest
 
     half = tmp_path / "half"
     shutil.copytree(work, half)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from adslog.errors import ConfigError
+from dermcore.errors import ConfigError
 
 
 class Task(StrEnum):

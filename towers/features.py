@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 
 from adslog.dataset import Dataset
-from adslog.errors import DataError
 from adslog.schema import REQUIRED_IMPRESSION_COLUMNS, ColumnKind
+from dermcore.errors import DataError
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX = np.uint64(0xBF58476D1CE4E5B9)

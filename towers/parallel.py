@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adslog.errors import DermError
+from dermcore.errors import DermError
 
 
 @dataclass(frozen=True)

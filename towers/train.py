@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from adslog.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import DataError, DermError
-from adslog.faults import crash_point
-from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import version_name
+from dermcore.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
+from dermcore.errors import DataError, DermError
+from dermcore.faults import crash_point
+from dermcore.progress import Progress, no_progress
 from towers.batches import Inputs, to_device
 from towers.config import Task, TowerConfig
 from towers.features import FeatureSpec, build_feature_spec

@@ -45,12 +45,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from adgraph.family import KGECycleConfig
-from adslog.artifact import read_json, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import ConfigError, DataError, DermError
-from adslog.progress import Progress, no_progress
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import read_json, write_json_atomic
+from dermcore.errors import ConfigError, DataError, DermError
+from dermcore.progress import Progress, no_progress
 from dermdist.config import Engine, RayInferenceConfig, RayTrainConfig
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, open_version, publish_day

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adslog.artifact import read_json, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import ConfigError
-from adslog.progress import Progress, no_progress
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
+from dermcore.artifact import read_json, write_json_atomic
+from dermcore.errors import ConfigError
+from dermcore.progress import Progress, no_progress
 from eval.evaluate import evaluate_day
 from index import IndexConfig
 from ranking.model import RankerConfig

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adslog.artifact import read_json, read_manifest
-from adslog.errors import VersionMismatchError
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import read_json, read_manifest
+from dermcore.errors import VersionMismatchError
 from embstore.store import StoreVersion, open_version
 from ranking.train import RANKER_KIND, RANKER_SCHEMA_VERSION, embedding_lineages
 from towers.train import MODEL_KIND, MODEL_SCHEMA_VERSION

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from adslog.dataset import Dataset
-from adslog.errors import DermError
-from adslog.progress import Progress, no_progress
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import DermError
+from dermcore.progress import Progress, no_progress
 from dermdist.config import Engine
 from eval.evaluate import evaluate_day
 from index import Backend, SearchParams

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adslog.artifact import LATEST, set_latest
-from adslog.errors import DataError
 from adslog.workspace import Workspace, version_name
+from dermcore.artifact import LATEST, set_latest
+from dermcore.errors import DataError
 
 log = logging.getLogger(__name__)
 

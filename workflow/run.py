@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adslog.artifact import read_json, write_json_atomic
 from adslog.dataset import Dataset
-from adslog.errors import DataError, DermError
 from adslog.inspect import InspectConfig, inspect_dataset
-from adslog.progress import Progress, no_progress
 from adslog.workspace import Workspace
+from dermcore.artifact import read_json, write_json_atomic
+from dermcore.errors import DataError, DermError
+from dermcore.progress import Progress, no_progress
 from eval.evaluate import evaluate_day
 from workflow.cycle import CYCLE_FILE, Timer, bootstrap, run_day
 from workflow.report import write_report_md

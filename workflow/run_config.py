@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from adslog.errors import ConfigError, DataError
+from dermcore.errors import ConfigError, DataError
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates
 from eval.warnings import WarningConfig

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from adslog.errors import DataError
-from adslog.faults import crash_point
-from adslog.safepath import check_component, resolve_under
+from dermcore.errors import DataError
+from dermcore.faults import crash_point
+from dermcore.safepath import check_component, resolve_under
 
 log = logging.getLogger(__name__)
 

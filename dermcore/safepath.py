@@ -23,7 +23,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from adslog.errors import DataError
+from dermcore.errors import DataError
 
 _PLAIN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=+-]{0,99}")
 _SLUG_CHAR = re.compile(r"[^A-Za-z0-9_=+-]+")

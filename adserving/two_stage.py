@@ -11,15 +11,8 @@ Stages, for query day d (everything read from the versions published before d):
 2. Ranking: the trained ranker (the artifact named in `versions["ranker"]`) gives `p_ctr` and `p_cvr`
    (P(conversion | click)) per candidate at the reference context (surface 0, top slot), through the same
    feature code as training. `rank_score` is `p_ctr`.
-3. Order: by `ecpm` (default) or by `rank_score` (`Order.RANK_SCORE`), ties by ad_id, with at most
-   `max_per_advertiser` ads of one advertiser in the top k: a capped advertiser's lower ads are skipped and the
-   list fills from the next candidates of other advertisers (fewer than k results only when the candidates'
-   advertisers run out).
-
-eCPM, the expected revenue per thousand impressions in the bid's currency unit:
-    objective 0 (click-optimised, `bid` = price per click):            ecpm = 1000 x bid x p_ctr
-    objective 1 (conversion-optimised, `bid` = price per conversion):  ecpm = 1000 x bid x p_ctr x p_cvr
-Datasets without these ad columns (imported logs) count every ad as its own advertiser, bid 1, objective 0.
+3. Order: the auction of `adserving.auction`: by eCPM (default) or by `rank_score`, ties by ad_id, with at most
+   `max_per_advertiser` ads of one advertiser in the top k.
 
 Unknown users: a user id the dataset's users table does not have is an error by default
 (`UnknownUser.ERROR`: most often a typo or a stale table); `UnknownUser.POPULAR` serves it the global popularity
@@ -37,10 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from adslog.errors import DataError, DermError, UnknownUserError
+from adserving.auction import AdBook, Order, ecpm, select_top
+from adserving.versions import serving_day
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from dermcore.errors import DataError, DermError, UnknownUserError
 from embstore.store import StoreVersion
+from ranking.scoring import forward_shared_sequence, user_runs
 from ranking.train import DermLookup, RankerSnapshot, attach, kge_lookup, load_ranker
 from retrieval.cold_start import ColdStart
 from retrieval.retrieve import Retriever
@@ -48,16 +44,7 @@ from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.features import reference_context
 from towers.train import resolve_device
 
-ECPM_SCALE = 1000.0  # eCPM is per thousand impressions
-CONVERSION_OBJECTIVE = 1
 SCORE_BATCH = 8192
-
-
-class Order(StrEnum):
-    """The final order: expected value per impression, or the ranker's CTR alone."""
-
-    ECPM = "ecpm"
-    RANK_SCORE = "rank_score"
 
 
 class UnknownUser(StrEnum):
@@ -113,72 +100,6 @@ class ServeConfig:
             "peer_features": list(self.peer_features),
             "peer_min_clicks": self.peer_min_clicks,
         }
-
-
-def ecpm(bid: np.ndarray, p_ctr: np.ndarray, p_cvr: np.ndarray, objective: np.ndarray) -> np.ndarray:
-    """float64[n] expected revenue per thousand impressions (see the module docstring for the units)."""
-    value = bid.astype(np.float64) * p_ctr.astype(np.float64)
-    value *= np.where(objective == CONVERSION_OBJECTIVE, p_cvr.astype(np.float64), 1.0)
-    return ECPM_SCALE * value
-
-
-def select_top(
-    key: np.ndarray, ids: np.ndarray, advertiser: np.ndarray, k: int, cap: int | None
-) -> np.ndarray:
-    """Positions of the top k by `key` (descending, ties by id) with at most `cap` per advertiser, in order.
-
-    Equal to the greedy walk down the sorted list that skips an ad whose advertiser already has `cap` ads:
-    an ad is kept iff fewer than `cap` ads of its advertiser rank above it."""
-    order = np.lexsort((ids, -key))
-    if cap is None or len(order) == 0:
-        return order[:k]
-    adv = advertiser[order]
-    by_adv = np.argsort(adv, kind="stable")  # groups advertisers, keeps the key order inside each group
-    sorted_adv = adv[by_adv]
-    start = np.flatnonzero(np.r_[True, sorted_adv[1:] != sorted_adv[:-1]])
-    size = np.diff(np.r_[start, len(adv)])
-    occurrence = np.empty(len(adv), np.int64)
-    occurrence[by_adv] = np.arange(len(adv)) - np.repeat(start, size)
-    return order[occurrence < cap][:k]
-
-
-def serving_day(ws: Workspace) -> int:
-    """The day a workspace serves: the day after the newest version live in both the store and the index."""
-    d = ws.serving_version([ws.embeddings_dir("ctr"), ws.index_dir], 2**31 - 1)
-    if d is None:
-        d = ws.latest_day(ws.embeddings_dir("ctr"))
-    if d is None:
-        raise DermError(
-            f"{ws.root}: nothing is published in this workspace (run `derm run --data DATA --work WORK` on a dataset, or `derm daily`)"
-        )
-    return d + 1
-
-
-class AdBook:
-    """Serving attributes of every ad, by id: advertiser_id int64, bid float32, objective int8."""
-
-    def __init__(self, ads: Any, columns: dict[str, Any]) -> None:
-        names = ["ad_id"] + [c for c in ("advertiser_id", "bid", "objective") if c in columns]
-        t = ads(names)
-        ids = t.column("ad_id").to_numpy().astype(np.int64)
-        order = np.argsort(ids)
-        self.ids = ids[order]
-
-        def col(name: str, default: np.ndarray, dtype: Any) -> np.ndarray:
-            if name not in names:
-                return default.astype(dtype)
-            return t.column(name).to_numpy(zero_copy_only=False)[order].astype(dtype)
-
-        n = len(self.ids)
-        self.advertiser = col("advertiser_id", self.ids, np.int64)
-        self.bid = col("bid", np.ones(n), np.float32)
-        self.objective = col("objective", np.zeros(n), np.int8)
-
-    def rows(self, ad_ids: np.ndarray) -> np.ndarray:
-        pos = np.clip(np.searchsorted(self.ids, ad_ids), 0, max(len(self.ids) - 1, 0))
-        if len(ad_ids) and not (self.ids[pos] == ad_ids).all():
-            raise DermError(f"ads missing from the ads table: {ad_ids[self.ids[pos] != ad_ids][:5].tolist()}")
-        return pos
 
 
 class TwoStage:
@@ -300,7 +221,7 @@ class TwoStage:
             t1 = time.perf_counter()
             with torch.no_grad():
                 logits = (
-                    _forward_shared_sequence(snap.ranker, batch, _runs(uid))
+                    forward_shared_sequence(snap.ranker, batch, user_runs(uid))
                     if share_sequence
                     else snap.ranker(batch)
                 )
@@ -485,55 +406,6 @@ class TwoStage:
             "n_candidates": int(len(ids)),
             "results": results,
         }
-
-
-def _runs(user_ids: np.ndarray) -> np.ndarray:
-    """Lengths int64[g] of the runs of equal consecutive user ids (one run per user of a `rank_many` call)."""
-    if len(user_ids) == 0:
-        return np.zeros(0, np.int64)
-    start = np.flatnonzero(np.r_[True, user_ids[1:] != user_ids[:-1]])
-    return np.diff(np.r_[start, len(user_ids)])
-
-
-def _forward_shared_sequence(
-    ranker: torch.nn.Module, batch: dict[str, torch.Tensor], runs: np.ndarray | None = None
-) -> torch.Tensor:
-    """`ranker(batch)` for a batch whose rows come in runs sharing one activity sequence (`runs`: their
-    lengths; None: one run): the sequence encoder sees the first row of each run only and its output (G, C)
-    is repeated to (B, C). A ranker without a `sequence` module runs as is.
-
-    The hooks live on the shared module for the duration of the call: two threads must not run this on one
-    ranker at once (the service runs queries on one worker thread)."""
-    seq = getattr(ranker, "sequence", None)
-    if not isinstance(seq, torch.nn.Module):
-        return ranker(batch)
-    n = int(batch["seq_kind"].shape[0])
-    if runs is None or len(runs) <= 1:
-
-        def first_row(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return ({k: v[:1] for k, v in args[0].items()}, *args[1:])
-
-        def repeat(_: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
-            return out.expand(n, *out.shape[1:])
-
-    else:
-        dev = batch["seq_kind"].device
-        starts = torch.from_numpy(np.r_[0, np.cumsum(runs)[:-1]]).to(dev)
-        counts = torch.from_numpy(np.asarray(runs, np.int64)).to(dev)
-
-        def first_row(_: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return ({k: v.index_select(0, starts) for k, v in args[0].items()}, *args[1:])
-
-        def repeat(_: torch.nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> torch.Tensor:
-            return out.repeat_interleave(counts, dim=0)
-
-    pre, post = seq.register_forward_pre_hook(first_row), seq.register_forward_hook(repeat)
-    try:
-        out: torch.Tensor = ranker(batch)
-        return out
-    finally:
-        pre.remove()
-        post.remove()
 
 
 def _num(x: float) -> float | None:
