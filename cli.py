@@ -395,7 +395,7 @@ def _period(period: str, cuts: str | None) -> Any:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option(
     "--backbone",
-    type=click.Choice(["dhen", "mlp"]),
+    type=click.Choice(["dhen", "mlp", "sum"]),
     default=None,
     help="Tower backbone (default: the workspace's, else dhen); kept in cycle.json for the daily cycle.",
 )

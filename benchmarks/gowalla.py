@@ -56,7 +56,7 @@ from eval.baselines import MFConfig, plain_mf  # noqa: E402
 from eval.metrics import ndcg_at_k, recall_at_k  # noqa: E402
 from eval.protocols import full_ranking_eval  # noqa: E402
 from index import exact_search  # noqa: E402
-from towers.batches import Inputs  # noqa: E402
+from towers.batches import Inputs, training_batches  # noqa: E402
 from towers.config import TowerConfig  # noqa: E402
 from towers.features import build_feature_spec  # noqa: E402
 from towers.infer import embed_ads, embed_users  # noqa: E402
@@ -237,7 +237,7 @@ def train_with_curve(
         stats = run_epochs(
             snap.task,
             snap.optimizer,
-            lambda idx: inputs.impression_batch(arrays.take(idx)),
+            training_batches(inputs, arrays, cfg.extra_negatives, cfg.seed + TRAIN_DAY),
             len(arrays),
             cfg.epochs_initial,
             cfg.batch_size,

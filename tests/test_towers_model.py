@@ -19,7 +19,8 @@ from adslog.dataset import Dataset
 from adslog.schema import ColumnKind
 from adslog.sequences import CLICK, CONVERSION, OFFSITE, ActivityLog
 from adslog.synth import SynthConfig, generate
-from towers.batches import Inputs
+from dermcore.errors import ConfigError
+from towers.batches import Inputs, training_batches
 from towers.config import Backbone, DhenModule, TowerConfig
 from towers.dhen import DhenBackbone, DhenLayer, MaskNetModule
 from towers.features import FeatureSpec, Field, build_feature_spec
@@ -474,3 +475,76 @@ def test_id_bucket_factor_sizes_the_id_tables() -> None:
     assert id_bucket_count(10, 1 << 17) == 1024  # the floor
     with pytest.raises(ValueError, match="id_bucket_factor"):
         TowerConfig(id_bucket_factor=0)
+
+
+# ---------------------------------------------------------------- sum backbone, mixed negative sampling
+
+
+def test_sum_backbone_is_the_normalised_sum_of_the_tokens() -> None:
+    with pytest.raises(ConfigError, match="token_dim"):
+        TowerConfig(backbone=Backbone.SUM, dim=16, token_dim=8)
+    torch.manual_seed(0)
+    model = DermModel(SPEC, replace(SMALL, backbone=Backbone.SUM, dim=8)).eval()
+    b = hand_batch(7)
+    with torch.no_grad():
+        u, a, _ = model(b)
+        toks = model.pin_tower.tokens(b, "ad")
+    assert toks.shape == (7, 4, 8)
+    assert torch.allclose(a, torch.nn.functional.normalize(toks.sum(1), dim=-1), atol=1e-6)
+    assert not any(p.numel() for p in model.user_tower.backbone.parameters())
+    assert u.shape == (7, 8)
+
+
+def test_training_batches_draw_uniform_negatives_from_the_training_ads(tiny_ds: Path) -> None:
+    ds = Dataset.open(tiny_ds)
+    days = ds.days()
+    spec = build_feature_spec(ds, days[:1], SMALL.id_buckets)
+    inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, days[0]), SMALL.seq_len)
+    arrays = inputs.impressions(days[:1])
+    pool = np.unique(arrays.ad_id)
+    idx = np.arange(64)
+    plain = training_batches(inputs, arrays, 0, 3)(idx)
+    assert not any(k.startswith("neg_") for k in plain)
+    make = training_batches(inputs, arrays, 300, 3)
+    b1, b2 = make(idx), make(idx)
+    ids = b1["neg_ad_id"].numpy()
+    assert len(ids) == 300 and np.isin(ids, pool).all()
+    assert not np.array_equal(ids, b2["neg_ad_id"].numpy())  # a fresh draw per batch
+    assert np.array_equal(ids, training_batches(inputs, arrays, 300, 3)(idx)["neg_ad_id"].numpy())  # seeded
+    assert b1["neg_rate"].item() == pytest.approx(300 / len(pool))
+    assert torch.equal(b1["neg_ad_cat"], inputs.ad_batch(ids)["ad_cat"])
+    for k in ("ad_cat", "user_cat", "click"):
+        assert torch.equal(b1[k], plain[k])
+
+
+def test_mixed_negatives_join_the_softmax_with_one_log_q(tiny_ds: Path) -> None:
+    """The contrastive loss with extra negatives equals the softmax written out by hand over the batch's ads
+    and the drawn ones, each column corrected by log(in-batch estimate + draws / pool)."""
+    ds = Dataset.open(tiny_ds)
+    days = ds.days()
+    cfg = replace(SMALL, weight_ctr=0.0, weight_cvr=0.0, extra_negatives=50)
+    spec = build_feature_spec(ds, days[:1], cfg.id_buckets)
+    snap = new_snapshot(spec, cfg, CPU)
+    inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, days[0]), cfg.seq_len)
+    arrays = inputs.impressions(days[:1])
+    b = training_batches(inputs, arrays, 50, 0)(np.arange(128))
+    task = snap.task
+    task.freq.update(b["ad_bucket"])  # a prior estimate; eval mode leaves it unchanged in the forward
+    task.eval()
+    with torch.no_grad():
+        loss, parts = task(b)
+        u = task.model.user_tower(b, "user")
+        cand = torch.cat([task.model.pin_tower(b, "ad"), task.model.pin_tower(b, "neg_ad")])
+        ids = torch.cat([b["ad_id"], b["neg_ad_id"]])
+        buckets = torch.cat([b["ad_bucket"], b["neg_ad_bucket"]])
+        q = task.freq.counts[buckets] / task.freq.batches + 50 / len(np.unique(arrays.ad_id))
+        pos = (b["click"] > 0).nonzero().squeeze(1)
+        logits = u[pos] @ cand.T / cfg.temperature_init - q.log().float()
+        total = 0.0
+        for r, p in enumerate(pos.tolist()):
+            keep = (ids != ids[p]) | (torch.arange(len(ids)) == p)
+            row = logits[r][keep]
+            total += (torch.logsumexp(row, 0) - logits[r, p]).item()
+    assert len(pos) > 0 and cand.shape[0] == 178
+    assert parts["contrastive"] == pytest.approx(total / len(pos), rel=1e-4)
+    assert loss.item() == pytest.approx(total / len(pos), rel=1e-4)

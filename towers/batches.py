@@ -141,6 +141,33 @@ class Inputs:
         return b
 
 
+def training_batches(
+    inputs: Inputs, arrays: ImpressionArrays, extra_negatives: int, seed: int
+) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
+    """`make_batch(row_indices)` for the towers' training loop: the rows' `impression_batch`, plus (with
+    `extra_negatives` > 0) that many ads drawn uniformly with replacement from the distinct ads of `arrays`,
+    under `neg_ad_*` (the Pin tower's inputs), `neg_ad_id`, `neg_ad_bucket` (the logQ bucket) and `neg_rate`
+    (float64 scalar: extra_negatives / number of distinct ads, each ad's expected count among them). Draws
+    come from one generator seeded with (`seed`, a constant), so a run is reproducible and the draws are not the
+    stream of the loop's shuffle, which is seeded with `seed` alone."""
+    if extra_negatives < 0:
+        raise ValueError("extra_negatives must be >= 0")
+    pool = np.unique(arrays.ad_id) if extra_negatives else np.zeros(0, np.int64)
+    rng = np.random.default_rng((seed, 0x6E6567))
+
+    def make(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        b = inputs.impression_batch(arrays.take(idx))
+        if extra_negatives and len(pool):
+            ids = pool[rng.integers(0, len(pool), extra_negatives)]
+            b.update({f"neg_{k}": v for k, v in inputs.ad_batch(ids).items()})
+            b["neg_ad_id"] = torch.from_numpy(ids)
+            b["neg_ad_bucket"] = torch.from_numpy(hash_ids(ids, inputs.spec.id_buckets, LOGQ_SALT))
+            b["neg_rate"] = torch.tensor(extra_negatives / len(pool), dtype=torch.float64)
+        return b
+
+    return make
+
+
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     if device.type == "cpu":
         return batch

@@ -22,6 +22,9 @@ class Backbone(StrEnum):
 
     DHEN = "dhen"
     MLP = "mlp"
+    #: the embedding is the sum of the feature tokens (token_dim must equal dim): no projection. With one id
+    #: token per entity this is matrix factorisation; with several, a bag of embeddings
+    SUM = "sum"
 
 
 class DhenModule(StrEnum):
@@ -74,6 +77,12 @@ class TowerConfig:
     logq: bool = True
     logq_decay: float = 0.99
     temperature_init: float = 0.1
+    #: mixed negative sampling (Yang et al., WWW 2020): besides the batch's own ads, this many ads drawn
+    #: uniformly (with replacement) from the distinct ads of the training rows join every batch's softmax as
+    #: negatives, through the Pin tower. Each candidate column is corrected by log of its ad's expected count
+    #: in the candidate set (the streaming in-batch estimate plus extra_negatives / number of ads), so the
+    #: two samples share one logQ. 0 = in-batch negatives only (the DERM paper's setting)
+    extra_negatives: int = 0
     # the softmax temperature is trained (the DERM default); False keeps it at temperature_init. Ids-only
     # Gowalla: the learned temperature fell to 0.03 within 6 epochs and validation recall@20 peaked at epoch 3
     # (0.131) then fell, while a fixed 0.1 kept rising (0.150 at epoch 4)
@@ -101,6 +110,13 @@ class TowerConfig:
             raise ConfigError("id_buckets must be >= 2")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be >= 2 (in-batch negatives)")
+        if self.extra_negatives < 0:
+            raise ConfigError("extra_negatives must be >= 0")
+        if self.backbone is Backbone.SUM and self.token_dim != self.dim:
+            raise ConfigError(
+                f"backbone sum: token_dim ({self.token_dim}) must equal dim ({self.dim}): the embedding is the "
+                "sum of the tokens"
+            )
         if self.lr <= 0 or not 0 < self.logq_decay < 1:
             raise ConfigError("lr must be > 0 and logq_decay in (0, 1)")
         if not 0.01 <= self.temperature_init <= 1:

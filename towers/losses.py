@@ -43,8 +43,10 @@ class CandidateFrequency(nn.Module):
         self.counts.mul_(self.decay).add_(occurrences)
         self.batches.mul_(self.decay).add_(1.0)
 
-    def log_q(self, buckets: torch.Tensor) -> torch.Tensor:
-        q = self.counts[buckets] / self.batches.clamp(min=1e-12)
+    def log_q(self, buckets: torch.Tensor, extra: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """log of each bucket's expected count among a batch's candidates; `extra`: the expected count each
+        ad has among candidates sampled besides the batch (mixed negative sampling), added before the log."""
+        q = self.counts[buckets] / self.batches.clamp(min=1e-12) + extra
         return q.clamp(min=1e-6).log().float()
 
 

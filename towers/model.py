@@ -6,8 +6,10 @@ export loads only the tower it needs. Both entity towers turn their inputs into 
 
 * `dhen` (default, the DERM paper's towers): a DHEN stack over the T_in feature tokens (`towers.dhen`), a learned
   linear mix of the token axis to T_out = dim / C output tokens, flattened and L2-normalised;
-* `mlp` (the foundation's towers, kept unchanged for ablations and ids-only benchmarks): an MLP over the
-  flattened tokens to `dim`, L2-normalised.
+* `mlp` (the foundation's towers, kept unchanged for ablations): an MLP over the flattened tokens to `dim`,
+  L2-normalised;
+* `sum`: the sum of the tokens (token_dim = dim), L2-normalised: no projection, so an ids-only tower is matrix
+  factorisation (what the Gowalla benchmark trains: the projection of `mlp` cost validation recall there).
 
 Context (surface, position) enters only the interaction tower, so it cannot contaminate the entity embeddings.
 """
@@ -100,6 +102,13 @@ class SequenceEncoder(nn.Module):
         return pooled.unsqueeze(1)
 
 
+class SumTokens(nn.Module):
+    """(B, T, C) tokens -> (B, C): their sum."""
+
+    def forward(self, toks: torch.Tensor) -> torch.Tensor:
+        return toks.sum(1)
+
+
 def mlp(sizes: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-2], sizes[1:-1], strict=False):
@@ -122,11 +131,14 @@ class EntityTower(nn.Module):
             SequenceEncoder(spec, c, n_cat, cfg.embedding_init_std, sparse) if entity == "user" else None
         )
         self.n_tokens = self.fields.n_tokens + (1 if self.sequence is not None else 0)  # T_in
-        self.backbone: nn.Module = (
-            DhenBackbone(self.n_tokens, cfg)
-            if cfg.backbone is Backbone.DHEN
-            else mlp([self.n_tokens * c, *cfg.hidden, cfg.dim])
-        )
+        self.backbone: nn.Module
+        if cfg.backbone is Backbone.DHEN:
+            self.backbone = DhenBackbone(self.n_tokens, cfg)
+        elif cfg.backbone is Backbone.SUM:
+            self.backbone = SumTokens()
+        else:
+            self.backbone = mlp([self.n_tokens * c, *cfg.hidden, cfg.dim])
+        self.flat_input = cfg.backbone is Backbone.MLP
 
     def tokens(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
         """The tower's input feature tokens (B, T_in, C)."""
@@ -137,9 +149,7 @@ class EntityTower(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], prefix: str) -> torch.Tensor:
         toks = self.tokens(batch, prefix)
-        out = (
-            self.backbone(toks) if isinstance(self.backbone, DhenBackbone) else self.backbone(toks.flatten(1))
-        )
+        out = self.backbone(toks.flatten(1) if self.flat_input else toks)
         return F.normalize(out, dim=-1)
 
 

@@ -27,7 +27,7 @@ from dermcore.artifact import make_manifest, publishing, read_manifest, set_late
 from dermcore.errors import DataError, DermError
 from dermcore.faults import crash_point
 from dermcore.progress import Progress, no_progress
-from towers.batches import Inputs, to_device
+from towers.batches import Inputs, to_device, training_batches
 from towers.config import Task, TowerConfig
 from towers.features import FeatureSpec, build_feature_spec
 from towers.losses import CandidateFrequency, multitask_bce, sampled_softmax_loss
@@ -75,9 +75,15 @@ class TrainTask(nn.Module):
             self.freq.update(batch["ad_bucket"])
         if positive.any() and cfg.weight_contrastive > 0:
             pos_index = positive.nonzero().squeeze(1)
-            log_q = self.freq.log_q(batch["ad_bucket"]) if cfg.logq else None
+            cand, cand_ids, buckets = a, batch["ad_id"], batch["ad_bucket"]
+            extra = batch["neg_rate"] if "neg_ad_id" in batch else 0.0
+            if "neg_ad_id" in batch:  # mixed negative sampling: uniform ads through the Pin tower
+                cand = torch.cat([a, self.model.pin_tower(batch, "neg_ad")])
+                cand_ids = torch.cat([cand_ids, batch["neg_ad_id"]])
+                buckets = torch.cat([buckets, batch["neg_ad_bucket"]])
+            log_q = self.freq.log_q(buckets, extra) if cfg.logq else None
             l_con = sampled_softmax_loss(
-                u[pos_index], a, pos_index, batch["ad_id"], log_q, self.model.temperature()
+                u[pos_index], cand, pos_index, cand_ids, log_q, self.model.temperature()
             )
         else:
             l_con = logits.sum() * 0.0
@@ -303,7 +309,7 @@ def train_towers(
     stats = run_epochs(
         snap.task,
         snap.optimizer,
-        lambda idx: inputs.impression_batch(arrays.take(idx)),
+        training_batches(inputs, arrays, snap.config.extra_negatives, snap.config.seed + last),
         len(arrays),
         epochs,
         snap.config.batch_size,
