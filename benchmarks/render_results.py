@@ -333,12 +333,12 @@ def kge_ranker_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def sparse_optimizer_section(r: dict[str, Any]) -> list[str]:
-    """SparseAdam vs the catch-up sparse Adam on Gowalla's validation split, beside plain MF (sparse_optimizer.py)."""
+def _curves(title: str, r: dict[str, Any]) -> list[str]:
+    """A title and one row per arm: validation recall@20 after each epoch and the training seconds."""
     arms = r.get("arms", {})
     n = max((len(a.get("curve", [])) for a in arms.values()), default=0)
     lines = [
-        "## Sparse Adam: lazy (SparseAdam) vs catch-up, beside plain MF (Gowalla validation split)",
+        title,
         "",
         f"`{r.get('command')}`; validation recall@20 after each epoch ({r.get('split')}); load average at the end "
         f"{[round(x, 1) for x in r.get('load_average', [])]}. {_machine(r)}.",
@@ -348,7 +348,22 @@ def sparse_optimizer_section(r: dict[str, Any]) -> list[str]:
     for name, a in arms.items():
         pts = [_f(p.get("recall_at_20")) for p in a.get("curve", [])]
         rows.append((name, *pts, *["-"] * (n - len(pts)), _f(a.get("train_seconds"), 0)))
-    lines += table(("arm", *(f"epoch {i + 1}" for i in range(n)), "train s"), rows)
+    return lines + table(("arm", *(f"epoch {i + 1}" for i in range(n)), "train s"), rows)
+
+
+def gowalla_ablation_section(r: dict[str, Any]) -> list[str]:
+    """The Gowalla towers' settings, one changed at a time, beside plain MF (gowalla_ablation.py)."""
+    lines = _curves("## Gowalla: the towers' settings one at a time, beside plain MF (validation split)", r)
+    lines += ["", f"Base (`gowalla.BASE`): `{r.get('base')}`. Each arm differs from it in:", ""]
+    lines += [f"- {k}: {a.get('differs')}" for k, a in r.get("arms", {}).items()]
+    return [*lines, ""]
+
+
+def sparse_optimizer_section(r: dict[str, Any]) -> list[str]:
+    """SparseAdam vs the catch-up sparse Adam on Gowalla's validation split, beside plain MF (sparse_optimizer.py)."""
+    lines = _curves(
+        "## Sparse Adam: lazy (SparseAdam) vs catch-up, beside plain MF (Gowalla validation split)", r
+    )
     st = r.get("step", {})
     lines += [
         "",
@@ -373,6 +388,7 @@ SECTIONS = {
     "offsite_signal": offsite_signal_section,
     "slate_value": slate_value_section,
     "sparse_optimizer": sparse_optimizer_section,
+    "gowalla_ablation": gowalla_ablation_section,
     **MODEL_SECTIONS,
     **SYSTEM_SECTIONS,
 }

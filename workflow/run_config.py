@@ -263,7 +263,8 @@ KEY_DOCS: dict[str, str] = {
     "towers.dim": "embedding width of the user and Pin towers",
     "towers.token_dim": "width of each feature token",
     "towers.hidden": "hidden widths of the interaction tower's MLP (and of the towers when backbone = mlp)",
-    "towers.backbone": "dhen (the paper's DHEN stack) | mlp (the foundation's MLP towers)",
+    "towers.backbone": "dhen (the paper's DHEN stack) | mlp (the foundation's MLP towers) | sum (the sum of the "
+    "feature tokens, no projection; token_dim = dim)",
     "towers.dhen_layers": "DHEN layers per tower",
     "towers.dhen_modules": "the two modules each DHEN layer ensembles: masknet | transformer | mlp",
     "towers.dhen_hidden": "hidden width of the DHEN MaskNet / MLP modules and transformer feed-forward",
@@ -283,6 +284,8 @@ KEY_DOCS: dict[str, str] = {
     "towers.weight_ctr": "weight of the CTR head's BCE loss",
     "towers.weight_cvr": "weight of the CVR head's BCE loss",
     "towers.weight_contrastive": "weight of the in-batch sampled softmax",
+    "towers.extra_negatives": "ads drawn uniformly from the training ads that join each batch's softmax as "
+    "negatives (mixed negative sampling; 0 = in-batch only)",
     "towers.logq": "logQ correction of the sampled softmax",
     "towers.logq_decay": "decay of the running ad-frequency estimate behind logQ",
     "towers.temperature_init": "initial softmax temperature",

@@ -1,0 +1,112 @@
+"""Gowalla: what separates the towers from plain MF, one difference at a time (issue 13, item 2).
+
+Protocol: `benchmarks/gowalla.py`'s validation split (10 % of each user's train.txt items held out, seed 0;
+test.txt is not touched), its ids-only towers trained for EPOCHS epochs through the benchmark's
+`train_with_curve` (the library's `TrainTask` + `run_epochs` + `training_batches`), validation recall@20 after
+every epoch. The first arm is `gowalla.BASE` (the configuration the Gowalla benchmark trains); every other arm
+differs from it in one thing, named in its `differs` field. `eval.baselines.plain_mf` with gowalla.py's
+reference recipe runs the same epochs beside them. Usage: python benchmarks/gowalla_ablation.py (writes
+benchmarks/results/gowalla_ablation.json)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import gowalla as G  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from common import write_result  # noqa: E402
+
+from adslog.dataset import Dataset  # noqa: E402
+from eval.baselines import plain_mf  # noqa: E402
+
+EPOCHS = 4
+#: arm -> (what differs from gowalla.BASE, the overrides)
+ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "base": ("nothing: gowalla.BASE", {}),
+    "mlp_projection": ("backbone mlp (hidden=()): a linear projection of the id tokens", {"backbone": "mlp"}),
+    "lazy_sparse_adam": (
+        "SparseAdam (lazy moments) at its best lr 0.06 instead of catch-up Adam",
+        {"sparse_optimizer": "lazy", "lr": 0.06},
+    ),
+    "mixed_negatives": (
+        "2,048 uniform negatives per batch beside the in-batch ones (extra_negatives, one logQ per column)",
+        {"extra_negatives": 2048},
+    ),
+    "previous_config": (
+        "the configuration of the previous gowalla.json: mlp projection, SparseAdam lr 0.06, init std 0.05, "
+        "in-batch negatives only",
+        {
+            "backbone": "mlp",
+            "sparse_optimizer": "lazy",
+            "lr": 0.06,
+            "embedding_init_std": 0.05,
+            "extra_negatives": 0,
+        },
+    ),
+}
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    t_start = time.perf_counter()
+    G.prepare()
+    ds = Dataset.open(G.WORK / "val_ds")
+    split = G.Split(ds)
+    arms: dict[str, Any] = {}
+    for name, (differs, over) in ARMS.items():
+        params = {**G.BASE, **over}
+        if params == G.BASE and name != "base":
+            continue  # the difference is already the base's setting
+        cfg = G.tower_config(**params, epochs_initial=EPOCHS)
+        r = G.train_with_curve(ds, split, cfg)
+        arms[name] = {
+            "differs": differs,
+            "params": over,
+            "curve": r["curve"],
+            "train_seconds": r["train_seconds"],
+        }
+        print(name, [round(p["recall_at_20"], 4) for p in r["curve"]], flush=True)
+    curve: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+
+    def on_epoch(epoch: int, model: Any) -> None:
+        curve.append({"epoch": epoch, **G._mf_score(model, split)})
+
+    users = np.concatenate([np.full(len(t), u, np.int64) for u, t in enumerate(split.train)])
+    plain_mf(
+        users,
+        np.concatenate(split.train).astype(np.int64),
+        dataclasses.replace(G.MF, epochs=EPOCHS),
+        on_epoch,
+    )
+    arms["plain_mf"] = {
+        "differs": "eval.baselines.plain_mf (exact tables, dense Adam, exact logQ), gowalla.py's reference recipe",
+        "params": G.MF.to_json(),
+        "curve": curve,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+    }
+    result = {
+        "command": "python benchmarks/gowalla_ablation.py",
+        "epochs": EPOCHS,
+        "split": "gowalla.py's validation split (test.txt untouched)",
+        "base": {k: list(v) if isinstance(v, tuple) else v for k, v in G.BASE.items()},
+        "arms": arms,
+        "val_recall_at_20_last_epoch": {k: a["curve"][-1]["recall_at_20"] for k, a in arms.items()},
+        "load_average": list(os.getloadavg()),
+        "wall_seconds": round(time.perf_counter() - t_start, 1),
+    }
+    print(write_result("gowalla_ablation", result))
+
+
+if __name__ == "__main__":
+    main()
