@@ -441,7 +441,7 @@ def _log_epoch(params: dict[str, Any], epoch: int, point: dict[str, Any]) -> Non
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     import faiss
 
     # torch and faiss each bring an OpenMP runtime; on a 2-core machine two of them spinning at once made one

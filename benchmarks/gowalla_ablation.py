@@ -54,11 +54,12 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     import faiss
 
     faiss.omp_set_num_threads(1)
     t_start = time.perf_counter()
+    G.WORK = G.WORK.with_name("gowalla_ablation")  # its own copy: gowalla.py rebuilds benchmarks/work/gowalla
     G.prepare()
     ds = Dataset.open(G.WORK / "val_ds")
     split = G.Split(ds)
