@@ -1051,8 +1051,8 @@ def serve(
     from dermserve import ServiceConfig
     from dermserve import serve as run_service
     from dermserve.config import load_admin_token
+    from dermtrain.loop import resolve_device
     from embstore.online import OnlineStoreConfig
-    from towers.train import resolve_device
 
     _setup(False, ctx.obj["verbose"])
     logging.getLogger("dermserve").setLevel(logging.INFO)  # swaps and refused versions: the service's log

@@ -35,14 +35,14 @@ from adserving.versions import serving_day
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import DataError, DermError, UnknownUserError
+from dermfeatures.batches import ImpressionArrays, Inputs, to_device
+from dermfeatures.spec import reference_context
+from dermtrain.loop import resolve_device
 from embstore.store import StoreVersion
 from ranking.scoring import forward_shared_sequence, user_runs
 from ranking.train import DermLookup, RankerSnapshot, attach, kge_lookup, load_ranker
 from retrieval.cold_start import ColdStart
 from retrieval.retrieve import Retriever
-from towers.batches import ImpressionArrays, Inputs, to_device
-from towers.features import reference_context
-from towers.train import resolve_device
 
 SCORE_BATCH = 8192
 

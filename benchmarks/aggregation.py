@@ -33,13 +33,13 @@ from adslog.rebucket import rebucket
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace, version_name
+from dermfeatures.batches import Inputs
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import open_version, publish_day
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import roc_auc
 from ranking.model import RankerConfig
 from ranking.train import DermLookup, load_ranker, score, train_ranker
-from towers.batches import Inputs
 from towers.config import Task, TowerConfig
 
 WORK = ROOT / "benchmarks" / "work" / "aggregation"

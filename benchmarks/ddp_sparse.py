@@ -1,6 +1,6 @@
 """Sparse or dense id tables under DDP: the step time of two gloo workers with the towers' table shapes.
 
-The decision behind `towers.parallel` (sparse gradients kept under DDP): each worker steps a model of
+The decision behind `dermtrain.parallel` (sparse gradients kept under DDP): each worker steps a model of
 `TABLES` id tables of the default size (2^17 buckets x 32, `TowerConfig.id_buckets` / `token_dim`) and a small
 MLP on a local batch of 1,024 ids per table drawn from a Zipf law, under DistributedDataParallel (gloo,
 2 processes, one thread each). Sparse: `nn.Embedding(sparse=True)` + SparseAdam (DDP all-gathers the touched

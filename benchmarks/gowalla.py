@@ -56,15 +56,16 @@ from common import RESULTS, ROOT, write_result  # noqa: E402
 from adslog.dataset import Dataset  # noqa: E402
 from adslog.importers import import_gowalla  # noqa: E402
 from adslog.sequences import ActivityLog  # noqa: E402
+from dermfeatures.batches import Inputs, training_batches  # noqa: E402
+from dermfeatures.spec import build_feature_spec  # noqa: E402
+from dermtrain.loop import run_epochs  # noqa: E402
 from eval.baselines import MFConfig, plain_mf  # noqa: E402
 from eval.metrics import ndcg_at_k, recall_at_k  # noqa: E402
 from eval.protocols import full_ranking_eval  # noqa: E402
 from index import exact_search  # noqa: E402
-from towers.batches import Inputs, training_batches  # noqa: E402
 from towers.config import TowerConfig  # noqa: E402
-from towers.features import build_feature_spec  # noqa: E402
 from towers.infer import embed_ads, embed_users  # noqa: E402
-from towers.train import Snapshot, init_output_bias, load_snapshot, new_snapshot, run_epochs, train_towers  # noqa: E402
+from towers.train import Snapshot, init_output_bias, load_snapshot, new_snapshot, train_towers  # noqa: E402
 
 log = logging.getLogger("gowalla")
 
@@ -328,7 +329,7 @@ RATIONALE = {
     "recall@20 after 4 epochs (0.1565 vs 0.1815, catch-up Adam lr 0.01, batch 1024, init 0.1; "
     "benchmarks/gowalla_ablation.py measures it against this config)",
     "sparse_optimizer catch_up, lr 0.03": "SparseAdam's lazy moments move a rarely seen row about 10x less per "
-    "appearance than dense Adam (towers.optim); with the sum backbone, 4 epochs: lazy lr 0.06 0.1366 vs catch-up "
+    "appearance than dense Adam (dermtrain.optim); with the sum backbone, 4 epochs: lazy lr 0.06 0.1366 vs catch-up "
     "lr 0.03 0.1835 (plain MF 0.1834)",
     "batch_size=2048, lr 0.03": "4 epochs with the sum backbone and catch-up: batch 2048 lr 0.03 0.1835 vs batch "
     "1024 lr 0.01 (plain MF's) 0.1815, at about half the steps; 4096 trained about 2x slower per epoch on CPU",

@@ -45,13 +45,13 @@ from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
+from dermfeatures.batches import Inputs
+from dermfeatures.spec import build_feature_spec
 from embstore.store import StoreGates, open_version
 from eval.metrics import pr_auc, roc_auc
 from ranking.kge import KGELookup, kge_dim
 from ranking.model import RankerConfig
 from ranking.train import RankerRows, fit, new_snapshot, predict
-from towers.batches import Inputs
-from towers.features import build_feature_spec
 
 WORK = ROOT / "benchmarks" / "work" / "kge_ranker"
 SEEDS = (0, 1, 2)

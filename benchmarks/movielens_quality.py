@@ -55,6 +55,8 @@ from adslog.importers import import_movielens_100k
 from adslog.rebucket import rebucket
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
+from dermfeatures.batches import Inputs
+from dermfeatures.spec import build_feature_spec
 from eval.baselines import MFConfig, MFModel, feature_columns, item_ctr, logistic_regression, plain_mf
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import recall_per_user, roc_auc
@@ -63,9 +65,7 @@ from ranking.model import RankerConfig
 from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict
 from retrieval.prior import DEFAULT_BETAS, LogPrior, PriorConfig, PriorFit, apply_prior, fit_beta
 from retrieval.retrieve import popularity, window_clicks
-from towers.batches import Inputs
 from towers.config import Backbone, TowerConfig
-from towers.features import build_feature_spec
 from towers.infer import embed_ads, embed_users
 from towers.train import Snapshot, load_snapshot, train_towers
 

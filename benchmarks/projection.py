@@ -32,12 +32,12 @@ from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
+from dermfeatures.batches import Inputs
+from dermfeatures.spec import build_feature_spec
 from eval.metrics import pr_auc, roc_auc
 from ranking.model import DERM_INPUTS, RankerConfig
 from ranking.train import DermLookup, RankerRows, RankerTask, fit, new_snapshot, predict
-from towers.batches import Inputs
 from towers.config import Backbone, TowerConfig
-from towers.features import build_feature_spec
 
 WORK = ROOT / "benchmarks" / "work" / "projection"
 SEEDS = (0, 1, 2)

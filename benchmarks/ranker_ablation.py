@@ -36,12 +36,12 @@ from adslog.rebucket import rebucket
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
+from dermfeatures.batches import Inputs
+from dermfeatures.spec import build_feature_spec
 from eval.metrics import pr_auc, roc_auc
 from ranking.model import DERM_INPUTS, RankerConfig
 from ranking.train import DermLookup, RankerRows, calibration, fit, new_snapshot, predict
-from towers.batches import Inputs
 from towers.config import Backbone, TowerConfig
-from towers.features import build_feature_spec
 
 WORK = ROOT / "benchmarks" / "work" / "ranker_ablation_v3"
 RESULTS_PATH = RESULTS / "ranker_ablation.json"

@@ -35,11 +35,11 @@ from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
 from adslog.synth import generate
 from adslog.workspace import Workspace
+from dermfeatures.batches import Inputs
+from dermfeatures.spec import build_feature_spec
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import log_loss, pr_auc, roc_auc
 from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict
-from towers.batches import Inputs
-from towers.features import build_feature_spec
 from workflow.demo import DemoConfig
 
 WORK = ROOT / "benchmarks" / "work" / "ranker_init"

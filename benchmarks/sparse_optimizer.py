@@ -1,5 +1,6 @@
-"""SparseAdam (`lazy`) vs the catch-up sparse Adam (`catch_up`, `towers.optim.CatchUpAdam`) on Gowalla, beside
-plain MF with dense Adam, in one run (issue 13: the lazy moments cost most of the towers' gap to plain MF).
+"""SparseAdam (`lazy`) vs the catch-up sparse Adam (`catch_up`, `dermtrain.optim.CatchUpAdam`) on Gowalla,
+beside plain MF with dense Adam, in one run (issue 13: the lazy moments cost most of the towers' gap to plain
+MF).
 
 Protocol: `benchmarks/gowalla.py`'s validation split (10 % of each user's train.txt items held out, seed 0) and
 its ids-only towers (`gowalla.BASE`), trained for EPOCHS epochs through the benchmark's `train_with_curve` (the
@@ -26,8 +27,8 @@ import torch  # noqa: E402
 from common import write_result  # noqa: E402
 
 from adslog.dataset import Dataset  # noqa: E402
+from dermtrain.optim import SETTLED_STEP, TowerOptimizer  # noqa: E402
 from eval.baselines import plain_mf  # noqa: E402
-from towers.optim import SETTLED_STEP, TowerOptimizer  # noqa: E402
 
 EPOCHS = 4
 ARMS: dict[str, dict[str, Any]] = {

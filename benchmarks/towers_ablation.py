@@ -40,13 +40,13 @@ from adslog.importers import import_movielens_100k
 from adslog.rebucket import rebucket
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
+from dermfeatures.batches import Inputs
 from eval.bootstrap import paired_bootstrap
 from eval.evaluate import oracle_topk
 from eval.metrics import recall_per_user, roc_auc
 from eval.upstream import head_probabilities
 from index.exact import exact_search
 from retrieval.retrieve import popularity
-from towers.batches import Inputs
 from towers.config import TowerConfig
 from towers.infer import embed_ads, embed_users
 from towers.train import load_snapshot, train_towers

@@ -33,9 +33,9 @@ from common import ROOT, write_result
 from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
-from towers.batches import Inputs
+from dermfeatures.batches import Inputs
+from dermfeatures.spec import build_feature_spec
 from towers.config import Backbone, TowerConfig
-from towers.features import build_feature_spec
 from towers.infer import embed_ads, embed_users
 from towers.train import Snapshot, new_snapshot
 
@@ -45,7 +45,7 @@ CPU = torch.device("cpu")
 
 
 def train_steps(snap: Snapshot, batches: list[dict[str, torch.Tensor]]) -> float:
-    """Seconds for one training step per batch (the body of `towers.train.run_epochs` minus batch building)."""
+    """Seconds for one training step per batch (the body of `dermtrain.loop.run_epochs` minus batch building)."""
     snap.task.train()
     t0 = time.perf_counter()
     for b in batches:

@@ -3,9 +3,9 @@
 The driver computes which ids the day embeds (`towers.infer.day_entities`, the single-process engine's own
 choice), splits them into blocks of `batch_size`, and a pool of actors embeds them. Each actor loads, once,
 the tower snapshot from its published directory (`towers.train.load_snapshot(dir, "cpu", with_state=False)`),
-the dataset's entity tables (`towers.batches.Inputs`) and the day's activity log, then runs the library's own
-`embed_users` / `embed_ads` on every block it is given: no second forward pass or feature builder exists, so the vectors equal the
-single-process ones to float tolerance (tested). The driver gathers the blocks into the same
+the dataset's entity tables (`dermfeatures.batches.Inputs`) and the day's activity log, then runs the library's
+own `embed_users` / `embed_ads` on every block it is given: no second forward pass or feature builder exists, so the vectors equal
+the single-process ones to float tolerance (tested). The driver gathers the blocks into the same
 `DailyEmbeddings`, checks that every id came back exactly once, and the caller publishes it through the one
 atomic store publish (`workflow.cycle.publish_embeddings` -> `embstore.store.publish_day`).
 
@@ -95,7 +95,7 @@ class DayEmbedder:
         import ray
         import torch
 
-        from towers.batches import Inputs
+        from dermfeatures.batches import Inputs
         from towers.train import load_snapshot
 
         torch.set_num_threads(threads)

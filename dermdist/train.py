@@ -1,8 +1,9 @@
 """Data-parallel training of the towers and the ranker on Ray: Ray Train's `TorchTrainer` starts `workers`
 processes, sets up their torch.distributed group (gloo on CPU, nccl on CUDA) and runs on each the library's own
 `towers.train.train_towers` / `ranking.train.train_ranker` with `parallel=DataParallel.from_group()`: the one
-training loop (`run_epochs` / `fit`) under DDP on the worker's shard of the rows (rules in `towers.parallel`).
-Worker 0 publishes the snapshot through the one atomic publish; the others publish nothing.
+training loop (`dermtrain.loop.run_epochs`, which `fit` drives for the ranker) under DDP on the worker's shard
+of the rows (rules in `dermtrain.parallel`). Worker 0 publishes the snapshot through the one atomic publish; the
+others publish nothing.
 
 Why Ray Train and not torchrun: the cycle's `ray` engine already joins a Ray cluster for the day's inference,
 so the same cluster (and `--address`) runs the training workers, places them, and reports a dead worker as a
@@ -30,9 +31,9 @@ from adslog.workspace import Workspace, version_name
 from dermcore.artifact import read_json
 from dermdist.config import RayInferenceConfig, RayTrainConfig
 from dermdist.infer import EngineError, connect
+from dermtrain.loop import resolve_device
 from ranking.model import RankerConfig
 from towers.config import TowerConfig
-from towers.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def _tower_worker(config: dict[str, Any]) -> None:
     import torch
 
     from adslog.dataset import Dataset
-    from towers.parallel import DataParallel
+    from dermtrain.parallel import DataParallel
     from towers.train import train_towers
 
     torch.set_num_threads(int(config["threads"]))
@@ -63,8 +64,8 @@ def _ranker_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: `train_ranker` on its shard (runs in the worker process)."""
     import torch
 
+    from dermtrain.parallel import DataParallel
     from ranking.train import train_ranker
-    from towers.parallel import DataParallel
 
     torch.set_num_threads(int(config["threads"]))
     ws = Workspace(config["work"])

@@ -39,6 +39,8 @@ from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import DermError
 from dermcore.progress import Progress, no_progress
+from dermfeatures.batches import ImpressionArrays, Inputs
+from dermtrain.loop import resolve_device
 from embstore.store import open_version
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import (
@@ -60,8 +62,6 @@ from eval.metrics import (
 from eval.warnings import WarningConfig, eval_warnings
 from ranking.train import DermLookup, RankerSnapshot, load_ranker, ranker_kge_features, score
 from retrieval.retrieve import Retriever
-from towers.batches import ImpressionArrays, Inputs
-from towers.train import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import torch
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import DermError
+from dermfeatures.batches import ImpressionArrays, Inputs, to_device
 from eval.metrics import pr_auc, roc_auc
-from towers.batches import ImpressionArrays, Inputs, to_device
 from towers.train import Snapshot, load_snapshot
 
 

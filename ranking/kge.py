@@ -29,8 +29,8 @@ from adslog.dataset import Dataset
 from adslog.sequences import AdvertiserMap
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import DataError, VersionMismatchError
+from dermfeatures.batches import ImpressionArrays
 from embstore.store import StoreVersion, open_version
-from towers.batches import ImpressionArrays
 
 KGE_INPUTS = ("user", "ad", "advertiser")
 _AD_RELATIONS = (Relation.USER_CLICKED_AD.value, Relation.USER_CONVERTED_AD.value)

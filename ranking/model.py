@@ -3,7 +3,7 @@ experts are DCNv2 cross networks, after the paper's section 3.2.
 
 Input (the concatenation layer, width `d`): the user's and the ad's categorical / numeric / dense feature tokens
 (`towers.model.FieldEncoder`), the context (surface, position; serving fixes position to the reference slot
-through `towers.features.reference_context`), one token from a transformer encoder over the user's activity
+through `dermfeatures.spec.reference_context`), one token from a transformer encoder over the user's activity
 sequence, and the DERM embeddings chosen by `RankerConfig.derm_inputs` from {ctr-user, ctr-ad, cvr-user,
 cvr-ad}, optionally through a projection layer that reduces their joint width (the paper's cost lever: a
 DCNv2 layer costs O(d^2), appendix D.1), plus a found flag per DERM input and the user-ad dot product per
@@ -14,7 +14,7 @@ one softmax gate per task computed from x_0, and a small MLP tower per task. Out
 (ctr, cvr). The paper's CVR ranker is a separate DHEN model; serving both heads from one multi-task ranker
 is our choice (one model to train, version and serve per day).
 
-Training and serving build inputs through one code path (`towers.batches.Inputs.impression_batch` plus
+Training and serving build inputs through one code path (`dermfeatures.batches.Inputs.impression_batch` plus
 `ranking.train.DermLookup`), so there is no train/serve skew.
 """
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dermcore.errors import ConfigError
-from towers.features import FeatureSpec
+from dermfeatures.spec import FeatureSpec
 from towers.model import FieldEncoder, SequenceEncoder, init_embeddings, mlp
 
 DERM_INPUTS = ("ctr-user", "ctr-ad", "cvr-user", "cvr-ad")
@@ -73,8 +73,8 @@ class RankerConfig:
     wide_buckets: int = 1 << 18
     #: learning rate of the wide part (None: `lr`)
     wide_lr: float | None = None
-    #: the sparse id tables' optimiser (`towers.optim`): "lazy" = SparseAdam, "catch_up" = rows move as under
-    #: dense Adam at sparse cost
+    #: the sparse id tables' optimiser (`dermtrain.optim`): "lazy" = SparseAdam, "catch_up" = rows move as
+    #: under dense Adam at sparse cost
     sparse_optimizer: str = "lazy"
     #: the KGE store family the ranker reads (`kge-transra`, `kge-transr`, `kge-transe`; `adgraph.family`); None =
     #: no KGE inputs. Rows of day d read the family's version before d (`ranking.kge`)
@@ -121,7 +121,7 @@ class RankerConfig:
             raise ConfigError("wide_buckets must be 0 (no wide part) or >= 2")
         if self.wide_lr is not None and not self.wide_lr > 0:
             raise ConfigError("wide_lr must be > 0 (or None for lr)")
-        from towers.optim import SPARSE_OPTIMIZERS
+        from dermtrain.optim import SPARSE_OPTIMIZERS
 
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
             raise ConfigError(f"sparse_optimizer must be one of {', '.join(SPARSE_OPTIMIZERS)}")
@@ -367,8 +367,8 @@ class SequenceTransformer(SequenceEncoder):
 
 
 class Ranker(nn.Module):
-    """Inputs: the batch of `towers.batches.Inputs.impression_batch` plus `derm_<input>` float32 (B, dim) and
-    `derm_<input>_found` float32 (B,) for each configured DERM input (zeros and 0 where the entity had no
+    """Inputs: the batch of `dermfeatures.batches.Inputs.impression_batch` plus `derm_<input>` float32 (B, dim)
+    and `derm_<input>_found` float32 (B,) for each configured DERM input (zeros and 0 where the entity had no
     embedding in the store version before the impression's day). Output: logits (B, 2) = (ctr, cvr)."""
 
     def __init__(

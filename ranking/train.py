@@ -16,9 +16,7 @@ measured, training stops after `patience` epochs without improvement, and the be
 
 from __future__ import annotations
 
-import copy
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +32,15 @@ from adslog.workspace import Workspace, version_day, version_name
 from dermcore.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from dermcore.errors import ConfigError, DataError, DermError, VersionMismatchError
 from dermcore.progress import Progress, no_progress
+from dermfeatures.batches import ImpressionArrays, Inputs, to_device
+from dermfeatures.spec import FeatureSpec, build_feature_spec
+from dermtrain.loop import EarlyStopping, resolve_device, run_epochs
+from dermtrain.optim import TowerOptimizer
+from dermtrain.parallel import DataParallel
 from embstore.store import StoreVersion, open_version
 from ranking.kge import KGELookup, kge_dim
 from ranking.model import Ranker, RankerConfig
-from towers.batches import ImpressionArrays, Inputs, to_device
-from towers.features import FeatureSpec, build_feature_spec
 from towers.losses import multitask_bce
-from towers.optim import TowerOptimizer
-from towers.parallel import DataParallel, training_plan
-from towers.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -376,73 +374,49 @@ def fit(
     seed: int = 0,
     parallel: DataParallel | None = None,
 ) -> dict[str, Any]:
-    """Train `snap` in place for up to `epochs` shuffled passes over `train`; with `val`, stop after
+    """Train `snap` in place for up to `epochs` shuffled passes over `train` (`dermtrain.loop.run_epochs`, the
+    towers' loop: the learning rate decays linearly to 10 % over the planned steps); with `val`, stop after
     `config.patience` epochs without a lower validation loss and keep the best epoch's weights and optimiser
-    state. The learning rate decays linearly to 10 % over the planned steps (as `towers.train.run_epochs`).
-    Returns loss history, epochs run, the best epoch and throughput.
+    state (`dermtrain.loop.EarlyStopping`). Returns loss history, epochs run, the best epoch and throughput.
 
-    `parallel`: this process is one worker of a data-parallel group (`towers.parallel`): `train` is its shard,
-    the config's batch size is the global batch and the ranker steps under DDP. Every worker scores the whole
-    `val` with the same weights, so all take the same early-stopping decision."""
-    n, bs = len(train), snap.config.batch_size
-    if n == 0:
-        raise DermError("no impressions to train on")
-    task = RankerTask(snap.ranker)
-    forward, bs, steps_per_epoch, seed = training_plan(parallel, task, n, bs, seed, device)
-    rng = np.random.default_rng(seed)
-    total = steps_per_epoch * epochs
-    step, hist, val_hist = 0, [], []
-    best: tuple[float, int, dict[str, Any], dict[str, Any]] | None = None
-    train_secs = 0.0
-    for epoch in range(epochs):
-        task.train()
-        t0 = time.perf_counter()
-        perm = rng.permutation(n)
-        run: dict[str, float] = {}
-        for s in range(steps_per_epoch):
-            loss, parts = forward(to_device(train.batch(perm[s * bs : (s + 1) * bs]), device))
-            if not torch.isfinite(loss):
-                raise DermError("ranker training diverged: loss is not finite")
-            snap.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            snap.optimizer.set_lr_scale(1.0 - 0.9 * step / max(total - 1, 1))
-            snap.optimizer.step()
-            for k, v in {"loss": loss.item(), **parts}.items():
-                run[k] = run.get(k, 0.0) + v
-            step += 1
-            progress("train ranker", step, total)
-        snap.optimizer.flush()  # every embedding row up to date before the weights are read
-        train_secs += time.perf_counter() - t0
-        hist.append({k: round(v / steps_per_epoch, 6) for k, v in run.items()})
-        if val is None:
-            continue
-        vl = validation_loss(snap.ranker, val)
-        val_hist.append(round(vl, 6))
-        if best is None or vl < best[0]:
-            state = copy.deepcopy(snap.ranker.state_dict())
-            best = (vl, epoch + 1, state, copy.deepcopy(snap.optimizer.state_dict()))
-        elif epoch + 1 - best[1] >= snap.config.patience:
-            break
-    snap.optimizer.set_lr_scale(1.0)
-    if best is not None:
-        snap.ranker.load_state_dict(best[2])
-        snap.optimizer.load_state_dict(best[3])
-    snap.ranker.eval()
-    done = len(hist)
-    world = parallel.world if parallel is not None else 1
+    `parallel`: this process is one worker of a data-parallel group (`dermtrain.parallel`): `train` is its
+    shard, the config's batch size is the global batch and the ranker steps under DDP. Every worker scores the
+    whole `val` with the same weights, so all take the same early-stopping decision."""
+    stop = None
+    if val is not None:
+        stop = EarlyStopping(
+            snap.ranker, snap.optimizer, lambda: validation_loss(snap.ranker, val), snap.config.patience
+        )
+    st = run_epochs(
+        RankerTask(snap.ranker),
+        snap.optimizer,
+        train.batch,
+        len(train),
+        epochs,
+        snap.config.batch_size,
+        device,
+        progress,
+        seed=seed,
+        crash_detail=None,
+        parallel=parallel,
+        on_epoch_end=stop,
+        label="train ranker",
+        what="ranker training",
+    )
+    if stop is not None:
+        stop.restore()
     out: dict[str, Any] = {
-        "epochs": done,
+        "epochs": st["epochs"],
         "max_epochs": epochs,
-        "best_epoch": best[1] if best is not None else done,
-        "rows": n,
-        "seconds": round(train_secs, 3),
-        # the group's rate (every worker steps bs rows at once)
-        "samples_per_second": round(steps_per_epoch * bs * world * done / max(train_secs, 1e-9), 1),
-        "loss_by_epoch": hist,
-        "validation_loss_by_epoch": val_hist,
+        "best_epoch": stop.best_epoch if stop is not None and stop.best_epoch is not None else st["epochs"],
+        "rows": st["rows"],
+        "seconds": st["seconds"],
+        "samples_per_second": st["samples_per_second"],
+        "loss_by_epoch": st["loss_by_epoch"],
+        "validation_loss_by_epoch": stop.history if stop is not None else [],
     }
-    if parallel is not None:
-        out["data_parallel"] = {"workers": world, "rank": parallel.rank, "local_batch": bs}
+    if "data_parallel" in st:
+        out["data_parallel"] = st["data_parallel"]
     return out
 
 
@@ -479,7 +453,7 @@ def train_ranker(
     fine-tune the snapshot at `parent` on them; publish `ranker/day=<max(days)>` and move LATEST. Returns
     the manifest, which names the embedding store versions the ranker consumed.
 
-    `parallel`: this process is one worker of a data-parallel group (`towers.parallel`, launched by
+    `parallel`: this process is one worker of a data-parallel group (`dermtrain.parallel`, launched by
     `dermdist.train`): it trains on its shard of the training rows, and only worker 0 publishes (the others
     return `{"published": False, "train_stats": ...}`)."""
     if not days:

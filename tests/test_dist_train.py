@@ -1,4 +1,4 @@
-"""Issue 16 item 2: data-parallel training (torch DDP, `towers.parallel`) through the one training loop.
+"""Issue 16 item 2: data-parallel training (torch DDP, `dermtrain.parallel`) through the one training loop.
 
 In the default run: a group of one worker (gloo, in this process) takes exactly the single-process steps, so
 its weights equal the single-process ones. Marked slow (each starts Ray and Ray Train worker groups, ~30 s a
@@ -27,9 +27,9 @@ from adslog.workspace import Workspace, version_name
 from dermcore.artifact import get_latest, read_json
 from dermcore.errors import ConfigError, DermError
 from dermdist import RayTrainConfig
+from dermfeatures.batches import Inputs
+from dermtrain.parallel import DataParallel
 from ranking.train import train_ranker
-from towers.batches import Inputs
-from towers.parallel import DataParallel
 from towers.train import load_snapshot, train_towers
 from workflow.cycle import CycleConfig, load_cycle_config
 

@@ -119,10 +119,14 @@ def test_the_index_package_imports_in_a_fresh_interpreter() -> None:
 
 # The stages in data-flow order (CONVENTIONS 4, the README's architecture list): a package imports only from
 # packages before it. `dermcore` is the bottom (errors, artifacts, progress, safe paths), `adslog` the data layer
-# on it, `adserving` the serving stage after the ranker, and `cli` the top.
+# on it, `dermfeatures` (feature spec, input batches) and `dermtrain` (the one training loop, optimiser, data
+# parallelism) the utilities the towers and the ranker share, `adserving` the serving stage after the ranker,
+# and `cli` the top.
 STAGES = (
     "dermcore",
     "adslog",
+    "dermfeatures",
+    "dermtrain",
     "towers",
     "embstore",
     "adgraph",

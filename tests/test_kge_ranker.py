@@ -20,11 +20,11 @@ from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import ConfigError, DataError, QualityGateError, VersionMismatchError
+from dermfeatures.batches import Inputs
 from embstore.store import open_version
 from ranking.kge import KGELookup
 from ranking.model import RankerConfig
 from ranking.train import load_ranker, ranker_kge_features, train_ranker
-from towers.batches import Inputs
 
 DAY0 = 20_000
 KCFG = KGEConfig(dim=8, epochs=2, incremental_epochs=1, batch_size=256, negatives=4)
@@ -175,7 +175,7 @@ def test_lookup_is_point_in_time_and_reads_what_was_published(kws: Workspace) ->
 
 
 def _spec(ws: Workspace):  # noqa: ANN202
-    from towers.features import build_feature_spec
+    from dermfeatures.spec import build_feature_spec
 
     return build_feature_spec(ws.dataset(), [DAY0 + 1, DAY0 + 2], 1 << 10)
 

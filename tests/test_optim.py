@@ -1,4 +1,4 @@
-"""towers.optim: the catch-up sparse Adam moves embedding rows as dense Adam does, at sparse cost."""
+"""dermtrain.optim: the catch-up sparse Adam moves embedding rows as dense Adam does, at sparse cost."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from dermcore.errors import ConfigError
+from dermtrain.optim import TowerOptimizer
 from towers.config import TowerConfig
-from towers.optim import TowerOptimizer
 
 
 def _train(
@@ -45,7 +45,7 @@ def test_catch_up_matches_dense_adam_where_sparse_adam_does_not() -> None:
 
 def test_catch_up_matches_dense_adam_once_bias_corrections_settle() -> None:
     """Past `SETTLED_STEP` steps the catch-up takes the one-sum path; it still tracks dense Adam."""
-    from towers.optim import SETTLED_STEP
+    from dermtrain.optim import SETTLED_STEP
 
     steps = SETTLED_STEP + 400
     dense, _ = _train("dense", steps=steps)

@@ -15,12 +15,12 @@ import torch
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import DataError
+from dermfeatures.batches import ImpressionArrays, Inputs
+from dermfeatures.spec import FeatureSpec, Field
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import open_version, publish_day
 from ranking.model import DERM_INPUTS, CrossLayer, CrossNetwork, MMoE, Ranker, RankerConfig
 from ranking.train import DermLookup, load_ranker, ranker_optimizer, score, train_ranker
-from towers.batches import ImpressionArrays, Inputs
-from towers.features import FeatureSpec, Field
 
 torch.set_num_threads(1)
 

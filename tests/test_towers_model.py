@@ -20,14 +20,15 @@ from adslog.schema import ColumnKind
 from adslog.sequences import CLICK, CONVERSION, OFFSITE, ActivityLog
 from adslog.synth import SynthConfig, generate
 from dermcore.errors import ConfigError
-from towers.batches import Inputs, training_batches
+from dermfeatures.batches import Inputs, training_batches
+from dermfeatures.spec import FeatureSpec, Field, build_feature_spec
+from dermtrain.loop import run_epochs
+from dermtrain.optim import TowerOptimizer
 from towers.config import Backbone, DhenModule, TowerConfig
 from towers.dhen import DhenBackbone, DhenLayer, MaskNetModule
-from towers.features import FeatureSpec, Field, build_feature_spec
 from towers.infer import embed_ads, embed_users
 from towers.model import DermModel
-from towers.optim import TowerOptimizer
-from towers.train import TrainTask, load_snapshot, new_snapshot, run_epochs, save_snapshot, train_towers
+from towers.train import TrainTask, load_snapshot, new_snapshot, save_snapshot, train_towers
 
 CPU = torch.device("cpu")
 SMALL = TowerConfig(
@@ -467,7 +468,7 @@ def test_no_oracle_column_reaches_a_model(tiny_ds: Path, tmp_path: Path) -> None
 
 
 def test_id_bucket_factor_sizes_the_id_tables() -> None:
-    from towers.features import id_bucket_count
+    from dermfeatures.spec import id_bucket_count
 
     assert id_bucket_count(29_858, 1 << 17) == 65_536  # 2x, next power of two
     assert id_bucket_count(29_858, 1 << 20, factor=8) == 262_144

@@ -1,12 +1,12 @@
-"""towers: the upstream model. Feature encoders built from the dataset manifest feed the user tower and the Pin
-(ad) tower (DHEN or MLP backbones), an interaction tower gives CTR / CVR logits, and the training task adds the
-in-batch sampled softmax with logQ correction; snapshots are trained from scratch on a window, then incrementally,
-and exported embeddings come from `towers.infer`."""
+"""towers: the upstream model. Feature encoders over the inputs of `dermfeatures` feed the user tower and the
+Pin (ad) tower (DHEN or MLP backbones), an interaction tower gives CTR / CVR logits, and the training task adds
+the in-batch sampled softmax with logQ correction; snapshots are trained (through `dermtrain`'s loop) from scratch
+on a window, then incrementally, and exported embeddings come from `towers.infer`."""
 
 from towers.config import Backbone, DhenModule, Task, TowerConfig
 from towers.infer import DailyEmbeddings, embed_ads, embed_day, embed_users
 from towers.model import DermModel
-from towers.train import Snapshot, load_snapshot, resolve_device, run_epochs, train_towers
+from towers.train import Snapshot, load_snapshot, train_towers
 
 __all__ = [
     "Backbone",
@@ -20,7 +20,5 @@ __all__ = [
     "embed_day",
     "embed_users",
     "load_snapshot",
-    "resolve_device",
-    "run_epochs",
     "train_towers",
 ]

@@ -50,7 +50,9 @@ class TowerConfig:
     dhen_hidden: int = 64
     dhen_heads: int = 2
     id_buckets: int = 1 << 17  # cap on any id table's buckets
-    id_bucket_factor: int = 2  # buckets per known id (next power of two), see towers.features.id_bucket_count
+    id_bucket_factor: int = (
+        2  # buckets per known id (next power of two), see dermfeatures.spec.id_bucket_count
+    )
     # std of the normal init of the id / categorical embedding tables; None keeps torch's N(0, 1). SparseAdam
     # moves a row by about lr per appearance, so with N(0, 1) rarely seen ids stay near their random start for
     # many epochs (Gowalla, ids only: validation recall@20 after one epoch 0.0258 with N(0, 1) vs 0.0670 with
@@ -62,8 +64,8 @@ class TowerConfig:
     # rarely seen row about 10x less per appearance (Gowalla, plain MF: validation recall@20 0.1645 with
     # SparseAdam vs 0.2021 with Adam after 8 epochs). Dense costs a pass over every table per step.
     sparse_embeddings: bool = True
-    # the sparse tables' optimiser (towers.optim): "lazy" = torch's SparseAdam (rows absent from a batch stand
-    # still); "catch_up" = CatchUpAdam, rows move as under dense Adam (to float error) at sparse cost
+    # the sparse tables' optimiser (dermtrain.optim): "lazy" = torch's SparseAdam (rows absent from a batch
+    # stand still); "catch_up" = CatchUpAdam, rows move as under dense Adam (to float error) at sparse cost
     sparse_optimizer: str = "lazy"
     seq_len: int = 20
     batch_size: int = 2048
@@ -100,7 +102,7 @@ class TowerConfig:
             raise ConfigError("dim and token_dim must be positive")
         if self.embedding_init_std is not None and not self.embedding_init_std > 0:
             raise ConfigError("embedding_init_std must be > 0 (or None for torch's default N(0, 1))")
-        from towers.optim import SPARSE_OPTIMIZERS
+        from dermtrain.optim import SPARSE_OPTIMIZERS
 
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:
             raise ConfigError(f"sparse_optimizer must be one of {', '.join(SPARSE_OPTIMIZERS)}")

@@ -16,7 +16,7 @@ import torch
 
 from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
-from towers.batches import Inputs, to_device
+from dermfeatures.batches import Inputs, to_device
 from towers.train import Snapshot
 
 

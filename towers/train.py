@@ -9,9 +9,7 @@ and the lineage id. Training from scratch starts a new lineage; an incremental s
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,31 +23,20 @@ from adslog.sequences import ActivityLog
 from adslog.workspace import version_name
 from dermcore.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from dermcore.errors import DataError, DermError
-from dermcore.faults import crash_point
 from dermcore.progress import Progress, no_progress
-from towers.batches import Inputs, to_device, training_batches
+from dermfeatures.batches import Inputs, training_batches
+from dermfeatures.spec import FeatureSpec, build_feature_spec
+from dermtrain.loop import resolve_device, run_epochs
+from dermtrain.optim import TowerOptimizer
+from dermtrain.parallel import DataParallel
 from towers.config import Task, TowerConfig
-from towers.features import FeatureSpec, build_feature_spec
 from towers.losses import CandidateFrequency, multitask_bce, sampled_softmax_loss
 from towers.model import DermModel
-from towers.optim import TowerOptimizer
-from towers.parallel import DataParallel, training_plan
 
 log = logging.getLogger(__name__)
 
 MODEL_KIND = "tower_model"
 MODEL_SCHEMA_VERSION = 1
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DermError("--device cuda: no CUDA device is available to torch on this machine")
-    if device not in ("cpu", "cuda"):
-        raise DermError(f"unknown device {device!r} (choose auto, cpu or cuda)")
-    return torch.device(device)
 
 
 class TrainTask(nn.Module):
@@ -177,75 +164,6 @@ def save_snapshot(
     return m
 
 
-def run_epochs(
-    task: nn.Module,
-    optimizer: TowerOptimizer,
-    make_batch: Callable[[np.ndarray], dict[str, torch.Tensor]],
-    n: int,
-    epochs: int,
-    batch_size: int,
-    device: torch.device,
-    progress: Progress = no_progress,
-    seed: int = 0,
-    crash_detail: str = "",
-    parallel: DataParallel | None = None,
-) -> dict[str, Any]:
-    """Train `task` (a module returning (loss, parts)) for `epochs` shuffled passes over rows 0..n-1;
-    `make_batch(row_indices)` builds each batch. Returns loss history and throughput. Shared by the upstream
-    towers and the downstream ranker.
-
-    `parallel`: this process is one worker of a data-parallel group (`towers.parallel`); rows 0..n-1 are then
-    this worker's shard, `batch_size` is the global batch and `task` is stepped under DDP."""
-    if n == 0:
-        raise DermError("no impressions to train on")
-    forward, batch_size, steps_per_epoch, seed = training_plan(parallel, task, n, batch_size, seed, device)
-    rng = np.random.default_rng(seed)
-    total = steps_per_epoch * epochs
-    # Linear decay to 10 % of the learning rate over the run: with rare positive labels, a constant Adam step
-    # leaves the output bias oscillating, and the probabilities of the final weights were off by 30 % on the
-    # training days themselves (calibration is a stated property of the ranker).
-    task.train()
-    t0 = time.perf_counter()
-    step = 0
-    hist: list[dict[str, float]] = []
-    for _epoch in range(epochs):
-        perm = rng.permutation(n)
-        run: dict[str, float] = {}
-        for s in range(steps_per_epoch):
-            batch = to_device(make_batch(perm[s * batch_size : (s + 1) * batch_size]), device)
-            loss, parts = forward(batch)
-            if not torch.isfinite(loss):
-                raise DermError("training diverged: loss is not finite")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.set_lr_scale(1.0 - 0.9 * step / max(total - 1, 1))
-            optimizer.step()
-            for k, v in {"loss": loss.item(), **parts}.items():
-                run[k] = run.get(k, 0.0) + v
-            step += 1
-            if s == steps_per_epoch - 1:
-                optimizer.flush()  # every embedding row up to date before anyone reads the weights
-            if step == 1:
-                crash_point("train", crash_detail)
-            progress("train", step, total)
-        hist.append({k: round(v / steps_per_epoch, 6) for k, v in run.items()})
-    secs = time.perf_counter() - t0
-    optimizer.set_lr_scale(1.0)
-    task.eval()
-    world = parallel.world if parallel is not None else 1
-    out: dict[str, Any] = {
-        "epochs": epochs,
-        "rows": n,
-        "seconds": round(secs, 3),
-        # the group's rate (every worker steps batch_size rows at once)
-        "samples_per_second": round(steps_per_epoch * batch_size * world * epochs / max(secs, 1e-9), 1),
-        "loss_by_epoch": hist,
-    }
-    if parallel is not None:
-        out["data_parallel"] = {"workers": world, "rank": parallel.rank, "local_batch": batch_size}
-    return out
-
-
 @torch.no_grad()
 def init_output_bias(head: nn.Module, click: np.ndarray, conversion: np.ndarray) -> None:
     """Start the (ctr, cvr) output bias at the logit of the training base rates (CVR: post-click), so the
@@ -271,7 +189,7 @@ def train_towers(
     """Train from scratch over `days` (parent None) or one increment from the snapshot at `parent`, and
     publish the result as `out_dir/day=<max(days)>`. Returns the new snapshot's manifest.
 
-    `parallel`: this process is one worker of a data-parallel group (`towers.parallel`, launched by
+    `parallel`: this process is one worker of a data-parallel group (`dermtrain.parallel`, launched by
     `dermdist.train`): it trains on its shard of the rows, and only worker 0 publishes (the others return
     `{"published": False, "train_stats": ...}`)."""
     if not days:

@@ -443,7 +443,7 @@ def train_cycle_ranker(
 
 
 def cfg_device(cfg: CycleConfig) -> str:
-    from towers.train import resolve_device
+    from dermtrain.loop import resolve_device
 
     return resolve_device(cfg.device).type
 

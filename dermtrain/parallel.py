@@ -1,9 +1,9 @@
 """Data-parallel training: what one worker of a torch.distributed group changes in the one training loop.
 
-`towers.train.run_epochs` (towers) and `ranking.train.fit` (ranker) take an optional `DataParallel`; with it
-they run the same loop on this worker's shard of the rows, with the module wrapped in
-`torch.nn.parallel.DistributedDataParallel`. There is no second loop: a group of one worker takes exactly the
-single-process steps (same rows, same order, same learning-rate schedule), so its weights equal the
+`dermtrain.loop.run_epochs` (the one loop of the towers and, through `ranking.train.fit`, the ranker) takes an
+optional `DataParallel`; with one, it runs the same loop on this worker's shard of the rows, with the module
+wrapped in `torch.nn.parallel.DistributedDataParallel`. There is no second loop: a group of one worker takes exactly
+the single-process steps (same rows, same order, same learning-rate schedule), so its weights equal the
 single-process ones (tested). Who starts the workers and the process group is the launcher's job
 (`dermdist.train`: Ray Train's `TorchTrainer`); this module only reads the initialised group.
 

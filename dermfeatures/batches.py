@@ -15,7 +15,7 @@ import torch
 
 from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
-from towers.features import EntityTable, FeatureSpec, _cat_index, context_rows, hash_ids
+from dermfeatures.spec import EntityTable, FeatureSpec, _cat_index, context_rows, hash_ids
 
 SEQ_AD_SALT, SEQ_ADV_SALT, LOGQ_SALT = 101, 102, 103
 
@@ -67,8 +67,8 @@ class Inputs:
         rows: Callable[[int], np.ndarray] | None = None,
     ) -> ImpressionArrays:
         """The impressions of `days` (dataset order: by day, then as written). `rows(n)`: the indices of the n
-        rows to keep (a data-parallel worker's shard, `towers.parallel.DataParallel.rows`), taken before any
-        feature is built."""
+        rows to keep (a data-parallel worker's shard, `dermtrain.parallel.DataParallel.rows`), taken before
+        any feature is built."""
         cols = ["user_id", "ad_id", "ts", "day", "click"]
         imp_cols = self.ds.columns["impressions"]
         has_conv = "conversion" in imp_cols
