@@ -1,6 +1,6 @@
 """The downstream ranker: a multi-task mixture of DCNv2 experts over user / ad features, context, the activity
 sequence and DERM embeddings (`ranking.model`), its point-in-time training and scoring (`ranking.train`), and
-the two-stage query (`ranking.serve`)."""
+the two-stage query (`ranking.serve`); its wide part can be fitted like the one-hot regression (`ranking.wide`)."""
 
 from ranking.model import (
     DERM_INPUTS,
@@ -23,6 +23,7 @@ from ranking.train import (
     score,
     train_ranker,
 )
+from ranking.wide import WIDE_L2, fit_column, fit_wide_part
 
 __all__ = [
     "DERM_INPUTS",
@@ -36,8 +37,11 @@ __all__ = [
     "RankerRows",
     "RankerSnapshot",
     "SequenceTransformer",
+    "WIDE_L2",
     "calibration",
     "fit",
+    "fit_column",
+    "fit_wide_part",
     "load_ranker",
     "predict",
     "score",
