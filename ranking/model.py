@@ -81,7 +81,8 @@ class RankerConfig:
     #: `wide_window` days, warm-started. "adam": learned with the deep part, one pass of Adam from zero (rankers
     #: before the option). The demo day (`derm demo`, 7-day bootstrap + 6 increments, eval day 20013, CTR
     #: ROC-AUC beside the one-hot regression on the same rows, 0.7244): adam 0.7144 (ranker - regression -0.0100
-    #: [-0.0155, -0.0046], paired bootstrap over users), regression 0.7225 [-0.0052, +0.0020] (seed 1: 0.7232);
+    #: [-0.0155, -0.0046], paired bootstrap over users), regression 0.7225 [-0.0052, +0.0020] (seed 1: 0.7232;
+    #: regression - adam +0.0081 [+0.0036, +0.0118]);
     #: the wide part alone, adam 0.7096, regression 0.7199; no wide part 0.7042 (benchmarks/ranker_wide.py)
     wide_fit: str = "regression"
     #: days of rows a daily fine-tune refits the wide part on (ending with the new day)
