@@ -394,6 +394,31 @@ SECTIONS = {
 }
 
 
+def ranker_wide_section(r: dict[str, Any]) -> list[str]:
+    arms = r.get("arms", {})
+    lr = next((a.get("lr_auc") for a in arms.values()), None)
+    lines = [
+        "## The ranker's wide part fitted like the regression (demo day)",
+        "",
+        f"`{r.get('command')}`; {r.get('workspace')}. CTR ROC-AUC on the eval day's impressions beside the one-hot "
+        f"logistic regression on the same rows ({_f(lr)}); interval: paired bootstrap of arm - regression over "
+        f"users. {_machine(r)}.",
+        "",
+        "| arm | ROC-AUC | arm - regression [95 % CI] | wide part alone |",
+        "|---|---|---|---|",
+    ]
+    for name, a in arms.items():
+        ci = a.get("ci") or [None, None]
+        lines.append(
+            f"| {name} | {_f(a.get('ranker_auc'))} | {_f(a.get('diff'))} [{_f(ci[0])}, {_f(ci[1])}] | "
+            f"{_f(a.get('wide_part_alone_auc'))} |"
+        )
+    return [*lines, "", *[f"- {n}" for n in r.get("notes", [])], ""]
+
+
+SECTIONS["ranker_wide"] = ranker_wide_section
+
+
 def render_results(results: dict[str, dict[str, Any]]) -> str:
     """docs/RESULTS.md from `results` (file stem -> its JSON), sections in file-name order."""
     lines = [

@@ -1,7 +1,8 @@
 """The downstream ranker: a multi-task mixture of DCNv2 experts over user / ad features, context, the activity
 sequence and DERM embeddings (`ranking.model`), its point-in-time training and scoring (`ranking.train`), and
 the shared-sequence forward pass that scores one user's candidates (`ranking.scoring`). The two-stage query that
-serves it is `adserving`."""
+serves it is `adserving`. Its wide part can be fitted like the one-hot regression
+(`ranking.wide`)."""
 
 from ranking.model import (
     DERM_INPUTS,
@@ -25,6 +26,7 @@ from ranking.train import (
     score,
     train_ranker,
 )
+from ranking.wide import WIDE_L2, fit_column, fit_wide_part
 
 __all__ = [
     "DERM_INPUTS",
@@ -38,9 +40,12 @@ __all__ = [
     "RankerRows",
     "RankerSnapshot",
     "SequenceTransformer",
+    "WIDE_L2",
     "calibration",
     "fit",
     "forward_shared_sequence",
+    "fit_column",
+    "fit_wide_part",
     "load_ranker",
     "predict",
     "score",

@@ -40,6 +40,7 @@ from dermtrain.parallel import DataParallel
 from embstore.store import StoreVersion, open_version
 from ranking.kge import KGELookup, kge_dim
 from ranking.model import Ranker, RankerConfig
+from ranking.wide import WIDE_REFIT_ITERS, fit_wide_part
 from towers.losses import multitask_bce
 
 log = logging.getLogger(__name__)
@@ -517,6 +518,18 @@ def train_ranker(
             float(train.arrays.click.mean()),
             float(train.arrays.conversion[clicked].mean()) if clicked.any() else 0.5,
         )
+    wide_rec = None
+    if cfg.wide_fit == "regression" and snap.ranker.wide is not None:
+        # every worker of a data-parallel group fits on all rows (the fit is deterministic), before the deep part
+        if parent is None:
+            wide_rec = fit_wide_part(snap.ranker, inputs, train_days, cutoff)
+        else:
+            seen = sorted(set(days_seen) | set(days))
+            window = [d for d in seen if d > last - cfg.wide_window]
+            prior = (snap.manifest.get("wide_fit") or {}).get("prior")
+            wide_rec = fit_wide_part(
+                snap.ranker, inputs, window, cutoff, tuple(prior) if prior else None, True, WIDE_REFIT_ITERS
+            )
     stats = fit(snap, train, val, epochs, dev, progress, seed=cfg.seed + last, parallel=parallel)
     stats.update(calibration_report(predict(snap.ranker, train), train.arrays))
     stats["device"] = dev.type
@@ -541,6 +554,7 @@ def train_ranker(
         embedding_versions={k: sorted(v) for k, v in lookup.used.items()},
         embedding_lineages={k: sorted(v) for k, v in lookup.lineages.items()},
         **kge_record(snap, kge),
+        **({"wide_fit": wide_rec} if wide_rec is not None else {}),
         train_stats=stats,
     )
     if parallel is not None and not parallel.chief:

@@ -183,7 +183,7 @@ def test_wide_part_features_and_learning() -> None:
     categorical and context x ad categorical, ids excluded); it starts at 0 (adds nothing) and, trained alone
     on a label that depends only on one cross, learns it."""
     spec, dim = _spec(), 16
-    cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 12)
+    cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 12, wide_fit="adam")
     ranker = Ranker(spec, cfg, dim)
     wide = ranker.wide
     assert (
@@ -225,7 +225,7 @@ def test_wide_config_validation_and_old_configs() -> None:
     with pytest.raises(ValueError, match="wide_lr"):
         RankerConfig(wide_lr=0.0)
     # the wide part learns at its own rate, in its own Adam group, decayed with the rest
-    cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 10, wide_lr=0.05, lr=0.002)
+    cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 10, wide_lr=0.05, lr=0.002, wide_fit="adam")
     ranker = Ranker(_spec(), cfg, 16)
     opt = ranker_optimizer(ranker, cfg)
     groups = opt.dense.param_groups
