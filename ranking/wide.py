@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from adslog.errors import ConfigError
 
 from adslog.oracle import roc_auc
+from dermcore.errors import ConfigError
 from dermfeatures.batches import ImpressionArrays, Inputs
 from ranking.model import Ranker
 
