@@ -310,7 +310,10 @@ KEY_DOCS: dict[str, str] = {
     "ranker.id_buckets": "cap on the buckets of the ranker's hashed id tables",
     "ranker.embedding_init_std": "std of the normal init of the ranker's tables (null: N(0, 1))",
     "ranker.wide_buckets": "rows of the wide (linear, hashed one-hot and crossed) part; 0: no wide part",
-    "ranker.wide_lr": "learning rate of the wide part (null: ranker.lr)",
+    "ranker.wide_lr": "learning rate of the wide part when wide_fit = adam (null: ranker.lr)",
+    "ranker.wide_fit": "regression (the wide part fitted like the one-hot regression by L-BFGS, then frozen while "
+    "the deep part learns the residual) | adam (learned with the deep part)",
+    "ranker.wide_window": "days of rows each daily fine-tune refits the wide part on",
     "ranker.sparse_optimizer": "the ranker's sparse tables' optimiser: lazy (SparseAdam) or catch_up (rows move "
     "as under dense Adam, at sparse cost)",
     "ranker.kge_family": "KGE store family the ranker reads (kge-transra | kge-transr | kge-transe; needs "
