@@ -219,7 +219,9 @@ def test_eval_cold_start_is_servings(ts: TwoStage) -> None:
     assert not np.isin(again.ids, excluded).any() and (again.ids >= 0).all()
 
 
-def test_cold_start_paths(ts: TwoStage, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cold_start_paths(demo_ws: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    ts = TwoStage(Workspace.open(demo_ws[0]), ServeConfig(peer_features=("region",)))
+    assert ServeConfig().peer_features == ()  # off by default: peers' categories lost to popularity
     ds = ts.ds
     cat_of = dict(
         zip(
