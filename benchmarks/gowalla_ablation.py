@@ -11,7 +11,6 @@ benchmarks/results/gowalla_ablation.json)
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any
@@ -19,12 +18,10 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 import gowalla as G  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from common import write_result  # noqa: E402
 
 from adslog.dataset import Dataset  # noqa: E402
-from eval.baselines import plain_mf  # noqa: E402
 
 EPOCHS = 4
 #: arm -> (what differs from gowalla.BASE, the overrides)
@@ -77,24 +74,12 @@ def main() -> None:
             "train_seconds": r["train_seconds"],
         }
         print(name, [round(p["recall_at_20"], 4) for p in r["curve"]], flush=True)
-    curve: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-
-    def on_epoch(epoch: int, model: Any) -> None:
-        curve.append({"epoch": epoch, **G._mf_score(model, split)})
-
-    users = np.concatenate([np.full(len(t), u, np.int64) for u, t in enumerate(split.train)])
-    plain_mf(
-        users,
-        np.concatenate(split.train).astype(np.int64),
-        dataclasses.replace(G.MF, epochs=EPOCHS),
-        on_epoch,
-    )
+    mf = G.mf_validation_curve(split, EPOCHS)
     arms["plain_mf"] = {
         "differs": "eval.baselines.plain_mf (exact tables, dense Adam, exact logQ), gowalla.py's reference recipe",
         "params": G.MF.to_json(),
-        "curve": curve,
-        "train_seconds": round(time.perf_counter() - t0, 1),
+        "curve": mf["curve"],
+        "train_seconds": mf["train_seconds"],
     }
     result = {
         "command": "python benchmarks/gowalla_ablation.py",

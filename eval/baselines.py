@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from adslog.dataset import Dataset
 from adslog.oracle import IdMap
 from adslog.workspace import Workspace
+from dermtrain.logistic import base_rate_logit, lbfgs_logistic
 from eval.metrics import roc_auc
 from retrieval.retrieve import POPULARITY_DAYS, popularity
 
@@ -191,22 +192,11 @@ def fit_logistic(
     values = tuple(np.unique(_keys(cols, f)) for f in fields)
     model = LogisticModel(fields, values, np.zeros(sum(len(v) for v in values)), 0.0, l2)
     x = torch.from_numpy(model.encode(cols))
-    y = np.asarray(cols[label], np.float64)
-    yt = torch.from_numpy(y)
-    w = torch.zeros(model.n_features, dtype=torch.float64, requires_grad=True)
-    rate = float(np.clip(y.mean(), 1e-6, 1 - 1e-6)) if len(y) else 0.5
-    b = torch.tensor(math.log(rate / (1 - rate)), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        logit = w[x].sum(1) + b
-        loss = F.binary_cross_entropy_with_logits(logit, yt) + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return LogisticModel(fields, values, w.detach().numpy().copy(), float(b.detach()), l2)
+    yt = torch.from_numpy(np.asarray(cols[label], np.float64))
+    w, b, _ = lbfgs_logistic(
+        x, yt, torch.zeros(model.n_features, dtype=torch.float64), base_rate_logit(yt), l2, max_iter
+    )
+    return LogisticModel(fields, values, w.numpy().copy(), b, l2)
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from adslog.oracle import roc_auc
 from dermcore.errors import ConfigError
 from dermfeatures.batches import ImpressionArrays, Inputs
+from dermtrain.logistic import base_rate_logit, lbfgs_logistic
 from ranking.model import Ranker
 
 log = logging.getLogger(__name__)
@@ -92,24 +92,10 @@ def fit_column(
     if len(yt) == 0:
         return WideColumn(full, 0.0 if start_bias is None else start_bias, l2, True)
     uniq, inv = torch.unique(keys, return_inverse=True)
-    w = full[uniq].clone().requires_grad_(True)
-    if start_bias is None:
-        rate = float(np.clip(yt.mean().item(), 1e-6, 1 - 1e-6))
-        start_bias = math.log(rate / (1 - rate))
-    b = torch.tensor(start_bias, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        logit = w[inv].sum(1) + b
-        loss = F.binary_cross_entropy_with_logits(logit, yt) + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    iters = int(opt.state[w].get("n_iter", 0))
-    full[uniq] = w.detach()
-    return WideColumn(full, float(b.detach()), l2, iters < max_iter)
+    b0 = base_rate_logit(yt) if start_bias is None else start_bias
+    w, b, iters = lbfgs_logistic(inv, yt, full[uniq], b0, l2, max_iter)
+    full[uniq] = w
+    return WideColumn(full, b, l2, iters < max_iter)
 
 
 def choose_l2(
