@@ -11,8 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from index import AnnIndex, SearchParams, recall_against_exact
-
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """Area under the ROC curve, tie-aware (Mann-Whitney U with mid-ranks). None if one class is absent."""
@@ -242,20 +240,7 @@ def calibration(pred: np.ndarray, labels: np.ndarray, buckets: int = 10) -> dict
     }
 
 
-# --- ANN recall and per-surface breakdowns -------------------------------------------------------------------
-
-
-def ann_recall(
-    index: AnnIndex,
-    queries: np.ndarray,
-    k: int,
-    params: SearchParams | None = None,
-    ad_ids: np.ndarray | None = None,
-    ad_vecs: np.ndarray | None = None,
-) -> float:
-    """ANN recall@k against exact search: mean over queries of |ANN top k ∩ exact top k| / min(k, ntotal),
-    tie tolerant. This is `index.recall_against_exact` (one implementation, used by the index self-check too)."""
-    return recall_against_exact(index, queries, k, params, ad_ids=ad_ids, ad_vecs=ad_vecs)
+# --- per-group breakdowns ----------------------------------------------------------------------------------
 
 
 def by_group(

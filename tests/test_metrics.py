@@ -7,7 +7,6 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from eval.metrics import (
-    ann_recall,
     by_group,
     calibration,
     gauc,
@@ -23,6 +22,7 @@ from eval.metrics import (
     recall_per_user,
     roc_auc,
 )
+from index import recall_against_exact
 
 # --- ROC-AUC -------------------------------------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ def test_calibration_of_the_truth_is_close() -> None:
 
 
 class _FixedIndex:
-    """An 'ANN index' returning fixed results: only `config.dim` and `search` are used by ann_recall."""
+    """An 'ANN index' returning fixed results: only `config.dim` and `search` are used by recall_against_exact."""
 
     def __init__(self, ids: np.ndarray) -> None:
         from index import IndexConfig
@@ -341,7 +341,7 @@ def test_ann_recall_hand_example_is_tie_tolerant() -> None:
     # query 0, exact top 2: 10 (1.0), then 11 and 12 tied at 0.8 -> ANN {10, 12} is a full hit
     # query 1, exact top 2: 13 (1.0), 11 (0.6); ANN {13, 10}: 10 scores 0 < 0.6 -> 1 of 2
     index = _FixedIndex(np.array([[10, 12], [13, 10]], np.int64))
-    assert ann_recall(index, q, 2, ad_ids=ad_ids, ad_vecs=ad_vecs) == pytest.approx(0.75, abs=1e-12)  # type: ignore[arg-type]
+    assert recall_against_exact(index, q, 2, ad_ids=ad_ids, ad_vecs=ad_vecs) == pytest.approx(0.75, abs=1e-12)  # type: ignore[arg-type]
 
 
 def test_ann_recall_of_a_flat_index_is_one() -> None:
@@ -352,7 +352,7 @@ def test_ann_recall_of_a_flat_index_is_one() -> None:
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     idx = make_index(IndexConfig(dim=8))
     idx.build(np.arange(200, dtype=np.int64) * 3, v)
-    assert ann_recall(idx, v[:20], 10) == pytest.approx(1.0, abs=1e-12)
+    assert recall_against_exact(idx, v[:20], 10) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_by_group_per_surface() -> None:
