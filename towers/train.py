@@ -63,8 +63,9 @@ class TrainTask(nn.Module):
         if positive.any() and cfg.weight_contrastive > 0:
             pos_index = positive.nonzero().squeeze(1)
             cand, cand_ids, buckets = a, batch["ad_id"], batch["ad_bucket"]
-            extra = batch["neg_rate"] if "neg_ad_id" in batch else 0.0
+            extra: torch.Tensor | float = 0.0
             if "neg_ad_id" in batch:  # mixed negative sampling: uniform ads through the Pin tower
+                extra = batch["neg_rate"]
                 cand = torch.cat([a, self.model.pin_tower(batch, "neg_ad")])
                 cand_ids = torch.cat([cand_ids, batch["neg_ad_id"]])
                 buckets = torch.cat([buckets, batch["neg_ad_bucket"]])
