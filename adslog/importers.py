@@ -384,10 +384,36 @@ def _read_adjacency(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(tokens[heads], lens - 1), tokens[is_item]
 
 
+def within_day_order(users: np.ndarray, seed: int) -> np.ndarray:
+    """int64 seconds for rows of `users` (int64[n]): each user's rows get 0, 1, ..., count - 1 in a seeded random
+    order (a random permutation of all rows, then each row's rank among its user's rows)."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(users))
+    order = perm[np.argsort(users[perm], kind="stable")]  # rows grouped by user, random order within
+    sorted_users = users[order]
+    first = np.searchsorted(sorted_users, sorted_users, side="left")
+    out = np.empty(len(users), np.int64)
+    out[order] = np.arange(len(users)) - first
+    if len(out) and out.max() >= 86400:
+        raise DataError("train.txt", "a user has more than 86,400 train pairs: they do not fit in day 0")
+    return out
+
+
 def import_gowalla(
-    src: str | Path, out: str | Path, progress: Progress = no_progress, overwrite: bool = False
+    src: str | Path,
+    out: str | Path,
+    progress: Progress = no_progress,
+    overwrite: bool = False,
+    order_seed: int | None = None,
 ) -> dict:
-    """Import the LightGCN Gowalla split (`train.txt`, `test.txt` in `src`): train = day 0, test = day 1."""
+    """Import the LightGCN Gowalla split (`train.txt`, `test.txt` in `src`): train = day 0, test = day 1.
+
+    The source has no timestamps. By default every train pair has ts = 0, so no train pair has an earlier event
+    (the user tower's activity sequence is empty in training). With `order_seed`, each user's train pairs get
+    the distinct times 0, 1, 2, ... seconds of day 0 in a seeded random order (`within_day_order`): a train
+    pair then sees the user's pairs drawn before it as its activity, and a user queried at the end of day 0 sees
+    all of them, so the towers can aggregate the user's history (YoutubeDNN's and SimpleX's user side) without
+    a train pair ever seeing itself. Test pairs stay at the start of day 1."""
     t0 = time.perf_counter()
     src = Path(src)
     files = [src / "train.txt", src / "test.txt"]
@@ -396,10 +422,13 @@ def import_gowalla(
         users, ads = _read_adjacency(f)
         n = len(users)
         day = np.full(n, split, np.int32)
+        ts = day.astype(np.int64) * 86400
+        if split == 0 and order_seed is not None:
+            ts = ts + within_day_order(users, order_seed)
         parts.append(
             pa.table(
                 {
-                    "ts": day.astype(np.int64) * 86400,
+                    "ts": ts,
                     "day": day,
                     "user_id": users,
                     "ad_id": ads,
@@ -421,7 +450,12 @@ def import_gowalla(
         "files": [_file_info(f) for f in files],
         "stand_ins": {
             "impression": "one (user, item) check-in pair; every pair is a click",
-            "ts/day": "no timestamps: train pairs are day 0, test pairs day 1 (ts = day * 86400)",
+            "ts/day": "no timestamps: train pairs are day 0, test pairs day 1 (ts = day * 86400)"
+            + (
+                ""
+                if order_seed is None
+                else f"; each user's train pairs at seconds 0, 1, ... of day 0 in a random order (seed {order_seed})"
+            ),
             "advertiser_id": "= ad_id (no advertiser in the source)",
         },
     }

@@ -11,7 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from adslog.dataset import Dataset
-from adslog.importers import GenericImportConfig, import_generic, import_gowalla, import_movielens_100k
+from adslog.importers import (
+    GenericImportConfig,
+    import_generic,
+    import_gowalla,
+    import_movielens_100k,
+    within_day_order,
+)
 from adslog.schema import ColumnKind
 from dermcore.errors import DataError
 
@@ -137,6 +143,37 @@ def test_gowalla_bad_token(tmp_path: Path) -> None:
         import_gowalla(src, tmp_path / "gw")
     assert str(e.value) == f"{src / 'train.txt'}: non-integer token 'x4' on non-empty line 2"
     assert not (tmp_path / "gw").exists()
+
+
+def test_gowalla_order_seed_spreads_train_pairs_over_day_0(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.txt").write_text("0 10 11 12 13\n1 11\n2 14 10\n")
+    (src / "test.txt").write_text("0 14\n2 11\n")
+    import_gowalla(src, tmp_path / "a", order_seed=3)
+    import_gowalla(src, tmp_path / "b", order_seed=3)
+    import_gowalla(src, tmp_path / "plain")
+    train = Dataset.open(tmp_path / "a").impressions(0, ["user_id", "ad_id", "ts"])
+    again = Dataset.open(tmp_path / "b").impressions(0, ["user_id", "ad_id", "ts"])
+    assert train.equals(again)  # seeded
+    u, a, ts = (train.column(c).to_numpy() for c in ("user_id", "ad_id", "ts"))
+    for user, n in ((0, 4), (1, 1), (2, 2)):
+        assert sorted(ts[u == user].tolist()) == list(range(n))  # distinct seconds 0..n-1 of day 0
+    assert sorted(a[u == 0].tolist()) == [10, 11, 12, 13]
+    test = Dataset.open(tmp_path / "a").impressions(1, ["ts"]).column("ts").to_numpy()
+    assert set(test.tolist()) == {86_400}
+    plain = Dataset.open(tmp_path / "plain").impressions(0, ["ts"]).column("ts").to_numpy()
+    assert set(plain.tolist()) == {0}
+
+
+def test_within_day_order_is_a_per_user_random_rank() -> None:
+    users = np.array([5, 3, 5, 5, 3, 9], np.int64)
+    orders = {tuple(within_day_order(users, seed).tolist()) for seed in range(20)}
+    for o in orders:
+        arr = np.array(o)
+        assert sorted(arr[users == 5].tolist()) == [0, 1, 2]
+        assert sorted(arr[users == 3].tolist()) == [0, 1] and arr[users == 9].tolist() == [0]
+    assert len(orders) > 1  # the order depends on the seed
 
 
 # -- Generic ----------------------------------------------------------------------------------------------
