@@ -52,9 +52,10 @@ class CatchUpAdam(torch.optim.Optimizer):
     def _catch_up(
         p: torch.Tensor, st: dict[str, Any], rows: torch.Tensor, t: int, group: dict[str, Any]
     ) -> None:
-        """Apply to `rows` the updates of steps last+1 .. t (their gradient was zero there)."""
+        """Apply to `rows` the updates of steps last+1 .. t (their gradient was zero there). A row never updated
+        (`last` 0: its moments are zero) has nothing to apply and is skipped."""
         last = st["last"][rows]
-        behind = last < t
+        behind = (last < t) & (last > 0)
         if t == 0 or not bool(behind.any()):
             return
         rows, last = rows[behind], last[behind].to(torch.float64)
@@ -119,7 +120,10 @@ class CatchUpAdam(torch.optim.Optimizer):
                     continue
                 st = self._state(p)
                 t = int(st["step"])
-                stale = (st["last"] < t).nonzero().squeeze(1)
+                last = st["last"]
+                stale = (
+                    ((last < t) & (last > 0)).nonzero().squeeze(1)
+                )  # rows never updated have nothing to apply
                 if len(stale):
                     self._catch_up(p, st, stale, t, group)
 

@@ -94,3 +94,23 @@ def test_a_new_optimiser_replaces_the_tables_catch_up_hook() -> None:
     assert len(table._forward_pre_hooks) == 1
     TowerOptimizer(table, lr=0.02, sparse_optimizer="lazy")
     assert len(table._forward_pre_hooks) == 0
+
+
+def test_flush_skips_rows_never_updated() -> None:
+    """A row no batch has used has zero moments: the catch-up leaves it (and its step) alone, so a flush costs
+    the rows trained, not the table's size."""
+    table, opt = _train("catch_up", steps=30)
+    used = set()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(30):
+        used |= set(torch.randint(0, 40, (4,), generator=g).tolist())
+        torch.randn(4, 3, generator=g)
+    unused = sorted(set(range(40)) - used)
+    assert unused  # 30 batches of 4 leave some of the 40 rows untouched
+    st = opt.sparse.state[table.weight]
+    assert st["last"][unused].eq(0).all() and st["last"][sorted(used)].eq(30).all()
+    torch.manual_seed(0)
+    torch.randn(40, 3)  # _train's target
+    fresh = nn.Embedding(40, 3, sparse=True)
+    nn.init.normal_(fresh.weight, 0.0, 0.1)
+    assert torch.equal(table.weight[unused], fresh.weight[unused])  # never moved
