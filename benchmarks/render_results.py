@@ -426,14 +426,17 @@ def ranker_wide_section(r: dict[str, Any]) -> list[str]:
         "",
         *_ranker_wide_rows(arms),
     ]
+    lines += ["", *[f"- {n}" for n in r.get("notes", [])]]
     if r.get("earlier_arms"):
         lines += [
             "",
-            "Earlier runs (the spec's features in the wide part):",
+            f"Earlier runs (the spec's features in the wide part; git {str(r.get('earlier_git_sha'))[:10]}):",
             "",
             *_ranker_wide_rows(r["earlier_arms"]),
+            "",
+            *[f"- {n}" for n in r.get("earlier_notes", [])],
         ]
-    return [*lines, "", *[f"- {n}" for n in r.get("notes", [])], ""]
+    return [*lines, ""]
 
 
 SECTIONS["ranker_wide"] = ranker_wide_section

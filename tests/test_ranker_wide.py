@@ -15,7 +15,7 @@ from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import ConfigError
-from dermfeatures.batches import Inputs
+from dermfeatures.batches import ImpressionArrays, Inputs
 from dermfeatures.onehot import ADS_FIELDS, dataset_fields, fields_keys
 from dermfeatures.spec import FeatureSpec, Field
 from eval.baselines import fit_logistic, read_rows
@@ -35,9 +35,9 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     return Dataset.open(root)
 
 
-def _scores(ranker: Ranker, inputs: Inputs, a: object) -> np.ndarray:
+def _scores(ranker: Ranker, inputs: Inputs, a: ImpressionArrays) -> np.ndarray:
     """The ranker's CTR logits of impressions `a` through its forward pass (DERM inputs absent)."""
-    b = inputs.impression_batch(a)  # type: ignore[arg-type]
+    b = inputs.impression_batch(a)
     for k in ranker.cfg.derm_inputs:
         b[f"derm_{k}"], b[f"derm_{k}_found"] = torch.zeros(len(b["click"]), 16), torch.zeros(len(b["click"]))
     with torch.no_grad():
