@@ -46,12 +46,11 @@ from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
 from dermfeatures.batches import Inputs
-from dermfeatures.spec import build_feature_spec
 from embstore.store import StoreGates, open_version
 from eval.metrics import pr_auc, roc_auc
 from ranking.kge import KGELookup, kge_dim
 from ranking.model import RankerConfig
-from ranking.train import RankerRows, fit, new_snapshot, predict
+from ranking.train import RankerRows, fit, new_snapshot, predict, ranker_spec
 
 WORK = ROOT / "benchmarks" / "work" / "kge_ranker"
 SEEDS = (0, 1, 2)
@@ -105,7 +104,7 @@ def run_seed(
     inputs_kge: tuple[str, ...],
 ) -> dict[str, Any]:
     """Every arm on the same rows; returns arm -> test probabilities (n, 2) and the test labels."""
-    spec = build_feature_spec(ds, split["train"], base.id_buckets)
+    spec = ranker_spec(ds, split["train"], base)
     inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, split["test"][-1]), base.seq_len)
     cutoff = (split["train"][-1] + 1) * 86400
     a_train = inputs.impressions(split["train"], label_cutoff_ts=cutoff)

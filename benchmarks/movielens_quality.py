@@ -56,13 +56,12 @@ from adslog.rebucket import rebucket
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from dermfeatures.batches import Inputs
-from dermfeatures.spec import build_feature_spec
 from eval.baselines import MFConfig, MFModel, feature_columns, item_ctr, logistic_regression, plain_mf
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import recall_per_user, roc_auc
 from eval.upstream import head_probabilities
 from ranking.model import RankerConfig
-from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict
+from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict, ranker_spec
 from retrieval.prior import DEFAULT_BETAS, LogPrior, PriorConfig, PriorFit, apply_prior, fit_beta
 from retrieval.retrieve import popularity, window_clicks
 from towers.config import Backbone, TowerConfig
@@ -265,7 +264,7 @@ def retrieval_seed(
 def ranking_seed(ds: Dataset, ws: Workspace, weeks: dict[str, list[int]], seed: int) -> dict[str, Any]:
     """The derm ranker on the shared rows: test p_ctr, the rows' labels and users, and the fit stats."""
     cfg = replace(RANKER, seed=seed)
-    spec = build_feature_spec(ds, weeks["fit"], cfg.id_buckets)
+    spec = ranker_spec(ds, weeks["fit"], cfg)
     inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, weeks["test"][-1]), cfg.seq_len)
     lookup = DermLookup(ws, cfg.derm_inputs)
     v = lookup.version("ctr", weeks["test"][0])

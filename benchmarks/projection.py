@@ -33,10 +33,9 @@ from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
 from dermfeatures.batches import Inputs
-from dermfeatures.spec import build_feature_spec
 from eval.metrics import pr_auc, roc_auc
 from ranking.model import DERM_INPUTS, RankerConfig
-from ranking.train import DermLookup, RankerRows, RankerTask, fit, new_snapshot, predict
+from ranking.train import DermLookup, RankerRows, RankerTask, fit, new_snapshot, predict, ranker_spec
 from towers.config import Backbone, TowerConfig
 
 WORK = ROOT / "benchmarks" / "work" / "projection"
@@ -112,7 +111,7 @@ def main() -> None:
     for seed in SEEDS:
         ws = Workspace.open(WORK / f"seed{seed}", data)
         upstream(ws, ds, window, replace(towers, seed=seed))
-        spec = build_feature_spec(ds, train_days, ranker.id_buckets)
+        spec = ranker_spec(ds, train_days, ranker)
         inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, test[-1]), ranker.seq_len)
         lookup = DermLookup(ws, DERM_INPUTS)
         cutoff = (val_days[-1] + 1) * 86400

@@ -37,10 +37,9 @@ from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
 from dermfeatures.batches import Inputs
-from dermfeatures.spec import build_feature_spec
 from eval.metrics import pr_auc, roc_auc
 from ranking.model import DERM_INPUTS, RankerConfig
-from ranking.train import DermLookup, RankerRows, calibration, fit, new_snapshot, predict
+from ranking.train import DermLookup, RankerRows, calibration, fit, new_snapshot, predict, ranker_spec
 from towers.config import Backbone, TowerConfig
 
 WORK = ROOT / "benchmarks" / "work" / "ranker_ablation_v3"
@@ -88,7 +87,7 @@ def run_seed(
     ws: Workspace, ds: Dataset, days: dict[str, list[int]], ranker: RankerConfig, seed: int
 ) -> dict[str, dict[str, Any]]:
     """Train every arm on the shared rows; returns arm -> {p (n_test, 2), epochs, ...} and the test labels."""
-    spec = build_feature_spec(ds, days["train"], ranker.id_buckets)
+    spec = ranker_spec(ds, days["train"], ranker)
     inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, days["test"][-1]), ranker.seq_len)
     lookup = DermLookup(ws, DERM_INPUTS)
     first = lookup.version("ctr", days["train"][0])

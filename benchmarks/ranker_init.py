@@ -36,10 +36,9 @@ from adslog.sequences import ActivityLog
 from adslog.synth import generate
 from adslog.workspace import Workspace
 from dermfeatures.batches import Inputs
-from dermfeatures.spec import build_feature_spec
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import log_loss, pr_auc, roc_auc
-from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict
+from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict, ranker_spec
 from workflow.demo import DemoConfig
 
 WORK = ROOT / "benchmarks" / "work" / "ranker_init"
@@ -95,7 +94,7 @@ def main() -> None:
     print(f"upstream ready in {upstream_s:.0f} s", flush=True)
     train_days = days[:-1]
     base = demo.cycle.ranker
-    spec = build_feature_spec(ds, window, base.id_buckets)
+    spec = ranker_spec(ds, window, base)
     inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, test), base.seq_len)
     lookup = DermLookup(ws, base.derm_inputs)
     first = lookup.version("ctr", later[0])

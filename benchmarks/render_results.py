@@ -394,6 +394,26 @@ SECTIONS = {
 }
 
 
+def _ranker_wide_rows(arms: dict[str, Any]) -> list[str]:
+    lines = [
+        "| arm | ROC-AUC | arm - regression [95 % CI] | wide part alone | arm - wide part alone [95 % CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for name, a in arms.items():
+        ci = a.get("ci") or [None, None]
+        wci = a.get("ranker_minus_wide_part_ci") or [None, None]
+        wide = (
+            f"{_f(a.get('ranker_minus_wide_part'))} [{_f(wci[0])}, {_f(wci[1])}]"
+            if a.get("ranker_minus_wide_part") is not None
+            else "-"
+        )
+        lines.append(
+            f"| {name} | {_f(a.get('ranker_auc'))} | {_f(a.get('diff'))} [{_f(ci[0])}, {_f(ci[1])}] | "
+            f"{_f(a.get('wide_part_alone_auc'))} | {wide} |"
+        )
+    return lines
+
+
 def ranker_wide_section(r: dict[str, Any]) -> list[str]:
     arms = r.get("arms", {})
     lr = next((a.get("lr_auc") for a in arms.values()), None)
@@ -404,16 +424,19 @@ def ranker_wide_section(r: dict[str, Any]) -> list[str]:
         f"logistic regression on the same rows ({_f(lr)}); interval: paired bootstrap of arm - regression over "
         f"users. {_machine(r)}.",
         "",
-        "| arm | ROC-AUC | arm - regression [95 % CI] | wide part alone |",
-        "|---|---|---|---|",
+        *_ranker_wide_rows(arms),
     ]
-    for name, a in arms.items():
-        ci = a.get("ci") or [None, None]
-        lines.append(
-            f"| {name} | {_f(a.get('ranker_auc'))} | {_f(a.get('diff'))} [{_f(ci[0])}, {_f(ci[1])}] | "
-            f"{_f(a.get('wide_part_alone_auc'))} |"
-        )
-    return [*lines, "", *[f"- {n}" for n in r.get("notes", [])], ""]
+    lines += ["", *[f"- {n}" for n in r.get("notes", [])]]
+    if r.get("earlier_arms"):
+        lines += [
+            "",
+            f"Earlier runs (the spec's features in the wide part; git {str(r.get('earlier_git_sha'))[:10]}):",
+            "",
+            *_ranker_wide_rows(r["earlier_arms"]),
+            "",
+            *[f"- {n}" for n in r.get("earlier_notes", [])],
+        ]
+    return [*lines, ""]
 
 
 SECTIONS["ranker_wide"] = ranker_wide_section

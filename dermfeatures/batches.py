@@ -15,6 +15,7 @@ import torch
 
 from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
+from dermfeatures.onehot import ColumnJoin, field_columns, fields_keys
 from dermfeatures.spec import EntityTable, FeatureSpec, _cat_index, context_rows, hash_ids
 
 SEQ_AD_SALT, SEQ_ADV_SALT, LOGQ_SALT = 101, 102, 103
@@ -59,6 +60,11 @@ class Inputs:
         self._seq_cat = np.concatenate([cats, np.zeros(1, np.int64)])
         self._seq_dense = np.concatenate([self.ads.dense, np.zeros((1, self.ads.dense.shape[1]), np.float32)])
         self._pad_row = n_ads
+        # the one-hot fields' columns beyond the impression's ids and context, from the users / ads tables
+        self._onehot_join: ColumnJoin | None = None
+        if spec.onehot:
+            own = {"user_id", "ad_id"} | {f.name for f in spec.context}
+            self._onehot_join = ColumnJoin(ds, [c for c in field_columns(spec.onehot) if c not in own])
 
     def impressions(
         self,
@@ -101,6 +107,18 @@ class Inputs:
             ctx_ref=context_rows(self.spec, t, reference=True),
         )
 
+    def onehot_keys(self, a: ImpressionArrays, reference_context: bool = False) -> np.ndarray:
+        """int64[n, len(spec.onehot)]: the key of each one-hot field (`dermfeatures.onehot.field_keys`) of
+        impressions `a`, from the raw values as logged: the ids, the context (the reference context with
+        `reference_context`; a value outside the spec's cardinality reads -1) and the users' / ads' columns
+        (-1 for an id missing from its table)."""
+        if self._onehot_join is None:
+            return np.zeros((len(a), 0), np.int64)
+        ctx = a.ctx_ref if reference_context else a.ctx
+        rows = {"user_id": a.user_id, "ad_id": a.ad_id}
+        rows.update({f.name: ctx[:, j] - 1 for j, f in enumerate(self.spec.context)})
+        return fields_keys(self._onehot_join.join(rows, strict=False), self.spec.onehot)
+
     def user_batch(self, user_ids: np.ndarray, ts: np.ndarray) -> dict[str, torch.Tensor]:
         """User-tower inputs: features + the activity sequence strictly before `ts` (int64[n])."""
         cat, num, dense = self.users.rows(user_ids)
@@ -134,6 +152,8 @@ class Inputs:
         b = self.user_batch(a.user_id, a.ts)
         b.update(self.ad_batch(a.ad_id))
         b["ctx"] = torch.from_numpy(a.ctx_ref if reference_context else a.ctx)
+        if self.spec.onehot:
+            b["onehot"] = torch.from_numpy(self.onehot_keys(a, reference_context))
         b["click"] = torch.from_numpy(a.click)
         b["conversion"] = torch.from_numpy(a.conversion)
         b["ad_id"] = torch.from_numpy(a.ad_id)

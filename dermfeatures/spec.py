@@ -68,6 +68,9 @@ class FeatureSpec:
     ad_category: str | None  # ad column used as the category token of sequence events
     seq_ad_buckets: int = 2
     seq_adv_buckets: int = 2
+    #: the one-hot fields and crosses (`dermfeatures.onehot`) whose keys `Inputs` adds to every impression batch
+    #: (`onehot`, int64 (B, len(onehot))) for the ranker's wide part; () = none (towers, rankers before them)
+    onehot: tuple[tuple[str, ...], ...] = ()
 
     def cats(self, entity: str) -> list[Field]:
         return [f for f in getattr(self, entity) if f.kind in ("id", "categorical")]
@@ -87,6 +90,7 @@ class FeatureSpec:
             "ad_category": self.ad_category,
             "seq_ad_buckets": self.seq_ad_buckets,
             "seq_adv_buckets": self.seq_adv_buckets,
+            **({"onehot": [list(f) for f in self.onehot]} if self.onehot else {}),
         }
 
     @classmethod
@@ -99,6 +103,7 @@ class FeatureSpec:
             ad_category=d.get("ad_category"),
             seq_ad_buckets=int(d["seq_ad_buckets"]),
             seq_adv_buckets=int(d["seq_adv_buckets"]),
+            onehot=tuple(tuple(str(c) for c in f) for f in d.get("onehot", [])),
         )
 
 

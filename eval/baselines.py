@@ -10,7 +10,9 @@ Ranking:
     logistic_vs_ranker  the regression on the rows a workspace's ranker learned from, beside the ranker on a day
     logistic_regression L2-regularised logistic regression over one-hot features and the crosses an ads engineer
                         adds (region / age x category, surface x category), fitted by L-BFGS, the L2 weight chosen
-                        by validation ROC-AUC (moved from `benchmarks/synthetic_ceiling.py`)
+                        by validation ROC-AUC (moved from `benchmarks/synthetic_ceiling.py`). The fields, their
+                        keys and the join of their columns are `dermfeatures.onehot`'s, which the ranker's wide
+                        part reads too
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from adslog.dataset import Dataset
-from adslog.oracle import IdMap
 from adslog.workspace import Workspace
+from dermfeatures.onehot import ADS_FIELDS, ColumnJoin, Fields, dataset_fields, field_columns, field_keys
 from dermtrain.logistic import base_rate_logit, lbfgs_logistic
 from eval.metrics import roc_auc
 from retrieval.retrieve import POPULARITY_DAYS, popularity
@@ -89,19 +91,6 @@ def item_ctr(ad_ids: np.ndarray, clicks: np.ndarray, smoothing: float = 10.0) ->
 
 #: L2 weights tried (penalty l2 / 2 * |w|^2 on the mean log loss)
 LR_L2 = (1e-6, 3e-6, 1e-5, 3e-5)
-#: the synthetic ads log's one-hot fields and crosses (`benchmarks/synthetic_ceiling.py`)
-ADS_FIELDS: tuple[tuple[str, ...], ...] = (
-    ("ad_id",),
-    ("user_id",),
-    ("advertiser_id",),
-    ("category",),
-    ("surface",),
-    ("position",),
-    ("region", "category"),
-    ("age_bucket", "category"),
-    ("surface", "category"),
-)
-Fields = Sequence[tuple[str, ...]]
 
 
 def feature_columns(
@@ -109,22 +98,9 @@ def feature_columns(
 ) -> dict[str, np.ndarray]:
     """The columns `fields` name, for impressions `rows` (at least user_id, ad_id and `label`, each [n]): a
     column in `rows` is taken as is, else from the users table (joined on user_id), else from the ads table
-    (on ad_id). Ids missing from a table are an error."""
-    out = {c: np.asarray(v) for c, v in rows.items()}
-    need = sorted({c for f in fields for c in f} - set(out))
-    users, ads = ds.columns["users"], ds.columns["ads"]
-    for c in need:
-        if c in users:
-            table, key = ds.users(["user_id", c]), "user_id"
-        elif c in ads:
-            table, key = ds.ads(["ad_id", c]), "ad_id"
-        else:
-            raise ValueError(f"column {c!r} is in neither the rows, the users table nor the ads table")
-        idx = IdMap(table.column(key).to_numpy().astype(np.int64), key).rows(out[key])
-        values = np.asarray(table.column(c).to_numpy(zero_copy_only=False))
-        if values.ndim != 1 or values.dtype == object:
-            raise ValueError(f"column {c!r} is not a scalar column: it cannot be one-hot encoded")
-        out[c] = values[idx]
+    (on ad_id) (`dermfeatures.onehot.ColumnJoin`, the ranker's wide part's join). Ids missing from a table are
+    an error."""
+    out = ColumnJoin(ds, [c for c in field_columns(fields) if c not in rows]).join(rows)
     if label not in out:
         raise ValueError(f"rows have no {label!r} column")
     return out
@@ -135,17 +111,9 @@ def read_rows(
 ) -> dict[str, np.ndarray]:
     """`feature_columns` of the impressions of `days`, read from the log."""
     imp_cols = set(ds.columns["impressions"])
-    cols = sorted({"user_id", "ad_id", label} | ({c for f in fields for c in f} & imp_cols))
+    cols = sorted({"user_id", "ad_id", label} | (set(field_columns(fields)) & imp_cols))
     t = ds.impressions(days, cols)
     return feature_columns(ds, {c: t.column(c).to_numpy() for c in cols}, fields, label)
-
-
-def _keys(cols: Mapping[str, np.ndarray], field: tuple[str, ...]) -> np.ndarray:
-    """int64[n]: one key per row for the field's value (a cross combines its columns' integer values)."""
-    k = np.zeros(len(cols[field[0]]), np.int64)
-    for name in field:
-        k = k * 1_000_003 + np.asarray(cols[name]).astype(np.int64)
-    return k
 
 
 @dataclass(frozen=True)
@@ -166,7 +134,7 @@ class LogisticModel:
         """int64[n, fields]: the feature index of each row's value per field, -1 where unseen in training."""
         out, off = [], 0
         for f, values in zip(self.fields, self.values, strict=True):
-            k = _keys(cols, f)
+            k = field_keys(cols, f)
             if len(values) == 0:
                 out.append(np.full(len(k), -1, np.int64))
                 continue
@@ -189,7 +157,7 @@ def fit_logistic(
     line search, float64): minimises mean log loss + l2 / 2 * |w|^2; the bias (unpenalised) starts at the
     base-rate logit."""
     fields = tuple(tuple(f) for f in fields)
-    values = tuple(np.unique(_keys(cols, f)) for f in fields)
+    values = tuple(np.unique(field_keys(cols, f)) for f in fields)
     model = LogisticModel(fields, values, np.zeros(sum(len(v) for v in values)), 0.0, l2)
     x = torch.from_numpy(model.encode(cols))
     yt = torch.from_numpy(np.asarray(cols[label], np.float64))
@@ -243,15 +211,18 @@ def logistic_regression(
 
 
 def logistic_vs_ranker(
-    ws: Workspace, day: int, fields: Fields = ADS_FIELDS, boot: int = 200
+    ws: Workspace, day: int, fields: Fields | None = None, boot: int = 200
 ) -> dict[str, Any]:
     """The one-hot logistic regression (`eval.baselines.logistic_regression`) on the rows the ranker was
     trained on (every day before `day`; L2 chosen on the last of them, then refit on all), scored on `day`'s
-    impressions beside the served ranker, with the paired bootstrap interval of ranker - regression over users."""
+    impressions beside the served ranker, with the paired bootstrap interval of ranker - regression over users.
+    `fields`: None = the log's one-hot fields (`dermfeatures.onehot.dataset_fields`, those of the ranker's
+    wide part; `ADS_FIELDS` on the synthetic log)."""
     from eval.bootstrap import paired_bootstrap
     from eval.evaluate import ranker_predictions
 
     ds = ws.dataset()
+    fields = dataset_fields(ds) if fields is None else fields
     before = [d for d in ds.days() if d < day]
     t0 = time.perf_counter()
     fit = logistic_regression(read_rows(ds, before[:-1], fields), read_rows(ds, before[-1:], fields), fields)

@@ -1,8 +1,8 @@
 """The downstream ranker: a multi-task mixture of DCNv2 experts over user / ad features, context, the activity
 sequence and DERM embeddings (`ranking.model`), its point-in-time training and scoring (`ranking.train`), and
 the shared-sequence forward pass that scores one user's candidates (`ranking.scoring`). The two-stage query that
-serves it is `adserving`. Its wide part can be fitted like the one-hot regression
-(`ranking.wide`)."""
+serves it is `adserving`. Its wide part reads the one-hot fields of the regression baseline
+(`dermfeatures.onehot`) and is fitted like that regression (`ranking.wide`)."""
 
 from ranking.model import (
     DERM_INPUTS,
@@ -23,6 +23,7 @@ from ranking.train import (
     fit,
     load_ranker,
     predict,
+    ranker_spec,
     score,
     train_ranker,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "fit_wide_part",
     "load_ranker",
     "predict",
+    "ranker_spec",
     "score",
     "train_ranker",
     "user_runs",

@@ -35,6 +35,8 @@ KGE_INPUTS = ("user", "ad", "advertiser")
 TASKS = ("ctr", "cvr")
 #: how the wide part learns (`RankerConfig.wide_fit`)
 WIDE_FITS = ("regression", "adam")
+#: which features the wide part has (`RankerConfig.wide_features`)
+WIDE_FEATURES = ("onehot", "spec")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,15 @@ class RankerConfig:
     wide_fit: str = "regression"
     #: days of rows a daily fine-tune refits the wide part on (ending with the new day)
     wide_window: int = 28
+    #: the wide part's features. "onehot": the log's one-hot fields and crosses from the raw column values
+    #: (`dermfeatures.onehot.dataset_fields`, the one definition the regression baseline reads too: on the
+    #: synthetic log its 9 fields, exact ids), recorded in the ranker's feature spec. "spec": every id /
+    #: categorical field of the feature spec (ids as hashed into the id tables) and the user / context x ad
+    #: categorical crosses, 24 features on the synthetic log (rankers before the option). Fitted alone on the
+    #: demo's 13 days before the eval day, ROC-AUC on the eval day: "spec"'s 24 features 0.7209, the
+    #: regression's 9 fields over the spec's hashed ids 0.7227, "onehot" 0.7244 (16,010 features in 15,537 of
+    #: 2^18 rows; 2^20 rows: 0.7246), the regression itself 0.7244 (benchmarks/ranker_wide.py, regression:* arms)
+    wide_features: str = "onehot"
     #: the sparse id tables' optimiser (`dermtrain.optim`): "lazy" = SparseAdam, "catch_up" = rows move as under
     #: dense Adam at sparse cost
     sparse_optimizer: str = "lazy"
@@ -137,6 +148,8 @@ class RankerConfig:
             raise ConfigError("wide_lr must be > 0 (or None for lr)")
         if self.wide_fit not in WIDE_FITS:
             raise ConfigError(f"wide_fit must be one of {', '.join(WIDE_FITS)}")
+        if self.wide_features not in WIDE_FEATURES:
+            raise ConfigError(f"wide_features must be one of {', '.join(WIDE_FEATURES)}")
         if not isinstance(self.wide_window, int) or self.wide_window < 1:
             raise ConfigError("wide_window must be an integer >= 1 (days)")
         from dermtrain.optim import SPARSE_OPTIMIZERS
@@ -182,6 +195,7 @@ class RankerConfig:
         d.setdefault("wide_buckets", 0)
         d.setdefault("wide_lr", None)
         d.setdefault("wide_fit", "adam")
+        d.setdefault("wide_features", "spec")
         d.setdefault("sparse_optimizer", "lazy")
         d["derm_inputs"] = tuple(d["derm_inputs"])
         if "kge_inputs" in d:
@@ -241,22 +255,40 @@ class MMoE(nn.Module):
         return torch.einsum("bte,bed->btd", self.gate_weights(x0), e)
 
 
+def _splitmix(h: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser over int64 tensors (wrapping multiplies; the masks make the shifts logical)."""
+    h = (h ^ ((h >> 30) & 0x3FFFFFFFF)) * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    h = (h ^ ((h >> 27) & 0x1FFFFFFFFF)) * -7723592293110705685  # 0x94D049BB133111EB
+    return h ^ ((h >> 31) & 0x1FFFFFFFF)
+
+
 class WidePart(nn.Module):
     """The linear part of a Wide & Deep ranker: logits (B, n_tasks) = sum over features of a learned weight per
-    task. Features: every id / categorical field of the user and the ad, every context field, and the crosses
-    (user categorical x ad categorical, context x ad categorical) over the non-id fields, the one-hot
-    regression an ads engineer would fit (`eval.baselines.logistic_regression`). Each (slot, value) or
-    (slot, value, value) is hashed into `buckets` rows; weights start at 0, so an untrained wide part adds
-    nothing. The table takes dense gradients and Adam (see `towers.config.TowerConfig.sparse_embeddings`), or,
-    with `intercept`, is fitted as a regression by `ranking.wide` and carries that regression's intercept per
-    task (a buffer added to the logits)."""
+    task. Features: with `spec.onehot` (`RankerConfig.wide_features = "onehot"`), the one-hot fields and
+    crosses of `dermfeatures.onehot`, the regression baseline's (`eval.baselines.logistic_regression`): the
+    batch's `onehot` keys int64 (B, F), each (field, key) hashed into `buckets` rows. Without (rankers before
+    the option), every id / categorical field of the user and the ad, every context field, and the crosses
+    (user categorical x ad categorical, context x ad categorical) over the non-id fields, read from the
+    batch's categorical indices (ids as hashed into the id tables). Weights start at 0, so an untrained wide
+    part adds nothing. The table takes dense gradients and Adam (see `towers.config.TowerConfig.sparse_embeddings`),
+    or, with `intercept`, is fitted as a regression by `ranking.wide` and carries that regression's intercept
+    per task (a buffer added to the logits)."""
 
     cross_cols: torch.Tensor  # (P, 2) column pairs of the crosses in the stacked categorical matrix
     intercept: torch.Tensor | None  # (n_tasks,) with `intercept`
 
-    def __init__(self, spec: FeatureSpec, buckets: int, n_tasks: int, intercept: bool = False) -> None:
+    def __init__(
+        self, spec: FeatureSpec, buckets: int, n_tasks: int, intercept: bool = False, onehot: bool = False
+    ) -> None:
+        """`onehot`: the features are `spec.onehot`'s (which must name some); otherwise the spec's fields."""
         super().__init__()
+        if onehot != bool(spec.onehot):
+            raise ConfigError(
+                "the wide part reads one-hot fields exactly when the feature spec names them "
+                f"(onehot {onehot}, spec.onehot {list(spec.onehot)}): build the spec with ranking.train.ranker_spec"
+            )
         self.buckets = buckets
+        self.n_onehot = len(spec.onehot)
         self.register_buffer("intercept", torch.zeros(n_tasks) if intercept else None)
         user, ad = spec.cats("user"), spec.cats("ad")
         n_user, n_ad, n_ctx = len(user), len(ad), len(spec.context)
@@ -264,7 +296,7 @@ class WidePart(nn.Module):
         ad_cols = [n_user + j for j, f in enumerate(ad) if f.kind == "categorical"]
         left = [j for j, f in enumerate(user) if f.kind == "categorical"]
         left += [n_user + n_ad + j for j in range(n_ctx)]
-        pairs = [(a, b) for a in left for b in ad_cols]
+        pairs = [] if self.n_onehot else [(a, b) for a in left for b in ad_cols]
         self.register_buffer(
             "cross_cols", torch.tensor(pairs, dtype=torch.long).reshape(-1, 2), persistent=False
         )
@@ -273,6 +305,12 @@ class WidePart(nn.Module):
 
     def keys(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """int64 (B, n_features): each feature's row in the table."""
+        if self.n_onehot:
+            k = b["onehot"]  # (B, F) field keys
+            salt = (
+                torch.arange(1, k.shape[1] + 1, device=k.device) * -7046029254386353131
+            )  # 0x9E3779B97F4A7C15
+            return torch.remainder(_splitmix(k + salt), self.buckets)
         # table indices: crosses pair categorical (non-id) fields, whose values are < 2^21; a single feature's
         # value (an id bucket) is < 2^42, below its slot's offset
         x = torch.cat([b["user_cat"], b["ad_cat"], b["ctx"]], dim=1).long()
@@ -444,7 +482,11 @@ class Ranker(nn.Module):
         self.mmoe = MMoE(self.input_width, len(TASKS), cfg.n_experts, cfg.cross_layers, cfg.cross_rank)
         self.towers = nn.ModuleList(mlp([self.input_width, *cfg.hidden, 1]) for _ in TASKS)
         fitted = cfg.wide_fit == "regression"
-        self.wide = WidePart(spec, cfg.wide_buckets, len(TASKS), fitted) if cfg.wide_buckets else None
+        self.wide = (
+            WidePart(spec, cfg.wide_buckets, len(TASKS), fitted, cfg.wide_features == "onehot")
+            if cfg.wide_buckets
+            else None
+        )
         if self.wide is not None and fitted:
             self.wide.table.weight.requires_grad_(False)  # fitted by `ranking.wide`, never by the optimiser
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from dermcore.artifact import make_manifest, publishing, read_manifest, set_late
 from dermcore.errors import ConfigError, DataError, DermError, VersionMismatchError
 from dermcore.progress import Progress, no_progress
 from dermfeatures.batches import ImpressionArrays, Inputs, to_device
+from dermfeatures.onehot import dataset_fields
 from dermfeatures.spec import FeatureSpec, build_feature_spec
 from dermtrain.loop import EarlyStopping, resolve_device, run_epochs
 from dermtrain.optim import TowerOptimizer
@@ -88,6 +89,16 @@ def ranker_optimizer(ranker: Ranker, cfg: RankerConfig) -> TowerOptimizer:
     if cfg.kge_lr is not None and ranker.kge_tables is not None:
         prefix["kge_tables."] = cfg.kge_lr
     return TowerOptimizer(ranker, lr=cfg.lr, prefix_lr=prefix or None, sparse_optimizer=cfg.sparse_optimizer)
+
+
+def ranker_spec(ds: Dataset, days: list[int], cfg: RankerConfig, bucket_factor: int = 2) -> FeatureSpec:
+    """The feature spec of a ranker trained from scratch on `days`: `build_feature_spec`, plus the log's one-hot
+    fields and crosses (`dermfeatures.onehot.dataset_fields`) when its wide part reads them
+    (`cfg.wide_features` "onehot")."""
+    spec = build_feature_spec(ds, days, cfg.id_buckets, bucket_factor)
+    if cfg.wide_buckets and cfg.wide_features == "onehot":
+        spec = replace(spec, onehot=dataset_fields(ds))
+    return spec
 
 
 def new_snapshot(
@@ -469,7 +480,7 @@ def train_ranker(
         if cfg.early_stopping and len(days) < 2:
             raise DermError("early stopping holds out the last training day: give at least two days")
         train_days = days[: len(days) - len(val_days)]
-        spec = build_feature_spec(ds, train_days, cfg.id_buckets)
+        spec = ranker_spec(ds, train_days, cfg)
         kge_init = None
         if cfg.kge_finetune and cfg.kge_family is not None:
             # point-in-time: the tables start from the version that served the first training day

@@ -5,7 +5,9 @@ few hundred times moves by at most lr per step). So, as in Wide & Deep practice 
 converged model and the deep part learns what it misses: before the deep part trains, each task's column of
 the wide table is fitted by L-BFGS on the training rows' wide features (`WidePart.keys`), minimising mean log
 loss + l2 / 2 * |w|^2 over the buckets the rows touch, plus an unpenalised intercept, the objective of
-`eval.baselines.fit_logistic` over hashed keys. The L2 weight is chosen from `WIDE_L2` by ROC-AUC on the last
+`eval.baselines.fit_logistic` over hashed keys. With `RankerConfig.wide_features = "onehot"` those features are
+the regression's own (`dermfeatures.onehot`), so where no two features share a bucket the fitted column is the
+regression at the same L2. The L2 weight is chosen from `WIDE_L2` by ROC-AUC on the last
 training day (CTR on every row, CVR on the clicked rows), then the column is refitted on every training day.
 The intercepts live in the wide part (`WidePart.intercept`), and the task towers' last layers start at zero, so
 the ranker starts as the regression and the deep part (with the wide part frozen) learns the residual.
@@ -50,15 +52,19 @@ def wide_keys(
     chunk: int = 1 << 17,
 ) -> torch.Tensor:
     """int64 (n, n_features): the wide table row of every feature of impressions `a` (`keys_fn` is
-    `WidePart.keys`), built from the user / ad categorical rows and the context alone (no sequence)."""
+    `WidePart.keys`), built from the one-hot keys (`Inputs.onehot_keys`) when the spec names one-hot fields,
+    else from the user / ad categorical rows and the context (no sequence)."""
     out = []
     for s in range(0, len(a), chunk):
         sl = slice(s, s + chunk)
-        b = {
-            "user_cat": torch.from_numpy(inputs.users.rows(a.user_id[sl])[0]),
-            "ad_cat": torch.from_numpy(inputs.ads.rows(a.ad_id[sl])[0]),
-            "ctx": torch.from_numpy(a.ctx[sl]),
-        }
+        if inputs.spec.onehot:
+            b = {"onehot": torch.from_numpy(inputs.onehot_keys(a.take(np.arange(s, min(s + chunk, len(a))))))}
+        else:
+            b = {
+                "user_cat": torch.from_numpy(inputs.users.rows(a.user_id[sl])[0]),
+                "ad_cat": torch.from_numpy(inputs.ads.rows(a.ad_id[sl])[0]),
+                "ctx": torch.from_numpy(a.ctx[sl]),
+            }
         out.append(keys_fn(b))
     return torch.cat(out) if out else torch.zeros((0, 0), dtype=torch.long)
 

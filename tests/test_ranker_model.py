@@ -25,7 +25,12 @@ from ranking.train import DermLookup, load_ranker, ranker_optimizer, score, trai
 torch.set_num_threads(1)
 
 
-def _spec() -> FeatureSpec:
+ONEHOT = (("user_id",), ("ad_id",), ("category",), ("surface", "category"))
+
+
+def _spec(onehot: bool = True) -> FeatureSpec:
+    """A small spec; with `onehot` it names one-hot fields (the wide part's default features, `_batch`'s
+    `onehot` keys)."""
     return FeatureSpec(
         user=(Field("user_id", "id", 64), Field("age", "numeric", 1)),
         ad=(
@@ -39,6 +44,7 @@ def _spec() -> FeatureSpec:
         ad_category="category",
         seq_ad_buckets=64,
         seq_adv_buckets=64,
+        onehot=ONEHOT if onehot else (),
     )
 
 
@@ -61,6 +67,7 @@ def _batch(n: int, derm_dim: int, seq_len: int = 5, seed: int = 0) -> dict[str, 
         "seq_kind": kind,
         "seq_dense": torch.randn(n, seq_len, 4, generator=g),
         "ctx": torch.ones(n, 2, dtype=torch.int64),
+        "onehot": torch.randint(0, 50, (n, len(ONEHOT)), generator=g),
     }
     for name in DERM_INPUTS:
         b[f"derm_{name}"] = torch.nn.functional.normalize(torch.randn(n, derm_dim, generator=g), dim=1)
@@ -179,11 +186,12 @@ def test_embedding_init_std_sets_every_id_table(std: float | None) -> None:
 
 
 def test_wide_part_features_and_learning() -> None:
-    """The wide part: one feature per user / ad categorical and context field plus the crosses (user
-    categorical and context x ad categorical, ids excluded); it starts at 0 (adds nothing) and, trained alone
-    on a label that depends only on one cross, learns it."""
-    spec, dim = _spec(), 16
-    cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 12, wide_fit="adam")
+    """The wide part with the spec's features (`wide_features` "spec", rankers before the one-hot fields): one
+    feature per user / ad categorical and context field plus the crosses (user categorical and context x ad
+    categorical, ids excluded); it starts at 0 (adds nothing) and, trained alone on a label that depends only
+    on one cross, learns it."""
+    spec, dim = _spec(onehot=False), 16
+    cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 12, wide_fit="adam", wide_features="spec")
     ranker = Ranker(spec, cfg, dim)
     wide = ranker.wide
     assert (

@@ -10,16 +10,131 @@ import numpy as np
 import pytest
 import torch
 
+from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
+from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace, version_name
-from dermfeatures.batches import Inputs
-from dermfeatures.spec import FeatureSpec, Field, build_feature_spec
-from eval.baselines import fit_logistic
-from ranking.model import Ranker, RankerConfig
-from ranking.train import load_ranker, new_snapshot, train_ranker
+from dermcore.errors import ConfigError
+from dermfeatures.batches import ImpressionArrays, Inputs
+from dermfeatures.onehot import ADS_FIELDS, dataset_fields, fields_keys
+from dermfeatures.spec import FeatureSpec, Field
+from eval.baselines import fit_logistic, read_rows
+from ranking.model import Ranker, RankerConfig, WidePart
+from ranking.train import load_ranker, new_snapshot, ranker_spec, train_ranker
 from ranking.wide import WIDE_L2, fit_column, fit_wide_part, wide_keys
 
 torch.set_num_threads(1)
+
+TINY = SynthConfig(n_users=400, n_ads=300, n_advertisers=30, n_days=4, impressions_per_day=6_000, seed=4)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    root = tmp_path_factory.mktemp("ranker_wide") / "data"
+    generate(TINY, root)
+    return Dataset.open(root)
+
+
+def _scores(ranker: Ranker, inputs: Inputs, a: ImpressionArrays) -> np.ndarray:
+    """The ranker's CTR logits of impressions `a` through its forward pass (DERM inputs absent)."""
+    b = inputs.impression_batch(a)
+    for k in ranker.cfg.derm_inputs:
+        b[f"derm_{k}"], b[f"derm_{k}_found"] = torch.zeros(len(b["click"]), 16), torch.zeros(len(b["click"]))
+    with torch.no_grad():
+        return ranker(b)[:, 0].double().numpy()
+
+
+def test_onehot_keys_are_the_regressions_columns(synth: Dataset) -> None:
+    """`Inputs.onehot_keys` (the wide part's input) are the regression's keys of the same rows (`read_rows`,
+    the same fields): the ids, the users' / ads' columns and the logged context; at serving (reference
+    context) only the position changes, to slot 0."""
+    days = synth.days()
+    cfg = RankerConfig(token_dim=8, seq_len=5)
+    spec = ranker_spec(synth, days[:2], cfg)
+    assert spec.onehot == ADS_FIELDS == dataset_fields(synth)
+    inputs = Inputs(synth, spec, ActivityLog.from_dataset(synth, days[2]), 5)
+    a = inputs.impressions([days[2]])
+    want = fields_keys(read_rows(synth, [days[2]], ADS_FIELDS), ADS_FIELDS)
+    np.testing.assert_array_equal(inputs.onehot_keys(a), want)
+    ref = inputs.onehot_keys(a, reference_context=True)
+    pos = ADS_FIELDS.index(("position",))
+    assert (ref[:, pos] == 0).all() and (want[:, pos] > 0).any()
+    np.testing.assert_array_equal(np.delete(ref, pos, 1), np.delete(want, pos, 1))
+    b = inputs.impression_batch(a.take(np.arange(7)), reference_context=True)
+    np.testing.assert_array_equal(b["onehot"].numpy(), ref[:7])
+
+
+def test_wide_part_alone_is_the_regression(synth: Dataset) -> None:
+    """The fitted wide part (`wide_features` "onehot", the default) reproduces `eval.baselines.fit_logistic` at
+    the same L2 on the same rows: the ranker's logits on a later day (deep part 0) are the regression's to
+    1e-4, when no two of the features share a bucket. The spec's own features (`wide_features` "spec") are
+    another model: its logits differ by far more."""
+    days = synth.days()
+    train, test = days[:3], days[3]
+    rows = read_rows(synth, train, ADS_FIELDS)
+    l2 = 3e-4
+    ref = fit_logistic(rows, ADS_FIELDS, l2)
+    want = ref.logits(read_rows(synth, [test], ADS_FIELDS))
+    cutoff = (train[-1] + 1) * 86400
+    prior = (l2 * len(rows["click"]), 1.0)
+    got = {}
+    for features in ("onehot", "spec"):
+        cfg = RankerConfig(token_dim=8, hidden=(8,), seq_len=5, wide_buckets=1 << 20, wide_features=features)
+        spec = ranker_spec(synth, train, cfg)
+        ranker = new_snapshot(spec, cfg, 16, torch.device("cpu")).ranker
+        inputs = Inputs(synth, spec, ActivityLog.from_dataset(synth, test), cfg.seq_len)
+        fit_wide_part(ranker, inputs, train, cutoff, prior)
+        assert ranker.wide is not None
+        if features == "onehot":  # the premise: one bucket per feature
+            k = wide_keys(inputs, inputs.impressions(train), ranker.wide.keys)
+            assert len(torch.unique(k)) == ref.n_features
+        got[features] = _scores(ranker, inputs, inputs.impressions([test]))
+    np.testing.assert_allclose(got["onehot"], want, atol=1e-4)
+    assert float(np.abs(got["spec"] - want).max()) > 0.05
+
+
+def test_onehot_wide_part_hashes_each_field_apart() -> None:
+    """The same key in two fields lands in two rows; keys are deterministic and in range; a spec without
+    one-hot fields cannot build a one-hot wide part (nor the reverse)."""
+    spec = FeatureSpec(
+        user=(Field("user_id", "id", 64),),
+        ad=(Field("ad_id", "id", 64), Field("category", "categorical", 5)),
+        context=(),
+        id_buckets=64,
+        ad_category="category",
+        onehot=(("user_id",), ("ad_id",)),
+    )
+    wide = WidePart(spec, 1 << 20, 2, onehot=True)
+    k = torch.arange(1000).repeat(2, 1).T  # (1000, 2): the same key in both fields
+    rows = wide.keys({"onehot": k})
+    assert rows.shape == (1000, 2) and int(rows.min()) >= 0 and int(rows.max()) < 1 << 20
+    assert torch.equal(rows, wide.keys({"onehot": k.clone()}))
+    assert len(torch.unique(rows)) > 1990  # 2,000 features, ~2 expected collisions in 2^20 rows
+    with pytest.raises(ConfigError, match="one-hot"):
+        WidePart(spec, 64, 2, onehot=False)
+    with pytest.raises(ConfigError, match="one-hot"):
+        WidePart(replace(spec, onehot=()), 64, 2, onehot=True)
+
+
+def test_dataset_fields_of_another_log(synth: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log not made by the built-in generator gets every id / categorical column of the users, ads and
+    impressions, and the user / context categoricals x the ad category."""
+    monkeypatch.setitem(synth.manifest, "source", {"generator": "import"})
+    fields = dataset_fields(synth)
+    assert fields[:2] == (("user_id",), ("ad_id",))
+    singles = {f[0] for f in fields if len(f) == 1}
+    assert {
+        "advertiser_id",
+        "campaign_id",
+        "category",
+        "region",
+        "age_bucket",
+        "surface",
+        "position",
+    } <= singles
+    crosses = {f for f in fields if len(f) == 2}
+    assert {("region", "category"), ("age_bucket", "category"), ("surface", "category")} <= crosses
+    assert all(f[1] == "category" for f in crosses)
 
 
 def test_fit_column_is_the_one_hot_regression() -> None:
@@ -55,7 +170,7 @@ def test_fitted_wide_part_starts_the_ranker_as_the_regression(demo_ws: tuple[Pat
     ds = ws.dataset()
     days = summary["train_days"][-2:]
     cfg = RankerConfig(token_dim=8, hidden=(16,), id_buckets=1 << 12, wide_buckets=1 << 14, seq_len=5)
-    spec = build_feature_spec(ds, days, cfg.id_buckets)
+    spec = ranker_spec(ds, days, cfg)
     snap = new_snapshot(spec, cfg, 16, torch.device("cpu"))
     ranker = snap.ranker
     assert ranker.wide is not None and ranker.wide.intercept is not None
@@ -118,9 +233,16 @@ def test_wide_fit_config() -> None:
         RankerConfig(wide_fit="sgd")
     with pytest.raises(ValueError, match="wide_window"):
         RankerConfig(wide_window=0)
-    old = {k: v for k, v in RankerConfig().to_json().items() if k not in ("wide_fit", "wide_window")}
-    # rankers before the option: Adam with the deep part, no intercept in their state
+    with pytest.raises(ValueError, match="wide_features"):
+        RankerConfig(wide_features="all")
+    old = {
+        k: v
+        for k, v in RankerConfig().to_json().items()
+        if k not in ("wide_fit", "wide_window", "wide_features")
+    }
+    # rankers before the options: Adam with the deep part, no intercept in their state, the spec's features
     assert RankerConfig.from_json(old).wide_fit == "adam"
+    assert RankerConfig.from_json(old).wide_features == "spec"
     spec = FeatureSpec(
         user=(Field("user_id", "id", 64),),
         ad=(Field("ad_id", "id", 64), Field("category", "categorical", 5)),
@@ -129,10 +251,11 @@ def test_wide_fit_config() -> None:
         ad_category="category",
         seq_ad_buckets=64,
         seq_adv_buckets=64,
+        onehot=(("ad_id",), ("surface", "category")),
     )
     cfg = RankerConfig(token_dim=8, seq_len=5, wide_buckets=1 << 10)
     adam = Ranker(spec, replace(cfg, wide_fit="adam"), 8)
     fitted = Ranker(spec, cfg, 8)
     assert "wide.intercept" not in adam.state_dict() and "wide.intercept" in fitted.state_dict()
     assert adam.wide.table.weight.requires_grad and not fitted.wide.table.weight.requires_grad  # type: ignore[union-attr]
-    assert RankerConfig().wide_fit == "regression"
+    assert RankerConfig().wide_fit == "regression" and RankerConfig().wide_features == "onehot"

@@ -314,6 +314,8 @@ KEY_DOCS: dict[str, str] = {
     "ranker.wide_fit": "regression (the wide part fitted like the one-hot regression by L-BFGS, then frozen while "
     "the deep part learns the residual) | adam (learned with the deep part)",
     "ranker.wide_window": "days of rows each daily fine-tune refits the wide part on",
+    "ranker.wide_features": "onehot (the log's one-hot fields and crosses from the raw values, the regression "
+    "baseline's: dermfeatures.onehot) | spec (the feature spec's fields, ids as hashed, and their crosses)",
     "ranker.sparse_optimizer": "the ranker's sparse tables' optimiser: lazy (SparseAdam) or catch_up (rows move "
     "as under dense Adam, at sparse cost)",
     "ranker.kge_family": "KGE store family the ranker reads (kge-transra | kge-transr | kge-transe; needs "
