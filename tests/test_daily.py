@@ -3,6 +3,7 @@ earlier versions together, and a SIGKILL at any point loses nothing and a rerun 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from adslog.workspace import Workspace, version_name
+from cli import main
 from dermcore.artifact import get_latest, read_json
 from dermcore.errors import QualityGateError
 from embstore.aggregate import AggregationConfig
@@ -201,8 +204,13 @@ def test_sigkill_during_training_and_publish_then_rerun(ws_copy: tuple[Workspace
     assert get_latest(ws.embeddings_dir("ctr")) == latest_before["embeddings/ctr"]
     assert Retriever(ws, day + 1).store.day == day - 1  # type: ignore[union-attr]
 
-    r = _daily(ws, day, None)  # the rerun takes the dead process's lock, cleans up and completes
-    assert r.returncode == 0, r.stderr
+    # the rerun takes the dead process's lock, cleans up and completes (the same command, in this process: only
+    # the runs killed need an interpreter of their own)
+    r = CliRunner().invoke(
+        main, ["daily", "--work", str(ws.root), "--day", str(day), "--device", "cpu", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["days"][0]["skipped"] is False
     assert not [p for p in ws.root.rglob(".tmp-*")]
     assert read_json(ws.models_dir("ctr") / version_name(day) / "manifest.json")["artifact_id"] == model_id
     assert set(_latest(ws).values()) == {version_name(day)}

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,10 @@ def _day_snapshot(work: Path, day: int) -> Any:
 
 
 def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local: Any) -> None:
+    """One Ray Data pipeline, two actors, small blocks (more blocks than actors, so both actors embed and
+    results may come back out of order), with the caller's activity log shared through the object store: the
+    vectors equal the single-process ones. The path where each actor reads the day's log from the dataset
+    runs in `test_cli_daily_engine_ray` (the cycle passes no log), checked against a local publish there."""
     work, summary = demo_ws
     ws = Workspace(work)
     ds = ws.dataset()
@@ -53,8 +56,9 @@ def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local:
     snap = _day_snapshot(work, day)
     known = open_version(ws.embeddings_dir("ctr"), day - 1).ids("ad")
     local = embed_day(ds, snap, day, known)
-    # small blocks: more blocks than actors, so both actors embed and results may come back out of order
-    got = embed_day_ray(ds, snap, day, known, cfg=RayInferenceConfig(actors=2, batch_size=500))
+    # a caller's log through the last day (queries stop at the end of `day`, so the vectors are the same)
+    act = ActivityLog.from_dataset(ds, ds.last_day)
+    got = embed_day_ray(ds, snap, day, known, act, RayInferenceConfig(actors=2, batch_size=500))
     assert len(local.user_ids) > 500 and len(local.ad_ids) > 300
     assert got.user_ids.dtype == np.int64 and got.ad_ids.dtype == np.int64
     np.testing.assert_array_equal(got.user_ids, local.user_ids)
@@ -66,37 +70,12 @@ def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local:
     np.testing.assert_allclose(got.ad_vecs, local.ad_vecs, rtol=0, atol=1e-5)
     # the vectors are not trivially equal: users differ from one another
     assert np.abs(local.user_vecs[0] - local.user_vecs[1]).max() > 1e-3
-    # a caller's log (here one through the last day: queries stop at the end of `day`) travels through the
-    # object store instead of each actor reading its own; one block per call here
-    act = ActivityLog.from_dataset(ds, ds.last_day)
-    shared = embed_day_ray(ds, snap, day, known, act, RayInferenceConfig(actors=1, batch_size=4096))
-    np.testing.assert_array_equal(shared.user_ids, local.user_ids)
-    np.testing.assert_allclose(shared.user_vecs, local.user_vecs, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(shared.ad_vecs, local.ad_vecs, rtol=0, atol=1e-5)
-
-
-def test_ray_publish_equals_local_version(
-    demo_ws: tuple[Path, dict], ws_copy: tuple[Workspace, dict], ray_local: Any
-) -> None:
-    """The ray engine through the one publish path (`publish_embeddings` -> `publish_day`) writes the store
-    version the local engine wrote: the demo's (local) version of a daily day, recomputed on Ray."""
-    work, summary = demo_ws
-    ws, _ = ws_copy
-    day = summary["daily_days"][-1]
-    cfg = replace(load_cycle_config(ws, "cpu"), engine=Engine.RAY, ray_actors=2)
-    m = publish_embeddings(ws, ws.dataset(), "ctr", day, cfg, day, back_inferred=False, overwrite=True)
-    ref = open_version(Workspace(work).embeddings_dir("ctr"), day)
-    got = open_version(ws.embeddings_dir("ctr"), day)
-    assert m["artifact_id"] != ref.manifest["artifact_id"]  # really republished, not the copied version
-    for entity in ("user", "ad"):
-        np.testing.assert_array_equal(got.ids(entity), ref.ids(entity))
-        np.testing.assert_allclose(got.vectors(entity), ref.vectors(entity), rtol=0, atol=1e-6)
-    assert m["stats"] == ref.manifest["stats"]
 
 
 def test_cli_daily_engine_ray(ws_copy: tuple[Workspace, dict], tmp_path: Path, ray_local: Any) -> None:
     """`derm daily --engine ray` runs the whole cycle (eval, train, embed on Ray, index, ranker) for this run
-    only; its store version equals the one the local engine publishes from the same inputs."""
+    only; through the one publish path (`publish_embeddings` -> `publish_day`) its store version equals the one
+    the local engine publishes from the same snapshot and previous version: ids, vectors and statistics."""
     ws, summary = ws_copy
     day = summary["eval_day"]
     cycle_before = (ws.root / "cycle.json").read_bytes()
@@ -122,6 +101,7 @@ def test_cli_daily_engine_ray(ws_copy: tuple[Workspace, dict], tmp_path: Path, r
     for entity in ("user", "ad"):
         np.testing.assert_array_equal(ray_v.ids(entity), local_v.ids(entity))
         np.testing.assert_allclose(ray_v.vectors(entity), local_v.vectors(entity), rtol=0, atol=1e-6)
+    assert ray_v.manifest["stats"] == local_v.manifest["stats"]
 
 
 def test_engine_config_round_trip_and_old_cycle_json(ws_copy: tuple[Workspace, dict]) -> None:

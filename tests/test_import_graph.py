@@ -5,6 +5,7 @@ optional heavy dependency is loaded on demand, not a way around a cycle, so they
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache  # the tree does not change during a run: parsed once for every test here
 def _modules() -> dict[str, Path]:
     mods = {"cli": ROOT / "cli.py"}
     for init in ROOT.glob("*/__init__.py"):
@@ -43,11 +45,15 @@ def _imports(tree: ast.Module) -> list[str]:
     return out
 
 
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text())
+
+
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     mods = _modules()
-    return {
-        m: {i for i in _imports(ast.parse(f.read_text())) if i in mods and i != m} for m, f in mods.items()
-    }
+    return {m: {i for i in _imports(_parse(f)) if i in mods and i != m} for m, f in mods.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -149,7 +155,7 @@ def _package(module: str) -> str:
 def _every_import(path: Path) -> set[str]:
     """Top-level package of every absolute import anywhere in the file, lazy ones inside functions included."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(_parse(path)):
         if isinstance(node, ast.Import):
             out.update(_package(a.name) for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

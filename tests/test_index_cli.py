@@ -84,7 +84,10 @@ def test_index_refresh_skips_published_and_errors(work: Path) -> None:
 
     code, _, err = _run("config", "set", "--work", str(work), "index.spec=HNSW16,Flat")
     assert code == 0, err
-    code, _, err = _run("index", "build", "--work", str(work), "--day", str(d1 - 1), "--overwrite")
+    # a beam wide enough for the cycle's recall gate (k = 100) whatever the demo's vectors
+    code, _, err = _run(
+        "index", "build", "--work", str(work), "--day", str(d1 - 1), "--overwrite", "--ef", "256"
+    )
     assert code == 0, err
     code, _, err = _run(
         "index", "refresh", "--work", str(work), "--day", str(d1), "--mode", "in_place", "--overwrite"
@@ -177,8 +180,9 @@ def test_config_show_set_and_one_off_index_builds(work: Path) -> None:
         and saved["prior_windows"] == [2, 5] == json.loads(out)["prior_windows"]
     )
     d1 = _days(work)[-1]
-    code, _, err = _run(
-        "index", "build", "--work", str(work), "--day", str(d1), "--spec", "HNSW16,Flat", "--overwrite"
+    code, _, err = _run(  # a beam wide enough for the cycle's recall gate (k = 100) whatever the vectors
+        *("index", "build", "--work", str(work), "--day", str(d1), "--spec", "HNSW16,Flat", "--overwrite"),
+        *("--ef", "256"),
     )
     assert code == 0, err
     assert "cycle.json is unchanged" in err and "derm config set" in err

@@ -60,8 +60,8 @@ def test_daily_refuses_a_day_whose_model_and_store_lineages_differ(ws_copy: tupl
     rollback(ws, d1)  # d2's versions move aside; a model trained from scratch at d2 is a new lineage
     r = runner.invoke(
         main,
-        ["train", "--work", str(ws.root), "--first-day", str(s["train_days"][0]), "--last-day", str(d2)]
-        + ["--epochs", "1"],  # any new lineage is refused: one epoch makes one
+        ["train", "--work", str(ws.root), "--first-day", str(d2), "--last-day", str(d2)]
+        + ["--epochs", "1"],  # any new lineage is refused: one epoch on one day makes one
     )
     assert r.exit_code == 0, r.stderr
     new_lineage = json.loads(r.stdout.split("lineage: ")[1].split("\n")[0].join(['"', '"']))

@@ -362,14 +362,14 @@ def test_swap_under_concurrent_http_requests(ws_copy: tuple[Workspace, dict], tm
             threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
             for t in threads:
                 t.start()
-            time.sleep(1.0)
+            time.sleep(0.5)
             republish(ws, day, aside)
             _wait(lambda: (ready() or first)["day"] == day + 1, 60)
-            time.sleep(1.0)
+            time.sleep(0.5)
             with ws.lock():
                 rollback(ws, day - 1)
             _wait(lambda: (ready() or first)["day"] == day, 60)
-            time.sleep(1.0)
+            time.sleep(0.5)
             stop.set()
             for t in threads:
                 t.join(60)

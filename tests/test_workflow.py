@@ -16,7 +16,7 @@ from dermcore.errors import DermError, VersionMismatchError
 from embstore.store import open_version
 from eval.evaluate import evaluate_day
 from retrieval.retrieve import Retriever
-from workflow.cycle import run_day
+from workflow.cycle import load_cycle_config, run_day
 from workflow.demo import DemoConfig, run_demo
 
 
@@ -78,10 +78,10 @@ def test_every_stage_published_each_day(demo_ws: tuple[Path, dict]) -> None:
     assert not [p for p in work.rglob(".tmp-*")]
 
 
-def test_rerun_recomputes_nothing(demo_ws: tuple[Path, dict]) -> None:
+def test_rerun_recomputes_nothing(demo_ws: tuple[Path, dict], demo_cfg: DemoConfig) -> None:
     work, _ = demo_ws
     before = _artifact_ids(work)
-    again = run_demo(work, DemoConfig.tiny())
+    again = run_demo(work, demo_cfg)
     assert _artifact_ids(work) == before
     assert "train_ctr" not in again["stage_seconds"] and "ranker" not in again["stage_seconds"]
     assert run_day(Workspace.open(work), again["daily_days"][0])["skipped"] is True
@@ -91,7 +91,7 @@ def test_eval_uses_only_versions_before_the_day(demo_ws: tuple[Path, dict]) -> N
     work, s = demo_ws
     ws = Workspace.open(work)
     day = s["daily_days"][0]
-    doc = evaluate_day(ws, day)
+    doc = evaluate_day(ws, day, slate_users=load_cycle_config(ws).slate_users)  # the cycle's sample
     assert doc["embedding_day"] == day - 1
     assert version_name(day - 1) in doc["versions"]["embeddings"]
     assert version_name(day - 1) in doc["versions"]["index"]
@@ -181,3 +181,26 @@ def test_no_oracle_column_reaches_a_model(demo_ws: tuple[Path, dict]) -> None:
             "numeric",
             "dense_vector",
         }
+
+
+def test_slate_users_is_one_workspace_setting(tmp_path: Path) -> None:
+    """`slate_users` (eval's true-slate sample) lives in the cycle config: validated, saved, read back from the
+    run config file, and 300 (the sample eval always drew) for a cycle.json written before the key. Every
+    evaluation of a workspace uses it: `tests/test_cli.py::test_eval_json_matches_report` (the tests' demo
+    samples 60) fails if `derm eval` does not."""
+    from dermcore.errors import ConfigError
+    from eval.evaluate import SLATE_USERS
+    from workflow.cycle import CycleConfig
+    from workflow.run_config import load_run_config
+
+    assert CycleConfig().slate_users == SLATE_USERS == 300
+    saved = CycleConfig(slate_users=7).to_json()
+    assert saved["slate_users"] == 7 and CycleConfig.from_json(saved).slate_users == 7
+    del saved["slate_users"]
+    assert CycleConfig.from_json(saved).slate_users == SLATE_USERS
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError, match="slate_users must be an integer >= 0"):
+            CycleConfig(slate_users=bad)  # type: ignore[arg-type]
+    f = tmp_path / "run.toml"
+    f.write_text("[cycle]\nslate_users = 0\n")
+    assert load_run_config(f).cycle.slate_users == 0

@@ -54,7 +54,7 @@ from dermcore.progress import Progress, no_progress
 from dermdist.config import Engine, RayInferenceConfig, RayTrainConfig
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, open_version, publish_day
-from eval.evaluate import day_clicks, evaluate_day
+from eval.evaluate import SLATE_USERS, day_clicks, evaluate_day
 from eval.warnings import WarningConfig
 from index import Backend, IndexConfig, SearchParams
 from index.refresh import RefreshConfig
@@ -120,9 +120,16 @@ class CycleConfig:
     # with the ray engine, train the towers and the ranker on this many data-parallel Ray Train workers (torch
     # DDP, `dermdist.train`); None: train in the driver process. Ignored by the local engine.
     train_workers: int | None = None
+    # users sampled for each evaluation's true slate value (`eval.slate`, synthetic data only; 0: none): every
+    # evaluation of the workspace (the cycle's, `derm eval`, the demo's and the run's last one) uses it, so
+    # they write the same document
+    slate_users: int = SLATE_USERS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engine", Engine.parse(self.engine))
+        n = self.slate_users
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"slate_users must be an integer >= 0, got {n!r}")
         if self.ranker.kge_family is not None and not (
             self.kge.enabled and self.ranker.kge_family == self.kge.family
         ):
@@ -177,6 +184,7 @@ class CycleConfig:
             "ray_actors": self.ray_actors,
             "kge": self.kge.to_json(),
             "train_workers": self.train_workers,
+            "slate_users": self.slate_users,
         }
 
     @classmethod
@@ -215,6 +223,8 @@ class CycleConfig:
             # workspaces written before the option had no KGE stage
             kge=KGECycleConfig.from_json(d["kge"]) if "kge" in d else KGECycleConfig(),
             train_workers=d.get("train_workers"),
+            # workspaces written before the option sampled the default
+            slate_users=d.get("slate_users", SLATE_USERS),
         )
 
 
@@ -595,7 +605,7 @@ def run_day(
     check_cycle_lineage(ws, day, cfg.tasks)  # before anything is trained or written
     if overwrite or not ws.eval_path(day).exists():
         done = timer.stage("eval")
-        doc = evaluate_day(ws, day, ks, warn=warn)
+        doc = evaluate_day(ws, day, ks, slate_users=cfg.slate_users, warn=warn)
         gap = daily_gap(ws, ds, day)
         if gap is not None:
             log.warning("%s", gap["message"])

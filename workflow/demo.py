@@ -108,7 +108,7 @@ def run_demo(
             doc = read_json(ws.eval_path(last))
         else:
             done = timer.stage("eval")
-            doc = evaluate_day(ws, last, cfg.ks, device=cfg.cycle.device)
+            doc = evaluate_day(ws, last, cfg.ks, device=cfg.cycle.device, slate_users=cfg.cycle.slate_users)
             write_json_atomic(ws.eval_path(last), doc)
             done()
         write_json_atomic(ws.inside("report.json"), doc)

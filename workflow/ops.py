@@ -25,7 +25,7 @@ from adslog.workspace import Workspace, version_name
 from dermcore.errors import DermError
 from dermcore.progress import Progress, no_progress
 from dermdist.config import Engine
-from eval.evaluate import evaluate_day
+from eval.evaluate import SLATE_USERS, evaluate_day
 from index import Backend, SearchParams
 from index.refresh import RefreshConfig, RefreshMode
 from ranking.train import train_ranker
@@ -413,7 +413,9 @@ class EvalOptions:
 
 def evaluate(ws: Workspace, opts: EvalOptions, progress: Progress = no_progress) -> dict[str, Any]:
     """The `derm eval --json` document; with `report_dir` it gains `report`: {"dir", "files"}."""
-    doc = evaluate_day(ws, opts.day, opts.ks, progress, opts.device)
+    # the workspace's slate sample, so `derm eval` writes the document the cycle wrote for the day
+    slate = load_cycle_config(ws).slate_users if (ws.root / CYCLE_FILE).exists() else SLATE_USERS
+    doc = evaluate_day(ws, opts.day, opts.ks, progress, opts.device, slate_users=slate)
     if opts.report_dir is None:
         return doc
     from eval.report import write_report

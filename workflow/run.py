@@ -127,7 +127,14 @@ def run_dataset(
             doc = read_json(ws.eval_path(last))
         else:
             done = timer.stage("eval")
-            doc = evaluate_day(ws, last, cfg.ks, device=cfg.cycle.device, warn=cfg.warnings)
+            doc = evaluate_day(
+                ws,
+                last,
+                cfg.ks,
+                device=cfg.cycle.device,
+                slate_users=cfg.cycle.slate_users,
+                warn=cfg.warnings,
+            )
             write_json_atomic(ws.eval_path(last), doc)
             done()
         write_json_atomic(ws.inside("report.json"), doc)
