@@ -67,7 +67,7 @@ from retrieval.prior import DEFAULT_BETAS, LogPrior, PriorConfig, PriorFit, appl
 from retrieval.retrieve import popularity, window_clicks
 from towers.config import Backbone, TowerConfig
 from towers.infer import embed_ads, embed_users
-from towers.train import Snapshot, load_snapshot, train_towers
+from towers.train import Snapshot, load_snapshot, models_dir, train_towers
 
 WORK = ROOT / "benchmarks" / "work" / "movielens_quality"
 ML_SRC = ROOT.parent / "shared" / "data" / "movielens_100k"
@@ -240,7 +240,7 @@ def retrieval_seed(
         vsnap = load_snapshot(vdir / version_name(weeks["fit"][-1]), "cpu", with_state=False)
         prior = fit_prior(val, towers_vectors(ds, vsnap, act))
         if arm == "derm":  # the ranker's upstream model: trained in the seed's workspace (upstream(), below)
-            mdir = ws.models_dir("ctr")
+            mdir = models_dir(ws, "ctr")
         else:
             mdir = WORK / "models" / f"{arm}_seed{seed}"
             shutil.rmtree(mdir, ignore_errors=True)

@@ -23,6 +23,7 @@ from ranking.train import (
     fit,
     load_ranker,
     predict,
+    ranker_dir,
     score,
     train_ranker,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "fit_wide_part",
     "load_ranker",
     "predict",
+    "ranker_dir",
     "score",
     "train_ranker",
     "user_runs",

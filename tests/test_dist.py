@@ -19,9 +19,10 @@ from adslog.workspace import Workspace, version_name
 from cli import main
 from dermcore.errors import ConfigError
 from dermdist import Engine, EngineError, RayInferenceConfig, embed_day_ray, require_ray
-from embstore.store import open_version
+from embstore.store import embeddings_dir, open_version
+from index.versions import index_dir
 from towers.infer import embed_day
-from towers.train import load_snapshot
+from towers.train import load_snapshot, models_dir
 from workflow.cycle import CycleConfig, load_cycle_config, publish_embeddings, set_cycle_config
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -41,7 +42,7 @@ def ray_local() -> Any:
 
 
 def _day_snapshot(work: Path, day: int) -> Any:
-    return load_snapshot(Workspace(work).models_dir("ctr") / version_name(day), "cpu", with_state=False)
+    return load_snapshot(models_dir(Workspace(work), "ctr") / version_name(day), "cpu", with_state=False)
 
 
 def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local: Any) -> None:
@@ -54,7 +55,7 @@ def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local:
     ds = ws.dataset()
     day = summary["daily_days"][-1]
     snap = _day_snapshot(work, day)
-    known = open_version(ws.embeddings_dir("ctr"), day - 1).ids("ad")
+    known = open_version(embeddings_dir(ws, "ctr"), day - 1).ids("ad")
     local = embed_day(ds, snap, day, known)
     # a caller's log through the last day (queries stop at the end of `day`, so the vectors are the same)
     act = ActivityLog.from_dataset(ds, ds.last_day)
@@ -87,7 +88,7 @@ def test_cli_daily_engine_ray(ws_copy: tuple[Workspace, dict], tmp_path: Path, r
     out = json.loads(r.stdout)["days"][0]
     assert out["day"] == day and not out["skipped"] and "embed_ctr" in out["stage_seconds"]
     assert (ws.root / "cycle.json").read_bytes() == cycle_before  # the engine was this run's, not saved
-    assert (ws.index_dir / version_name(day) / "manifest.json").exists()
+    assert (index_dir(ws) / version_name(day) / "manifest.json").exists()
     # the same day embedded locally from the same snapshot and previous version, in a copy
     local_ws = Workspace(shutil.copytree(ws.root, tmp_path / "local"))
     cfg = load_cycle_config(local_ws, "cpu")
@@ -95,8 +96,8 @@ def test_cli_daily_engine_ray(ws_copy: tuple[Workspace, dict], tmp_path: Path, r
     publish_embeddings(
         local_ws, local_ws.dataset(), "ctr", day, cfg, day, back_inferred=False, overwrite=True
     )
-    ray_v = open_version(ws.embeddings_dir("ctr"), day)
-    local_v = open_version(local_ws.embeddings_dir("ctr"), day)
+    ray_v = open_version(embeddings_dir(ws, "ctr"), day)
+    local_v = open_version(embeddings_dir(local_ws, "ctr"), day)
     assert ray_v.manifest["artifact_id"] != local_v.manifest["artifact_id"]
     for entity in ("user", "ad"):
         np.testing.assert_array_equal(ray_v.ids(entity), local_v.ids(entity))

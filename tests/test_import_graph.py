@@ -194,3 +194,42 @@ def test_a_stage_imports_only_earlier_stages() -> None:
     )
     assert late == []
     assert "adserving.two_stage" in import_graph()["eval.slate"]  # the check sees cross-package edges
+
+
+def test_the_workspace_names_no_stage_folder(tmp_path: Path) -> None:
+    """Each stage owns its folder of the workspace (issue 18): `adslog.workspace` has no accessor for a later
+    stage and no stage's folder name in its code (docstrings aside), and the stage-owned functions give the
+    paths every earlier workspace was written with, so old workspaces keep loading."""
+    from adgraph.graph import graph_dir
+    from adgraph.snapshot import kge_dir
+    from adslog.workspace import Workspace
+    from embstore.store import embeddings_dir
+    from eval.evaluate import eval_path, evals_dir
+    from index.versions import index_dir
+    from ranking.train import ranker_dir
+    from towers.train import models_dir
+
+    tree = _parse(ROOT / "adslog" / "workspace.py")
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef)
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    words = {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    }
+    folders = {"models", "embeddings", "graph", "kge", "index", "ranker", "evals", "rejected"}
+    assert not folders & words
+    methods = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert not {m for m in methods if m.endswith("_dir")} | ({"eval_path"} & methods)
+    ws = Workspace(tmp_path)
+    assert models_dir(ws, "ctr") == tmp_path / "models" / "ctr"
+    assert embeddings_dir(ws, "kge-transra") == tmp_path / "embeddings" / "kge-transra"
+    assert graph_dir(ws) == tmp_path / "graph" and kge_dir(ws, "transra") == tmp_path / "kge" / "transra"
+    assert index_dir(ws) == tmp_path / "index" and ranker_dir(ws) == tmp_path / "ranker"
+    assert evals_dir(ws) == tmp_path / "evals" and eval_path(ws, 7) == tmp_path / "evals" / "day=7.json"

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from adslog.workspace import Workspace
 from cli import main
 from dermcore.artifact import get_latest
+from embstore.store import embeddings_dir
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def _run(*args: str) -> tuple[int, str, str]:
 
 def _days(work: Path) -> list[int]:
     ws = Workspace(work)
-    return ws.published_days(ws.embeddings_dir("ctr"))
+    return ws.published_days(embeddings_dir(ws, "ctr"))
 
 
 def test_index_refresh_in_place_and_auto(work: Path) -> None:

@@ -13,9 +13,12 @@ from adserving.two_stage import ServeConfig, TwoStage, query
 from adslog.workspace import Workspace, version_name
 from dermcore.artifact import read_json
 from dermcore.errors import DermError, VersionMismatchError
-from embstore.store import open_version
-from eval.evaluate import evaluate_day
+from embstore.store import embeddings_dir, open_version
+from eval.evaluate import eval_path, evaluate_day
+from index.versions import index_dir
+from ranking.train import ranker_dir
 from retrieval.retrieve import Retriever
+from towers.train import models_dir
 from workflow.cycle import load_cycle_config, run_day
 from workflow.demo import DemoConfig, run_demo
 
@@ -65,15 +68,15 @@ def test_every_stage_published_each_day(demo_ws: tuple[Path, dict]) -> None:
     work, s = demo_ws
     ws = Workspace.open(work)
     published = s["train_days"] + s["daily_days"]
-    assert ws.published_days(ws.embeddings_dir("ctr")) == published
-    assert ws.published_days(ws.models_dir("ctr")) == [s["train_days"][-1], *s["daily_days"]]
-    assert ws.published_days(ws.index_dir) == [s["train_days"][-1], *s["daily_days"]]
-    assert ws.published_days(ws.ranker_dir) == [s["train_days"][-1], *s["daily_days"]]
+    assert ws.published_days(embeddings_dir(ws, "ctr")) == published
+    assert ws.published_days(models_dir(ws, "ctr")) == [s["train_days"][-1], *s["daily_days"]]
+    assert ws.published_days(index_dir(ws)) == [s["train_days"][-1], *s["daily_days"]]
+    assert ws.published_days(ranker_dir(ws)) == [s["train_days"][-1], *s["daily_days"]]
     for d in s["daily_days"] + [s["eval_day"]]:
-        assert ws.eval_path(d).exists()
+        assert eval_path(ws, d).exists()
     # back inference is marked, daily versions are not
-    assert open_version(ws.embeddings_dir("ctr"), s["train_days"][0]).manifest["back_inferred"] is True
-    assert open_version(ws.embeddings_dir("ctr"), s["daily_days"][-1]).manifest["back_inferred"] is False
+    assert open_version(embeddings_dir(ws, "ctr"), s["train_days"][0]).manifest["back_inferred"] is True
+    assert open_version(embeddings_dir(ws, "ctr"), s["daily_days"][-1]).manifest["back_inferred"] is False
     # no temp directory is left anywhere
     assert not [p for p in work.rglob(".tmp-*")]
 
@@ -96,7 +99,7 @@ def test_eval_uses_only_versions_before_the_day(demo_ws: tuple[Path, dict]) -> N
     assert version_name(day - 1) in doc["versions"]["embeddings"]
     assert version_name(day - 1) in doc["versions"]["index"]
     assert version_name(day - 1) in doc["versions"]["ranker"]
-    assert doc == read_json(ws.eval_path(day))
+    assert doc == read_json(eval_path(ws, day))
 
 
 def test_query_two_stage(demo_ws: tuple[Path, dict]) -> None:
@@ -137,8 +140,8 @@ def test_retrieval_filters_to_live_ads_and_refuses_skew(demo_ws: tuple[Path, dic
     skew = tmp_path / "skew"
     shutil.copytree(work, skew)
     ws2 = Workspace(skew)
-    shutil.rmtree(ws2.index_dir / version_name(day - 1))
-    shutil.copytree(ws2.index_dir / version_name(day - 2), ws2.index_dir / version_name(day - 1))
+    shutil.rmtree(index_dir(ws2) / version_name(day - 1))
+    shutil.copytree(index_dir(ws2) / version_name(day - 2), index_dir(ws2) / version_name(day - 1))
     with pytest.raises(VersionMismatchError, match="embedding_version"):
         Retriever(ws2, day)
     assert Retriever(ws2, day, allow_skew=True).index is not None
@@ -148,7 +151,7 @@ def test_retrieval_filters_to_live_ads_and_refuses_skew(demo_ws: tuple[Path, dic
     half = tmp_path / "half"
     shutil.copytree(work, half)
     ws3 = Workspace(half)
-    set_latest(ws3.index_dir, version_name(day - 2))
+    set_latest(index_dir(ws3), version_name(day - 2))
     r3 = Retriever(ws3, day)
     assert r3.store is not None and r3.store.day == day - 2
     assert version_name(day - 2) in r3.versions["index"]

@@ -6,7 +6,7 @@ on a window, then incrementally, and exported embeddings come from `towers.infer
 from towers.config import Backbone, DhenModule, Task, TowerConfig
 from towers.infer import DailyEmbeddings, embed_ads, embed_day, embed_users
 from towers.model import DermModel
-from towers.train import Snapshot, load_snapshot, train_towers
+from towers.train import Snapshot, load_snapshot, models_dir, train_towers
 
 __all__ = [
     "Backbone",
@@ -20,5 +20,6 @@ __all__ = [
     "embed_day",
     "embed_users",
     "load_snapshot",
+    "models_dir",
     "train_towers",
 ]

@@ -20,7 +20,7 @@ from torch import nn
 
 from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
-from adslog.workspace import version_name
+from adslog.workspace import Workspace, version_name
 from dermcore.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from dermcore.errors import DataError, DermError
 from dermcore.progress import Progress, no_progress
@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 
 MODEL_KIND = "tower_model"
 MODEL_SCHEMA_VERSION = 1
+#: the towers' folder of a workspace: WORK/models/<task>/day=<D>/ (snapshots; LATEST)
+MODELS = "models"
+
+
+def models_dir(ws: Workspace, task: str) -> Path:
+    """WORK/models/<task>: the snapshots of the `task` upstream model (ctr, cvr)."""
+    return ws.inside(MODELS, task)
 
 
 class TrainTask(nn.Module):
