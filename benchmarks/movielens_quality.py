@@ -204,8 +204,8 @@ def towers_vectors(ds: Dataset, snap: Snapshot, act: ActivityLog) -> VecFn:
 
     def fn(d: int, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if d not in cache:
-            cache[d] = embed_ads(snap, inputs, ds.live_ads(d))
-        uvec = embed_users(snap, inputs, users, np.full(len(users), d * 86400, np.int64))
+            cache[d] = embed_ads(snap.towers, inputs, ds.live_ads(d))
+        uvec = embed_users(snap.towers, inputs, users, np.full(len(users), d * 86400, np.int64))
         return uvec, np.ones(len(users), bool), cache[d]
 
     return fn

@@ -21,8 +21,9 @@ from dermcore.errors import ConfigError
 from dermdist import Engine, EngineError, RayInferenceConfig, embed_day_ray, require_ray
 from embstore.store import embeddings_dir, open_version
 from index.versions import index_dir
+from towers.export import load_towers
 from towers.infer import embed_day
-from towers.train import load_snapshot, models_dir
+from towers.train import models_dir
 from workflow.cycle import CycleConfig, load_cycle_config, publish_embeddings, set_cycle_config
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
@@ -41,8 +42,8 @@ def ray_local() -> Any:
     ray.shutdown()
 
 
-def _day_snapshot(work: Path, day: int) -> Any:
-    return load_snapshot(models_dir(Workspace(work), "ctr") / version_name(day), "cpu", with_state=False)
+def _day_towers(work: Path, day: int) -> Any:
+    return load_towers(models_dir(Workspace(work), "ctr") / version_name(day), ("user", "ad"))
 
 
 def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local: Any) -> None:
@@ -54,7 +55,7 @@ def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local:
     ws = Workspace(work)
     ds = ws.dataset()
     day = summary["daily_days"][-1]
-    snap = _day_snapshot(work, day)
+    snap = _day_towers(work, day)
     known = open_version(embeddings_dir(ws, "ctr"), day - 1).ids("ad")
     local = embed_day(ds, snap, day, known)
     # a caller's log through the last day (queries stop at the end of `day`, so the vectors are the same)
@@ -71,6 +72,34 @@ def test_ray_vectors_equal_single_process(demo_ws: tuple[Path, dict], ray_local:
     np.testing.assert_allclose(got.ad_vecs, local.ad_vecs, rtol=0, atol=1e-5)
     # the vectors are not trivially equal: users differ from one another
     assert np.abs(local.user_vecs[0] - local.user_vecs[1]).max() > 1e-3
+
+
+def test_an_actor_builds_only_the_towers_its_blocks_need(demo_ws: tuple[Path, dict]) -> None:
+    """The Ray actor (called here directly, no cluster) loads a tower of the snapshot when a block first needs
+    it: a block of ads builds the Pin tower alone, the first block of users adds the user tower; the vectors
+    are the library's own."""
+    if not HAVE_RAY and not os.environ.get("CI"):
+        pytest.skip("ray is not installed (pip install 'derm[dist]')")
+    from dermdist.infer import AD, USER, DayEmbedder
+    from towers.infer import embed_ads, embed_users, end_of_day
+
+    work, summary = demo_ws
+    ws = Workspace(work)
+    ds = ws.dataset()
+    day = summary["daily_days"][-1]
+    sdir = models_dir(ws, "ctr") / version_name(day)
+    actor = DayEmbedder(str(ds.root), str(sdir), [], day, 1)
+    assert actor.towers == {}
+    ads = ds.live_ads(day)[:40]
+    out = actor({"kind": np.full(len(ads), AD, np.int8), "id": ads})
+    assert set(actor.towers) == {"ad"} and actor.towers["ad"].user is None
+    both = load_towers(sdir, ("user", "ad"))
+    np.testing.assert_array_equal(out["vec"], embed_ads(both, actor.inputs, ads))
+    users = open_version(embeddings_dir(ws, "ctr"), day).ids("user")[:40]
+    out = actor({"kind": np.full(len(users), USER, np.int8), "id": users})
+    assert set(actor.towers) == {"ad", "user"} and actor.towers["user"].ad is None
+    ts = np.full(len(users), end_of_day(day), np.int64)
+    np.testing.assert_array_equal(out["vec"], embed_users(both, actor.inputs, users, ts))
 
 
 def test_cli_daily_engine_ray(ws_copy: tuple[Workspace, dict], tmp_path: Path, ray_local: Any) -> None:

@@ -207,3 +207,30 @@ def test_slate_users_is_one_workspace_setting(tmp_path: Path) -> None:
     f = tmp_path / "run.toml"
     f.write_text("[cycle]\nslate_users = 0\n")
     assert load_run_config(f).cycle.slate_users == 0
+
+
+def test_the_daily_export_builds_no_interaction_tower(
+    ws_copy: tuple[Workspace, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cycle's embed step (`publish_embeddings`) reads only the two entity towers of the snapshot: with the
+    interaction tower (so the whole model) impossible to build, it republishes the demo's store version of a
+    daily day, vector for vector."""
+    import towers.model
+    from workflow.cycle import publish_embeddings
+
+    ws, s = ws_copy
+    day = s["daily_days"][-1]
+    ref = open_version(embeddings_dir(ws, "ctr"), day)
+    want = {e: (ref.ids(e).copy(), np.array(ref.vectors(e))) for e in ("user", "ad")}
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the daily export built the interaction tower")
+
+    monkeypatch.setattr(towers.model.InteractionTower, "__init__", refused)
+    cfg = load_cycle_config(ws, "cpu")
+    m = publish_embeddings(ws, ws.dataset(), "ctr", day, cfg, day, back_inferred=False, overwrite=True)
+    assert m["artifact_id"] != ref.manifest["artifact_id"]  # really republished
+    got = open_version(embeddings_dir(ws, "ctr"), day)
+    for e, (ids, vecs) in want.items():
+        np.testing.assert_array_equal(got.ids(e), ids)
+        np.testing.assert_allclose(got.vectors(e), vecs, rtol=0, atol=1e-6)

@@ -64,8 +64,9 @@ from ranking.train import ranker_dir, train_ranker
 from retrieval.prior import POPULARITY_DAYS
 from retrieval.retrieve import Retriever
 from towers.config import Task, TowerConfig
+from towers.export import Towers, load_towers
 from towers.infer import DailyEmbeddings, embed_day
-from towers.train import Snapshot, load_snapshot, models_dir, train_towers
+from towers.train import models_dir, train_towers
 from workflow.lineage import check_cycle_lineage
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ log = logging.getLogger(__name__)
 CYCLE_FILE = "cycle.json"
 
 # (dataset, snapshot, day, known ad ids int64 | None, activity log | None) -> the day's embeddings
-Embedder = Callable[[Dataset, Snapshot, int, "np.ndarray | None", "ActivityLog | None"], DailyEmbeddings]
+Embedder = Callable[[Dataset, Towers, int, "np.ndarray | None", "ActivityLog | None"], DailyEmbeddings]
 
 
 @dataclass(frozen=True)
@@ -325,11 +326,13 @@ def publish_embeddings(
     sdir = embeddings_dir(ws, task)
     if (sdir / version_name(day) / "manifest.json").exists() and not overwrite:
         return open_version(sdir, day).manifest
-    snap = load_snapshot(models_dir(ws, task) / version_name(model_day), cfg_device(cfg), with_state=False)
+    # the export reads only the towers it runs: both here, none in a driver whose Ray actors load their own
+    needed = ("user", "ad") if cfg.engine is Engine.LOCAL else ()
+    towers = load_towers(models_dir(ws, task) / version_name(model_day), needed, cfg_device(cfg))
     prev_day = ws.version_before(sdir, day)
     previous: StoreVersion | None = open_version(sdir, prev_day) if prev_day is not None else None
     known = previous.ids("ad") if previous is not None else None
-    daily = day_embedder(cfg)(ds, snap, day, known, activity)
+    daily = day_embedder(cfg)(ds, towers, day, known, activity)
     imp = ds.impressions(day, ["user_id", "ad_id"])
     active = {
         "user": np.unique(imp.column("user_id").to_numpy()),
@@ -339,7 +342,7 @@ def publish_embeddings(
         sdir,
         task,
         day,
-        snap.manifest,
+        towers.manifest,
         {"user": (daily.user_ids, daily.user_vecs), "ad": (daily.ad_ids, daily.ad_vecs)},
         previous,
         {"user": cfg.aggregation, "ad": cfg.ad_aggregation},
