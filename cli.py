@@ -1083,7 +1083,8 @@ def publish(
     ctx: click.Context, work: str, to_url: str, day: int | None, task: str, overwrite: bool, as_json: bool
 ) -> None:
     """Publish a store version's user embeddings and ad table to the online feature store, then make it live."""
-    from embstore.online import OnlineStoreConfig, publish_workspace
+    from adserving.versions import publish_workspace
+    from embstore.online import OnlineStoreConfig
 
     _setup(as_json, ctx.obj["verbose"])
     out = publish_workspace(_workspace(work, None), OnlineStoreConfig(to_url), day, task, overwrite)

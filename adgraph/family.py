@@ -34,7 +34,7 @@ from adslog.sequences import AdvertiserMap
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import ConfigError, DataError
 from embstore.aggregate import AggregationConfig, Heuristic
-from embstore.store import StoreGates, StoreVersion, open_version, publish_day
+from embstore.store import StoreGates, StoreVersion, embeddings_dir, open_version, publish_day
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def publish_kge_family(
     and validated first (checksums, shapes, finiteness, the anchor's identity): a corrupt one is a DataError and
     nothing is published. Returns the store manifest."""
     family = kge_family(model)
-    sdir = ws.embeddings_dir(family)
+    sdir = embeddings_dir(ws, family)
     if (sdir / version_name(day) / "manifest.json").is_file() and not overwrite:
         return open_version(sdir, day).manifest
     kdir = kge_dir(ws, model) / version_name(day)

@@ -44,10 +44,12 @@ log = logging.getLogger(__name__)
 KGE_KIND = "kge_model"
 KGE_SCHEMA_VERSION = 1
 WEIGHTS = "weights.pt"
+#: the KGE models' folder of a workspace: WORK/kge/<model>/day=<D>/
+KGE = "kge"
 
 
 def kge_dir(ws: Workspace, model: ModelKind | str) -> Path:
-    return ws.inside("kge", ModelKind(model).value)
+    return ws.inside(KGE, ModelKind(model).value)
 
 
 class KGEVersion:

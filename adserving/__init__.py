@@ -6,7 +6,7 @@ and the HTTP service (`dermserve`) all call."""
 
 from adserving.auction import CONVERSION_OBJECTIVE, ECPM_SCALE, AdBook, Order, ecpm, select_top
 from adserving.two_stage import ServeConfig, TwoStage, UnknownUser, query
-from adserving.versions import serving_day
+from adserving.versions import publish_workspace, served_store_day, serving_day
 
 __all__ = [
     "CONVERSION_OBJECTIVE",
@@ -17,7 +17,9 @@ __all__ = [
     "TwoStage",
     "UnknownUser",
     "ecpm",
+    "publish_workspace",
     "query",
     "select_top",
+    "served_store_day",
     "serving_day",
 ]

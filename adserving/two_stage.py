@@ -40,7 +40,7 @@ from dermfeatures.spec import reference_context
 from dermtrain.loop import resolve_device
 from embstore.store import StoreVersion
 from ranking.scoring import forward_shared_sequence, user_runs
-from ranking.train import DermLookup, RankerSnapshot, attach, kge_lookup, load_ranker
+from ranking.train import DermLookup, RankerSnapshot, attach, kge_lookup, load_ranker, ranker_dir
 from retrieval.cold_start import ColdStart
 from retrieval.retrieve import Retriever
 
@@ -132,13 +132,13 @@ class TwoStage:
                 "(days after the data's first day, up to the day after its last)",
             )
         self.retriever = Retriever(ws, self.day, self.ds, allow_skew=allow_skew, store=store)
-        rday = ws.version_before(ws.ranker_dir, self.day)
+        rday = ws.version_before(ranker_dir(ws), self.day)
         if rday is None:
             raise DermError(
-                f"{ws.ranker_dir}: no ranker is published before day {self.day} (run `derm ranker train`)"
+                f"{ranker_dir(ws)}: no ranker is published before day {self.day} (run `derm ranker train`)"
             )
         self.ranker: RankerSnapshot = load_ranker(
-            Path(ws.ranker_dir) / version_name(rday), resolve_device(device)
+            Path(ranker_dir(ws)) / version_name(rday), resolve_device(device)
         )
         activity = ActivityLog.from_dataset(self.ds, min(self.day - 1, self.ds.last_day))
         self.inputs = Inputs(self.ds, self.ranker.spec, activity, self.ranker.config.seq_len)

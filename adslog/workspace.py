@@ -1,17 +1,15 @@
 """The workspace: one directory holding every artifact of a deployment.
 
     WORK/workspace.json                 the dataset's absolute path (so later commands may omit --data)
-    WORK/models/<task>/day=<D>/         upstream model snapshots (task: ctr, cvr), LATEST
-    WORK/embeddings/<task>/day=<D>/     embedding store versions (daily + pooled), LATEST
-    WORK/index/day=<D>/                 ANN index over the pooled ad embeddings of store version D, LATEST
-    WORK/ranker/day=<D>/                downstream ranker snapshots, LATEST
-    WORK/evals/day=<D>.json             per-day evaluation (`derm eval --json` document)
-    WORK/report.json, WORK/report.md    the demo's / last evaluation's report
+    WORK/<folder>/...                   each stage's artifacts, in the folder the stage itself names
+                                        through `Workspace.inside` (the README's architecture section
+                                        lists them)
     WORK/.lock                          flock held by the process running a cycle; the kernel releases it when
                                         the process dies, so a lock of a dead process is taken over at once
 
-Version directories are named `day=<D>`: the artifact made from data up to and including day D, which serves
-day D + 1.
+The workspace knows no later stage: it binds the dataset, resolves paths inside WORK (refusing symbolic links
+and unsafe names), picks versions (`day=<D>` directories, LATEST pointers) and holds the lock. Version
+directories are named `day=<D>`: the artifact made from data up to and including day D, which serves day D + 1.
 """
 
 from __future__ import annotations
@@ -98,32 +96,12 @@ class Workspace:
 
     # -- layout -------------------------------------------------------------------------------------------
     # Every artifact directory is reached through `inside`: a symbolic link planted in the workspace (say
-    # `index -> /var/www`) is refused rather than followed, so no write of derm lands outside WORK.
+    # `index -> /var/www`) is refused rather than followed, so no write of derm lands outside WORK. Each
+    # stage names its own folder through it; the workspace knows none of them.
     def inside(self, *parts: str) -> Path:
         for p in parts:
             check_component(p, self.root)
         return check_no_symlinks(self.root, self.root.joinpath(*parts))
-
-    def models_dir(self, task: str) -> Path:
-        return self.inside("models", task)
-
-    def embeddings_dir(self, task: str) -> Path:
-        return self.inside("embeddings", task)
-
-    @property
-    def index_dir(self) -> Path:
-        return self.inside("index")
-
-    @property
-    def ranker_dir(self) -> Path:
-        return self.inside("ranker")
-
-    @property
-    def evals_dir(self) -> Path:
-        return self.inside("evals")
-
-    def eval_path(self, day: int) -> Path:
-        return self.inside("evals", f"day={int(day)}.json")
 
     def latest_day(self, parent: Path) -> int | None:
         name = get_latest(parent)

@@ -35,11 +35,11 @@ from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace, version_name
 from dermfeatures.batches import Inputs
 from embstore.aggregate import AggregationConfig, Heuristic
-from embstore.store import open_version, publish_day
+from embstore.store import embeddings_dir, open_version, publish_day
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import roc_auc
 from ranking.model import RankerConfig
-from ranking.train import DermLookup, load_ranker, score, train_ranker
+from ranking.train import DermLookup, load_ranker, ranker_dir, score, train_ranker
 from towers.config import Task, TowerConfig
 
 WORK = ROOT / "benchmarks" / "work" / "aggregation"
@@ -62,7 +62,7 @@ def weekly(src: Path, out: Path) -> Path:
 
 def arm_store(base: Workspace, arm_ws: Workspace, days: list[int], agg: AggregationConfig) -> None:
     """Re-aggregate the base run's raw daily cvr embeddings with `agg` into the arm's own store versions."""
-    src, dst = base.embeddings_dir("cvr"), arm_ws.embeddings_dir("cvr")
+    src, dst = embeddings_dir(base, "cvr"), embeddings_dir(arm_ws, "cvr")
     prev = None
     for d in days:
         if (dst / version_name(d) / "manifest.json").exists():
@@ -98,7 +98,7 @@ def arm_store(base: Workspace, arm_ws: Workspace, days: list[int], agg: Aggregat
 
 def cvr_scores(ws: Workspace, ds: Dataset, test_days: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """p_cvr and conversion labels of the clicked test impressions, with the ranker published in `ws`."""
-    snap = load_ranker(ws.ranker_dir / version_name(ws.latest_day(ws.ranker_dir)))
+    snap = load_ranker(ranker_dir(ws) / version_name(ws.latest_day(ranker_dir(ws))))
     inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, max(test_days)), snap.config.seq_len)
     a = inputs.impressions(test_days)
     a = a.take(np.nonzero(a.click > 0)[0])
@@ -144,7 +144,7 @@ def run_dataset(
                     "hidden": tuple(ranker.hidden),
                 }
             )
-            if ws.latest_day(ws.ranker_dir) is None:
+            if ws.latest_day(ranker_dir(ws)) is None:
                 train_ranker(ws, ds, rdays, rcfg, None, "cpu")
             scores[arm] = cvr_scores(ws, ds, test)
         p0, y = scores["none"]

@@ -180,8 +180,8 @@ def score(topk: np.ndarray, test: list[np.ndarray]) -> dict[str, float | None]:
 @torch.no_grad()
 def embed_all(snap: Snapshot, inputs: Inputs, split: Split) -> tuple[np.ndarray, np.ndarray]:
     ts = np.full(split.n_users, USER_TS, np.int64)
-    user_vecs = embed_users(snap, inputs, split.user_ids, ts)
-    item_vecs = embed_ads(snap, inputs, split.item_ids)
+    user_vecs = embed_users(snap.towers, inputs, split.user_ids, ts)
+    item_vecs = embed_ads(snap.towers, inputs, split.item_ids)
     return user_vecs, item_vecs
 
 
@@ -239,7 +239,7 @@ def train_with_curve(
         eval_s += time.perf_counter() - te
         point["train_seconds"] = round(time.perf_counter() - t0 - eval_s, 1)
         curve.append(point)
-        snap.task.train()  # embed_* put the model in eval mode; run_epochs expects train mode
+        snap.task.train()  # embed_* put the towers in eval mode; run_epochs expects train mode
         if on_epoch:
             on_epoch(int(point["epoch"]), point)
         per_epoch = (time.perf_counter() - t0) / len(curve)

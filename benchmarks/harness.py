@@ -18,6 +18,7 @@ import common  # noqa: F401  (puts the repository root on sys.path for the impor
 import numpy as np
 
 from eval.bootstrap import paired_bootstrap
+from towers.train import models_dir
 
 if TYPE_CHECKING:
     from adslog.dataset import Dataset
@@ -58,7 +59,7 @@ def upstream(
     cycle_tasks = ("ctr", *(t for t in tasks if t != "ctr"))
     cfg = CycleConfig(tasks=cycle_tasks, towers=towers, gates=StoreGates(1.0), device="cpu")
     for task in tasks:
-        mdir = ws.models_dir(task)
+        mdir = models_dir(ws, task)
         if not (mdir / version_name(window[-1]) / "manifest.json").exists():
             train_task_towers(ws, ds, task, window, cfg, None)
         for d in window:

@@ -46,7 +46,7 @@ from adslog.sequences import ActivityLog
 from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace
 from dermfeatures.batches import Inputs
-from embstore.store import StoreGates, open_version
+from embstore.store import StoreGates, embeddings_dir, open_version
 from eval.metrics import pr_auc, roc_auc
 from ranking.kge import KGELookup, kge_dim
 from ranking.model import RankerConfig
@@ -122,9 +122,9 @@ def run_seed(
         train, test = RankerRows(inputs, a_train, tr), RankerRows(inputs, a_test, te)
         init = None
         if cfg.kge_finetune and fam is not None:
-            kd = ws.version_before(ws.embeddings_dir(fam), split["train"][0])
+            kd = ws.version_before(embeddings_dir(ws, fam), split["train"][0])
             assert kd is not None
-            init = open_version(ws.embeddings_dir(fam), kd)
+            init = open_version(embeddings_dir(ws, fam), kd)
         snap = new_snapshot(spec, cfg, 0, torch.device("cpu"), dim, init)
         clicked = train.arrays.click > 0
         snap.ranker.init_output_bias(

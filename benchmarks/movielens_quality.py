@@ -66,7 +66,7 @@ from retrieval.prior import DEFAULT_BETAS, LogPrior, PriorConfig, PriorFit, appl
 from retrieval.retrieve import popularity, window_clicks
 from towers.config import Backbone, TowerConfig
 from towers.infer import embed_ads, embed_users
-from towers.train import Snapshot, load_snapshot, train_towers
+from towers.train import Snapshot, load_snapshot, models_dir, train_towers
 
 WORK = ROOT / "benchmarks" / "work" / "movielens_quality"
 ML_SRC = ROOT.parent / "shared" / "data" / "movielens_100k"
@@ -203,8 +203,8 @@ def towers_vectors(ds: Dataset, snap: Snapshot, act: ActivityLog) -> VecFn:
 
     def fn(d: int, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if d not in cache:
-            cache[d] = embed_ads(snap, inputs, ds.live_ads(d))
-        uvec = embed_users(snap, inputs, users, np.full(len(users), d * 86400, np.int64))
+            cache[d] = embed_ads(snap.towers, inputs, ds.live_ads(d))
+        uvec = embed_users(snap.towers, inputs, users, np.full(len(users), d * 86400, np.int64))
         return uvec, np.ones(len(users), bool), cache[d]
 
     return fn
@@ -239,7 +239,7 @@ def retrieval_seed(
         vsnap = load_snapshot(vdir / version_name(weeks["fit"][-1]), "cpu", with_state=False)
         prior = fit_prior(val, towers_vectors(ds, vsnap, act))
         if arm == "derm":  # the ranker's upstream model: trained in the seed's workspace (upstream(), below)
-            mdir = ws.models_dir("ctr")
+            mdir = models_dir(ws, "ctr")
         else:
             mdir = WORK / "models" / f"{arm}_seed{seed}"
             shutil.rmtree(mdir, ignore_errors=True)

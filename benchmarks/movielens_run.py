@@ -35,6 +35,7 @@ from adslog.periods import Period
 from adslog.workspace import Workspace
 from dermcore.artifact import read_json
 from eval.bootstrap import paired_bootstrap
+from eval.evaluate import eval_path
 from eval.metrics import recall_per_user
 from retrieval.retrieve import Retriever, popularity
 from towers.config import Backbone, TowerConfig
@@ -89,7 +90,7 @@ def run_arm(data: Path, backbone: Backbone, train_periods: int) -> dict[str, Any
     weeks = [*s["daily_days"], s["eval_day"]]
     per_week, pooled = [], {"ours": [], "popularity": [], "derm_eval": [], "derm_eval_popularity": []}
     for w in weeks:
-        doc = read_json(ws.eval_path(w))
+        doc = read_json(eval_path(ws, w))
         m = masked_week(ws, ds, w)
         r = doc["retrieval"]
         n = r["n_users"]

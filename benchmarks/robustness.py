@@ -42,6 +42,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from embstore.store import embeddings_dir
+from eval.evaluate import eval_path
+from index.versions import index_dir
+from ranking.train import ranker_dir
+from towers.train import models_dir
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
@@ -104,8 +110,8 @@ def run_bad_inputs(base: Path) -> dict[str, Any]:
 # -- corruption ---------------------------------------------------------------------------------------------
 def _serving(work: Path, family: str) -> Path:
     ws = Workspace(work)
-    parent = {"store": ws.embeddings_dir("ctr"), "index": ws.index_dir, "ranker": ws.ranker_dir,
-              "model": ws.models_dir("ctr")}[family]  # fmt: skip
+    parent = {"store": embeddings_dir(ws, "ctr"), "index": index_dir(ws), "ranker": ranker_dir(ws),
+              "model": models_dir(ws, "ctr")}[family]  # fmt: skip
     return parent / f"day={ws.latest_day(parent)}"
 
 
@@ -154,9 +160,11 @@ CORRUPTIONS: dict[str, Callable[[Path], Path]] = {
         _serving(w, "index") / "manifest.json", _serving(w, "index").parent / "LATEST"
     ),
     "ranker_manifest_corrupt_json": lambda w: _replace(_serving(w, "ranker") / "manifest.json", b"{not json"),
-    "latest_dangling": lambda w: _write(Workspace(w).ranker_dir / "LATEST", '{"name": "day=99999"}'),
-    "latest_path": lambda w: _write(Workspace(w).index_dir / "LATEST", '{"name": "../models/ctr/day=20005"}'),
-    "latest_garbage": lambda w: _write(Workspace(w).embeddings_dir("ctr") / "LATEST", "\x00\x01"),
+    "latest_dangling": lambda w: _write(ranker_dir(Workspace(w)) / "LATEST", '{"name": "day=99999"}'),
+    "latest_path": lambda w: _write(
+        index_dir(Workspace(w)) / "LATEST", '{"name": "../models/ctr/day=20005"}'
+    ),
+    "latest_garbage": lambda w: _write(embeddings_dir(Workspace(w), "ctr") / "LATEST", "\x00\x01"),
     "dataset_partition_rewritten": lambda w: _rewrite_partition(w),
 }
 
@@ -240,7 +248,7 @@ def _rebuilt_and_said(work: Path, kind: str) -> bool:
     """A daily that exited 0 after an index was corrupted must have rebuilt it and named the reason."""
     if kind != "index_byte_flipped":
         return False
-    m = json.loads((Workspace(work).index_dir / f"day={DAY}" / "manifest.json").read_text())
+    m = json.loads((index_dir(Workspace(work)) / f"day={DAY}" / "manifest.json").read_text())
     r = m.get("refresh") or {}
     return r.get("mode") == "rebuild" and "unreadable" in str(r.get("reason", ""))
 
@@ -271,7 +279,7 @@ def _day_fingerprint(work: Path) -> dict[str, Any]:
     and the day's evaluation (timings dropped). Artifact ids are random per run, so manifests are not compared."""
     ws = Workspace(work)
     out: dict[str, Any] = {}
-    for parent in (ws.models_dir("ctr"), ws.embeddings_dir("ctr"), ws.index_dir, ws.ranker_dir):
+    for parent in (models_dir(ws, "ctr"), embeddings_dir(ws, "ctr"), index_dir(ws), ranker_dir(ws)):
         d = parent / f"day={DAY}"
         m = json.loads((d / "manifest.json").read_text())
         rec = {k: v["sha256"] for k, v in m["payload"].items()}
@@ -280,9 +288,9 @@ def _day_fingerprint(work: Path) -> dict[str, Any]:
                 t = pq.read_table(d / k, columns=["id", "day", "vector"])
                 rec[k] = hashlib.sha256(repr(t.to_pydict()).encode()).hexdigest()
         out[parent.relative_to(ws.root).as_posix()] = rec
-    out["eval"] = _strip_times(json.loads(ws.eval_path(DAY).read_text()))
+    out["eval"] = _strip_times(json.loads(eval_path(ws, DAY).read_text()))
     out["latest"] = {str(p.relative_to(ws.root)): (p / "LATEST").read_text() for p in
-                     (ws.models_dir("ctr"), ws.embeddings_dir("ctr"), ws.index_dir, ws.ranker_dir)}  # fmt: skip
+                     (models_dir(ws, "ctr"), embeddings_dir(ws, "ctr"), index_dir(ws), ranker_dir(ws))}  # fmt: skip
     return out
 
 
@@ -321,10 +329,10 @@ def run_kills(base: Path) -> dict[str, Any]:
         resumed = code == 0 and all(
             (f / "LATEST").read_text() == json.dumps({"name": f"day={DAY}"}, indent=2) + "\n"
             for f in (
-                Workspace(work).models_dir("ctr"),
-                Workspace(work).embeddings_dir("ctr"),
-                Workspace(work).index_dir,
-                Workspace(work).ranker_dir,
+                models_dir(Workspace(work), "ctr"),
+                embeddings_dir(Workspace(work), "ctr"),
+                index_dir(Workspace(work)),
+                ranker_dir(Workspace(work)),
             )  # fmt: skip
         )
         identical = resumed and _day_fingerprint(work) == ref
@@ -457,7 +465,7 @@ def main_() -> None:
     base = WORK / "base"
     run_demo(base, DemoConfig.tiny())
     # the base must not have day DAY's cycle yet (the demo evaluates DAY but runs daily up to DAY - 1)
-    assert not (Workspace(base).ranker_dir / f"day={DAY}").exists()
+    assert not (ranker_dir(Workspace(base)) / f"day={DAY}").exists()
     result: dict[str, Any] = {"command": "python benchmarks/robustness.py", "day": DAY}
     for name, fn in (("bad_inputs", run_bad_inputs), ("corruption", run_corruption),
                      ("writes_outside", run_writes_outside), ("kills", run_kills)):  # fmt: skip

@@ -45,6 +45,9 @@ from typing import Any
 import numpy as np  # noqa: E402
 from common import ROOT, write_result  # noqa: E402
 
+from embstore.store import embeddings_dir
+from index.versions import index_dir
+
 BATCHING = {
     False: {"max_batch_users": 1, "batch_window_ms": 0.0},
     True: {"max_batch_users": 16, "batch_window_ms": 2.0},
@@ -200,7 +203,7 @@ def warm_users(work: Path, n: int = 2000) -> list[int]:
     from embstore.store import open_version
 
     ws = Workspace.open(work)
-    store = open_version(ws.embeddings_dir("ctr"), serving_day(ws) - 1)
+    store = open_version(embeddings_dir(ws, "ctr"), serving_day(ws) - 1)
     ids = store.ids("user")
     rng = np.random.default_rng(0)
     return [int(x) for x in rng.choice(ids, size=min(n, len(ids)), replace=False)]
@@ -209,8 +212,9 @@ def warm_users(work: Path, n: int = 2000) -> list[int]:
 def runs(
     work: Path, users: list[int], levels: list[int], seconds: float, redis_url: str | None
 ) -> list[dict]:
+    from adserving.versions import publish_workspace
     from adslog.workspace import Workspace
-    from embstore.online import OnlineStoreConfig, publish_workspace
+    from embstore.online import OnlineStoreConfig
 
     out = []
     stores: list[tuple[str, str | None]] = [("local", None)]
@@ -273,7 +277,7 @@ def swaps(work: Path, users: list[int], n_swaps: int) -> dict[str, Any]:
             (republish if i % 2 == 0 else withdraw)(ws, day, aside)
             known.add(_wait_day(server, day if i % 2 == 0 else day - 1))
             time.sleep(2.0)
-        if ws.latest_day(ws.index_dir) != day:  # a rollback needs the newer day published
+        if ws.latest_day(index_dir(ws)) != day:  # a rollback needs the newer day published
             done += 1
             republish(ws, day, aside)
             known.add(_wait_day(server, day))

@@ -132,10 +132,10 @@ def run_one(
         inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, d), snap.config.seq_len)
         rows = [r for r in sets["rows"] if r[1] == d]
         users = np.array([r[0] for r in rows], np.int64)
-        uvec = embed_users(snap, inputs, users, np.full(len(users), d * 86400, np.int64))
+        uvec = embed_users(snap.towers, inputs, users, np.full(len(users), d * 86400, np.int64))
         live = ds.live_ads(d)
         top = retrieve(
-            uvec, live, embed_ads(snap, inputs, live), [sets["seen"].get((u, d), []) for u in users]
+            uvec, live, embed_ads(snap.towers, inputs, live), [sets["seen"].get((u, d), []) for u in users]
         )
         recalls.append(recall_per_user(top, [r[2] for r in rows], K))
         a = inputs.impressions([d])

@@ -105,10 +105,10 @@ def main() -> None:
         for k, snap in snaps.items():
             sec[f"train_{k}"].append(train_steps(snap, batches))
         t = time.perf_counter()
-        embed_users(snaps["dhen"], inputs, users, end_of_day)
+        embed_users(snaps["dhen"].towers, inputs, users, end_of_day)
         sec["user_tower"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        embed_ads(snaps["dhen"], inputs, ads)
+        embed_ads(snaps["dhen"].towers, inputs, ads)
         sec["pin_tower"].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in sec.items()}
     loader_sps = loader_rows / med["loader"]

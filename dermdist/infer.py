@@ -2,10 +2,11 @@
 
 The driver computes which ids the day embeds (`towers.infer.day_entities`, the single-process engine's own
 choice), splits them into blocks of `batch_size`, and a pool of actors embeds them. Each actor loads, once,
-the tower snapshot from its published directory (`towers.train.load_snapshot(dir, "cpu", with_state=False)`),
-the dataset's entity tables (`dermfeatures.batches.Inputs`) and the day's activity log, then runs the library's
-own `embed_users` / `embed_ads` on every block it is given: no second forward pass or feature builder exists, so the vectors equal
-the single-process ones to float tolerance (tested). The driver gathers the blocks into the same
+the dataset's entity tables (`dermfeatures.batches.Inputs`) and the day's activity log, and from the published
+snapshot only the tower a block needs, when a block first needs it (`towers.export.load_towers(dir, ("user",))`
+or `("ad",)`), then runs the library's own `embed_users` / `embed_ads` on every block it is given: no second
+forward pass or feature builder exists, so the vectors equal the single-process ones to float tolerance
+(tested). The driver gathers the blocks into the same
 `DailyEmbeddings`, checks that every id came back exactly once, and the caller publishes it through the one
 atomic store publish (`workflow.cycle.publish_embeddings` -> `embstore.store.publish_day`).
 
@@ -35,8 +36,8 @@ from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
 from dermcore.errors import DermError
 from dermdist.config import RayInferenceConfig
+from towers.export import Towers, load_towers
 from towers.infer import DailyEmbeddings, day_entities, embed_ads, embed_users, end_of_day
-from towers.train import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def connect(cfg: RayInferenceConfig) -> ModuleType:
 
 
 class DayEmbedder:
-    """The Ray Data actor: loads the snapshot, the entity tables and the activity log once, then embeds
+    """The Ray Data actor: loads the entity tables and the activity log once, and each tower of the snapshot
+    the first time a block needs it (an actor given only ad blocks never builds the user tower), then embeds
     blocks of {kind int8[n], id int64[n]} into {kind, id, vec float32[n, dim]}."""
 
     def __init__(
@@ -96,44 +98,53 @@ class DayEmbedder:
         import torch
 
         from dermfeatures.batches import Inputs
-        from towers.train import load_snapshot
 
         torch.set_num_threads(threads)
         ds = Dataset.open(data_root)
-        self.snap = load_snapshot(Path(snapshot_dir), "cpu", with_state=False)
+        self.snapshot_dir = Path(snapshot_dir)
+        self.towers: dict[str, Towers] = {}
+        # the manifest alone (no tower yet) gives the spec and the config
+        self.meta = load_towers(self.snapshot_dir, ())
         # [] : the log of `day` from the dataset; [ref]: the caller's log, in a list so that Ray hands the ref
         # over unresolved and it is read here, once
         activity = ray.get(activity_ref[0]) if activity_ref else ActivityLog.from_dataset(ds, day)
-        self.inputs = Inputs(ds, self.snap.spec, activity, self.snap.config.seq_len)
+        self.inputs = Inputs(ds, self.meta.spec, activity, self.meta.config.seq_len)
         self.ts = end_of_day(day)
+
+    def tower(self, entity: str) -> Towers:
+        if entity not in self.towers:
+            self.towers[entity] = load_towers(self.snapshot_dir, (entity,))
+        return self.towers[entity]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         kind = np.asarray(batch["kind"], np.int8)
         ids = np.asarray(batch["id"], np.int64)
-        vec = np.zeros((len(ids), self.snap.config.dim), np.float32)
+        vec = np.zeros((len(ids), self.meta.config.dim), np.float32)
         u = kind == USER
         if u.any():
             uid = ids[u]
-            vec[u] = embed_users(self.snap, self.inputs, uid, np.full(len(uid), self.ts, np.int64))
+            ts = np.full(len(uid), self.ts, np.int64)
+            vec[u] = embed_users(self.tower("user"), self.inputs, uid, ts)
         if (~u).any():
-            vec[~u] = embed_ads(self.snap, self.inputs, ids[~u])
+            vec[~u] = embed_ads(self.tower("ad"), self.inputs, ids[~u])
         return {"kind": kind, "id": ids, "vec": vec}
 
 
 def embed_day_ray(
     ds: Dataset,
-    snap: Snapshot,
+    towers: Towers,
     day: int,
     known_ad_ids: np.ndarray | None = None,
     activity: ActivityLog | None = None,
     cfg: RayInferenceConfig | None = None,
 ) -> DailyEmbeddings:
     """`towers.infer.embed_day` on Ray: the same ids, the same vectors (to float tolerance), computed by a
-    pool of `cfg.actors` actors. `snap` must be a published snapshot (its directory is what actors load).
+    pool of `cfg.actors` actors. `towers` must come from a published snapshot (its directory is what actors
+    load; the driver itself needs no tower: `load_towers(dir, ())`).
     `activity`: None, each actor reads the day's log from the dataset; else this log, shared through the
     object store (one copy per node)."""
     cfg = cfg or RayInferenceConfig()
-    if snap.path is None:
+    if towers.path is None:
         raise EngineError("the ray engine embeds with a published snapshot; this one has no directory")
     ents = day_entities(ds, day, known_ad_ids)
     ray = connect(cfg)
@@ -159,7 +170,7 @@ def embed_day_ray(
         num_cpus=cfg.cpus_per_actor,
         fn_constructor_kwargs={
             "data_root": str(ds.root),
-            "snapshot_dir": str(snap.path),
+            "snapshot_dir": str(towers.path),
             "activity_ref": [] if activity is None else [ray.put(activity)],
             "day": int(day),
             "threads": max(1, int(cfg.cpus_per_actor)),
@@ -172,12 +183,12 @@ def embed_day_ray(
         got_vec.append(np.asarray(b["vec"], np.float32))
     kind = np.concatenate(got_kind) if got_kind else np.zeros(0, np.int8)
     got = np.concatenate(got_id) if got_id else np.zeros(0, np.int64)
-    vec = np.concatenate(got_vec) if got_vec else np.zeros((0, snap.config.dim), np.float32)
+    vec = np.concatenate(got_vec) if got_vec else np.zeros((0, towers.config.dim), np.float32)
     user_ids, user_vecs = _gathered(kind == USER, got, vec, ents.users, "user")
     ad_ids, ad_vecs = _gathered(kind == AD, got, vec, ents.ads, "ad")
     return DailyEmbeddings(
         day=day,
-        model_version=snap.model_version,
+        model_version=towers.model_version,
         user_ids=user_ids,
         user_vecs=user_vecs,
         ad_ids=ad_ids,

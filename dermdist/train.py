@@ -33,6 +33,7 @@ from dermdist.config import RayInferenceConfig, RayTrainConfig
 from dermdist.infer import EngineError, connect
 from dermtrain.loop import resolve_device
 from ranking.model import RankerConfig
+from ranking.train import ranker_dir
 from towers.config import TowerConfig
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def train_ranker_ray(
     }
     log.info("training the ranker on %d Ray workers", rcfg.workers)
     run_group(_ranker_worker, config, rcfg)
-    return _published(ws.ranker_dir / version_name(max(days)))
+    return _published(ranker_dir(ws) / version_name(max(days)))
 
 
 def _published(directory: Path) -> dict[str, Any]:

@@ -39,7 +39,10 @@ from dermcore.artifact import read_json
 from dermcore.errors import DataError, DermError, QualityGateError
 from dermserve.config import ServiceConfig
 from embstore.online import OnlineStore, slot_artifact
+from embstore.store import embeddings_dir
 from index.exact import recall_against_exact
+from index.versions import index_dir
+from ranking.train import ranker_dir
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def _artifact_id(ws: Workspace, parent: Any, day: int | None, what: str) -> str:
 def candidate_key(ws: Workspace, online: OnlineStore | None = None) -> SetKey:
     """The key of the version set the serving rule picks now (see the module docstring). Reads pointers and
     manifests only (no payload hashing): cheap enough to poll every few seconds."""
-    sdir, idir, rdir = ws.embeddings_dir("ctr"), ws.index_dir, ws.ranker_dir
+    sdir, idir, rdir = embeddings_dir(ws, "ctr"), index_dir(ws), ranker_dir(ws)
     common = ws.serving_version([sdir, idir, rdir], 2**31 - 1, warn=False)
     day = common + 1 if common is not None else serving_day(ws)
     both = ws.serving_version([sdir, idir], day, warn=False)
@@ -160,10 +163,10 @@ def check_set(ts: TwoStage, cfg: ServiceConfig) -> dict[str, Any]:
         raise DermError(f"{ts.ws.root}: no index or store version serves day {ts.day}")
     dim = int(r.store.manifest["dim"])
     if r.index.config.dim != dim:
-        raise DataError(ts.ws.index_dir, f"index dim {r.index.config.dim} but store dim {dim}")
+        raise DataError(index_dir(ts.ws), f"index dim {r.index.config.dim} but store dim {dim}")
     if ts.ranker.config.derm_inputs and int(ts.ranker.manifest["derm_dim"]) != dim:
         raise DataError(
-            ts.ws.ranker_dir, f"ranker reads dim {ts.ranker.manifest['derm_dim']}, store dim {dim}"
+            ranker_dir(ts.ws), f"ranker reads dim {ts.ranker.manifest['derm_dim']}, store dim {dim}"
         )
     ad_ids = r.index.ids()
     vecs, found = r.store.lookup("ad", ad_ids)
@@ -174,7 +177,7 @@ def check_set(ts: TwoStage, cfg: ServiceConfig) -> dict[str, Any]:
     recall = recall_against_exact(r.index, q, min(SELF_CHECK_K, len(ad_ids)), ad_ids=ad_ids, ad_vecs=vecs)
     if recall < cfg.min_recall:
         raise QualityGateError(
-            f"{ts.ws.index_dir}: recall@{SELF_CHECK_K} {recall:.4f} against exact search is under "
+            f"{index_dir(ts.ws)}: recall@{SELF_CHECK_K} {recall:.4f} against exact search is under "
             f"{cfg.min_recall}; not swapped in"
         )
     users = ts.ds.users(["user_id"]).column("user_id").to_numpy()[:4].astype(np.int64)
@@ -183,7 +186,7 @@ def check_set(ts: TwoStage, cfg: ServiceConfig) -> dict[str, Any]:
         if isinstance(d, DermError) or not d["results"]:
             raise DermError(f"{ts.ws.root}: the warm-up query returned nothing ({d})")
         if not all(np.isfinite(x["p_ctr"]) and np.isfinite(x["ecpm"]) for x in d["results"]):
-            raise QualityGateError(f"{ts.ws.ranker_dir}: the ranker returns non-finite scores")
+            raise QualityGateError(f"{ranker_dir(ts.ws)}: the ranker returns non-finite scores")
     return {"recall_at_10": round(float(recall), 4), "self_check_queries": int(len(q)), "dim": dim}
 
 

@@ -4,7 +4,14 @@ checked version per day, read through memory-mapped, vectorised lookups. The Red
 (`embstore.online`, extra `serve`) is imported on its own."""
 
 from embstore.aggregate import AggregationConfig, Heuristic, Pool, aggregate, stability
-from embstore.store import StoreGates, StoreVersion, check_vectors, open_version, publish_day
+from embstore.store import (
+    StoreGates,
+    StoreVersion,
+    check_vectors,
+    embeddings_dir,
+    open_version,
+    publish_day,
+)
 
 __all__ = [
     "AggregationConfig",
@@ -14,6 +21,7 @@ __all__ = [
     "StoreVersion",
     "aggregate",
     "check_vectors",
+    "embeddings_dir",
     "open_version",
     "publish_day",
     "stability",

@@ -44,10 +44,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from adslog.workspace import Workspace, version_name
 from dermcore.errors import ConfigError, DataError, DermError
 from dermcore.faults import crash_point
-from embstore.store import StoreVersion, _check_array, open_version
+from embstore.store import StoreVersion, _check_array
 
 log = logging.getLogger(__name__)
 
@@ -442,37 +441,3 @@ def store_meta(store: StoreVersion) -> dict[str, Any]:
         "model_version": m.get("model_version"),
         "version": store.version,
     }
-
-
-def publish_workspace(
-    ws: Workspace,
-    config: OnlineStoreConfig,
-    day: int | None = None,
-    task: str = "ctr",
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Publish store version `day` of `task` (default: the version the workspace serves, the newest live in
-    both the store and the index) to the online store and make it live. The one path for `derm publish`
-    and the daily cycle's publish step."""
-    sdir = ws.embeddings_dir(task)
-    if day is None:
-        day = ws.serving_version([sdir, ws.index_dir], 2**31 - 1)
-        if day is None:
-            day = ws.latest_day(sdir)
-        if day is None:
-            raise DataError(sdir, "no store version is published (run `derm daily` or `derm demo`)")
-    elif day not in ws.published_days(sdir):
-        raise DataError(sdir / version_name(day), "no such published store version")
-    store = open_version(sdir, day)
-    online = OnlineStore(config)
-    try:
-        return online.publish(
-            store_meta(store),
-            store.ids("user"),
-            store.vectors("user"),
-            store.ids("ad"),
-            store.vectors("ad"),
-            overwrite=overwrite,
-        )
-    finally:
-        online.close()

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from adslog.workspace import version_name
+from adslog.workspace import Workspace, version_name
 from dermcore.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from dermcore.errors import ConfigError, DataError, QualityGateError
 from embstore.aggregate import AggregationConfig, Pool, aggregate, stability
@@ -30,6 +30,13 @@ ENTITIES = ("user", "ad")
 #: entity kinds a store family may hold: the towers' families hold ENTITIES, the KGE family (`adgraph.family`)
 #: adds advertisers; the names become file names, so they come from this fixed list only
 KNOWN_ENTITIES = ("user", "ad", "advertiser")
+#: the store's folder of a workspace: WORK/embeddings/<family>/day=<D>/ (store versions; LATEST)
+EMBEDDINGS = "embeddings"
+
+
+def embeddings_dir(ws: Workspace, family: str) -> Path:
+    """WORK/embeddings/<family>: the store versions of one family (a task's towers, or a KGE model)."""
+    return ws.inside(EMBEDDINGS, family)
 
 
 def daily_table(ids: np.ndarray, vecs: np.ndarray, day: int, model_version: str) -> pa.Table:

@@ -41,7 +41,7 @@ from dermcore.errors import DermError
 from dermcore.progress import Progress, no_progress
 from dermfeatures.batches import ImpressionArrays, Inputs
 from dermtrain.loop import resolve_device
-from embstore.store import open_version
+from embstore.store import embeddings_dir, open_version
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import (
     by_group,
@@ -60,8 +60,9 @@ from eval.metrics import (
     roc_auc,
 )
 from eval.warnings import WarningConfig, eval_warnings
-from ranking.train import DermLookup, RankerSnapshot, load_ranker, ranker_kge_features, score
+from ranking.train import DermLookup, RankerSnapshot, load_ranker, ranker_dir, ranker_kge_features, score
 from retrieval.retrieve import Retriever
+from towers.train import models_dir
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,17 @@ SLATE_USERS = 300  # users sampled for the slate's true value on synthetic data 
 ORACLE_USERS = 20_000
 CURVE_KS = (10, 20, 50, 100, 200)
 BOOTSTRAP_REPLICATES = 1000
+#: eval's folder of a workspace: WORK/evals/day=<D>.json (the `derm eval --json` document of each day)
+EVALS = "evals"
+
+
+def evals_dir(ws: Workspace) -> Path:
+    return ws.inside(EVALS)
+
+
+def eval_path(ws: Workspace, day: int) -> Path:
+    """WORK/evals/day=<D>.json: day D's evaluation."""
+    return ws.inside(EVALS, f"day={int(day)}.json")
 
 
 def surface_names(ds: Any) -> dict[int, str]:
@@ -285,7 +297,7 @@ def evaluate_day(
     progress("eval", 2, 3)
     ranking: dict[str, Any] = {}
     versions = dict(cand.versions)
-    rday = ws.version_before(ws.ranker_dir, day)
+    rday = ws.version_before(ranker_dir(ws), day)
     if rday is not None:
         snap, arrays, p_ctr = ranker_predictions(ws, day, imp, device, activity)
         versions["ranker"] = snap.version
@@ -313,10 +325,10 @@ def evaluate_day(
             )
     embeddings: dict[str, Any] = {}
     for task in ("ctr", "cvr"):
-        d = ws.version_before(ws.embeddings_dir(task), day)
+        d = ws.version_before(embeddings_dir(ws, task), day)
         if d is None:
             continue
-        v = open_version(ws.embeddings_dir(task), d)
+        v = open_version(embeddings_dir(ws, task), d)
         active = {
             "user": np.unique(imp.column("user_id").to_numpy()),
             "ad": np.unique(imp.column("ad_id").to_numpy()),
@@ -329,7 +341,7 @@ def evaluate_day(
             }
             for e in ("user", "ad")
         }
-    model_dir = ws.models_dir("ctr")
+    model_dir = models_dir(ws, "ctr")
     mday = ws.version_before(model_dir, day)
     train_days: list[int] = []
     if mday is not None:
@@ -366,10 +378,10 @@ def ranker_predictions(
     """The ranker serving `day` (the version before it) on the impressions `imp` of that day (logged context):
     (its snapshot, the impressions' arrays, p_ctr float[n] in `imp`'s row order). `activity`: the day's
     `ActivityLog.from_dataset(ds, day)` when the caller has it (read from the log otherwise)."""
-    rday = ws.version_before(ws.ranker_dir, day)
+    rday = ws.version_before(ranker_dir(ws), day)
     if rday is None:
-        raise DermError(f"{ws.ranker_dir}: no ranker is published before day {day}")
-    snap = load_ranker(Path(ws.ranker_dir) / version_name(rday), resolve_device(device))
+        raise DermError(f"{ranker_dir(ws)}: no ranker is published before day {day}")
+    snap = load_ranker(Path(ranker_dir(ws)) / version_name(rday), resolve_device(device))
     ds = ws.dataset()
     activity = activity if activity is not None else ActivityLog.from_dataset(ds, day)
     inputs = Inputs(ds, snap.spec, activity, snap.config.seq_len)

@@ -21,9 +21,9 @@ from typing import Any
 from adslog.workspace import Workspace
 from dermcore.artifact import read_json
 from dermcore.progress import Progress, no_progress
-from embstore.store import open_version
+from embstore.store import embeddings_dir, open_version
 from eval.ann_sweep import AnnSweepConfig, ann_sweep
-from eval.evaluate import evaluate_day
+from eval.evaluate import evals_dir, evaluate_day
 from eval.plots import (
     plot_ablations,
     plot_ann_sweep,
@@ -114,8 +114,8 @@ def read_ablations(results_dir: Path) -> list[dict[str, Any]]:
 def eval_history(ws: Workspace, doc: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-day eval documents in WORK/evals (what `derm daily` evaluated), with `doc` in place of its day."""
     docs = {}
-    if ws.evals_dir.exists():
-        for p in ws.evals_dir.glob("day=*.json"):
+    if evals_dir(ws).exists():
+        for p in evals_dir(ws).glob("day=*.json"):
             d = read_json(p)
             if isinstance(d, dict) and "day" in d:
                 docs[int(d["day"])] = d
@@ -146,7 +146,7 @@ def _sweep(
     eday = doc.get("embedding_day")
     if eday is None:
         return None
-    v = open_version(ws.embeddings_dir("ctr"), eday)
+    v = open_version(embeddings_dir(ws, "ctr"), eday)
     ad_ids, ad_vecs, users = v.ids("ad"), v.vectors("ad"), v.vectors("user")
     if len(ad_ids) < 2 or len(users) == 0:
         return None
@@ -335,7 +335,7 @@ def write_report(
         "",
         "## By day",
         "",
-        f"Every day in {ws.evals_dir} (the days `derm daily` evaluated) and this one.",
+        f"Every day in {evals_dir(ws)} (the days `derm daily` evaluated) and this one.",
         "",
         *_history_lines(docs),
         "",

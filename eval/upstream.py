@@ -17,7 +17,7 @@ from adslog.workspace import Workspace, version_name
 from dermcore.errors import DermError
 from dermfeatures.batches import ImpressionArrays, Inputs, to_device
 from eval.metrics import pr_auc, roc_auc
-from towers.train import Snapshot, load_snapshot
+from towers.train import Snapshot, load_snapshot, models_dir
 
 
 @torch.no_grad()
@@ -39,7 +39,7 @@ def upstream_heads(ws: Workspace, day: int, task: str = "ctr") -> dict[str, Any]
     before `day`, on that day's impressions."""
     ds = ws.dataset()
     day = ds.check_day(day)
-    mdir = ws.models_dir(task)
+    mdir = models_dir(ws, task)
     mday = ws.version_before(mdir, day)
     if mday is None:
         raise DermError(f"{mdir}: no {task} model published before day {day}")

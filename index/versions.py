@@ -17,7 +17,7 @@ import numpy as np
 from adslog.workspace import Workspace, version_name
 from dermcore.artifact import read_json, set_latest
 from dermcore.errors import DermError
-from embstore.store import StoreVersion, open_version
+from embstore.store import StoreVersion, embeddings_dir, open_version
 from index.artifact import load_index_artifact
 from index.refresh import RefreshConfig, refresh_index_artifact
 from index.tune import TunePoint, tune
@@ -26,6 +26,13 @@ from index.types import IndexConfig, SearchParams
 log = logging.getLogger(__name__)
 
 TASK = "ctr"  # the ad index serves the ctr model's embeddings
+#: the index's folder of a workspace: WORK/index/day=<D>/ (index versions; LATEST)
+INDEX = "index"
+
+
+def index_dir(ws: Workspace) -> Path:
+    """WORK/index: the ANN index versions over the ctr store's pooled ad embeddings."""
+    return ws.inside(INDEX)
 
 
 def self_check_sample(store: StoreVersion, n: int, seed: int) -> np.ndarray | None:
@@ -59,16 +66,16 @@ def publish_workspace_index(
     An already published version is returned as is unless `overwrite`. `params` become the version's
     query-time defaults (None: the previous version's). Returns the manifest.
     """
-    target = ws.index_dir / version_name(day)
+    target = index_dir(ws) / version_name(day)
     if (target / "manifest.json").exists() and not overwrite:
         m: dict[str, Any] = read_json(target / "manifest.json")
         return m
-    store = open_version(ws.embeddings_dir(TASK), day)
+    store = open_version(embeddings_dir(ws, TASK), day)
     ids, vecs = store.ids("ad"), store.vectors("ad")
     if len(ids) == 0:
         raise DermError(f"{store.dir}: the store version holds no ad embeddings to index")
-    prev_day = ws.version_before(ws.index_dir, day)
-    previous = ws.index_dir / version_name(prev_day) if prev_day is not None else None
+    prev_day = ws.version_before(index_dir(ws), day)
+    previous = index_dir(ws) / version_name(prev_day) if prev_day is not None else None
     m = refresh_index_artifact(
         previous,
         target,
@@ -89,7 +96,7 @@ def publish_workspace_index(
         overwrite=overwrite,
         min_recall=min_recall,
     )
-    set_latest(ws.index_dir, target.name)
+    set_latest(index_dir(ws), target.name)
     r = m.get("refresh") or {}
     log.info("index day=%d: %s (%s)", day, r.get("mode"), r.get("reason"))
     return m
@@ -109,10 +116,10 @@ def tune_workspace_index(
     "default", "k", "n_queries", "points": [{knob, value, recall_at_k, qps, seconds}]}.
     """
     if day is None:
-        day = ws.latest_day(ws.index_dir)
+        day = ws.latest_day(index_dir(ws))
         if day is None:
-            raise DermError(f"{ws.index_dir}: no index version: run `derm index build` first")
-    directory = ws.index_dir / version_name(day)
+            raise DermError(f"{index_dir(ws)}: no index version: run `derm index build` first")
+    directory = index_dir(ws) / version_name(day)
     index, m = load_index_artifact(directory, device=device)
     store = _store_of(ws, m)
     queries = self_check_sample(store, n_queries, seed=10_000 + day)  # not the self-check's own sample
@@ -139,7 +146,7 @@ def _store_of(ws: Workspace, manifest: dict[str, Any]) -> StoreVersion:
     day = up.get("day")
     if not isinstance(day, int):
         raise DermError("index manifest does not name the store day it was built from")
-    store = open_version(ws.embeddings_dir(TASK), day)
+    store = open_version(embeddings_dir(ws, TASK), day)
     if store.manifest["artifact_id"] != up.get("embedding_version"):
         raise DermError(
             f"{store.dir}: store version {store.manifest['artifact_id']!r} is not the one the index was built "
@@ -149,4 +156,4 @@ def _store_of(ws: Workspace, manifest: dict[str, Any]) -> StoreVersion:
 
 
 def index_path(ws: Workspace, day: int) -> Path:
-    return ws.index_dir / version_name(day)
+    return index_dir(ws) / version_name(day)

@@ -30,7 +30,7 @@ from adslog.sequences import AdvertiserMap
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import DataError, VersionMismatchError
 from dermfeatures.batches import ImpressionArrays
-from embstore.store import StoreVersion, open_version
+from embstore.store import StoreVersion, embeddings_dir, open_version
 
 KGE_INPUTS = ("user", "ad", "advertiser")
 _AD_RELATIONS = (Relation.USER_CLICKED_AD.value, Relation.USER_CONVERTED_AD.value)
@@ -81,7 +81,7 @@ class KGELookup:
         ranker: dict[str, Any] | None = None,
     ) -> None:
         self.ws, self.family, self.inputs, self.n_neighbours = ws, family, inputs, neighbours
-        self.dir = ws.embeddings_dir(family)
+        self.dir = embeddings_dir(ws, family)
         self.adv_of = AdvertiserMap.from_dataset(ds)
         self.used: set[str] = set()
         self.lineages: set[str] = set()
@@ -152,5 +152,5 @@ def kge_dim(ws: Workspace, family: str | None) -> int:
     """The dim of the family's newest store version (32, the KGE default, when none is published)."""
     if family is None:
         return 0
-    d = ws.latest_day(ws.embeddings_dir(family))
-    return 32 if d is None else int(open_version(ws.embeddings_dir(family), d).manifest["dim"])
+    d = ws.latest_day(embeddings_dir(ws, family))
+    return 32 if d is None else int(open_version(embeddings_dir(ws, family), d).manifest["dim"])

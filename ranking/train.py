@@ -38,7 +38,7 @@ from dermfeatures.spec import FeatureSpec, build_feature_spec
 from dermtrain.loop import EarlyStopping, resolve_device, run_epochs
 from dermtrain.optim import TowerOptimizer
 from dermtrain.parallel import DataParallel
-from embstore.store import StoreVersion, open_version
+from embstore.store import StoreVersion, embeddings_dir, open_version
 from ranking.kge import KGELookup, kge_dim
 from ranking.model import Ranker, RankerConfig
 from ranking.wide import WIDE_REFIT_ITERS, fit_wide_part
@@ -49,6 +49,13 @@ log = logging.getLogger(__name__)
 RANKER_KIND = "ranker"
 # 1: MLP ranker (foundation); 2: mixture of DCNv2 experts with a sequence transformer (issue 6)
 RANKER_SCHEMA_VERSION = 2
+#: the ranker's folder of a workspace: WORK/ranker/day=<D>/ (ranker snapshots; LATEST)
+RANKER = "ranker"
+
+
+def ranker_dir(ws: Workspace) -> Path:
+    """WORK/ranker: the downstream ranker's snapshots."""
+    return ws.inside(RANKER)
 
 
 def losses(logits: torch.Tensor, click: torch.Tensor, conversion: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -176,18 +183,18 @@ class DermLookup:
         self.used: dict[str, set[str]] = {}
         self.lineages: dict[str, set[str]] = {}
         self._expect = embedding_lineages(ws, ranker) if ranker is not None else {}
-        self._ranker_dir = (ws.ranker_dir / version_name(int(ranker["day"]))) if ranker is not None else None
+        self._ranker_dir = (ranker_dir(ws) / version_name(int(ranker["day"]))) if ranker is not None else None
         self._versions: dict[tuple[str, int], StoreVersion | None] = {}
 
     def version(self, task: str, day: int) -> StoreVersion | None:
         key = (task, day)
         if key not in self._versions:
-            d = self.ws.version_before(self.ws.embeddings_dir(task), day)
+            d = self.ws.version_before(embeddings_dir(self.ws, task), day)
             src = self.sources.get(task)
             if d is not None and src is not None and src.day == d:
                 v: StoreVersion | None = src
             else:
-                v = None if d is None else open_version(self.ws.embeddings_dir(task), d)
+                v = None if d is None else open_version(embeddings_dir(self.ws, task), d)
             want = self._expect.get(task)
             if v is not None and want and v.lineage not in want:
                 raise VersionMismatchError(
@@ -233,9 +240,9 @@ def embedding_lineages(ws: Workspace, ranker: dict[str, Any]) -> dict[str, set[s
     for names in (ranker.get("embedding_versions") or {}).values():
         for name in names:
             task, vname, aid = str(name).split(":")
-            d = ws.embeddings_dir(task) / vname
+            d = embeddings_dir(ws, task) / vname
             if (d / "manifest.json").is_file():
-                v = open_version(ws.embeddings_dir(task), version_day(vname))
+                v = open_version(embeddings_dir(ws, task), version_day(vname))
                 if v.manifest["artifact_id"].startswith(aid):
                     out.setdefault(task, set()).add(v.lineage)
     return out
@@ -268,9 +275,9 @@ class RankerRows:
 def _derm_dim(ws: Workspace, inputs: tuple[str, ...]) -> int:
     for name in inputs:
         task = name.split("-")[0]
-        d = ws.latest_day(ws.embeddings_dir(task))
+        d = ws.latest_day(embeddings_dir(ws, task))
         if d is not None:
-            return int(open_version(ws.embeddings_dir(task), d).manifest["dim"])
+            return int(open_version(embeddings_dir(ws, task), d).manifest["dim"])
     return 64
 
 
@@ -484,13 +491,13 @@ def train_ranker(
         kge_init = None
         if cfg.kge_finetune and cfg.kge_family is not None:
             # point-in-time: the tables start from the version that served the first training day
-            kd = ws.version_before(ws.embeddings_dir(cfg.kge_family), train_days[0])
+            kd = ws.version_before(embeddings_dir(ws, cfg.kge_family), train_days[0])
             if kd is None:
                 raise DermError(
                     f"kge_finetune: no {cfg.kge_family} store version before day {train_days[0]} to start the ID "
                     "tables from (enable kge in the cycle config, or train the ranker on later days)"
                 )
-            kge_init = open_version(ws.embeddings_dir(cfg.kge_family), kd)
+            kge_init = open_version(embeddings_dir(ws, cfg.kge_family), kd)
         snap = new_snapshot(
             spec, cfg, _derm_dim(ws, cfg.derm_inputs), dev, kge_dim(ws, cfg.kge_family), kge_init
         )
@@ -570,11 +577,11 @@ def train_ranker(
     )
     if parallel is not None and not parallel.chief:
         return {"published": False, "train_stats": stats}
-    target = ws.ranker_dir / version_name(last)
+    target = ranker_dir(ws) / version_name(last)
     with publishing(target, overwrite=overwrite) as tmp:
         torch.save(snap.ranker.state_dict(), tmp / "weights.pt")
         torch.save(snap.optimizer.state_dict(), tmp / "optimizer.pt")
         write_json_atomic(tmp / "manifest.json", m)
-    set_latest(ws.ranker_dir, target.name)
+    set_latest(ranker_dir(ws), target.name)
     log.info("ranker trained on days %s..%s (%s rows)", min(days), last, len(train))
     return m

@@ -32,9 +32,10 @@ from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import DataError, DermError, VersionMismatchError
-from embstore.store import StoreVersion, open_version
+from embstore.store import StoreVersion, embeddings_dir, open_version
 from index import SearchParams, load_index_artifact
 from index.boundary import compact_rows
+from index.versions import index_dir
 from retrieval.cold_start import ColdStart
 from retrieval.prior import (
     DEFAULT_BETAS,
@@ -125,13 +126,13 @@ class Retriever:
         self.ds = ds if ds is not None else ws.dataset()
         self.day = int(day)
         self.params = params
-        store_dir = ws.embeddings_dir(task)
+        store_dir = embeddings_dir(ws, task)
         store_day = ws.version_before(store_dir, self.day)
-        index_day = ws.version_before(ws.index_dir, self.day)
+        index_day = ws.version_before(index_dir(ws), self.day)
         if not allow_skew:
             # serve the newest day published (and at or before LATEST) in both families: a cycle that moved
             # the store's pointer but not yet the index's is invisible here
-            both = ws.serving_version([store_dir, ws.index_dir], self.day)
+            both = ws.serving_version([store_dir, index_dir(ws)], self.day)
             if both is not None:
                 store_day = index_day = both
         if store_day is None and index_day is None:
@@ -156,7 +157,7 @@ class Retriever:
             if not allow_skew:
                 if index_day != store_day:
                     raise VersionMismatchError(
-                        f"{ws.index_dir}: index {version_name(index_day)} does not match embedding store "
+                        f"{index_dir(ws)}: index {version_name(index_day)} does not match embedding store "
                         f"{version_name(store_day or 0)} (pass allow_skew to mix them)"
                     )
                 expect = {
@@ -164,13 +165,13 @@ class Retriever:
                     "lineage": self.store.lineage,
                 }
             self.index, self.index_manifest = load_index_artifact(
-                Path(ws.index_dir) / version_name(index_day), expect
+                Path(index_dir(ws)) / version_name(index_day), expect
             )
         self.live = self.ds.live_ads(self.day)
         #: days (periods) of clicks behind the popularity list and the cold-start fallback: the window the cycle
         #: recorded in the served index version (`upstream.popularity_window`), else POPULARITY_DAYS
         self.popularity_window = popularity_window_of(
-            self.index_manifest, Path(ws.index_dir) / version_name(index_day or 0)
+            self.index_manifest, Path(index_dir(ws)) / version_name(index_day or 0)
         )
         #: clicks of the popularity window (user_id, ad_id): popularity and the cold-start fallback read them
         self.window_clicks = window_clicks(self.ds, self.day, self.popularity_window)
@@ -179,7 +180,7 @@ class Retriever:
         )
         if prior == "index":
             recorded = (self.index_manifest.get("upstream") or {}).get("retrieval_prior")
-            prior = prior_from_record(recorded, Path(ws.index_dir) / version_name(index_day or 0))
+            prior = prior_from_record(recorded, Path(index_dir(ws)) / version_name(index_day or 0))
         self.prior: PriorConfig | None = prior
         #: the log click share of the live ads over the prior's window (None without a prior)
         self.log_prior: LogPrior | None = None
@@ -250,7 +251,7 @@ class Retriever:
         """ANN top-k over the live ads in the index: (ids int64[n, k], scores float32[n, k]), -1 / -inf pads
         where fewer than k live ads have an embedding."""
         if self.index is None:
-            raise DermError(f"{self.ws.index_dir}: no index is published before day {self.day}")
+            raise DermError(f"{index_dir(self.ws)}: no index is published before day {self.day}")
         if excluded_ids is not None:
             allowed = np.setdiff1d(self.live, excluded_ids)
             return self.index.search(vecs, k, self.params, allowed_ids=allowed)
@@ -312,7 +313,7 @@ class Retriever:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top k by inner product + beta x log share, exact where the bound holds (`retrieval.prior`)."""
         if self.index is None:
-            raise DermError(f"{self.ws.index_dir}: no index is published before day {self.day}")
+            raise DermError(f"{index_dir(self.ws)}: no index is published before day {self.day}")
         order = prior.order(excluded_ids)
         size = cfg.popular_pool * k
         pool_ids, pool_vecs = self._pool(order, size)
@@ -355,7 +356,7 @@ class Retriever:
         retriever's prior or `PriorConfig()`)."""
         base = base or self.prior or PriorConfig()
         if self.index is None or self.store is None:
-            raise DermError(f"{self.ws.index_dir}: no index is published before day {self.day}")
+            raise DermError(f"{index_dir(self.ws)}: no index is published before day {self.day}")
         user_ids = np.asarray(user_ids, np.int64)
         if len(relevant) != len(user_ids):
             raise DermError(f"{len(user_ids)} users but {len(relevant)} relevant lists")

@@ -14,12 +14,13 @@ import pytest
 
 from adslog.workspace import Workspace, version_name
 from dermcore.artifact import set_latest
+from index.versions import index_dir
 
 FAMILIES = ("embeddings/ctr", "index", "ranker")  # the cycle's publish order of what a version set holds
 
 
 def latest_day(ws: Workspace) -> int:
-    d = ws.latest_day(ws.index_dir)
+    d = ws.latest_day(index_dir(ws))
     assert d is not None
     return d
 

@@ -87,8 +87,7 @@ def test_eval_json_matches_report(demo_ws: tuple[Path, dict]) -> None:
     code, stdout, stderr = _run("eval", "--work", str(work), "--json")
     assert code == 0 and stderr == ""
     assert json.loads(stdout) == json.loads((work / "report.json").read_text())
-    code, stdout, _ = _run("eval", "--work", str(work))
-    assert code == 0 and "| recall@100 |" in stdout and "popularity" in stdout
+    # the human output: tests/test_eval_report.py::test_cli_eval_report (one evaluation fewer here)
 
 
 def test_query_json(demo_ws: tuple[Path, dict]) -> None:
@@ -168,13 +167,15 @@ def test_corrupt_partition_is_named(demo_ws: tuple[Path, dict], tmp_path: Path) 
 
 
 def test_movielens_end_to_end(tmp_path: Path) -> None:
-    """Import the real MovieLens-100K log and run the manual path: train, embed, index, ranker, eval, query."""
+    """Import the real MovieLens-100K log and run the manual path: train, embed, index, ranker, eval, query.
+    On its first 10 days (6,107 ratings; the eval day holds 597): every command's cost grows with the days it
+    embeds and the rows the ranker fits, and what is checked here is that the path runs on real data."""
     src = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "movielens_100k"
     if not (src / "ml-100k.inter").exists():
         pytest.skip(f"{src} not available")
     ml, w = tmp_path / "ml", tmp_path / "w"
     assert _run("data", "import", "movielens-100k", str(src), str(ml), "--json")[0] == 0
-    first, last = 10124, 10183  # the first 60 days
+    first, last = 10124, 10133  # the first 10 days
     code, out, err = _run(
         "train",
         "--work",
@@ -189,7 +190,7 @@ def test_movielens_end_to_end(tmp_path: Path) -> None:
         "1",
         "--json",
     )
-    assert code == 0 and err == "" and json.loads(out)["days"] == {"first": first, "last": last, "n": 60}
+    assert code == 0 and err == "" and json.loads(out)["days"] == {"first": first, "last": last, "n": 10}
     assert _run("embed", "--work", str(w), "--from", str(first), "--to", str(last), "--json")[0] == 0
     assert _run("index", "build", "--work", str(w), "--json")[0] == 0
     assert _run("ranker", "train", "--work", str(w), "--json")[0] == 0

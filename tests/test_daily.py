@@ -3,6 +3,7 @@ earlier versions together, and a SIGKILL at any point loses nothing and a rerun 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,13 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from adslog.workspace import Workspace, version_name
+from cli import main
 from dermcore.artifact import get_latest, read_json
 from dermcore.errors import QualityGateError
 from embstore.aggregate import AggregationConfig
-from embstore.store import StoreGates, open_version, publish_day
+from embstore.store import StoreGates, embeddings_dir, open_version, publish_day
+from eval.evaluate import eval_path
+from index.versions import index_dir
 from retrieval.retrieve import Retriever
+from towers.train import models_dir
 from workflow import cycle
 from workflow.cycle import load_cycle_config, run_day
 from workflow.rollback import families, rollback
@@ -49,8 +55,8 @@ def test_nan_day_is_refused_and_yesterday_stays_live(ws_copy: tuple[Workspace, d
     monkeypatch.setattr(cycle, "embed_day", poisoned)
     with pytest.raises(QualityGateError, match=r"1 embeddings contain NaN or inf; not published"):
         run_day(ws, day)
-    assert get_latest(ws.embeddings_dir("ctr")) == version_name(yesterday)
-    assert not (ws.embeddings_dir("ctr") / version_name(day)).exists()
+    assert get_latest(embeddings_dir(ws, "ctr")) == version_name(yesterday)
+    assert not (embeddings_dir(ws, "ctr") / version_name(day)).exists()
     assert Retriever(ws, day + 1).store.day == yesterday  # type: ignore[union-attr]
 
 
@@ -111,11 +117,11 @@ def test_low_index_recall_is_refused(ws_copy: tuple[Workspace, dict], monkeypatc
     ):
         run_day(ws, day)
     # the index was refused before its rename: never published, no temporary directory left behind
-    assert not (ws.index_dir / version_name(day)).exists()
-    assert not list(ws.index_dir.glob(".tmp-*"))
-    assert get_latest(ws.index_dir) == version_name(yesterday)
+    assert not (index_dir(ws) / version_name(day)).exists()
+    assert not list(index_dir(ws).glob(".tmp-*"))
+    assert get_latest(index_dir(ws)) == version_name(yesterday)
     # the store moved on to `day`, the index did not: readers keep serving yesterday's pair
-    assert get_latest(ws.embeddings_dir("ctr")) == version_name(day)
+    assert get_latest(embeddings_dir(ws, "ctr")) == version_name(day)
     with caplog.at_level("WARNING", logger="adslog.workspace"):
         r = Retriever(ws, day + 1)
     assert r.store.day == yesterday and version_name(yesterday) in r.versions["index"]  # type: ignore[union-attr]
@@ -125,12 +131,12 @@ def test_low_index_recall_is_refused(ws_copy: tuple[Workspace, dict], monkeypatc
         in caplog.text
     )
     # once the index is healthy again, the rerun publishes the day without recomputing the store
-    store_id = read_json(ws.embeddings_dir("ctr") / version_name(day) / "manifest.json")["artifact_id"]
+    store_id = read_json(embeddings_dir(ws, "ctr") / version_name(day) / "manifest.json")["artifact_id"]
     monkeypatch.undo()
     run_day(ws, day, load_cycle_config(ws, "cpu"))
-    assert get_latest(ws.index_dir) == version_name(day)
+    assert get_latest(index_dir(ws)) == version_name(day)
     assert (
-        read_json(ws.embeddings_dir("ctr") / version_name(day) / "manifest.json")["artifact_id"] == store_id
+        read_json(embeddings_dir(ws, "ctr") / version_name(day) / "manifest.json")["artifact_id"] == store_id
     )
 
 
@@ -142,7 +148,7 @@ def test_rollback_restores_earlier_versions_together(ws_copy: tuple[Workspace, d
     assert set(_latest(ws).values()) == {version_name(first)}
     for f in families(ws):
         assert max(ws.published_days(f)) == first
-    assert not ws.eval_path(s["eval_day"]).exists() and ws.eval_path(second).exists()
+    assert not eval_path(ws, s["eval_day"]).exists() and eval_path(ws, second).exists()
     assert any("rejected" in m for m in out["moved"])
     r = Retriever(ws, first + 1)
     assert r.store.day == first  # type: ignore[union-attr]
@@ -194,17 +200,22 @@ def test_sigkill_during_training_and_publish_then_rerun(ws_copy: tuple[Workspace
 
     r = _daily(ws, day, "publish:embeddings")  # killed with the store version written but not yet renamed
     assert r.returncode == -9, r.stderr
-    assert list(ws.embeddings_dir("ctr").glob(".tmp-*"))  # the half-published version is only a temp dir
-    model_id = read_json(ws.models_dir("ctr") / version_name(day) / "manifest.json")["artifact_id"]
+    assert list(embeddings_dir(ws, "ctr").glob(".tmp-*"))  # the half-published version is only a temp dir
+    model_id = read_json(models_dir(ws, "ctr") / version_name(day) / "manifest.json")["artifact_id"]
     for k, v in before.items():
         assert _manifests(ws)[k] == v
-    assert get_latest(ws.embeddings_dir("ctr")) == latest_before["embeddings/ctr"]
+    assert get_latest(embeddings_dir(ws, "ctr")) == latest_before["embeddings/ctr"]
     assert Retriever(ws, day + 1).store.day == day - 1  # type: ignore[union-attr]
 
-    r = _daily(ws, day, None)  # the rerun takes the dead process's lock, cleans up and completes
-    assert r.returncode == 0, r.stderr
+    # the rerun takes the dead process's lock, cleans up and completes (the same command, in this process: only
+    # the runs killed need an interpreter of their own)
+    r = CliRunner().invoke(
+        main, ["daily", "--work", str(ws.root), "--day", str(day), "--device", "cpu", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["days"][0]["skipped"] is False
     assert not [p for p in ws.root.rglob(".tmp-*")]
-    assert read_json(ws.models_dir("ctr") / version_name(day) / "manifest.json")["artifact_id"] == model_id
+    assert read_json(models_dir(ws, "ctr") / version_name(day) / "manifest.json")["artifact_id"] == model_id
     assert set(_latest(ws).values()) == {version_name(day)}
     for k, v in before.items():
         assert _manifests(ws)[k] == v

@@ -29,8 +29,9 @@ from dermcore.errors import ConfigError, DermError
 from dermdist import RayTrainConfig
 from dermfeatures.batches import Inputs
 from dermtrain.parallel import DataParallel
-from ranking.train import train_ranker
-from towers.train import load_snapshot, train_towers
+from embstore.store import embeddings_dir
+from ranking.train import ranker_dir, train_ranker
+from towers.train import load_snapshot, models_dir, train_towers
 from workflow.cycle import CycleConfig, load_cycle_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def test_one_worker_equals_single_process(ws_copy: tuple[Workspace, dict], group
     ws, s = ws_copy
     ds, day = ws.dataset(), s["daily_days"][-1]
     cfg = load_cycle_config(ws, "cpu")
-    mdir = ws.models_dir("ctr")
+    mdir = models_dir(ws, "ctr")
     parent = mdir / version_name(day - 1)
     par = group_of_one
     assert (par.rank, par.world, par.chief) == (0, 1, True)
@@ -80,7 +81,7 @@ def test_one_worker_equals_single_process(ws_copy: tuple[Workspace, dict], group
     l1, l2 = m1["train_stats"]["loss_by_epoch"], m2["train_stats"]["loss_by_epoch"]
     assert [e["loss"] for e in l1] == pytest.approx([e["loss"] for e in l2], abs=1e-5)
 
-    rdir = ws.ranker_dir
+    rdir = ranker_dir(ws)
     rparent = rdir / version_name(day - 1)
     ranker = {}
     for name, p in (("single", None), ("ddp", par)):
@@ -109,7 +110,7 @@ def test_worker_reads_only_its_rows(demo_ws: tuple[Path, dict]) -> None:
     work, s = demo_ws
     ws = Workspace(work)
     ds, day = ws.dataset(), s["daily_days"][-1]
-    snap = load_snapshot(ws.models_dir("ctr") / version_name(day), "cpu", with_state=False)
+    snap = load_snapshot(models_dir(ws, "ctr") / version_name(day), "cpu", with_state=False)
     inputs = Inputs(ds, snap.spec, ActivityLog.from_dataset(ds, day), snap.config.seq_len)
     whole = inputs.impressions([day])
     parts = [inputs.impressions([day], rows=DataParallel(r, 2).rows) for r in range(2)]
@@ -223,7 +224,7 @@ def test_killed_worker_or_driver_then_rerun_resumes(ws_copy: tuple[Workspace, di
     ws, s = ws_copy
     day = s["eval_day"]
     before = _manifests(ws)
-    latest = {d: get_latest(d) for d in (ws.models_dir("ctr"), ws.embeddings_dir("ctr"), ws.ranker_dir)}
+    latest = {d: get_latest(d) for d in (models_dir(ws, "ctr"), embeddings_dir(ws, "ctr"), ranker_dir(ws))}
 
     r = _daily_ray(ws, day, "train")  # both Ray Train workers kill themselves after their first step
     assert r.returncode == 1, r.stderr
@@ -232,23 +233,23 @@ def test_killed_worker_or_driver_then_rerun_resumes(ws_copy: tuple[Workspace, di
     assert len(errors) == 1 and errors[0].startswith(
         "Error: data-parallel training on 2 Ray workers failed; nothing was published ("
     ), r.stderr[-2000:]
-    assert not (ws.models_dir("ctr") / version_name(day)).exists()
+    assert not (models_dir(ws, "ctr") / version_name(day)).exists()
     assert {k: v for k, v in _manifests(ws).items() if k in before} == before
     assert {d: get_latest(d) for d in latest} == latest
 
     r = _daily_ray(ws, day, "publish:embeddings")  # the driver dies with the store version not yet renamed
     assert r.returncode == -9, r.stderr
-    model = read_json(ws.models_dir("ctr") / version_name(day) / "manifest.json")
+    model = read_json(models_dir(ws, "ctr") / version_name(day) / "manifest.json")
     assert model["train_stats"]["data_parallel"]["workers"] == 2
-    assert get_latest(ws.embeddings_dir("ctr")) == latest[ws.embeddings_dir("ctr")]
+    assert get_latest(embeddings_dir(ws, "ctr")) == latest[embeddings_dir(ws, "ctr")]
     assert {k: v for k, v in _manifests(ws).items() if k in before} == before
 
     r = _daily_ray(ws, day, None)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)["days"][0]
     assert "train_ctr" not in out["stage_seconds"] and "ranker" in out["stage_seconds"]  # resumed
-    assert read_json(ws.models_dir("ctr") / version_name(day) / "manifest.json") == model
-    ranker = read_json(ws.ranker_dir / version_name(day) / "manifest.json")
+    assert read_json(models_dir(ws, "ctr") / version_name(day) / "manifest.json") == model
+    ranker = read_json(ranker_dir(ws) / version_name(day) / "manifest.json")
     assert ranker["train_stats"]["data_parallel"]["workers"] == 2
     assert not [p for p in ws.root.rglob(".tmp-*")]
     for d in latest:

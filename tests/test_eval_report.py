@@ -153,3 +153,4 @@ def test_cli_eval_report(demo_ws: tuple[Path, dict], tmp_path: Path) -> None:
         _check_png(out / name)
     r = CliRunner().invoke(main, ["eval", "--work", str(work), "--report", str(out)], catch_exceptions=False)
     assert r.exit_code == 0 and f"report: {out.resolve() / 'report.md'}" in r.stdout
+    assert "| recall@100 |" in r.stdout and "popularity" in r.stdout  # the human table

@@ -5,6 +5,7 @@ optional heavy dependency is loaded on demand, not a way around a cycle, so they
 from __future__ import annotations
 
 import ast
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache  # the tree does not change during a run: parsed once for every test here
 def _modules() -> dict[str, Path]:
     mods = {"cli": ROOT / "cli.py"}
     for init in ROOT.glob("*/__init__.py"):
@@ -43,11 +45,15 @@ def _imports(tree: ast.Module) -> list[str]:
     return out
 
 
+@functools.cache
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text())
+
+
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     mods = _modules()
-    return {
-        m: {i for i in _imports(ast.parse(f.read_text())) if i in mods and i != m} for m, f in mods.items()
-    }
+    return {m: {i for i in _imports(_parse(f)) if i in mods and i != m} for m, f in mods.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -149,7 +155,7 @@ def _package(module: str) -> str:
 def _every_import(path: Path) -> set[str]:
     """Top-level package of every absolute import anywhere in the file, lazy ones inside functions included."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(_parse(path)):
         if isinstance(node, ast.Import):
             out.update(_package(a.name) for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -188,3 +194,42 @@ def test_a_stage_imports_only_earlier_stages() -> None:
     )
     assert late == []
     assert "adserving.two_stage" in import_graph()["eval.slate"]  # the check sees cross-package edges
+
+
+def test_the_workspace_names_no_stage_folder(tmp_path: Path) -> None:
+    """Each stage owns its folder of the workspace (issue 18): `adslog.workspace` has no accessor for a later
+    stage and no stage's folder name in its code (docstrings aside), and the stage-owned functions give the
+    paths every earlier workspace was written with, so old workspaces keep loading."""
+    from adgraph.graph import graph_dir
+    from adgraph.snapshot import kge_dir
+    from adslog.workspace import Workspace
+    from embstore.store import embeddings_dir
+    from eval.evaluate import eval_path, evals_dir
+    from index.versions import index_dir
+    from ranking.train import ranker_dir
+    from towers.train import models_dir
+
+    tree = _parse(ROOT / "adslog" / "workspace.py")
+    docstrings = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Module | ast.ClassDef | ast.FunctionDef)
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    words = {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    }
+    folders = {"models", "embeddings", "graph", "kge", "index", "ranker", "evals", "rejected"}
+    assert not folders & words
+    methods = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    assert not {m for m in methods if m.endswith("_dir")} | ({"eval_path"} & methods)
+    ws = Workspace(tmp_path)
+    assert models_dir(ws, "ctr") == tmp_path / "models" / "ctr"
+    assert embeddings_dir(ws, "kge-transra") == tmp_path / "embeddings" / "kge-transra"
+    assert graph_dir(ws) == tmp_path / "graph" and kge_dir(ws, "transra") == tmp_path / "kge" / "transra"
+    assert index_dir(ws) == tmp_path / "index" and ranker_dir(ws) == tmp_path / "ranker"
+    assert evals_dir(ws) == tmp_path / "evals" and eval_path(ws, 7) == tmp_path / "evals" / "day=7.json"

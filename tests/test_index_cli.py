@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from adslog.workspace import Workspace
 from cli import main
 from dermcore.artifact import get_latest
+from embstore.store import embeddings_dir
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def _run(*args: str) -> tuple[int, str, str]:
 
 def _days(work: Path) -> list[int]:
     ws = Workspace(work)
-    return ws.published_days(ws.embeddings_dir("ctr"))
+    return ws.published_days(embeddings_dir(ws, "ctr"))
 
 
 def test_index_refresh_in_place_and_auto(work: Path) -> None:
@@ -84,7 +85,10 @@ def test_index_refresh_skips_published_and_errors(work: Path) -> None:
 
     code, _, err = _run("config", "set", "--work", str(work), "index.spec=HNSW16,Flat")
     assert code == 0, err
-    code, _, err = _run("index", "build", "--work", str(work), "--day", str(d1 - 1), "--overwrite")
+    # a beam wide enough for the cycle's recall gate (k = 100) whatever the demo's vectors
+    code, _, err = _run(
+        "index", "build", "--work", str(work), "--day", str(d1 - 1), "--overwrite", "--ef", "256"
+    )
     assert code == 0, err
     code, _, err = _run(
         "index", "refresh", "--work", str(work), "--day", str(d1), "--mode", "in_place", "--overwrite"
@@ -177,8 +181,9 @@ def test_config_show_set_and_one_off_index_builds(work: Path) -> None:
         and saved["prior_windows"] == [2, 5] == json.loads(out)["prior_windows"]
     )
     d1 = _days(work)[-1]
-    code, _, err = _run(
-        "index", "build", "--work", str(work), "--day", str(d1), "--spec", "HNSW16,Flat", "--overwrite"
+    code, _, err = _run(  # a beam wide enough for the cycle's recall gate (k = 100) whatever the vectors
+        *("index", "build", "--work", str(work), "--day", str(d1), "--spec", "HNSW16,Flat", "--overwrite"),
+        *("--ef", "256"),
     )
     assert code == 0, err
     assert "cycle.json is unchanged" in err and "derm config set" in err

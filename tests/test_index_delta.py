@@ -16,6 +16,7 @@ from index import Backend, IndexConfig, SearchParams, build_index_artifact, load
 from index.delta import DELTA_FILE
 from index.refresh import RefreshConfig, RefreshMode, Storage, diff_against_index, refresh_index_artifact
 from index.synthetic import ClusteredConfig, ClusteredData
+from index.versions import index_dir
 from workflow.rollback import rollback
 
 N, DIM, K = 3000, 16, 10
@@ -164,38 +165,38 @@ def test_rollback_past_delta_versions_and_a_deleted_base(data, tmp_path):
     config, params = CASES["hnswlib"]
     ws = Workspace(tmp_path / "work")
     queries = data.queries(40)
-    build_index_artifact(ws.index_dir / version_name(0), data.ids, data.vecs, config, _up(0), params=params)
-    set_latest(ws.index_dir, version_name(0))
+    build_index_artifact(index_dir(ws) / version_name(0), data.ids, data.vecs, config, _up(0), params=params)
+    set_latest(index_dir(ws), version_name(0))
     ids, vecs = data.ids, data.vecs
     sets = {0: (ids, vecs)}
     for day in (1, 2, 3):
         ids, vecs, _ = _next_day(data, ids, vecs, day)
         sets[day] = (ids, vecs)
-        prev = ws.index_dir / version_name(ws.version_before(ws.index_dir, day))
-        m = refresh_index_artifact(prev, ws.index_dir / version_name(day), ids, vecs, config, _up(day))
+        prev = index_dir(ws) / version_name(ws.version_before(index_dir(ws), day))
+        m = refresh_index_artifact(prev, index_dir(ws) / version_name(day), ids, vecs, config, _up(day))
         assert m["refresh"]["storage"] == "delta"
-        set_latest(ws.index_dir, version_name(day))
-    before = load_index_artifact(ws.index_dir / version_name(1))[0].search(queries, K)
+        set_latest(index_dir(ws), version_name(day))
+    before = load_index_artifact(index_dir(ws) / version_name(1))[0].search(queries, K)
     out = rollback(ws, 1)
-    assert ws.published_days(ws.index_dir) == [0, 1] and len(out["moved"]) == 2
-    index, m = load_index_artifact(ws.index_dir / version_name(1))
+    assert ws.published_days(index_dir(ws)) == [0, 1] and len(out["moved"]) == 2
+    index, m = load_index_artifact(index_dir(ws) / version_name(1))
     np.testing.assert_array_equal(index.search(queries, K)[0], before[0])
     # the next day is published again from day 1 (a delta version): its delta is still against day 0
     ids2, vecs2 = sets[2]
     m2 = refresh_index_artifact(
-        ws.index_dir / version_name(1), ws.index_dir / version_name(2), ids2, vecs2, config, _up(2)
+        index_dir(ws) / version_name(1), index_dir(ws) / version_name(2), ids2, vecs2, config, _up(2)
     )
     assert m2["storage"]["base_artifact_id"] == m["storage"]["base_artifact_id"]
     # rejected delta versions stay loadable where rollback moved them
     rejected = sorted((ws.root / "rejected" / "index").iterdir())
     assert len(rejected) == 2 and load_index_artifact(rejected[-1])[0].ntotal == sets[3][0].size
-    shutil.rmtree(ws.index_dir / version_name(0))  # the base's own directory is gone
+    shutil.rmtree(index_dir(ws) / version_name(0))  # the base's own directory is gone
     for day in (1, 2):
-        index, _ = load_index_artifact(ws.index_dir / version_name(day))
+        index, _ = load_index_artifact(index_dir(ws) / version_name(day))
         np.testing.assert_array_equal(np.sort(index.ids()), np.sort(sets[day][0]))
     ids3, vecs3 = sets[3]
     m3 = refresh_index_artifact(
-        ws.index_dir / version_name(2), ws.index_dir / version_name(3), ids3, vecs3, config, _up(3)
+        index_dir(ws) / version_name(2), index_dir(ws) / version_name(3), ids3, vecs3, config, _up(3)
     )
     assert m3["refresh"]["mode"] == "in_place" and m3["storage"]["kind"] == "delta"
 

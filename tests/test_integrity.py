@@ -17,13 +17,16 @@ from click.testing import CliRunner
 
 from adslog.workspace import Workspace
 from cli import main
+from embstore.store import embeddings_dir
+from index.versions import index_dir
+from ranking.train import ranker_dir
 
 runner = CliRunner()
 
 
 def _serving(work: Path, family: str) -> Path:
     ws = Workspace(work)
-    parent = {"store": ws.embeddings_dir("ctr"), "index": ws.index_dir, "ranker": ws.ranker_dir}[family]
+    parent = {"store": embeddings_dir(ws, "ctr"), "index": index_dir(ws), "ranker": ranker_dir(ws)}[family]
     return parent / f"day={ws.latest_day(parent)}"
 
 
@@ -77,7 +80,7 @@ def index_manifest_deleted(work: Path) -> Path:
 
 def latest_names_missing_version(work: Path) -> Path:
     ws = Workspace(work)
-    p = ws.ranker_dir / "LATEST"
+    p = ranker_dir(ws) / "LATEST"
     p.write_text(json.dumps({"name": "day=99999"}))
     return p
 
@@ -118,5 +121,5 @@ def test_corruption_is_refused_by_query_and_eval(
 def _a_known_user(work: Path) -> int:
     ws = Workspace(work)
     ids = np.load(_serving(work, "store") / "user_ids.npy")
-    assert ws.latest_day(ws.embeddings_dir("ctr")) is not None
+    assert ws.latest_day(embeddings_dir(ws, "ctr")) is not None
     return int(ids[0])

@@ -21,10 +21,10 @@ from adslog.synth import SynthConfig, generate
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import ConfigError, DataError, QualityGateError, VersionMismatchError
 from dermfeatures.batches import Inputs
-from embstore.store import open_version
+from embstore.store import embeddings_dir, open_version
 from ranking.kge import KGELookup
 from ranking.model import RankerConfig
-from ranking.train import load_ranker, ranker_kge_features, train_ranker
+from ranking.train import load_ranker, ranker_dir, ranker_kge_features, train_ranker
 
 DAY0 = 20_000
 KCFG = KGEConfig(dim=8, epochs=2, incremental_epochs=1, batch_size=256, negatives=4)
@@ -70,7 +70,7 @@ def kws(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 def test_family_publishes_unit_norm_vectors_of_the_kge_version(kws: Workspace) -> None:
     d = DAY0 + 2
-    v = open_version(kws.embeddings_dir(FAMILY), d)
+    v = open_version(embeddings_dir(kws, FAMILY), d)
     kv = open_kge(kws, ModelKind.TRANSRA, d)
     assert v.manifest["entities"] == ["user", "ad", "advertiser"]
     assert v.manifest["model_version"] == kv.version and v.lineage == kv.lineage
@@ -94,15 +94,15 @@ def test_family_refuses_a_corrupt_kge_version_and_a_corrupt_store_file(data: Pat
     w.write_bytes(good[:-10] + b"0123456789")
     with pytest.raises(DataError, match="checksum|unreadable|weights"):
         publish_kge_family(ws, DAY0)
-    assert not (ws.embeddings_dir(FAMILY) / version_name(DAY0)).exists()  # nothing published
+    assert not (embeddings_dir(ws, FAMILY) / version_name(DAY0)).exists()  # nothing published
     w.write_bytes(good)
     publish_kge_family(ws, DAY0)
-    f = ws.embeddings_dir(FAMILY) / version_name(DAY0) / "advertiser_vecs.npy"
+    f = embeddings_dir(ws, FAMILY) / version_name(DAY0) / "advertiser_vecs.npy"
     arr = np.load(f)
     arr[0] *= 3.0
     np.save(f, arr)
     with pytest.raises(DataError):
-        open_version(ws.embeddings_dir(FAMILY), DAY0).lookup("advertiser", np.array([1], np.int64))
+        open_version(embeddings_dir(ws, FAMILY), DAY0).lookup("advertiser", np.array([1], np.int64))
 
 
 def test_store_gate_refuses_non_unit_vectors_of_any_family(kws: Workspace, tmp_path: Path) -> None:
@@ -138,12 +138,12 @@ def test_lookup_is_point_in_time_and_reads_what_was_published(kws: Workspace) ->
     a = inputs.impressions([DAY0 + 2, DAY0 + 3])
     f = lk.features(a, 8)
     for d in (DAY0 + 2, DAY0 + 3):
-        v = open_version(kws.embeddings_dir(FAMILY), d - 1)  # the version before the rows' day
+        v = open_version(embeddings_dir(kws, FAMILY), d - 1)  # the version before the rows' day
         rows = np.flatnonzero(a.day == d)
         want, found = v.lookup("user", a.user_id[rows])
         np.testing.assert_array_equal(f["kge_user"][rows], want)
         np.testing.assert_array_equal(f["kge_user_found"][rows], found.astype(np.float32))
-    assert lk.used == {open_version(kws.embeddings_dir(FAMILY), d).version for d in (DAY0 + 1, DAY0 + 2)}
+    assert lk.used == {open_version(embeddings_dir(kws, FAMILY), d).version for d in (DAY0 + 1, DAY0 + 2)}
     # neighbours: only edges of the graph version before the row's day (clicks strictly before the day)
     nb = f["kge_nb_ad_id"]
     assert nb.shape == (len(a), 4) and (nb >= 0).any()
@@ -192,7 +192,7 @@ def _spec(ws: Workspace):  # noqa: ANN202
 def test_ranker_with_each_kge_option_trains_and_reloads(kws: Workspace, opts: dict) -> None:
     cfg = replace(TINY_RANKER, **opts)
     m = train_ranker(kws, kws.dataset(), [DAY0 + 1, DAY0 + 2], cfg, overwrite=True)
-    snap = load_ranker(kws.ranker_dir / version_name(DAY0 + 2))
+    snap = load_ranker(ranker_dir(kws) / version_name(DAY0 + 2))
     r = snap.ranker
     assert m["kge_dim"] == 8 and m["kge_lineages"] == [open_kge(kws, ModelKind.TRANSRA, DAY0).lineage]
     assert m["kge_versions"] and all(x.startswith(FAMILY) for x in m["kge_versions"])
@@ -214,7 +214,7 @@ def test_ranker_with_each_kge_option_trains_and_reloads(kws: Workspace, opts: di
     assert m["train_stats"]["loss_by_epoch"][0]["loss"] > 0
     if cfg.kge_finetune:
         # the tables started from the version serving the first training day, and training moved them
-        v0 = open_version(kws.embeddings_dir(FAMILY), DAY0)
+        v0 = open_version(embeddings_dir(kws, FAMILY), DAY0)
         assert m["kge_init_version"] == v0.version
         t = r.kge_tables
         assert t is not None
@@ -229,7 +229,7 @@ def test_ranker_refuses_a_kge_store_of_another_lineage(data: Path, tmp_path: Pat
     train_ranker(
         ws, ws.dataset(), [DAY0 + 1, DAY0 + 2], replace(TINY_RANKER, kge_finetune=True, kge_attention=True)
     )
-    snap = load_ranker(ws.ranker_dir / version_name(DAY0 + 2))
+    snap = load_ranker(ranker_dir(ws) / version_name(DAY0 + 2))
     # a retrain of the KGE model from scratch starts a new lineage; the family's next version carries it
     publish_graph(ws, DAY0 + 3)
     train_kge(ws, DAY0 + 3, KCFG, scratch=True)
@@ -239,9 +239,9 @@ def test_ranker_refuses_a_kge_store_of_another_lineage(data: Path, tmp_path: Pat
     with pytest.raises(VersionMismatchError, match="KGE lineage"):
         ranker_kge_features(ws, ds, snap, inputs.impressions([DAY0 + 4]))
     with pytest.raises(VersionMismatchError, match="KGE lineage"):  # nor may a fine-tune continue on it
-        train_ranker(ws, ds, [DAY0 + 4], TINY_RANKER, parent=ws.ranker_dir / version_name(DAY0 + 2))
+        train_ranker(ws, ds, [DAY0 + 4], TINY_RANKER, parent=ranker_dir(ws) / version_name(DAY0 + 2))
     # a manifest whose recorded table sizes do not match its weights is refused on load
-    d = ws.ranker_dir / version_name(DAY0 + 2)
+    d = ranker_dir(ws) / version_name(DAY0 + 2)
     m = json.loads((d / "manifest.json").read_text())
     m["kge_table_sizes"]["ad"] += 1
     (d / "manifest.json").write_text(json.dumps(m))
@@ -267,7 +267,7 @@ def test_kge_config_validation() -> None:
 def test_finetuned_tables_start_from_the_published_vectors(kws: Workspace) -> None:
     from ranking.train import new_snapshot
 
-    v = open_version(kws.embeddings_dir(FAMILY), DAY0 + 1)
+    v = open_version(embeddings_dir(kws, FAMILY), DAY0 + 1)
     cfg = replace(TINY_RANKER, kge_finetune=True, kge_attention=True)
     snap = new_snapshot(_spec(kws), cfg, 0, torch.device("cpu"), 8, v)
     t = snap.ranker.kge_tables
@@ -292,9 +292,9 @@ def test_demo_with_kge_runs_and_query_names_the_kge_version(tmp_path: Path) -> N
     ws = Workspace.open(tmp_path / "demo")
     assert load_cycle_config(ws).kge.enabled
     days = ws.dataset().days()
-    fam = ws.embeddings_dir(FAMILY)
+    fam = embeddings_dir(ws, FAMILY)
     assert ws.published_days(fam) == days[:-1]  # every bootstrap and daily day, none of the eval day
-    r = load_ranker(ws.ranker_dir / version_name(days[-2]))
+    r = load_ranker(ranker_dir(ws) / version_name(days[-2]))
     assert r.config.kge_attention and r.manifest["kge_versions"]
     assert s["report"]["ranking"]["roc_auc"] > 0.55
     user = int(ws.dataset().impressions(days[-1], ["user_id"]).column("user_id")[0].as_py())

@@ -14,7 +14,9 @@ from adslog.workspace import Workspace, version_name
 from cli import main
 from dermcore.errors import QualityGateError, VersionMismatchError
 from embstore.aggregate import AggregationConfig
-from embstore.store import StoreGates, open_version, publish_day
+from embstore.store import StoreGates, embeddings_dir, open_version, publish_day
+from ranking.train import ranker_dir
+from towers.train import models_dir
 from workflow.cycle import run_day
 from workflow.lineage import LineageError, check_retrain
 from workflow.rollback import rollback
@@ -43,7 +45,7 @@ def test_retrain_over_a_serving_version_is_refused(ws_copy: tuple[Workspace, dic
         + ["--overwrite"],
     )
     assert r.exit_code == 1 and r.stdout == ""
-    mdir = ws.models_dir("ctr") / version_name(boot)
+    mdir = models_dir(ws, "ctr") / version_name(boot)
     assert r.stderr.startswith(f"Error: {mdir}: published, and ")
     assert r.stderr.endswith(
         "a retrain would replace a serving lineage in place: train into a new workspace\n"
@@ -60,8 +62,8 @@ def test_daily_refuses_a_day_whose_model_and_store_lineages_differ(ws_copy: tupl
     rollback(ws, d1)  # d2's versions move aside; a model trained from scratch at d2 is a new lineage
     r = runner.invoke(
         main,
-        ["train", "--work", str(ws.root), "--first-day", str(s["train_days"][0]), "--last-day", str(d2)]
-        + ["--epochs", "1"],  # any new lineage is refused: one epoch makes one
+        ["train", "--work", str(ws.root), "--first-day", str(d2), "--last-day", str(d2)]
+        + ["--epochs", "1"],  # any new lineage is refused: one epoch on one day makes one
     )
     assert r.exit_code == 0, r.stderr
     new_lineage = json.loads(r.stdout.split("lineage: ")[1].split("\n")[0].join(['"', '"']))
@@ -69,7 +71,7 @@ def test_daily_refuses_a_day_whose_model_and_store_lineages_differ(ws_copy: tupl
     with pytest.raises(LineageError) as e:
         run_day(ws, d2 + 1)
     msg = str(e.value)
-    mdir = ws.models_dir("ctr") / version_name(d2)
+    mdir = models_dir(ws, "ctr") / version_name(d2)
     assert msg.startswith(f"{mdir}: model lineage {new_lineage[:8]} differs from the serving store ")
     assert f"roll back to the old lineage (`derm rollback --to {d1}`)" in msg
     assert _tree(ws) == before  # refused before anything was trained or written
@@ -81,9 +83,9 @@ def test_ranker_never_reads_embeddings_of_another_lineage(ws_copy: tuple[Workspa
     ts = TwoStage(ws, day=day)
     user = int(ts.retriever.store.ids("user")[0])  # type: ignore[union-attr]
     assert ts.query(user)["results"]
-    store = ws.embeddings_dir("ctr") / version_name(ws.version_before(ws.embeddings_dir("ctr"), day))
-    lineage = open_version(ws.embeddings_dir("ctr"), int(store.name[4:])).lineage
-    rdir = ws.ranker_dir / version_name(ws.version_before(ws.ranker_dir, day))
+    store = embeddings_dir(ws, "ctr") / version_name(ws.version_before(embeddings_dir(ws, "ctr"), day))
+    lineage = open_version(embeddings_dir(ws, "ctr"), int(store.name[4:])).lineage
+    rdir = ranker_dir(ws) / version_name(ws.version_before(ranker_dir(ws), day))
     m = json.loads((rdir / "manifest.json").read_text())
     m["embedding_lineages"] = {"ctr": ["f" * 32]}  # as if trained on a space the stores no longer hold
     (rdir / "manifest.json").write_text(json.dumps(m))
@@ -103,7 +105,7 @@ def test_old_rankers_lineage_is_resolved_from_their_embedding_versions(
     from ranking.train import embedding_lineages
 
     ws, s = ws_copy
-    rdir = ws.ranker_dir / version_name(ws.latest_day(ws.ranker_dir))
+    rdir = ranker_dir(ws) / version_name(ws.latest_day(ranker_dir(ws)))
     m = json.loads((rdir / "manifest.json").read_text())
     recorded = {t: set(v) for t, v in m["embedding_lineages"].items()}
     del m["embedding_lineages"]  # a ranker written before the field existed

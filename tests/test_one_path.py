@@ -14,6 +14,9 @@ from click.testing import CliRunner
 from adslog.workspace import Workspace, version_name
 from cli import main
 from dermcore.artifact import get_latest
+from embstore.store import embeddings_dir
+from index.versions import index_dir
+from ranking.train import ranker_dir
 
 CLI = Path(__file__).resolve().parent.parent / "cli.py"
 MAX_BODY = 25
@@ -91,9 +94,9 @@ def test_a_bad_index_is_refused_by_the_manual_build_and_the_daily_cycle(
     for e in errors:
         assert e.startswith("Error: ") and e.count("\n") == 0
         assert "self-check recall@100 0.5000 is under the threshold 0.9; not published" in e
-    assert get_latest(ws.index_dir) == version_name(yesterday)
+    assert get_latest(index_dir(ws)) == version_name(yesterday)
     # the daily cycle got as far as the index: the store moved on, the index did not
-    assert get_latest(ws.embeddings_dir("ctr")) == version_name(day)
+    assert get_latest(embeddings_dir(ws, "ctr")) == version_name(day)
 
 
 def test_a_ranker_of_another_lineage_is_refused_by_the_daily_cycle(ws_copy: tuple[Workspace, dict]) -> None:
@@ -101,7 +104,7 @@ def test_a_ranker_of_another_lineage_is_refused_by_the_daily_cycle(ws_copy: tupl
     matches; the daily cycle evaluates through the same check before it trains or writes anything."""
     ws, s = ws_copy
     day = s["eval_day"]
-    rdir = ws.ranker_dir / version_name(ws.version_before(ws.ranker_dir, day))  # type: ignore[arg-type]
+    rdir = ranker_dir(ws) / version_name(ws.version_before(ranker_dir(ws), day))  # type: ignore[arg-type]
     m: dict[str, Any] = json.loads((rdir / "manifest.json").read_text())
     m["embedding_lineages"] = {"ctr": ["f" * 32]}
     (rdir / "manifest.json").write_text(json.dumps(m))

@@ -16,16 +16,19 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from embstore.store import embeddings_dir
+
 with warnings.catch_warnings():  # starlette's TestClient warns that it runs over httpx
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
 from adserving.two_stage import TwoStage
+from adserving.versions import publish_workspace
 from adslog.workspace import Workspace
 from cli import main
 from dermcore.errors import VersionMismatchError
 from dermserve import ServiceConfig, create_app
-from embstore.online import OnlineStore, OnlineStoreConfig, publish_workspace
+from embstore.online import OnlineStore, OnlineStoreConfig
 from embstore.store import open_version
 from tests import serving
 from tests.serving import REDIS_URL, latest_day, republish, wait_until, withdraw
@@ -47,7 +50,7 @@ def _client() -> redis.Redis:
 def test_publish_then_lookups_equal_the_local_store(demo_ws: tuple[Path, dict], redis_prefix: str) -> None:
     ws = Workspace.open(demo_ws[0])
     day = latest_day(ws)
-    local = open_version(ws.embeddings_dir("ctr"), day)
+    local = open_version(embeddings_dir(ws, "ctr"), day)
     out = publish_workspace(ws, _cfg(redis_prefix))
     assert out["skipped"] is False and out["previous"] is None
     assert out["artifact_id"] == local.manifest["artifact_id"] and out["version"] == local.version
@@ -80,10 +83,10 @@ def test_kill_mid_publish_keeps_the_old_version_live(
     ws = Workspace.open(demo_ws[0])
     day = latest_day(ws)
     old = publish_workspace(ws, _cfg(redis_prefix), day=day - 1)
-    new_id = open_version(ws.embeddings_dir("ctr"), day).manifest["artifact_id"]
+    new_id = open_version(embeddings_dir(ws, "ctr"), day).manifest["artifact_id"]
     code = (
         "import sys; from adslog.workspace import Workspace; "
-        "from embstore.online import OnlineStoreConfig, publish_workspace; "
+        "from adserving.versions import publish_workspace; from embstore.online import OnlineStoreConfig; "
         "publish_workspace(Workspace(sys.argv[1]), OnlineStoreConfig(sys.argv[2], users_per_bucket=2), "
         "day=int(sys.argv[3]))"
     )
@@ -198,7 +201,7 @@ def test_daily_cycle_publishes_the_serving_version(
     day = latest_day(ws)
     cfg = replace(load_cycle_config(ws, "cpu"), feature_store=f"{REDIS_URL}?prefix={redis_prefix}")
     assert CycleConfig.from_json(cfg.to_json(), "cpu").feature_store == cfg.feature_store
-    served = open_version(ws.embeddings_dir("ctr"), day).manifest["artifact_id"]
+    served = open_version(embeddings_dir(ws, "ctr"), day).manifest["artifact_id"]
     online = OnlineStore(_cfg(redis_prefix))
     try:
         # days already published are skipped, but the publish step runs: a failed publish completes on a rerun

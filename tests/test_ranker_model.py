@@ -18,7 +18,7 @@ from dermcore.errors import DataError
 from dermfeatures.batches import ImpressionArrays, Inputs
 from dermfeatures.spec import FeatureSpec, Field
 from embstore.aggregate import AggregationConfig, Heuristic
-from embstore.store import open_version, publish_day
+from embstore.store import embeddings_dir, open_version, publish_day
 from ranking.model import DERM_INPUTS, CrossLayer, CrossNetwork, MMoE, Ranker, RankerConfig
 from ranking.train import DermLookup, load_ranker, ranker_optimizer, score, train_ranker
 
@@ -254,7 +254,7 @@ def test_point_in_time_version_d_never_serves_day_d(tmp_path: Path, demo_ws: tup
     """Store versions 10 and 11 hold different vectors; rows of day 11 read version 10, rows of day 12 read
     version 11, and rows of day 10 (no version before) read nothing."""
     ws = Workspace.open(tmp_path / "ws", demo_ws[0] / "data")
-    sdir = ws.embeddings_dir("ctr")
+    sdir = embeddings_dir(ws, "ctr")
     users = np.array([3, 5, 7], np.int64)
     prev = None
     model = {"dim": 4, "lineage": "L", "model_version": "m", "artifact_id": "a" * 32}
@@ -292,7 +292,7 @@ def test_trained_ranker_consumed_only_earlier_versions(demo_ws: tuple[Path, dict
     days = summary["train_days"]
     m = json.loads((work / "ranker" / version_name(days[-1]) / "manifest.json").read_text())
     ws = Workspace.open(work)
-    want = {open_version(ws.embeddings_dir("ctr"), d).version for d in days[:-1]}
+    want = {open_version(embeddings_dir(ws, "ctr"), d).version for d in days[:-1]}
     for name in m["config"]["derm_inputs"]:
         assert set(m["embedding_versions"][name]) == want
 

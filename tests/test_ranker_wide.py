@@ -20,7 +20,7 @@ from dermfeatures.onehot import ADS_FIELDS, dataset_fields, fields_keys
 from dermfeatures.spec import FeatureSpec, Field
 from eval.baselines import fit_logistic, read_rows
 from ranking.model import Ranker, RankerConfig, WidePart
-from ranking.train import load_ranker, new_snapshot, ranker_spec, train_ranker
+from ranking.train import load_ranker, new_snapshot, ranker_dir, ranker_spec, train_ranker
 from ranking.wide import WIDE_L2, fit_column, fit_wide_part, wide_keys
 
 torch.set_num_threads(1)
@@ -217,13 +217,13 @@ def test_daily_fine_tune_refits_the_wide_part_on_the_window(
     assert set(by_l2) == {repr(x) for x in WIDE_L2} and repr(m["wide_fit"]["l2"][0]) in by_l2
     assert by_l2[repr(m["wide_fit"]["l2"][0])] == max(by_l2.values()) > 0.55
     assert m["wide_fit"]["prior"][0] == pytest.approx(m["wide_fit"]["l2"][0] * m["wide_fit"]["rows"])
-    parent = ws.ranker_dir / version_name(days[-2])
+    parent = ranker_dir(ws) / version_name(days[-2])
     m2 = train_ranker(ws, ds, [days[-1]], cfg, parent, device="cpu", overwrite=True)
     assert m2["wide_fit"]["days"] == days[-2:]  # the window: 2 days
     # the parent's prior (L2 on the summed loss), at the window's rows
     assert m2["wide_fit"]["prior"] == pytest.approx(m["wide_fit"]["prior"])
     assert m2["wide_fit"]["l2"][0] == pytest.approx(m["wide_fit"]["prior"][0] / m2["wide_fit"]["rows"])
-    snap = load_ranker(ws.ranker_dir / version_name(days[-1]))
+    snap = load_ranker(ranker_dir(ws) / version_name(days[-1]))
     assert snap.ranker.wide is not None and snap.ranker.wide.intercept is not None
     assert math.isfinite(float(snap.ranker.wide.intercept[0])) and float(snap.ranker.wide.intercept[0]) < -1
 

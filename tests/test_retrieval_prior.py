@@ -12,7 +12,8 @@ import pytest
 
 from adslog.workspace import Workspace
 from dermcore.errors import ConfigError, DataError
-from eval.evaluate import day_clicks
+from eval.evaluate import day_clicks, eval_path
+from index.versions import index_dir
 from retrieval.prior import (
     DEFAULT_BETAS,
     LogPrior,
@@ -208,11 +209,11 @@ def test_daily_cycle_records_the_prior_and_serving_applies_it(demo_ws: tuple[Pat
     assert rec["validation_days"] == [served_day] and rec["k"] == 100
     assert r.prior == PriorConfig.from_json(rec["config"])
     assert rec["recall_at_k_chosen"] >= rec["recall_at_k_without_prior"]
-    doc = json.loads(ws.eval_path(day).read_text())
+    doc = json.loads(eval_path(ws, day).read_text())
     assert doc["retrieval"]["prior"] == r.prior.to_json()  # type: ignore[union-attr]
     # the bootstrap's index (no validation day before it) records none
-    first = min(ws.published_days(ws.index_dir))
-    m = json.loads((ws.index_dir / f"day={first}" / "manifest.json").read_text())
+    first = min(ws.published_days(index_dir(ws)))
+    m = json.loads((index_dir(ws) / f"day={first}" / "manifest.json").read_text())
     assert "retrieval_prior" not in m["upstream"]
 
 

@@ -24,6 +24,11 @@ from cli import main
 from dermcore.artifact import get_latest, publishing, set_latest, write_json_atomic
 from dermcore.errors import DataError
 from dermcore.safepath import check_component, is_plain, resolve_under, safe_component
+from embstore.store import embeddings_dir
+from eval.evaluate import eval_path
+from index.versions import index_dir
+from ranking.train import ranker_dir
+from towers.train import models_dir
 
 
 def _files_below(root: Path) -> set[str]:
@@ -162,17 +167,17 @@ def test_workspace_refuses_planted_symlinks(tmp_path: Path, demo_ws: tuple[Path,
     (ws.root / "models").mkdir()
     (ws.root / "models" / "ctr").symlink_to(outside, target_is_directory=True)
     for get in (
-        lambda: ws.index_dir,
-        lambda: ws.ranker_dir,
-        lambda: ws.eval_path(3),
-        lambda: ws.models_dir("ctr"),
+        lambda: index_dir(ws),
+        lambda: ranker_dir(ws),
+        lambda: eval_path(ws, 3),
+        lambda: models_dir(ws, "ctr"),
     ):
         with pytest.raises(DataError) as e:
             get()
         assert "is a symbolic link" in str(e.value)
     with pytest.raises(DataError):
-        ws.models_dir("../../x")
-    assert ws.embeddings_dir("ctr") == ws.root / "embeddings" / "ctr"
+        models_dir(ws, "../../x")
+    assert embeddings_dir(ws, "ctr") == ws.root / "embeddings" / "ctr"
     assert list(outside.iterdir()) == []
 
 
@@ -203,7 +208,7 @@ def test_manifest_paths_cannot_point_outside(tmp_path: Path, demo_ws: tuple[Path
         Oracle.load(copy)
     assert str(e.value) == f"{copy / 'manifest.json'}: path '../orig/oracle' leaves {copy}"
 
-    idx = ws.index_dir / f"day={ws.latest_day(ws.index_dir)}"
+    idx = index_dir(ws) / f"day={ws.latest_day(index_dir(ws))}"
     icopy = tmp_path / "idx"
     shutil.copytree(idx, icopy)
     im = json.loads((icopy / "manifest.json").read_text())

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from ranking.train import ranker_dir
+
 with warnings.catch_warnings():  # starlette's TestClient warns that it runs over httpx
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
@@ -297,7 +299,7 @@ def test_hot_swap_new_day_corrupt_version_and_rollback(
         assert "derm_swap_failures_total 1" in metrics and "derm_last_swap_failure_info{error=" in metrics
         assert mgr.swaps == 0
         # repaired: the failed set waits for retry_failed_s, a forced reload loads it now
-        (ws.ranker_dir / version_name(day) / "weights.pt").write_bytes(good)
+        (ranker_dir(ws) / version_name(day) / "weights.pt").write_bytes(good)
         time.sleep(0.3)
         assert mgr.current.versions == old
         r = c.post("/v1/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -362,14 +364,14 @@ def test_swap_under_concurrent_http_requests(ws_copy: tuple[Workspace, dict], tm
             threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
             for t in threads:
                 t.start()
-            time.sleep(1.0)
+            time.sleep(0.5)
             republish(ws, day, aside)
             _wait(lambda: (ready() or first)["day"] == day + 1, 60)
-            time.sleep(1.0)
+            time.sleep(0.5)
             with ws.lock():
                 rollback(ws, day - 1)
             _wait(lambda: (ready() or first)["day"] == day, 60)
-            time.sleep(1.0)
+            time.sleep(0.5)
             stop.set()
             for t in threads:
                 t.join(60)

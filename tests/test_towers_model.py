@@ -1,5 +1,6 @@
 """towers: the DHEN backbone, both tower backbones, TowerConfig, snapshots (resume and new ids), point-in-time
-sequence features, accidental hits in the training task, and that no oracle column reaches a model."""
+sequence features, accidental hits in the training task, the export that builds only the towers it needs, and
+that no oracle column reaches a model."""
 
 from __future__ import annotations
 
@@ -19,15 +20,16 @@ from adslog.dataset import Dataset
 from adslog.schema import ColumnKind
 from adslog.sequences import CLICK, CONVERSION, OFFSITE, ActivityLog
 from adslog.synth import SynthConfig, generate
-from dermcore.errors import ConfigError
+from dermcore.errors import ConfigError, DataError, DermError
 from dermfeatures.batches import Inputs, training_batches
 from dermfeatures.spec import FeatureSpec, Field, build_feature_spec
 from dermtrain.loop import run_epochs
 from dermtrain.optim import TowerOptimizer
 from towers.config import Backbone, DhenModule, TowerConfig
 from towers.dhen import DhenBackbone, DhenLayer, MaskNetModule
+from towers.export import load_towers
 from towers.infer import embed_ads, embed_users
-from towers.model import DermModel
+from towers.model import DermModel, EntityTower, InteractionTower
 from towers.train import TrainTask, load_snapshot, new_snapshot, save_snapshot, train_towers
 
 CPU = torch.device("cpu")
@@ -374,11 +376,63 @@ def test_incremental_step_learns_ids_first_seen_after_the_snapshot(tiny_ds: Path
     )
     assert ((w1 - w0).abs().sum(1) > 0).float().mean() > 0.9
     ts = np.full(len(new_users), (days[2] + 1) * 86400, np.int64)
-    u = embed_users(child, inputs, new_users, ts)
+    u = embed_users(child.towers, inputs, new_users, ts)
     assert np.isfinite(u).all() and np.allclose(np.linalg.norm(u, axis=1), 1.0, atol=1e-5)
     # an ad id nobody has ever seen is embedded from its (absent) features and its own hash bucket
-    a = embed_ads(child, inputs, np.array([10**15 + 7, 10**15 + 9], np.int64))
+    a = embed_ads(child.towers, inputs, np.array([10**15 + 7, 10**15 + 9], np.int64))
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5) and not np.allclose(a[0], a[1])
+
+
+def test_the_export_builds_only_the_tower_it_needs(
+    tiny_ds: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torchrec's model / train task / export split: `load_towers` builds the towers asked for and nothing else
+    (not the other tower, not the interaction tower, no training task), with the parameters the whole model
+    holds, so they embed exactly as the training snapshot does."""
+    ds = Dataset.open(tiny_ds)
+    days = ds.days()
+    train_towers(ds, days[:1], SMALL, tmp_path / "models", device="cpu")
+    sdir = tmp_path / "models" / f"day={days[0]}"
+    full = load_snapshot(sdir, with_state=False)
+    built: list[str] = []
+    entity_init = EntityTower.__init__
+
+    def counted(self: EntityTower, spec: FeatureSpec, entity: str, cfg: TowerConfig) -> None:
+        built.append(entity)
+        entity_init(self, spec, entity, cfg)
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the export built the interaction tower")
+
+    monkeypatch.setattr(EntityTower, "__init__", counted)
+    monkeypatch.setattr(InteractionTower, "__init__", refused)
+    user_only = load_towers(sdir, ("user",))
+    assert built == ["user"] and user_only.ad is None
+    ad_only = load_towers(sdir, ("ad",))
+    assert built == ["user", "ad"] and ad_only.user is None
+    meta = load_towers(sdir, ())  # the manifest, config and spec only
+    assert built == ["user", "ad"] and meta.user is None and meta.ad is None
+    monkeypatch.undo()
+    assert user_only.model_version == meta.model_version == full.model_version
+    for got, ref in ((user_only.user, full.model.user_tower), (ad_only.ad, full.model.pin_tower)):
+        assert got is not None
+        sd, want = got.state_dict(), ref.state_dict()
+        assert sd.keys() == want.keys() and all(torch.equal(sd[k], want[k]) for k in sd)
+    inputs = Inputs(ds, full.spec, ActivityLog.from_dataset(ds, days[1]), SMALL.seq_len)
+    users = np.unique(ds.impressions(days[1], ["user_id"]).column("user_id").to_numpy()).astype(np.int64)
+    ts = np.full(len(users), (days[1] + 1) * 86400, np.int64)
+    ads = ds.live_ads(days[1])
+    u = embed_users(user_only, inputs, users, ts)
+    np.testing.assert_array_equal(u, embed_users(full.towers, inputs, users, ts))
+    np.testing.assert_array_equal(embed_ads(ad_only, inputs, ads), embed_ads(full.towers, inputs, ads))
+    assert np.abs(u[0] - u[1]).max() > 1e-3  # real vectors, not a constant
+    with pytest.raises(DermError, match="the ad tower was not loaded"):
+        embed_ads(user_only, inputs, ads)
+    with pytest.raises(DermError, match="towers to load"):
+        load_towers(sdir, ("interaction",))
+    (sdir / "weights.pt").write_bytes(b"\0" * (sdir / "weights.pt").stat().st_size)  # same size, other bytes
+    with pytest.raises(DataError, match="differs from the manifest"):
+        load_towers(sdir, ("user",))  # the manifest's payload record is checked before any weight is read
 
 
 def test_sequence_features_use_no_event_at_or_after_the_impression(tiny_ds: Path) -> None:

@@ -13,10 +13,13 @@ from adserving.two_stage import ServeConfig, TwoStage, query
 from adslog.workspace import Workspace, version_name
 from dermcore.artifact import read_json
 from dermcore.errors import DermError, VersionMismatchError
-from embstore.store import open_version
-from eval.evaluate import evaluate_day
+from embstore.store import embeddings_dir, open_version
+from eval.evaluate import eval_path, evaluate_day
+from index.versions import index_dir
+from ranking.train import ranker_dir
 from retrieval.retrieve import Retriever
-from workflow.cycle import run_day
+from towers.train import models_dir
+from workflow.cycle import load_cycle_config, run_day
 from workflow.demo import DemoConfig, run_demo
 
 
@@ -65,23 +68,23 @@ def test_every_stage_published_each_day(demo_ws: tuple[Path, dict]) -> None:
     work, s = demo_ws
     ws = Workspace.open(work)
     published = s["train_days"] + s["daily_days"]
-    assert ws.published_days(ws.embeddings_dir("ctr")) == published
-    assert ws.published_days(ws.models_dir("ctr")) == [s["train_days"][-1], *s["daily_days"]]
-    assert ws.published_days(ws.index_dir) == [s["train_days"][-1], *s["daily_days"]]
-    assert ws.published_days(ws.ranker_dir) == [s["train_days"][-1], *s["daily_days"]]
+    assert ws.published_days(embeddings_dir(ws, "ctr")) == published
+    assert ws.published_days(models_dir(ws, "ctr")) == [s["train_days"][-1], *s["daily_days"]]
+    assert ws.published_days(index_dir(ws)) == [s["train_days"][-1], *s["daily_days"]]
+    assert ws.published_days(ranker_dir(ws)) == [s["train_days"][-1], *s["daily_days"]]
     for d in s["daily_days"] + [s["eval_day"]]:
-        assert ws.eval_path(d).exists()
+        assert eval_path(ws, d).exists()
     # back inference is marked, daily versions are not
-    assert open_version(ws.embeddings_dir("ctr"), s["train_days"][0]).manifest["back_inferred"] is True
-    assert open_version(ws.embeddings_dir("ctr"), s["daily_days"][-1]).manifest["back_inferred"] is False
+    assert open_version(embeddings_dir(ws, "ctr"), s["train_days"][0]).manifest["back_inferred"] is True
+    assert open_version(embeddings_dir(ws, "ctr"), s["daily_days"][-1]).manifest["back_inferred"] is False
     # no temp directory is left anywhere
     assert not [p for p in work.rglob(".tmp-*")]
 
 
-def test_rerun_recomputes_nothing(demo_ws: tuple[Path, dict]) -> None:
+def test_rerun_recomputes_nothing(demo_ws: tuple[Path, dict], demo_cfg: DemoConfig) -> None:
     work, _ = demo_ws
     before = _artifact_ids(work)
-    again = run_demo(work, DemoConfig.tiny())
+    again = run_demo(work, demo_cfg)
     assert _artifact_ids(work) == before
     assert "train_ctr" not in again["stage_seconds"] and "ranker" not in again["stage_seconds"]
     assert run_day(Workspace.open(work), again["daily_days"][0])["skipped"] is True
@@ -91,12 +94,12 @@ def test_eval_uses_only_versions_before_the_day(demo_ws: tuple[Path, dict]) -> N
     work, s = demo_ws
     ws = Workspace.open(work)
     day = s["daily_days"][0]
-    doc = evaluate_day(ws, day)
+    doc = evaluate_day(ws, day, slate_users=load_cycle_config(ws).slate_users)  # the cycle's sample
     assert doc["embedding_day"] == day - 1
     assert version_name(day - 1) in doc["versions"]["embeddings"]
     assert version_name(day - 1) in doc["versions"]["index"]
     assert version_name(day - 1) in doc["versions"]["ranker"]
-    assert doc == read_json(ws.eval_path(day))
+    assert doc == read_json(eval_path(ws, day))
 
 
 def test_query_two_stage(demo_ws: tuple[Path, dict]) -> None:
@@ -137,8 +140,8 @@ def test_retrieval_filters_to_live_ads_and_refuses_skew(demo_ws: tuple[Path, dic
     skew = tmp_path / "skew"
     shutil.copytree(work, skew)
     ws2 = Workspace(skew)
-    shutil.rmtree(ws2.index_dir / version_name(day - 1))
-    shutil.copytree(ws2.index_dir / version_name(day - 2), ws2.index_dir / version_name(day - 1))
+    shutil.rmtree(index_dir(ws2) / version_name(day - 1))
+    shutil.copytree(index_dir(ws2) / version_name(day - 2), index_dir(ws2) / version_name(day - 1))
     with pytest.raises(VersionMismatchError, match="embedding_version"):
         Retriever(ws2, day)
     assert Retriever(ws2, day, allow_skew=True).index is not None
@@ -148,7 +151,7 @@ def test_retrieval_filters_to_live_ads_and_refuses_skew(demo_ws: tuple[Path, dic
     half = tmp_path / "half"
     shutil.copytree(work, half)
     ws3 = Workspace(half)
-    set_latest(ws3.index_dir, version_name(day - 2))
+    set_latest(index_dir(ws3), version_name(day - 2))
     r3 = Retriever(ws3, day)
     assert r3.store is not None and r3.store.day == day - 2
     assert version_name(day - 2) in r3.versions["index"]
@@ -181,3 +184,53 @@ def test_no_oracle_column_reaches_a_model(demo_ws: tuple[Path, dict]) -> None:
             "numeric",
             "dense_vector",
         }
+
+
+def test_slate_users_is_one_workspace_setting(tmp_path: Path) -> None:
+    """`slate_users` (eval's true-slate sample) lives in the cycle config: validated, saved, read back from the
+    run config file, and 300 (the sample eval always drew) for a cycle.json written before the key. Every
+    evaluation of a workspace uses it: `tests/test_cli.py::test_eval_json_matches_report` (the tests' demo
+    samples 60) fails if `derm eval` does not."""
+    from dermcore.errors import ConfigError
+    from eval.evaluate import SLATE_USERS
+    from workflow.cycle import CycleConfig
+    from workflow.run_config import load_run_config
+
+    assert CycleConfig().slate_users == SLATE_USERS == 300
+    saved = CycleConfig(slate_users=7).to_json()
+    assert saved["slate_users"] == 7 and CycleConfig.from_json(saved).slate_users == 7
+    del saved["slate_users"]
+    assert CycleConfig.from_json(saved).slate_users == SLATE_USERS
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ConfigError, match="slate_users must be an integer >= 0"):
+            CycleConfig(slate_users=bad)  # type: ignore[arg-type]
+    f = tmp_path / "run.toml"
+    f.write_text("[cycle]\nslate_users = 0\n")
+    assert load_run_config(f).cycle.slate_users == 0
+
+
+def test_the_daily_export_builds_no_interaction_tower(
+    ws_copy: tuple[Workspace, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cycle's embed step (`publish_embeddings`) reads only the two entity towers of the snapshot: with the
+    interaction tower (so the whole model) impossible to build, it republishes the demo's store version of a
+    daily day, vector for vector."""
+    import towers.model
+    from workflow.cycle import publish_embeddings
+
+    ws, s = ws_copy
+    day = s["daily_days"][-1]
+    ref = open_version(embeddings_dir(ws, "ctr"), day)
+    want = {e: (ref.ids(e).copy(), np.array(ref.vectors(e))) for e in ("user", "ad")}
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the daily export built the interaction tower")
+
+    monkeypatch.setattr(towers.model.InteractionTower, "__init__", refused)
+    cfg = load_cycle_config(ws, "cpu")
+    m = publish_embeddings(ws, ws.dataset(), "ctr", day, cfg, day, back_inferred=False, overwrite=True)
+    assert m["artifact_id"] != ref.manifest["artifact_id"]  # really republished
+    got = open_version(embeddings_dir(ws, "ctr"), day)
+    for e, (ids, vecs) in want.items():
+        np.testing.assert_array_equal(got.ids(e), ids)
+        np.testing.assert_allclose(got.vectors(e), vecs, rtol=0, atol=1e-6)

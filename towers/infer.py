@@ -5,6 +5,9 @@ before the next day starts): the last embedding of the day. Ads are embedded fro
 tower sees no engagement), so every ad impressed today or live tomorrow by schedule is embedded with today's
 snapshot: ads going live tomorrow get their *launch* embedding today, tomorrow's index serves them from their
 first hour, and every served ad vector lives in the same model version's space as the users'.
+
+The functions take `towers.export.Towers`: a published snapshot's towers from `load_towers` (only those
+needed: users need the user tower, ads the Pin tower), or `Snapshot.towers` of a snapshot at hand.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
 from dermfeatures.batches import Inputs, to_device
-from towers.train import Snapshot
+from towers.export import Towers
 
 
 @dataclass
@@ -35,27 +38,29 @@ class DailyEmbeddings:
 
 @torch.no_grad()
 def embed_users(
-    snap: Snapshot, inputs: Inputs, user_ids: np.ndarray, ts: np.ndarray, batch: int = 8192
+    towers: Towers, inputs: Inputs, user_ids: np.ndarray, ts: np.ndarray, batch: int = 8192
 ) -> np.ndarray:
-    """float32[n, dim] user embeddings with sequences strictly before `ts`."""
-    dev = next(snap.model.parameters()).device
-    snap.model.eval()
-    out = np.zeros((len(user_ids), snap.config.dim), np.float32)
+    """float32[n, dim] user embeddings (the user tower) with sequences strictly before `ts`."""
+    tower = towers.tower("user")
+    dev = next(tower.parameters()).device
+    tower.eval()
+    out = np.zeros((len(user_ids), towers.config.dim), np.float32)
     for s in range(0, len(user_ids), batch):
         b = to_device(inputs.user_batch(user_ids[s : s + batch], ts[s : s + batch]), dev)
-        out[s : s + batch] = snap.model.user_tower(b, "user").float().cpu().numpy()
+        out[s : s + batch] = tower(b, "user").float().cpu().numpy()
     return out
 
 
 @torch.no_grad()
-def embed_ads(snap: Snapshot, inputs: Inputs, ad_ids: np.ndarray, batch: int = 8192) -> np.ndarray:
+def embed_ads(towers: Towers, inputs: Inputs, ad_ids: np.ndarray, batch: int = 8192) -> np.ndarray:
     """float32[n, dim] Pin-tower embeddings of ads (static features only)."""
-    dev = next(snap.model.parameters()).device
-    snap.model.eval()
-    out = np.zeros((len(ad_ids), snap.config.dim), np.float32)
+    tower = towers.tower("ad")
+    dev = next(tower.parameters()).device
+    tower.eval()
+    out = np.zeros((len(ad_ids), towers.config.dim), np.float32)
     for s in range(0, len(ad_ids), batch):
         b = to_device(inputs.ad_batch(ad_ids[s : s + batch]), dev)
-        out[s : s + batch] = snap.model.pin_tower(b, "ad").float().cpu().numpy()
+        out[s : s + batch] = tower(b, "ad").float().cpu().numpy()
     return out
 
 
@@ -89,23 +94,24 @@ def end_of_day(day: int) -> int:
 
 def embed_day(
     ds: Dataset,
-    snap: Snapshot,
+    towers: Towers,
     day: int,
     known_ad_ids: np.ndarray | None = None,
     activity: ActivityLog | None = None,
 ) -> DailyEmbeddings:
-    """Embeddings of day `day`'s entities (`day_entities`) in this process: the single-process engine."""
+    """Embeddings of day `day`'s entities (`day_entities`) in this process: the single-process engine. `towers`
+    needs both towers (`load_towers(dir, ("user", "ad"))`)."""
     ents = day_entities(ds, day, known_ad_ids)
     if activity is None:
         activity = ActivityLog.from_dataset(ds, day)
-    inputs = Inputs(ds, snap.spec, activity, snap.config.seq_len)
+    inputs = Inputs(ds, towers.spec, activity, towers.config.seq_len)
     ts = np.full(len(ents.users), end_of_day(day), np.int64)
     return DailyEmbeddings(
         day=day,
-        model_version=snap.model_version,
+        model_version=towers.model_version,
         user_ids=ents.users,
-        user_vecs=embed_users(snap, inputs, ents.users, ts),
+        user_vecs=embed_users(towers, inputs, ents.users, ts),
         ad_ids=ents.ads,
-        ad_vecs=embed_ads(snap, inputs, ents.ads),
+        ad_vecs=embed_ads(towers, inputs, ents.ads),
         n_launch_ads=ents.n_launch_ads,
     )

@@ -1,8 +1,8 @@
 """The upstream model: user tower, Pin (ad) tower and the overall interaction tower.
 
 Towers are plain `nn.Module`s with no loss (the training task in `towers.train` holds the losses), so the daily
-export runs only the tower it needs (`towers.infer.embed_users` / `embed_ads`; the snapshot it reads still builds
-the whole model). Both entity towers turn their inputs into feature *tokens* of width C
+export builds and runs only the tower it needs (`towers.export.load_towers`, `towers.infer.embed_users` /
+`embed_ads`): neither the other tower nor the interaction tower is built to embed. Both entity towers turn their inputs into feature *tokens* of width C
 (`FieldEncoder`), mix them with the configured backbone and emit one L2-normalised embedding of width `dim`:
 
 * `dhen` (default, the DERM paper's towers): a DHEN stack over the T_in feature tokens (`towers.dhen`), a learned

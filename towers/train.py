@@ -20,7 +20,7 @@ from torch import nn
 
 from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
-from adslog.workspace import version_name
+from adslog.workspace import Workspace, version_name
 from dermcore.artifact import make_manifest, publishing, read_manifest, set_latest, write_json_atomic
 from dermcore.errors import DataError, DermError
 from dermcore.progress import Progress, no_progress
@@ -30,13 +30,19 @@ from dermtrain.loop import resolve_device, run_epochs
 from dermtrain.optim import TowerOptimizer
 from dermtrain.parallel import DataParallel
 from towers.config import Task, TowerConfig
+from towers.export import MODEL_KIND, MODEL_SCHEMA_VERSION, Towers
 from towers.losses import CandidateFrequency, multitask_bce, sampled_softmax_loss
 from towers.model import DermModel
 
 log = logging.getLogger(__name__)
 
-MODEL_KIND = "tower_model"
-MODEL_SCHEMA_VERSION = 1
+#: the towers' folder of a workspace: WORK/models/<task>/day=<D>/ (snapshots; LATEST)
+MODELS = "models"
+
+
+def models_dir(ws: Workspace, task: str) -> Path:
+    """WORK/models/<task>: the snapshots of the `task` upstream model (ctr, cvr)."""
+    return ws.inside(MODELS, task)
 
 
 class TrainTask(nn.Module):
@@ -96,6 +102,14 @@ class Snapshot:
     def model_version(self) -> str:
         return str(self.manifest["model_version"])
 
+    @property
+    def towers(self) -> Towers:
+        """The user and Pin towers of this snapshot's model (the same modules, not copies), as the export
+        presents them: what `towers.infer` embeds with while a snapshot is at hand (training, benchmarks)."""
+        return Towers(
+            self.config, self.spec, self.manifest, self.path, self.model.user_tower, self.model.pin_tower
+        )
+
 
 def new_snapshot(spec: FeatureSpec, cfg: TowerConfig, device: torch.device) -> Snapshot:
     torch.manual_seed(cfg.seed)
@@ -110,7 +124,9 @@ def new_snapshot(spec: FeatureSpec, cfg: TowerConfig, device: torch.device) -> S
 
 
 def load_snapshot(directory: Path, device: torch.device | str = "cpu", with_state: bool = True) -> Snapshot:
-    """Load a snapshot; the manifest is validated before the weights are read."""
+    """Load a snapshot to train on (the whole model, the training task and, `with_state`, the optimiser and
+    logQ state); the manifest is validated before the weights are read. Inference reads only the towers it
+    needs through `towers.export.load_towers`."""
     directory = Path(directory)
     m = read_manifest(directory, MODEL_KIND, MODEL_SCHEMA_VERSION)
     dev = torch.device(device)

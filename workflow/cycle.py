@@ -20,7 +20,7 @@ run_day(d), in order:
        (`adgraph.family`; the same store gates), which serves d + 1
     6. ranker: one increment on d (embeddings of the version before d) -> ranker/day=d
     7. with `feature_store` set: the store version the workspace now serves is published to the online
-       feature store (`embstore.online.publish_workspace`, the `derm publish` path; a no-op when it is live)
+       feature store (`adserving.versions.publish_workspace`, the `derm publish` path; a no-op when it is live)
 
 Quality gates: a store version with NaN / non-unit vectors or a coverage drop over `gates.max_coverage_drop`
 is never written; neither is an index whose self-check recall is under `min_index_recall`.
@@ -53,18 +53,20 @@ from dermcore.errors import ConfigError, DataError, DermError
 from dermcore.progress import Progress, no_progress
 from dermdist.config import Engine, RayInferenceConfig, RayTrainConfig
 from embstore.aggregate import AggregationConfig, Heuristic
-from embstore.store import StoreGates, StoreVersion, open_version, publish_day
-from eval.evaluate import day_clicks, evaluate_day
+from embstore.store import StoreGates, StoreVersion, embeddings_dir, open_version, publish_day
+from eval.evaluate import SLATE_USERS, day_clicks, eval_path, evaluate_day
 from eval.warnings import WarningConfig
 from index import Backend, IndexConfig, SearchParams
 from index.refresh import RefreshConfig
+from index.versions import index_dir
 from ranking.model import RankerConfig
-from ranking.train import train_ranker
+from ranking.train import ranker_dir, train_ranker
 from retrieval.prior import POPULARITY_DAYS
 from retrieval.retrieve import Retriever
 from towers.config import Task, TowerConfig
+from towers.export import Towers, load_towers
 from towers.infer import DailyEmbeddings, embed_day
-from towers.train import Snapshot, load_snapshot, train_towers
+from towers.train import models_dir, train_towers
 from workflow.lineage import check_cycle_lineage
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,7 @@ log = logging.getLogger(__name__)
 CYCLE_FILE = "cycle.json"
 
 # (dataset, snapshot, day, known ad ids int64 | None, activity log | None) -> the day's embeddings
-Embedder = Callable[[Dataset, Snapshot, int, "np.ndarray | None", "ActivityLog | None"], DailyEmbeddings]
+Embedder = Callable[[Dataset, Towers, int, "np.ndarray | None", "ActivityLog | None"], DailyEmbeddings]
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,16 @@ class CycleConfig:
     # with the ray engine, train the towers and the ranker on this many data-parallel Ray Train workers (torch
     # DDP, `dermdist.train`); None: train in the driver process. Ignored by the local engine.
     train_workers: int | None = None
+    # users sampled for each evaluation's true slate value (`eval.slate`, synthetic data only; 0: none): every
+    # evaluation of the workspace (the cycle's, `derm eval`, the demo's and the run's last one) uses it, so
+    # they write the same document
+    slate_users: int = SLATE_USERS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "engine", Engine.parse(self.engine))
+        n = self.slate_users
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"slate_users must be an integer >= 0, got {n!r}")
         if self.ranker.kge_family is not None and not (
             self.kge.enabled and self.ranker.kge_family == self.kge.family
         ):
@@ -177,6 +186,7 @@ class CycleConfig:
             "ray_actors": self.ray_actors,
             "kge": self.kge.to_json(),
             "train_workers": self.train_workers,
+            "slate_users": self.slate_users,
         }
 
     @classmethod
@@ -215,6 +225,8 @@ class CycleConfig:
             # workspaces written before the option had no KGE stage
             kge=KGECycleConfig.from_json(d["kge"]) if "kge" in d else KGECycleConfig(),
             train_workers=d.get("train_workers"),
+            # workspaces written before the option sampled the default
+            slate_users=d.get("slate_users", SLATE_USERS),
         )
 
 
@@ -311,14 +323,16 @@ def publish_embeddings(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Infer day `day` with snapshot `model_day` and publish store version `day` (skips if published)."""
-    sdir = ws.embeddings_dir(task)
+    sdir = embeddings_dir(ws, task)
     if (sdir / version_name(day) / "manifest.json").exists() and not overwrite:
         return open_version(sdir, day).manifest
-    snap = load_snapshot(ws.models_dir(task) / version_name(model_day), cfg_device(cfg), with_state=False)
+    # the export reads only the towers it runs: both here, none in a driver whose Ray actors load their own
+    needed = ("user", "ad") if cfg.engine is Engine.LOCAL else ()
+    towers = load_towers(models_dir(ws, task) / version_name(model_day), needed, cfg_device(cfg))
     prev_day = ws.version_before(sdir, day)
     previous: StoreVersion | None = open_version(sdir, prev_day) if prev_day is not None else None
     known = previous.ids("ad") if previous is not None else None
-    daily = day_embedder(cfg)(ds, snap, day, known, activity)
+    daily = day_embedder(cfg)(ds, towers, day, known, activity)
     imp = ds.impressions(day, ["user_id", "ad_id"])
     active = {
         "user": np.unique(imp.column("user_id").to_numpy()),
@@ -328,7 +342,7 @@ def publish_embeddings(
         sdir,
         task,
         day,
-        snap.manifest,
+        towers.manifest,
         {"user": (daily.user_ids, daily.user_vecs), "ad": (daily.ad_ids, daily.ad_vecs)},
         previous,
         {"user": cfg.aggregation, "ad": cfg.ad_aggregation},
@@ -401,7 +415,7 @@ def train_task_towers(
 ) -> dict[str, Any]:
     """Train `task`'s towers on `days` (from scratch, or one increment from snapshot `parent_day`) and publish
     `models/<task>/day=<max(days)>`: in this process, or data-parallel on Ray (`ray_training`)."""
-    mdir = ws.models_dir(task)
+    mdir = models_dir(ws, task)
     parent = mdir / version_name(parent_day) if parent_day is not None else None
     rcfg = ray_training(cfg)
     if rcfg is not None:
@@ -433,7 +447,7 @@ def train_cycle_ranker(
 ) -> dict[str, Any]:
     """Train the ranker on `days` (from scratch, or fine-tune ranker `parent_day`) and publish
     `ranker/day=<max(days)>`: in this process, or data-parallel on Ray (`ray_training`)."""
-    parent = ws.ranker_dir / version_name(parent_day) if parent_day is not None else None
+    parent = ranker_dir(ws) / version_name(parent_day) if parent_day is not None else None
     rcfg = ray_training(cfg)
     if rcfg is not None:
         from dermdist.train import train_ranker_ray
@@ -467,7 +481,7 @@ def publish_index(
     """
     from index.versions import publish_workspace_index
 
-    target = ws.index_dir / version_name(day) / "manifest.json"
+    target = index_dir(ws) / version_name(day) / "manifest.json"
     if target.exists() and not overwrite:
         m: dict[str, Any] = read_json(target)
         return m
@@ -490,7 +504,7 @@ def fit_retrieval_prior(ws: Workspace, ds: Dataset, day: int, cfg: CycleConfig) 
     """The popularity prior for the days after `day`, fitted on `day`'s clicks with the versions that served
     it (a validation period strictly before the days it will serve): `PriorFit.to_json()`, or None when the
     cycle fits none, nothing served `day` or nobody clicked."""
-    if not cfg.retrieval_prior or ws.version_before(ws.index_dir, day) is None:
+    if not cfg.retrieval_prior or ws.version_before(index_dir(ws), day) is None:
         return None
     users, relevant = day_clicks(ds, day)
     if len(users) == 0:
@@ -533,7 +547,7 @@ def bootstrap(
     last = train_days[-1]
     save_cycle_config(ws, cfg)
     for task in cfg.tasks:
-        mdir = ws.models_dir(task)
+        mdir = models_dir(ws, task)
         if overwrite or not (mdir / version_name(last) / "manifest.json").exists():
             done = timer.stage(f"train_{task}")
             train_task_towers(ws, ds, task, train_days, cfg, None, progress, overwrite)
@@ -551,10 +565,10 @@ def bootstrap(
         for d in train_days:
             publish_kge(ws, d, cfg, overwrite, gates=False)  # coverage grows from nothing over the window
         done()
-    if overwrite or not (ws.ranker_dir / version_name(last) / "manifest.json").exists():
+    if overwrite or not (ranker_dir(ws) / version_name(last) / "manifest.json").exists():
         days = train_days
         if cfg.ranker.kge_finetune and cfg.ranker.kge_family is not None:
-            fam = ws.embeddings_dir(cfg.ranker.kge_family)
+            fam = embeddings_dir(ws, cfg.ranker.kge_family)
             days = [d for d in train_days if ws.version_before(fam, d) is not None]
             if not days:
                 raise ConfigError("ranker.kge_finetune needs a bootstrap window of at least two periods")
@@ -581,30 +595,30 @@ def run_day(
     ds.check_day(day)
     cfg = cfg or load_cycle_config(ws)
     timer = timer or Timer()
-    names = [ws.models_dir(t) / version_name(day) for t in cfg.tasks]
-    names += [ws.embeddings_dir(t) / version_name(day) for t in cfg.tasks]
-    names += [ws.index_dir / version_name(day), ws.ranker_dir / version_name(day)]
+    names = [models_dir(ws, t) / version_name(day) for t in cfg.tasks]
+    names += [embeddings_dir(ws, t) / version_name(day) for t in cfg.tasks]
+    names += [index_dir(ws) / version_name(day), ranker_dir(ws) / version_name(day)]
     if cfg.kge.enabled:
-        names.append(ws.embeddings_dir(cfg.kge.family) / version_name(day))
-    if not overwrite and ws.eval_path(day).exists() and all((n / "manifest.json").exists() for n in names):
+        names.append(embeddings_dir(ws, cfg.kge.family) / version_name(day))
+    if not overwrite and eval_path(ws, day).exists() and all((n / "manifest.json").exists() for n in names):
         log.info("day %d is already published; skipping (use overwrite to recompute)", day)
         publish_online(ws, cfg, timer)  # a cycle whose publish failed (server down) completes on a rerun
-        return {"day": day, "skipped": True, "eval": read_json(ws.eval_path(day)), "stage_seconds": {}}
-    if ws.version_before(ws.models_dir("ctr"), day) is None:
+        return {"day": day, "skipped": True, "eval": read_json(eval_path(ws, day)), "stage_seconds": {}}
+    if ws.version_before(models_dir(ws, "ctr"), day) is None:
         raise DermError(f"{ws.root}: no model snapshot before day {day}: train first (`derm train`)")
     check_cycle_lineage(ws, day, cfg.tasks)  # before anything is trained or written
-    if overwrite or not ws.eval_path(day).exists():
+    if overwrite or not eval_path(ws, day).exists():
         done = timer.stage("eval")
-        doc = evaluate_day(ws, day, ks, warn=warn)
+        doc = evaluate_day(ws, day, ks, slate_users=cfg.slate_users, warn=warn)
         gap = daily_gap(ws, ds, day)
         if gap is not None:
             log.warning("%s", gap["message"])
             doc["warnings"] = [*doc.get("warnings", []), gap]
-        write_json_atomic(ws.eval_path(day), doc)
+        write_json_atomic(eval_path(ws, day), doc)
         done()
-    doc = read_json(ws.eval_path(day))
+    doc = read_json(eval_path(ws, day))
     for task in cfg.tasks:
-        mdir = ws.models_dir(task)
+        mdir = models_dir(ws, task)
         if overwrite or not (mdir / version_name(day) / "manifest.json").exists():
             parent = ws.version_before(mdir, day)
             if parent is None:
@@ -622,8 +636,8 @@ def run_day(
         done = timer.stage("kge")
         publish_kge(ws, day, cfg, overwrite)
         done()
-    if overwrite or not (ws.ranker_dir / version_name(day) / "manifest.json").exists():
-        parent = ws.version_before(ws.ranker_dir, day)
+    if overwrite or not (ranker_dir(ws) / version_name(day) / "manifest.json").exists():
+        parent = ws.version_before(ranker_dir(ws), day)
         done = timer.stage("ranker")
         train_cycle_ranker(ws, ds, [day], cfg, parent, progress, overwrite)
         done()
@@ -636,7 +650,8 @@ def publish_online(ws: Workspace, cfg: CycleConfig, timer: Timer) -> None:
     moves the online store back) goes to the online feature store, when one is configured."""
     if cfg.feature_store is None:
         return
-    from embstore.online import OnlineStoreConfig, publish_workspace
+    from adserving.versions import publish_workspace
+    from embstore.online import OnlineStoreConfig
 
     done = timer.stage("publish_online")
     publish_workspace(ws, OnlineStoreConfig(cfg.feature_store))
@@ -646,7 +661,7 @@ def publish_online(ws: Workspace, cfg: CycleConfig, timer: Timer) -> None:
 def daily_gap(ws: Workspace, ds: Dataset, day: int) -> dict[str, Any] | None:
     """The `daily_gap` warning (`eval.warnings`) for running `day`: None when the newest model version is of
     day - 1, or when every day between holds no impressions (nothing was skipped)."""
-    prev = ws.version_before(ws.models_dir("ctr"), day)
+    prev = ws.version_before(models_dir(ws, "ctr"), day)
     if prev is None or day - prev <= 1:
         return None
     between = [d for d in range(prev + 1, day) if ds.first_day <= d <= ds.last_day]

@@ -24,7 +24,7 @@ from adslog.workspace import Workspace
 from dermcore.artifact import read_json, write_json_atomic
 from dermcore.errors import ConfigError
 from dermcore.progress import Progress, no_progress
-from eval.evaluate import evaluate_day
+from eval.evaluate import eval_path, evaluate_day
 from index import IndexConfig
 from ranking.model import RankerConfig
 from towers.config import TowerConfig
@@ -104,12 +104,12 @@ def run_demo(
         for i, d in enumerate(daily):
             run_day(ws, d, cfg.cycle, progress, timer)
             progress("daily", i + 1, len(daily))
-        if ws.eval_path(last).exists():
-            doc = read_json(ws.eval_path(last))
+        if eval_path(ws, last).exists():
+            doc = read_json(eval_path(ws, last))
         else:
             done = timer.stage("eval")
-            doc = evaluate_day(ws, last, cfg.ks, device=cfg.cycle.device)
-            write_json_atomic(ws.eval_path(last), doc)
+            doc = evaluate_day(ws, last, cfg.ks, device=cfg.cycle.device, slate_users=cfg.cycle.slate_users)
+            write_json_atomic(eval_path(ws, last), doc)
             done()
         write_json_atomic(ws.inside("report.json"), doc)
         total = round(time.perf_counter() - t0, 3)

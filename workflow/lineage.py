@@ -23,9 +23,9 @@ from pathlib import Path
 from adslog.workspace import Workspace, version_name
 from dermcore.artifact import read_json, read_manifest
 from dermcore.errors import VersionMismatchError
-from embstore.store import StoreVersion, open_version
-from ranking.train import RANKER_KIND, RANKER_SCHEMA_VERSION, embedding_lineages
-from towers.train import MODEL_KIND, MODEL_SCHEMA_VERSION
+from embstore.store import StoreVersion, embeddings_dir, open_version
+from ranking.train import RANKER_KIND, RANKER_SCHEMA_VERSION, embedding_lineages, ranker_dir
+from towers.train import MODEL_KIND, MODEL_SCHEMA_VERSION, models_dir
 
 
 class LineageError(VersionMismatchError):
@@ -34,11 +34,11 @@ class LineageError(VersionMismatchError):
 
 def model_dependents(ws: Workspace, task: str, day: int) -> list[Path]:
     """Store versions of `task` made from the published model version `day` (empty when none is)."""
-    mdir = ws.models_dir(task) / version_name(day)
+    mdir = models_dir(ws, task) / version_name(day)
     if not (mdir / "manifest.json").is_file():
         return []
     aid = read_manifest(mdir, MODEL_KIND, MODEL_SCHEMA_VERSION)["artifact_id"]
-    sdir = ws.embeddings_dir(task)
+    sdir = embeddings_dir(ws, task)
     # the manifests alone say which model each version came from: no need to open (and hash) every version
     return [
         sdir / version_name(d)
@@ -51,14 +51,14 @@ def check_retrain(ws: Workspace, task: str, day: int) -> None:
     """Refuse to replace published model version `day` of `task` once a store version was made from it."""
     deps = model_dependents(ws, task, day)
     if deps:
-        earlier = [d for d in ws.published_days(ws.models_dir(task)) if d < day]
+        earlier = [d for d in ws.published_days(models_dir(ws, task)) if d < day]
         how = (
             f"roll back first (`derm rollback --to {earlier[-1]}`)"
             if earlier
             else "train into a new workspace"
         )
         raise LineageError(
-            f"{ws.models_dir(task) / version_name(day)}: published, and {len(deps)} embedding store versions "
+            f"{models_dir(ws, task) / version_name(day)}: published, and {len(deps)} embedding store versions "
             f"(first {deps[0]}) were made from it; a retrain would replace a serving lineage in place: {how}"
         )
 
@@ -68,13 +68,13 @@ def check_cycle_lineage(ws: Workspace, day: int, tasks: tuple[str, ...]) -> None
     come from different lineages, or whose parent ranker was trained on another embedding lineage."""
     stores: dict[str, StoreVersion] = {}
     for task in tasks:
-        mday = ws.version_before(ws.models_dir(task), day)
-        sday = ws.version_before(ws.embeddings_dir(task), day)
+        mday = ws.version_before(models_dir(ws, task), day)
+        sday = ws.version_before(embeddings_dir(ws, task), day)
         if mday is None or sday is None:
             continue
-        mdir = ws.models_dir(task) / version_name(mday)
+        mdir = models_dir(ws, task) / version_name(mday)
         model_lineage = str(read_manifest(mdir, MODEL_KIND, MODEL_SCHEMA_VERSION)["lineage"])
-        store = stores[task] = open_version(ws.embeddings_dir(task), sday)
+        store = stores[task] = open_version(embeddings_dir(ws, task), sday)
         if store.lineage != model_lineage:
             raise LineageError(
                 f"{mdir}: model lineage {model_lineage[:8]} differs from the serving store {store.dir} (lineage "
@@ -86,10 +86,10 @@ def check_cycle_lineage(ws: Workspace, day: int, tasks: tuple[str, ...]) -> None
 
 
 def _check_ranker_lineage(ws: Workspace, day: int, stores: dict[str, StoreVersion]) -> None:
-    rday = ws.version_before(ws.ranker_dir, day)
+    rday = ws.version_before(ranker_dir(ws), day)
     if rday is None:
         return
-    rdir = ws.ranker_dir / version_name(rday)
+    rdir = ranker_dir(ws) / version_name(rday)
     recorded = embedding_lineages(ws, read_manifest(rdir, RANKER_KIND, RANKER_SCHEMA_VERSION, verify="size"))
     for task, want in recorded.items():
         store = stores.get(task)

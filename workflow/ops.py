@@ -25,12 +25,14 @@ from adslog.workspace import Workspace, version_name
 from dermcore.errors import DermError
 from dermcore.progress import Progress, no_progress
 from dermdist.config import Engine
-from eval.evaluate import evaluate_day
+from embstore.store import embeddings_dir
+from eval.evaluate import SLATE_USERS, evaluate_day
 from index import Backend, SearchParams
 from index.refresh import RefreshConfig, RefreshMode
-from ranking.train import train_ranker
+from index.versions import index_dir
+from ranking.train import ranker_dir, train_ranker
 from towers.config import Backbone
-from towers.train import train_towers
+from towers.train import models_dir, train_towers
 from workflow.cycle import (
     CYCLE_FILE,
     CycleConfig,
@@ -141,7 +143,7 @@ def train_models(ws: Workspace, opts: TrainOptions, progress: Progress = no_prog
     with ws.lock():
         if opts.overwrite:
             check_retrain(ws, opts.task, days[-1])
-        mdir = ws.models_dir(opts.task)
+        mdir = models_dir(ws, opts.task)
         m = train_towers(ds, days, cfg, mdir, device=opts.device, progress=progress, overwrite=opts.overwrite)
         save_cycle_config(ws, cycle)
     st = m["train_stats"]
@@ -178,7 +180,7 @@ def embed_days(ws: Workspace, opts: EmbedOptions, progress: Progress = no_progre
     `publish_embeddings`); days before the snapshot's day are back inference, days after it are refused."""
     ds = ws.dataset()
     cfg = load_cycle_config(ws, opts.device)
-    mdir = ws.models_dir(opts.task)
+    mdir = models_dir(ws, opts.task)
     mday = ws.latest_day(mdir)
     if mday is None:
         raise DermError(f"{mdir}: no {opts.task} model snapshot: run `derm train` first")
@@ -252,9 +254,9 @@ def build_index(ws: Workspace, opts: IndexOptions) -> IndexResult:
         s = opts.spec or ("HNSW32" if b is Backend.HNSWLIB else "Flat")
         cfg = replace(cfg, index=replace(cfg.index, backend=b, spec=s))
     cfg = replace(cfg, index=replace(cfg.index, device=opts.device))
-    day = opts.day if opts.day is not None else ws.latest_day(ws.embeddings_dir("ctr"))
+    day = opts.day if opts.day is not None else ws.latest_day(embeddings_dir(ws, "ctr"))
     if day is None:
-        raise DermError(f"{ws.embeddings_dir('ctr')}: no embedding store version: run `derm embed` first")
+        raise DermError(f"{embeddings_dir(ws, 'ctr')}: no embedding store version: run `derm embed` first")
     params = None
     if opts.ef is not None or opts.nprobe is not None:
         params = SearchParams(ef=opts.ef, nprobe=opts.nprobe)
@@ -268,7 +270,7 @@ def build_index(ws: Workspace, opts: IndexOptions) -> IndexResult:
             name, spec, *cycle_index, ws.root, name, spec,
         )  # fmt: skip
     return IndexResult(
-        str(ws.index_dir / version_name(day)), m["backend"], m["spec"], m["n_vectors"], m["build_seconds"],
+        str(index_dir(ws) / version_name(day)), m["backend"], m["spec"], m["n_vectors"], m["build_seconds"],
         m.get("search_params"), m.get("self_check"), m.get("refresh"),
     )  # fmt: skip
 
@@ -306,14 +308,14 @@ def train_ranker_op(ws: Workspace, opts: RankerOptions, progress: Progress = no_
     published before d; the embedding versions and lineages it read are recorded in its manifest)."""
     ds = ws.dataset()
     rcfg = _ranker_config(ws, opts)
-    sday = ws.latest_day(ws.embeddings_dir("ctr"))
+    sday = ws.latest_day(embeddings_dir(ws, "ctr"))
     days = day_range(ds, opts.first_day, opts.last_day, sday if sday is not None else ds.last_day)
     with ws.lock():
         m = train_ranker(ws, ds, days, rcfg, None, opts.device, progress, opts.overwrite)
     st = m["train_stats"]
     cal = {t: {k: st[f"calibration_{t}"][k] for k in ("predicted", "observed")} for t in ("ctr", "cvr")}
     return RankerResult(
-        str(ws.ranker_dir / version_name(m["day"])), day_span(days), st["rows"], st["seconds"], cal["ctr"],
+        str(ranker_dir(ws) / version_name(m["day"])), day_span(days), st["rows"], st["seconds"], cal["ctr"],
         cal["cvr"], m["embedding_versions"],
     )  # fmt: skip
 
@@ -413,7 +415,9 @@ class EvalOptions:
 
 def evaluate(ws: Workspace, opts: EvalOptions, progress: Progress = no_progress) -> dict[str, Any]:
     """The `derm eval --json` document; with `report_dir` it gains `report`: {"dir", "files"}."""
-    doc = evaluate_day(ws, opts.day, opts.ks, progress, opts.device)
+    # the workspace's slate sample, so `derm eval` writes the document the cycle wrote for the day
+    slate = load_cycle_config(ws).slate_users if (ws.root / CYCLE_FILE).exists() else SLATE_USERS
+    doc = evaluate_day(ws, opts.day, opts.ks, progress, opts.device, slate_users=slate)
     if opts.report_dir is None:
         return doc
     from eval.report import write_report

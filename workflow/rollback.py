@@ -14,9 +14,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adgraph.graph import graph_dir
+from adgraph.snapshot import KGE
 from adslog.workspace import Workspace, version_name
 from dermcore.artifact import LATEST, set_latest
 from dermcore.errors import DataError
+from embstore.store import EMBEDDINGS
+from eval.evaluate import evals_dir
+from index.versions import index_dir
+from ranking.train import ranker_dir
+from towers.train import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +34,11 @@ def families(ws: Workspace) -> list[Path]:
     """Every versioned artifact family present in the workspace (with the KGE stage: the graph and each KGE
     model's versions too, so a rolled-back KGE version is never continued by the next increment)."""
     out = []
-    for group in ("models", "embeddings", "kge"):
-        base = ws.root / group
+    for group in (MODELS, EMBEDDINGS, KGE):  # one family per task, store family or KGE model
+        base = ws.inside(group)
         if base.exists():
             out += sorted(p for p in base.iterdir() if p.is_dir())
-    out += [p for p in (ws.index_dir, ws.ranker_dir, ws.root / "graph") if p.exists()]
+    out += [p for p in (index_dir(ws), ranker_dir(ws), graph_dir(ws)) if p.exists()]
     return out
 
 
@@ -70,7 +77,7 @@ def rollback(ws: Workspace, to_day: int) -> dict[str, Any]:
             if d > to_day:
                 moved.append(str(reject_version(ws, f, d, f"rolled back to {version_name(to_day)}")))
     # evaluations of days after to_day + 1 used versions that are now rolled back
-    for p in sorted(ws.evals_dir.glob("day=*.json")) if ws.evals_dir.exists() else []:
+    for p in sorted(evals_dir(ws).glob("day=*.json")) if evals_dir(ws).exists() else []:
         if int(p.stem[4:]) > to_day + 1:
             dest = ws.inside(REJECTED, "evals", f"{p.stem}.{int(time.time())}.json")
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from adslog.workspace import Workspace
 from dermcore.artifact import read_json, write_json_atomic
 from dermcore.errors import DataError, DermError
 from dermcore.progress import Progress, no_progress
-from eval.evaluate import evaluate_day
+from eval.evaluate import eval_path, evaluate_day
 from workflow.cycle import CYCLE_FILE, Timer, bootstrap, run_day
 from workflow.report import write_report_md
 from workflow.run_config import RUN_CONFIG_FILE, RunConfig
@@ -123,15 +123,22 @@ def run_dataset(
             progress("daily", i + 1, len(p["daily_days"]))
             log.info("derm run: period %d done (%d of %d daily cycles)", d, i + 1, len(p["daily_days"]))
         last = p["eval_day"]
-        if ws.eval_path(last).exists():
-            doc = read_json(ws.eval_path(last))
+        if eval_path(ws, last).exists():
+            doc = read_json(eval_path(ws, last))
         else:
             done = timer.stage("eval")
-            doc = evaluate_day(ws, last, cfg.ks, device=cfg.cycle.device, warn=cfg.warnings)
-            write_json_atomic(ws.eval_path(last), doc)
+            doc = evaluate_day(
+                ws,
+                last,
+                cfg.ks,
+                device=cfg.cycle.device,
+                slate_users=cfg.cycle.slate_users,
+                warn=cfg.warnings,
+            )
+            write_json_atomic(eval_path(ws, last), doc)
             done()
         write_json_atomic(ws.inside("report.json"), doc)
-        periods = [_period_row(read_json(ws.eval_path(d))) for d in [*p["daily_days"], last]]
+        periods = [_period_row(read_json(eval_path(ws, d))) for d in [*p["daily_days"], last]]
         summary = {
             "report": doc,
             "periods": periods,

@@ -84,6 +84,7 @@ class RunConfig:
                 "engine": c.engine.value,
                 "ray_actors": c.ray_actors,
                 "train_workers": c.train_workers,
+                "slate_users": c.slate_users,
             },
             "kge": {
                 "enabled": c.kge.enabled,
@@ -122,6 +123,7 @@ _CYCLE = {
     "engine",
     "ray_actors",
     "train_workers",
+    "slate_users",
 }
 
 
@@ -214,6 +216,7 @@ def parse_run_config(raw: dict[str, Any], path: Path, device: str | None = None)
             engine=cy.get("engine", base.cycle.engine),
             ray_actors=cy.get("ray_actors", base.cycle.ray_actors),
             train_workers=cy.get("train_workers", base.cycle.train_workers),
+            slate_users=cy.get("slate_users", base.cycle.slate_users),
             device=device or str(raw.get("device", base.cycle.device)),
             kge=kge,
         )
@@ -358,6 +361,7 @@ KEY_DOCS: dict[str, str] = {
     "kge.window_days": "periods of events in each day's graph (null: every period so far)",
     "cycle.train_workers": "with the ray engine: data-parallel Ray Train workers (torch DDP) that train the "
     "towers and the ranker (null: train in the driver process; ignored by the local engine)",
+    "cycle.slate_users": "users sampled for each evaluation's true slate value (synthetic data only; 0: none)",
     "warnings.max_version_age": "warn when the versions are older than the evaluated period by more periods",
     "warnings.min_positives": "warn when a figure rests on fewer positives (clicked users, clicks)",
 }
