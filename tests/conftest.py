@@ -68,3 +68,17 @@ def ws_copy(demo_ws: tuple[Path, dict], tmp_path: Path) -> tuple[Any, dict]:
     dst = tmp_path / "work"
     shutil.copytree(work, dst)
     return Workspace(dst), summary
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`synth_data(cfg, name)`: a synthetic dataset generated from `cfg` under a fresh temporary folder, opened."""
+    from adslog.dataset import Dataset
+    from adslog.synth import SynthConfig, generate
+
+    def make(cfg: SynthConfig, name: str) -> Dataset:
+        root = tmp_path_factory.mktemp(name) / "data"
+        generate(cfg, root)
+        return Dataset.open(root)
+
+    return make

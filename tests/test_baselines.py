@@ -3,11 +3,13 @@ structure, and lose where it cannot see it)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from adslog.dataset import Dataset
-from adslog.synth import SynthConfig, generate
+from adslog.synth import SynthConfig
 from eval.baselines import (
     ADS_FIELDS,
     MFConfig,
@@ -25,10 +27,8 @@ TINY = SynthConfig(n_users=300, n_ads=400, n_advertisers=30, n_days=3, impressio
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    root = tmp_path_factory.mktemp("baselines") / "data"
-    generate(TINY, root)
-    return Dataset.open(root)
+def synth(synth_data: Any) -> Dataset:
+    return synth_data(TINY, "baselines")
 
 
 def test_logistic_regression_beats_random_and_item_ctr_on_the_synthetic_log(synth: Dataset) -> None:

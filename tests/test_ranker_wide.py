@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from adslog.dataset import Dataset
 from adslog.sequences import ActivityLog
-from adslog.synth import SynthConfig, generate
+from adslog.synth import SynthConfig
 from adslog.workspace import Workspace, version_name
 from dermcore.errors import ConfigError
 from dermfeatures.batches import ImpressionArrays, Inputs
@@ -29,10 +30,8 @@ TINY = SynthConfig(n_users=400, n_ads=300, n_advertisers=30, n_days=4, impressio
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    root = tmp_path_factory.mktemp("ranker_wide") / "data"
-    generate(TINY, root)
-    return Dataset.open(root)
+def synth(synth_data: Any) -> Dataset:
+    return synth_data(TINY, "ranker_wide")
 
 
 def _scores(ranker: Ranker, inputs: Inputs, a: ImpressionArrays) -> np.ndarray:
