@@ -1,24 +1,35 @@
 """The TransRA paper's downstream claim on our data (issue 14): does the ranker gain from KGE vectors, frozen or
-fine-tuned with target attention over the user's graph neighbours?
+fine-tuned with target attention over the user's graph neighbours, beside the DERM embeddings?
 
 Per dataset, one workspace: every day d of the window gets graph version d (point-in-time: events before the
 end of d; `adgraph.graph.publish_graph`), KGE version d (from scratch on the first day of the span, then one
-increment a day; `adgraph.snapshot.train_kge`) of TransRA and of TransR, and store version d of their families
-`kge-transra` / `kge-transr` (`adgraph.family.publish_kge_family`, the cycle's path). Rows of day d read the
-versions of day d - 1 (`ranking.kge.KGELookup`), in training and test alike; the finetuned tables start from
-the version before the first training day. The KGE models are trained once per dataset (seed 0); the ranker
-seeds 0, 1, 2 vary the ranker's initialisation and batch order, on the same rows.
+increment a day; `adgraph.snapshot.train_kge`, `KGEConfig` defaults) of TransRA and of TransR, and store version d
+of their families `kge-transra` / `kge-transr` (`adgraph.family.publish_kge_family`, the cycle's path). Rows of
+day d read the versions of day d - 1 (`ranking.kge.KGELookup`), in training and test alike; the finetuned tables
+start from the version before the first training day. The DERM towers (the CTR model: the cycle's default
+`derm_inputs` ctr-user, ctr-ad) run as the cycle runs them (`harness.upstream`): from scratch with back inference
+on every day before the first training day, then one increment and one store version a day. The KGE and DERM
+models are trained once per dataset (seed 0); the ranker seeds 0, 1, 2 vary the ranker's initialisation and
+batch order, on the same rows.
 
-Arms (`ranking.model.RankerConfig`): none (no KGE), frozen (KGE vectors of user, ad, advertiser as inputs),
-finetune (ID tables initialised from them, own learning rate), finetune_attention (+ the target-attention block),
-transr_finetune_attention (the same from TransR's vectors instead of TransRA's). Metrics on the pooled test days:
-ROC-AUC and PR-AUC of the CTR head (all impressions) and the CVR head (clicked impressions, post-click); mean
-and std (ddof 1) over seeds; per arm vs none a paired bootstrap interval per seed (test impressions resampled)
-and a t interval of the mean paired difference over seeds.
+Every arm starts as `train_ranker` starts a ranker (`ranking.train.start_ranker`): output biases at the base
+rates, the wide part fitted by L-BFGS and frozen (`wide_fit` "regression", the default; the fit reads no seed, so
+it is fitted once per set of dense columns and shared), then one pass of the deep part.
 
-Data: the synthetic generator (offsite conversions carry conversion information, `offsite_signal.json`) and
-MovieLens-100K in weekly buckets (click = rating >= 4, conversion = rating 5; no offsite data, so the graph has
-clicked / converted / in-category edges only). Usage: python benchmarks/kge_ranker.py [--quick] [--no-movielens]
+Arms (`ranking.model.RankerConfig`): none (no KGE); frozen (KGE vectors of user, ad, advertiser as deep inputs,
+and the KGE relation scores f_r(user, candidate) of the three user relations as dense columns of the wide part,
+`kge_scores`); finetune (ID tables initialised from the vectors, own learning rate); finetune_attention (+ the
+target-attention block); transr_finetune_attention (the same from TransR); finetune_attention_no_scores
+(finetune_attention without the relation scores: the vectors' own share); derm (the DERM inputs, no KGE);
+derm_finetune_attention (both). Metrics on the pooled test days: ROC-AUC and PR-AUC of the CTR head (all
+impressions) and the CVR head (clicked impressions, post-click); mean and std (ddof 1) over seeds; per arm vs
+none a paired bootstrap interval per seed (test impressions resampled) and a t interval of the mean paired
+difference over seeds; derm_finetune_attention also vs derm.
+
+Data: the synthetic generator (offsite conversions carry conversion information, `offsite_signal.json`;
+why the KGE path gains what it gains: `kge_signal.json`) and MovieLens-100K in weekly buckets (click = rating >=
+4, conversion = rating 5; no offsite data, so the graph has clicked / converted / in-category edges only).
+Usage: python benchmarks/kge_ranker.py [--quick] [--no-movielens]
 """
 
 from __future__ import annotations
@@ -99,7 +110,7 @@ def arms(
 ) -> dict[str, RankerConfig]:
     ra, r = kge_family(ModelKind.TRANSRA), kge_family(ModelKind.TRANSR)
     base = replace(base, kge_inputs=inputs, derm_inputs=())
-    ft = {"kge_finetune": True, "kge_lr": base.lr}
+    ft = {"kge_finetune": True, "kge_lr": base.kge_lr if base.kge_lr is not None else base.lr}
     fa = replace(base, kge_family=ra, kge_attention=True, **ft)
     return {
         "none": base,
