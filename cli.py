@@ -1161,8 +1161,12 @@ def kge() -> None:
     "--loss", type=click.Choice(["margin", "softmax"]), default="margin", show_default=True, help="Loss."
 )
 @click.option(
-    "--sampling", type=click.Choice(["uniform", "degree"]), default="uniform", show_default=True,
-    help="How typed negatives are drawn.",
+    "--sampling", type=click.Choice(["uniform", "degree"]), default=None,
+    help="How typed negatives are drawn (default: KGEConfig's, degree).",
+)  # fmt: skip
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+    help="Adagrad learning rate (default: KGEConfig's, 0.1).",
 )  # fmt: skip
 @click.option("--seed", type=SEED, default=0, show_default=True, help="Random seed.")
 @click.option("--scratch", is_flag=True, help="Train from scratch (a new lineage) even if a parent exists.")
@@ -1171,10 +1175,12 @@ def kge() -> None:
 @click.pass_context
 def kge_train(
     ctx: click.Context, work: str, day: int, model: str, dim: int, epochs: int, incremental_epochs: int,
-    loss: str, sampling: str, seed: int, scratch: bool, overwrite: bool, as_json: bool,
+    loss: str, sampling: str | None, lr: float | None, seed: int, scratch: bool, overwrite: bool, as_json: bool,
 ) -> None:  # fmt: skip
     """Train KGE version DAY on graph version DAY: an increment from the newest version before DAY, or from
     scratch when there is none (WORK/kge/<model>/day=DAY)."""
+    from dataclasses import replace
+
     from adgraph.models import ModelKind
     from adgraph.snapshot import train_kge
     from adgraph.train import KGEConfig, Loss, Sampling
@@ -1183,8 +1189,12 @@ def kge_train(
     ws = _workspace(work, None)
     cfg = KGEConfig(
         model=ModelKind(model), dim=dim, epochs=epochs, incremental_epochs=incremental_epochs, loss=Loss(loss),
-        sampling=Sampling(sampling), seed=seed,
+        seed=seed,
     )  # fmt: skip
+    if sampling is not None:
+        cfg = replace(cfg, sampling=Sampling(sampling))
+    if lr is not None:
+        cfg = replace(cfg, lr=lr)
     with ws.lock():
         m = train_kge(ws, day, cfg, scratch=scratch, overwrite=overwrite, progress=bars)
     _emit(_kge_summary(ws, model, m), as_json, _kv)

@@ -249,6 +249,27 @@ class KGEModel:
         for k in STATE_KEYS:
             setattr(self, k, sd[k].clone())
 
+    def relation_scores(
+        self, rel: Relation, head_ids: np.ndarray, tail_ids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(float32[n] scores f_rel(head, tail), found bool[n]) of int64 id pairs (head / tail of the relation's
+        node types), from the model's own vectors (not the store's unit-norm ones), relation vector and
+        projection. found: both entities and the relation are in the model; other rows score 0."""
+        rel = Relation(rel)
+        n = len(head_ids)
+        out = np.zeros(n, np.float32)
+        if rel not in self.relations:
+            return out, np.zeros(n, bool)
+        ht, tt = relation_types(rel)
+        h, fh = self.index.rows(ht, np.asarray(head_ids, np.int64))
+        t, ft = self.index.rows(tt, np.asarray(tail_ids, np.int64))
+        found = fh & ft
+        if found.any():
+            r = torch.full((int(found.sum()),), self.relations.index(rel), dtype=torch.long)
+            s = self.score(r, torch.from_numpy(h[found])[:, None], torch.from_numpy(t[found])[:, None])
+            out[found] = s[:, 0].numpy()
+        return out, found
+
     def entity_vectors(self, t: NodeType, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(float32[n, d] entity vectors of `ids` of type `t`, found bool[n]); unknown ids give zero rows.
         For TransRA these are vectors in the anchor space."""

@@ -170,3 +170,42 @@ def offsite_signal(ds: Dataset, first_eval_day: int, last_eval_day: int | None =
     out["oracle_roc_auc"]["conversion_specific_term"] = oracle_auc(spec.astype(np.float64))
     out["oracle_roc_auc"]["click_affinity_term"] = oracle_auc(aff.astype(np.float64))
     return out
+
+
+def conversion_terms(
+    ds: Dataset, user_id: np.ndarray, ad_id: np.ndarray, day: np.ndarray, surface: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The oracle's P(conversion | click) of rows (int64 ids, days, surfaces; float64 arrays of n) and what an
+    offsite signal could tell of it (the synthetic generator only):
+
+        p_conv             the true P(conversion | click)
+        logit_without      its logit less the conversion-specific term conv_strength * <user_conv, ad_conv> /
+                           sqrt(C): what is knowable without knowing who converts where
+        affinity           a = <user_conv, advertiser_conv> / sqrt(C), the user x advertiser conversion affinity
+                           that tilts offsite conversions (`adslog.synth`)
+        logit_with_offsite logit_without + conv_strength * AD_CONV_ADVERTISER_SHARE * a: the expected logit given
+                           a exactly (the ad's own conversion factor beyond its advertiser's is independent
+                           noise): the ceiling of any offsite-derived signal
+    """
+    from adslog.synth import AD_CONV_ADVERTISER_SHARE
+
+    oracle = Oracle.load(ds.root)
+    t = oracle.truth
+    urow, arow = oracle.user_rows(user_id), oracle.ad_rows(ad_id)
+    vrow = t.ad_advertiser[arow].astype(np.int64)
+    c = t.user_conv.shape[1]
+    strength = float(t.params["conv_strength"])
+    logit = np.empty(len(urow))
+    spec = np.empty(len(urow))
+    for d in np.unique(day):
+        m = day == d
+        logit[m] = t.conversion_logit(urow[m], arow[m], int(d), np.asarray(surface)[m].astype(np.int64))
+        spec[m] = strength * np.einsum("nc,nc->n", t.user_conv[urow[m]], t.ad_conv[arow[m]]) / np.sqrt(c)
+    a = np.einsum("nc,nc->n", t.user_conv[urow], t.advertiser_conv[vrow]) / np.sqrt(c)
+    without = logit - spec
+    return {
+        "p_conv": 1.0 / (1.0 + np.exp(-logit)),
+        "logit_without": without,
+        "affinity": a.astype(np.float64),
+        "logit_with_offsite": without + strength * AD_CONV_ADVERTISER_SHARE * a,
+    }

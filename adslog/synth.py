@@ -52,6 +52,9 @@ POSITION_SHARE = 0.85 ** np.arange(N_POSITIONS)
 HOURLY = np.array([3, 2, 1.5, 1, 1, 1.5, 3, 5, 6, 6, 6, 6.5, 7, 6.5, 6, 6, 6.5, 7, 8, 9, 9.5, 8.5, 6.5, 4.5])
 CONVERSION_DELAY_MEAN_S = 6 * 3600
 CONVERSION_DELAY_CAP_S = 3 * 86400
+#: an ad's conversion factor is AD_CONV_ADVERTISER_SHARE * its advertiser's plus independent noise (variance 1 -
+#: share^2): the part of the user x ad conversion term that the user's offsite history (one advertiser) can tell
+AD_CONV_ADVERTISER_SHARE = 0.6
 # Work per block of impressions: n_candidates x latent_dim float32 per row.
 _BLOCK = 16_384
 
@@ -260,7 +263,8 @@ def build_world(cfg: SynthConfig, rng: np.random.Generator) -> World:
     pop_z = rng.normal(size=A)
     popularity = np.exp(cfg.popularity_sigma * pop_z)
     ad_bias = (0.3 * pop_z + rng.normal(0, 0.3, A)).astype(f32)
-    ad_conv = (0.6 * adv_conv[adv] + 0.8 * rng.normal(size=(A, C))).astype(f32)
+    share = AD_CONV_ADVERTISER_SHARE
+    ad_conv = (share * adv_conv[adv] + np.sqrt(1 - share**2) * rng.normal(size=(A, C))).astype(f32)
     log_price = rng.normal(3.0, 1.0, ncat)[category] + rng.normal(0, 0.5, A)
     price = np.exp(log_price).astype(f32)
     bid = (camp_bid[camp] * rng.lognormal(0, 0.15, A)).astype(f32)

@@ -82,6 +82,16 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
         ),
     ),
     (
+        "KGE ranker, CVR ROC-AUC finetune_attention without KGE scores / derm / derm_finetune_attention: synthetic",
+        "kge_ranker",
+        lambda r: _vs(
+            r,
+            "synthetic.arms.finetune_attention_no_scores.cvr_roc_auc_mean",
+            "synthetic.arms.derm.cvr_roc_auc_mean",
+            "synthetic.arms.derm_finetune_attention.cvr_roc_auc_mean",
+        ),
+    ),
+    (
         "KGE ranker, CVR ROC-AUC none / finetune_attention: MovieLens",
         "kge_ranker",
         lambda r: _vs(

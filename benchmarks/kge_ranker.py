@@ -1,24 +1,35 @@
 """The TransRA paper's downstream claim on our data (issue 14): does the ranker gain from KGE vectors, frozen or
-fine-tuned with target attention over the user's graph neighbours?
+fine-tuned with target attention over the user's graph neighbours, beside the DERM embeddings?
 
 Per dataset, one workspace: every day d of the window gets graph version d (point-in-time: events before the
 end of d; `adgraph.graph.publish_graph`), KGE version d (from scratch on the first day of the span, then one
-increment a day; `adgraph.snapshot.train_kge`) of TransRA and of TransR, and store version d of their families
-`kge-transra` / `kge-transr` (`adgraph.family.publish_kge_family`, the cycle's path). Rows of day d read the
-versions of day d - 1 (`ranking.kge.KGELookup`), in training and test alike; the finetuned tables start from
-the version before the first training day. The KGE models are trained once per dataset (seed 0); the ranker
-seeds 0, 1, 2 vary the ranker's initialisation and batch order, on the same rows.
+increment a day; `adgraph.snapshot.train_kge`, `KGEConfig` defaults) of TransRA and of TransR, and store version d
+of their families `kge-transra` / `kge-transr` (`adgraph.family.publish_kge_family`, the cycle's path). Rows of
+day d read the versions of day d - 1 (`ranking.kge.KGELookup`), in training and test alike; the finetuned tables
+start from the version before the first training day. The DERM towers (the CTR model: the cycle's default
+`derm_inputs` ctr-user, ctr-ad) run as the cycle runs them (`harness.upstream`): from scratch with back inference
+on every day before the first training day, then one increment and one store version a day. The KGE and DERM
+models are trained once per dataset (seed 0); the ranker seeds 0, 1, 2 vary the ranker's initialisation and
+batch order, on the same rows.
 
-Arms (`ranking.model.RankerConfig`): none (no KGE), frozen (KGE vectors of user, ad, advertiser as inputs),
-finetune (ID tables initialised from them, own learning rate), finetune_attention (+ the target-attention block),
-transr_finetune_attention (the same from TransR's vectors instead of TransRA's). Metrics on the pooled test days:
-ROC-AUC and PR-AUC of the CTR head (all impressions) and the CVR head (clicked impressions, post-click); mean
-and std (ddof 1) over seeds; per arm vs none a paired bootstrap interval per seed (test impressions resampled)
-and a t interval of the mean paired difference over seeds.
+Every arm starts as `train_ranker` starts a ranker (`ranking.train.start_ranker`): output biases at the base
+rates, the wide part fitted by L-BFGS and frozen (`wide_fit` "regression", the default; the fit reads no seed, so
+it is fitted once per set of dense columns and shared), then one pass of the deep part.
 
-Data: the synthetic generator (offsite conversions carry conversion information, `offsite_signal.json`) and
-MovieLens-100K in weekly buckets (click = rating >= 4, conversion = rating 5; no offsite data, so the graph has
-clicked / converted / in-category edges only). Usage: python benchmarks/kge_ranker.py [--quick] [--no-movielens]
+Arms (`ranking.model.RankerConfig`): none (no KGE); frozen (KGE vectors of user, ad, advertiser as deep inputs,
+and the KGE relation scores f_r(user, candidate) of the three user relations as dense columns of the wide part,
+`kge_scores`); finetune (ID tables initialised from the vectors, own learning rate); finetune_attention (+ the
+target-attention block); transr_finetune_attention (the same from TransR); finetune_attention_no_scores
+(finetune_attention without the relation scores: the vectors' own share); derm (the DERM inputs, no KGE);
+derm_finetune_attention (both). Metrics on the pooled test days: ROC-AUC and PR-AUC of the CTR head (all
+impressions) and the CVR head (clicked impressions, post-click); mean and std (ddof 1) over seeds; per arm vs
+none a paired bootstrap interval per seed (test impressions resampled) and a t interval of the mean paired
+difference over seeds; derm_finetune_attention also vs derm.
+
+Data: the synthetic generator (offsite conversions carry conversion information, `offsite_signal.json`;
+why the KGE path gains what it gains: `kge_signal.json`) and MovieLens-100K in weekly buckets (click = rating >=
+4, conversion = rating 5; no offsite data, so the graph has clicked / converted / in-category edges only).
+Usage: python benchmarks/kge_ranker.py [--quick] [--no-movielens]
 """
 
 from __future__ import annotations
@@ -34,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 from common import RESULTS, ROOT, write_result
-from harness import mean_std, seed_scores, t_half
+from harness import mean_std, seed_scores, t_half, upstream
 
 from adgraph.family import kge_family, publish_kge_family
 from adgraph.graph import publish_graph
@@ -50,7 +61,19 @@ from embstore.store import StoreGates, embeddings_dir, open_version
 from eval.metrics import pr_auc, roc_auc
 from ranking.kge import KGELookup, kge_dim
 from ranking.model import RankerConfig
-from ranking.train import RankerRows, fit, new_snapshot, predict, ranker_spec
+from ranking.train import (
+    DermLookup,
+    FittedWide,
+    RankerRows,
+    dense_columns,
+    fit,
+    fitted_wide,
+    new_snapshot,
+    predict,
+    ranker_spec,
+    start_ranker,
+)
+from towers.config import Backbone, TowerConfig
 
 WORK = ROOT / "benchmarks" / "work" / "kge_ranker"
 SEEDS = (0, 1, 2)
@@ -59,20 +82,46 @@ METRICS = {"roc_auc": roc_auc, "pr_auc": pr_auc}
 T975 = {2: 12.706, 3: 4.303}  # t by seed count; no interval past 3 seeds (harness.t_half)
 SYNTH = SynthConfig(n_users=5000, n_ads=2500, n_advertisers=200, n_days=12, impressions_per_day=80_000)
 MODELS = (ModelKind.TRANSRA, ModelKind.TRANSR)
+#: the DERM inputs the daily cycle's ranker reads (`RankerConfig`'s default)
+CYCLE_DERM_INPUTS = RankerConfig().derm_inputs
+#: the DERM towers: the foundation's MLP backbone, as in ranker_ablation.py (DHEN costs ~2.5x more per step on
+#: CPU: the budget, not a choice)
+TOWERS = TowerConfig(dim=32, token_dim=16, backbone=Backbone.MLP, batch_size=1024, epochs_initial=2)
+
+
+ARMS = (
+    "none",
+    "frozen",
+    "finetune",
+    "finetune_attention",
+    "transr_finetune_attention",
+    "finetune_attention_no_scores",
+    "derm",
+    "derm_finetune_attention",
+)
+#: what the results keep of each fitted wide part's record (`ranking.wide.fit_wide_part`)
+WIDE_RECORD = ("l2", "rows", "ctr_dense_weights", "cvr_dense_weights", "ctr_converged", "cvr_converged")
 
 
 def arms(
-    base: RankerConfig, inputs: tuple[str, ...] = ("user", "ad", "advertiser")
+    base: RankerConfig,
+    inputs: tuple[str, ...] = ("user", "ad", "advertiser"),
+    derm: tuple[str, ...] = CYCLE_DERM_INPUTS,
 ) -> dict[str, RankerConfig]:
     ra, r = kge_family(ModelKind.TRANSRA), kge_family(ModelKind.TRANSR)
-    base = replace(base, kge_inputs=inputs)
-    ft = {"kge_finetune": True, "kge_lr": base.lr}
+    base = replace(base, kge_inputs=inputs, derm_inputs=())
+    ft = {"kge_finetune": True, "kge_lr": base.kge_lr if base.kge_lr is not None else base.lr}
+    fa = replace(base, kge_family=ra, kge_attention=True, **ft)
     return {
         "none": base,
         "frozen": replace(base, kge_family=ra),
         "finetune": replace(base, kge_family=ra, **ft),
-        "finetune_attention": replace(base, kge_family=ra, kge_attention=True, **ft),
-        "transr_finetune_attention": replace(base, kge_family=r, kge_attention=True, **ft),
+        "finetune_attention": fa,
+        "transr_finetune_attention": replace(fa, kge_family=r),
+        # the vectors' own share: the same arm without the KGE relation scores in the wide part
+        "finetune_attention_no_scores": replace(fa, kge_scores=()),
+        "derm": replace(base, derm_inputs=derm),
+        "derm_finetune_attention": replace(fa, derm_inputs=derm),
     }
 
 
@@ -95,50 +144,112 @@ def prepare(ws: Workspace, days: list[int], kcfg: KGEConfig) -> dict[str, Any]:
     return info
 
 
-def run_seed(
+def prepare_derm(ws: Workspace, split: dict[str, list[int]], towers: TowerConfig) -> dict[str, Any]:
+    """The DERM towers as the daily cycle runs them (`harness.upstream`, the cycle's stages): from scratch with
+    back inference on `derm_window`, then one increment and one store version a day over `derm_daily`; the
+    tasks behind `CYCLE_DERM_INPUTS`. Returns the seconds and the versions published."""
+    t0 = time.perf_counter()
+    tasks = tuple(sorted({name.split("-")[0] for name in CYCLE_DERM_INPUTS}))
+    upstream(
+        ws, ws.dataset(), split["derm_window"], towers, split["derm_daily"], tasks, daily_increments=True
+    )
+    return {"tasks": list(tasks), "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def run_arms(
     ws: Workspace,
     ds: Dataset,
     split: dict[str, list[int]],
     base: RankerConfig,
-    seed: int,
     inputs_kge: tuple[str, ...],
-) -> dict[str, Any]:
-    """Every arm on the same rows; returns arm -> test probabilities (n, 2) and the test labels."""
+    names: list[str],
+    seeds: tuple[int, ...],
+) -> list[dict[str, Any]]:
+    """Every arm of `names` on the same rows, per seed; returns per seed arm -> {p: test probabilities (n, 2),
+    seconds} and the test labels. The rows, their DERM / KGE features and the fitted wide part
+    (`ranking.train.start_ranker`: deterministic, no seed) are built once and shared by every arm and seed."""
     spec = ranker_spec(ds, split["train"], base)
     inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, split["test"][-1]), base.seq_len)
     cutoff = (split["train"][-1] + 1) * 86400
     a_train = inputs.impressions(split["train"], label_cutoff_ts=cutoff)
     a_test = inputs.impressions(split["test"])
-    out: dict[str, Any] = {}
-    feats: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]] = {}
-    for arm, cfg in arms(base, inputs_kge).items():
-        cfg = replace(cfg, seed=seed)
-        fam = cfg.kge_family
-        if fam is not None and fam not in feats:
-            dim = kge_dim(ws, fam)
-            lk = KGELookup(ws, ds, fam, cfg.kge_inputs, cfg.kge_neighbours)
-            feats[fam] = (lk.features(a_train, dim), lk.features(a_test, dim), dim)
-        tr, te, dim = feats[fam] if fam is not None else ({}, {}, 0)
-        train, test = RankerRows(inputs, a_train, tr), RankerRows(inputs, a_test, te)
-        init = None
-        if cfg.kge_finetune and fam is not None:
-            kd = ws.version_before(embeddings_dir(ws, fam), split["train"][0])
-            assert kd is not None
-            init = open_version(embeddings_dir(ws, fam), kd)
-        snap = new_snapshot(spec, cfg, 0, torch.device("cpu"), dim, init)
-        clicked = train.arrays.click > 0
-        snap.ranker.init_output_bias(
-            float(train.arrays.click.mean()), float(train.arrays.conversion[clicked].mean())
-        )
-        t0 = time.perf_counter()
-        stats = fit(snap, train, None, cfg.epochs_initial, torch.device("cpu"), seed=seed)
-        out[arm] = {"p": predict(snap.ranker, test), "seconds": round(time.perf_counter() - t0, 1)}
-        print(f"  seed {seed} {arm}: {out[arm]['seconds']} s, loss {stats['loss_by_epoch'][-1]}", flush=True)
-    out["_labels"] = {"click": a_test.click, "conversion": a_test.conversion, "n_train": len(a_train)}
+    cfgs = arms(base, inputs_kge)
+    feats_train: dict[str, np.ndarray] = {}
+    feats_test: dict[str, np.ndarray] = {}
+    dims: dict[str | None, int] = {None: 0}
+    derm = sorted({d for a in names for d in cfgs[a].derm_inputs})
+    derm_dim = 0
+    if derm:
+        lookup = DermLookup(ws, tuple(derm))
+        first = lookup.version(derm[0].split("-")[0], split["train"][0])
+        assert first is not None, "no DERM store version before the first training day"
+        derm_dim = int(first.manifest["dim"])
+        feats_train.update(lookup.features(a_train, derm_dim))
+        feats_test.update(lookup.features(a_test, derm_dim))
+    kge_feats: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = {}
+    lookups: dict[str, KGELookup] = {}
+    for fam in sorted({cfgs[a].kge_family for a in names if cfgs[a].kge_family is not None}):
+        dims[fam] = kge_dim(ws, fam)
+        lookups[fam] = KGELookup(ws, ds, fam, inputs_kge, base.kge_neighbours, scores=base.kge_scores)
+        kge_feats[fam] = (lookups[fam].features(a_train, dims[fam]), lookups[fam].features(a_test, dims[fam]))
+    fitted: dict[
+        tuple[str, ...], FittedWide | None
+    ] = {}  # by dense columns: the KGE arms' differ from none's
+    out: list[dict[str, Any]] = []
+    for seed in seeds:
+        res: dict[str, Any] = {}
+        for arm in names:
+            cfg = replace(cfgs[arm], seed=seed)
+            fam = cfg.kge_family
+            tr, te = dict(feats_train), dict(feats_test)
+            if fam is not None:
+                tr.update(kge_feats[fam][0])
+                te.update(kge_feats[fam][1])
+            train, test = RankerRows(inputs, a_train, tr), RankerRows(inputs, a_test, te)
+            init = None
+            if cfg.kge_finetune and fam is not None:
+                kd = ws.version_before(embeddings_dir(ws, fam), split["train"][0])
+                assert kd is not None
+                init = open_version(embeddings_dir(ws, fam), kd)
+            snap = new_snapshot(spec, cfg, derm_dim, torch.device("cpu"), dims[fam], init)
+            t0 = time.perf_counter()
+            dense = dense_columns(cfg)
+            lk = lookups.get(fam) if fam is not None else None
+            rec = start_ranker(snap, inputs, train, split["train"], cutoff, fitted.get(dense), lk)
+            if dense not in fitted:
+                fitted[dense] = fitted_wide(snap, rec, cutoff)
+                print(f"  wide part {dense} fitted: {time.perf_counter() - t0:.1f} s", flush=True)
+            t0 = time.perf_counter()
+            stats = fit(snap, train, None, cfg.epochs_initial, torch.device("cpu"), seed=seed)
+            res[arm] = {"p": predict(snap.ranker, test), "seconds": round(time.perf_counter() - t0, 1)}
+            print(
+                f"  seed {seed} {arm}: {res[arm]['seconds']} s, loss {stats['loss_by_epoch'][-1]}", flush=True
+            )
+        res["_labels"] = {"click": a_test.click, "conversion": a_test.conversion, "n_train": len(a_train)}
+        res["_wide"] = {
+            "+".join(k) or "none": None if f is None else {x: f.record.get(x) for x in WIDE_RECORD}
+            for k, f in fitted.items()
+        }
+        out.append(res)
     return out
 
 
+def _vs(rows_by_key: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    vs: dict[str, Any] = {}
+    for key, rows in rows_by_key.items():
+        d = [r["diff"] for r in rows]
+        m, half = statistics.fmean(d), t_half(d, T975)
+        vs[key] = {
+            "diff_mean": m,
+            "diff_ci95_over_seeds": None if half is None else [m - half, m + half],
+            "per_seed_bootstrap": rows,
+        }
+    return vs
+
+
 def summarise(per_seed: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Per arm: mean / std / per-seed metrics, `vs_none` (paired, per seed and over seeds); the DERM + KGE arm
+    also `vs_derm` (what the KGE path adds on top of the DERM inputs)."""
     seeds = SEEDS[: len(per_seed)]  # an incomplete run has fewer seeds
     scores, boots = seed_scores(per_seed, seeds, names, METRICS, BOOT)
     out: dict[str, Any] = {}
@@ -148,17 +259,13 @@ def summarise(per_seed: list[dict[str, Any]], names: list[str]) -> dict[str, Any
             mean_std(e, key, vals, statistics.fmean)
         e["train_seconds_per_seed"] = [res[arm]["seconds"] for res in per_seed]
         if arm != "none":
-            vs: dict[str, Any] = {}
-            for key, rows in boots[arm].items():
-                d = [r["diff"] for r in rows]
-                m, half = statistics.fmean(d), t_half(d, T975)
-                vs[key] = {
-                    "diff_mean": m,
-                    "diff_ci95_over_seeds": None if half is None else [m - half, m + half],
-                    "per_seed_bootstrap": rows,
-                }
-            e["vs_none"] = vs
+            e["vs_none"] = _vs(boots[arm])
         out[arm] = e
+    if "derm" in names and "derm_finetune_attention" in names:
+        _, b = seed_scores(
+            per_seed, seeds, ["derm", "derm_finetune_attention"], METRICS, BOOT, reference="derm"
+        )
+        out["derm_finetune_attention"]["vs_derm"] = _vs(b["derm_finetune_attention"])
     return out
 
 
@@ -183,16 +290,20 @@ def run_dataset(
     split: dict[str, list[int]],
     base: RankerConfig,
     kcfg: KGEConfig,
+    towers: TowerConfig,
     inputs_kge: tuple[str, ...] = ("user", "ad", "advertiser"),
+    names: tuple[str, ...] = ARMS,
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     ws = Workspace.create(work, data)  # reuses one bound to `data`
     ds = ws.dataset()
     info = prepare(ws, split["kge"], kcfg)
-    per_seed = [run_seed(ws, ds, split, base, s, inputs_kge) for s in SEEDS]
-    names = list(arms(base))
+    if any(arms(base)[a].derm_inputs for a in names):
+        info["derm"] = prepare_derm(ws, split, towers)
+        print(f"  derm towers: {info['derm']['seconds']} s", flush=True)
+    per_seed = run_arms(ws, ds, split, base, inputs_kge, list(names), SEEDS)
     c = per_seed[0]["_labels"]["click"]
-    a = summarise(per_seed, names)
+    a = summarise(per_seed, list(names))
     return {
         "days": split,
         "n_train_rows": per_seed[0]["_labels"]["n_train"],
@@ -201,9 +312,27 @@ def run_dataset(
         "n_test_conversions": int(per_seed[0]["_labels"]["conversion"][c > 0].sum()),
         "kge_inputs": list(inputs_kge),
         "prepare": info,
+        "wide_parts": per_seed[0]["_wide"],
         "arms": a,
-        "bar_finetune_attention_cvr": bar(a),
+        "bar_finetune_attention_cvr": bar(a)
+        if {"none", "frozen", "finetune_attention"} <= set(names)
+        else None,
         "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def split_days(days: list[int], n_train: int, n_test: int) -> dict[str, list[int]]:
+    """Train and test days; the KGE versions serving them (the first from scratch on the graph of the day before
+    the span, then one increment a day); the DERM towers' bootstrap window (every day before the first training
+    day) and their daily increments (each day from the first training day to the day before the last test
+    day)."""
+    train, test = days[-n_test - n_train : -n_test], days[-n_test:]
+    return {
+        "kge": days[-n_test - n_train - 2 : -1],
+        "derm_window": [d for d in days if d < train[0]],
+        "derm_daily": [d for d in days if train[0] <= d < test[-1]],
+        "train": train,
+        "test": test,
     }
 
 
@@ -234,6 +363,7 @@ def main() -> None:
         "configs": {
             "ranker_base": base.to_json(),
             "kge": kcfg.to_json(),
+            "derm_towers": TOWERS.to_json(),
             "arms": {k: v.to_json() for k, v in arms(base).items()},
         },
         "protocol": __doc__,
@@ -246,18 +376,11 @@ def main() -> None:
         result["synthetic"] = prev["synthetic"]
         result["synthetic_note"] = f"from the run at git {prev.get('git_sha')} (--movielens-only)"
     else:
-        days = Dataset.open(data).days()
-        n_test = 3 if not args.quick else 2
-        n_train = 5 if not args.quick else 3
-        split = {
-            "kge": days[-n_test - n_train - 2 : -1],  # versions serving the training and test days
-            "train": days[-n_test - n_train : -n_test],
-            "test": days[-n_test:],
-        }
+        split = split_days(Dataset.open(data).days(), 5 if not args.quick else 3, 3 if not args.quick else 2)
         print("synthetic", split, flush=True)
         result["synthetic"] = {"synth_config": dict(synth_cfg.__dict__)}
         ws_name = "ws_quick" if args.quick else "ws_synthetic"
-        result["synthetic"].update(run_dataset(data, WORK / ws_name, split, base, kcfg))
+        result["synthetic"].update(run_dataset(data, WORK / ws_name, split, base, kcfg, TOWERS))
         write_result("kge_ranker" + ("_quick" if args.quick else ""), {**result, "complete": False})
     ml_src = ROOT.parent / "shared" / "data" / "movielens_100k"
     if args.quick or args.no_movielens:
@@ -275,10 +398,16 @@ def main() -> None:
         if not (wk / "manifest.json").exists():
             rebucket(ml, wk, 7)
         wd = [d for d in Dataset.open(wk).days() if Dataset.open(wk).partition_files(d)]
-        ml_split = {"kge": wd[-4 - 6 - 2 : -1], "train": wd[-4 - 6 : -4], "test": wd[-4:]}
+        ml_split = split_days(wd, 6, 4)
         print("movielens", ml_split, flush=True)
         result["movielens_100k"] = run_dataset(
-            wk, WORK / "ws_movielens", ml_split, replace(base, batch_size=512), kcfg, ("user", "ad")
+            wk,
+            WORK / "ws_movielens",
+            ml_split,
+            replace(base, batch_size=512),
+            kcfg,
+            replace(TOWERS, batch_size=512, epochs_initial=1),
+            ("user", "ad"),
         )
     result["complete"] = True
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)

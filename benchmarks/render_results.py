@@ -321,6 +321,32 @@ def kge_ranker_section(r: dict[str, Any]) -> list[str]:
             "CVR ROC-AUC vs none [95 % CI]",
         )
         lines += table(header, rows)
+        vd = ((d["arms"].get("derm_finetune_attention") or {}).get("vs_derm") or {}).get("cvr_roc_auc")
+        if vd:
+            ci = vd.get("diff_ci95_over_seeds")
+            lines += [
+                "",
+                f"derm_finetune_attention - derm (the KGE path on top of the DERM inputs), CVR ROC-AUC "
+                f"{vd['diff_mean']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "") + ".",
+            ]
+        wp = d.get("wide_parts") or {}
+        if wp:
+            lines += [
+                "",
+                "Fitted wide parts (shared by every seed; L2 per task, CVR weights of the KGE score columns, "
+                "score then found flag per relation): "
+                + "; ".join(
+                    f"{k}: l2 {x.get('l2')}"
+                    + (
+                        f", CVR weights {[round(w, 3) for w in x['cvr_dense_weights']]}"
+                        if x.get("cvr_dense_weights")
+                        else ""
+                    )
+                    for k, x in wp.items()
+                    if x
+                )
+                + ".",
+            ]
         b = d.get("bar_finetune_attention_cvr") or {}
         if b:
             lines += [
@@ -330,6 +356,83 @@ def kge_ranker_section(r: dict[str, Any]) -> list[str]:
                 f"{_f(b.get('spread_max_std'))}; vs frozen {b.get('cvr_diff_vs_frozen'):+.4f}).",
             ]
         lines.append("")
+    return lines
+
+
+def kge_signal_section(r: dict[str, Any]) -> list[str]:
+    """Why the KGE path gains little, measured (kge_signal.py)."""
+
+    def ab(v: dict[str, Any] | None) -> str:
+        return "-" if not v else f"{_f(v.get('oracle'))} / {_f(v.get('realised'))}"
+
+    lines = [
+        "## Why the KGE path gains little: offsite information, KGE config, where the ranker reads it",
+        "",
+        f"`{r.get('command')}`; the clicked test impressions of kge_ranker.json's synthetic split "
+        f"({r.get('n_test_clicks')} clicks, {r.get('n_test_conversions')} conversions); CVR ROC-AUC as oracle "
+        f"(rows weighted by their true P(conversion | click)) / realised. {_machine(r)}.",
+        "",
+    ]
+    c = r.get("ceiling") or {}
+    rows = [(k, ab(v)) for k, v in c.items() if isinstance(v, dict)]
+    lines += table(("oracle signal", "CVR ROC-AUC oracle / realised"), rows)
+    lines += [
+        "",
+        f"Clicks whose user converted offsite with the advertiser before: {_f(c.get('share_with_offsite_history'))}.",
+        "",
+    ]
+    cf = r.get("kge_configs") or {}
+    rows = [
+        (
+            k,
+            _f(v.get("offsite_score_r_with_a")),
+            _f(v.get("advertiser_cosine_r_with_conversion_factor_cosine")),
+            _f(v.get("next_day_mrr")),
+            _f(v.get("train_seconds"), 0),
+        )
+        for k, v in cf.items()
+        if isinstance(v, dict)
+    ]
+    lines += [
+        "KGE configs (scratch on the last KGE day's graph): what each learns of the user x advertiser conversion "
+        f"affinity a, and next-day link prediction (popularity MRR {_f(cf.get('popularity_next_day_mrr'))}).",
+        "",
+        *table(("config", "r(offsite score, a)", "r(advertiser cosines)", "next-day MRR", "train s"), rows),
+        "",
+    ]
+    rows = []
+    for name, e in (r.get("lineage_scores") or {}).items():
+        for model in ("transra", "transr"):
+            for k, v in (e.get(model) or {}).items():
+                rows.append((name, model, k, ab(v), _f(v.get("r_with_a")) if "r_with_a" in v else "-"))
+        rows.append((name, "true factors", "attention_proxy", ab(e.get("attention_proxy_true_factors")), "-"))
+    lines += [
+        "The daily KGE lineages kge_ranker's rows read: each score alone.",
+        "",
+        *table(("lineage", "model", "score", "CVR ROC-AUC oracle / realised", "r with a"), rows),
+        "",
+    ]
+    rows = [
+        (name, k, _f(v.get("ctr_roc_auc")), _f(v.get("cvr_roc_auc")))
+        for name, e in (r.get("wide_part") or {}).items()
+        for k, v in e.items()
+    ]
+    lines += [
+        "The ranker's fitted wide part alone (before the deep part trains), without and with the KGE scores.",
+        "",
+        *table(("lineage", "wide part", "CTR ROC-AUC", "CVR ROC-AUC"), rows),
+        "",
+    ]
+    rows = [
+        (k, _f(v.get("ctr_roc_auc")), _f(v.get("cvr_roc_auc")), _f(v.get("seconds"), 0))
+        for k, v in (r.get("ranker_variants") or {}).items()
+    ]
+    lines += [
+        "Ranker variants on kge_ranker's rows, seed 0 (new-default lineage).",
+        "",
+        *table(("arm", "CTR ROC-AUC", "CVR ROC-AUC", "train s"), rows),
+        "",
+    ]
     return lines
 
 
@@ -382,6 +485,7 @@ SECTIONS = {
     "kge_link_prediction_quick": kge_link_prediction_section,
     "kge_ranker": kge_ranker_section,
     "kge_ranker_quick": kge_ranker_section,
+    "kge_signal": kge_signal_section,
     "kge_tuning": kge_tuning_section,
     "movielens_quality": movielens_quality_section,
     "movielens_run": movielens_run_section,

@@ -161,7 +161,7 @@ def fit_logistic(
     model = LogisticModel(fields, values, np.zeros(sum(len(v) for v in values)), 0.0, l2)
     x = torch.from_numpy(model.encode(cols))
     yt = torch.from_numpy(np.asarray(cols[label], np.float64))
-    w, b, _ = lbfgs_logistic(
+    w, b, _, _ = lbfgs_logistic(
         x, yt, torch.zeros(model.n_features, dtype=torch.float64), base_rate_logit(yt), l2, max_iter
     )
     return LogisticModel(fields, values, w.numpy().copy(), b, l2)

@@ -10,6 +10,18 @@ version of the same day (`WORK/graph/day=<D>`, events before the end of D < d), 
     kge_nb_ad_id          int64 (n, L)      the user's graph neighbour ads (clicked or converted onsite), newest
                                             first, -1 padded
     kge_nb_advertiser_id  int64 (n, L)      the user's offsite-converted advertisers, newest first, -1 padded
+    kge_score_<relation>  float32 (n,)      f_r(user, candidate) of the KGE model version the store version was
+                                            published from (`adgraph.models.KGEModel.relation_scores`: the
+                                            model's own vectors, relation vector and projection; tail = the
+                                            ad, or its advertiser for user_converted_offsite_advertiser)
+    kge_score_<relation>_found  float32 (n,)  1 where the model holds the user, the tail and the relation
+
+Why relation scores beside the vectors: the store serves unit-norm entity vectors only (`adgraph.family`), and
+a TransR / TransRA relation is a projection plus a translation; a ranker could learn that geometry from the
+vectors only with far more rows than the CVR head gets (clicks). The score is the KGE model's own answer to
+"does this user convert with this advertiser", one number a linear model can weigh (`RankerConfig.kge_scores`).
+The KGE model version must be the one behind the store version (same day, artifact id and lineage); another is
+a VersionMismatchError.
 
 `KGELookup.used` / `lineages` name the store versions read; a ranker records them (`kge_versions`,
 `kge_lineages`) and a later lookup for it refuses a store version of another lineage (VersionMismatchError),
@@ -25,6 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from adgraph.graph import GraphVersion, Relation, graph_dir
+from adgraph.models import KGEModel, ModelKind
+from adgraph.snapshot import KGEVersion, kge_dir
 from adslog.dataset import Dataset
 from adslog.sequences import AdvertiserMap
 from adslog.workspace import Workspace, version_name
@@ -79,8 +93,11 @@ class KGELookup:
         inputs: tuple[str, ...],
         neighbours: int = 0,
         ranker: dict[str, Any] | None = None,
+        scores: tuple[str, ...] = (),
     ) -> None:
         self.ws, self.family, self.inputs, self.n_neighbours = ws, family, inputs, neighbours
+        self.scores = tuple(Relation(r) for r in scores)
+        self._models: dict[int, KGEModel] = {}
         self.dir = embeddings_dir(ws, family)
         self.adv_of = AdvertiserMap.from_dataset(ds)
         self.used: set[str] = set()
@@ -116,11 +133,53 @@ class KGELookup:
             self._graphs[day] = (Neighbours(g, _AD_RELATIONS), Neighbours(g, _ADV_RELATIONS))
         return self._graphs[day]
 
+    def model(self, v: StoreVersion) -> KGEModel:
+        """The KGE model version store version `v` was published from (same day, artifact id, lineage)."""
+        if v.day not in self._models:
+            kind = ModelKind(self.family.removeprefix("kge-"))
+            kdir = kge_dir(self.ws, kind) / version_name(v.day)
+            if not (kdir / "manifest.json").is_file():
+                raise DataError(
+                    kdir, f"KGE model version {v.day} not published: the KGE relation scores read it"
+                )
+            kv = KGEVersion(kdir)
+            if kv.manifest["artifact_id"] != v.manifest.get("model_artifact") or kv.lineage != v.lineage:
+                raise VersionMismatchError(
+                    f"{kdir}: KGE model {kv.version} (lineage {kv.lineage[:8]}) is not the one store version "
+                    f"{v.dir} was published from ({v.manifest.get('model_version')}, lineage {v.lineage[:8]})"
+                )
+            self._models[v.day] = kv.model
+        return self._models[v.day]
+
+    def score_features(self, a: ImpressionArrays) -> dict[str, np.ndarray]:
+        """`kge_score_<relation>` and `kge_score_<relation>_found` (module docstring) for impressions `a`."""
+        n = len(a)
+        out: dict[str, np.ndarray] = {}
+        for r in self.scores:
+            out[f"kge_score_{r.value}"] = np.zeros(n, np.float32)
+            out[f"kge_score_{r.value}_found"] = np.zeros(n, np.float32)
+        if not self.scores:
+            return out
+        advertiser = self.adv_of(a.ad_id)
+        for day in np.unique(a.day):
+            v = self.version(int(day))
+            if v is None:
+                continue
+            self.used.add(v.version)
+            m = self.model(v)
+            rows = np.flatnonzero(a.day == day)
+            for r in self.scores:
+                tail = advertiser if r is Relation.USER_CONVERTED_OFFSITE_ADVERTISER else a.ad_id
+                s, f = m.relation_scores(r, a.user_id[rows], tail[rows])
+                out[f"kge_score_{r.value}"][rows] = s
+                out[f"kge_score_{r.value}_found"][rows] = f
+        return out
+
     def features(self, a: ImpressionArrays, dim: int) -> dict[str, np.ndarray]:
         """The arrays of the module docstring for impressions `a`."""
         n, L = len(a), self.n_neighbours
         ids = {"user": a.user_id, "ad": a.ad_id, "advertiser": self.adv_of(a.ad_id)}
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, np.ndarray] = self.score_features(a)
         for e in self.inputs:
             out[f"kge_{e}"] = np.zeros((n, dim), np.float32)
             out[f"kge_{e}_found"] = np.zeros(n, np.float32)

@@ -149,7 +149,7 @@ def kge_lookup(
     if cfg.kge_family is None:
         return None
     n = cfg.kge_neighbours if cfg.kge_attention else 0
-    return KGELookup(ws, ds, cfg.kge_family, cfg.kge_inputs, n, ranker)
+    return KGELookup(ws, ds, cfg.kge_family, cfg.kge_inputs, n, ranker, cfg.wide_dense)
 
 
 def ranker_kge_features(
@@ -439,6 +439,85 @@ def fit(
     return out
 
 
+@dataclass(frozen=True)
+class FittedWide:
+    """A wide part fitted by `ranking.wide.fit_wide_part` (its state_dict and record), to start other rankers
+    of the same feature spec, `wide_buckets` and training rows with (the fit is deterministic and reads no seed,
+    no DERM or KGE input: a benchmark fits it once for all its arms and seeds)."""
+
+    state: dict[str, torch.Tensor]
+    record: dict[str, Any]
+    spec: dict[str, Any]
+    days: tuple[int, ...]
+    label_cutoff_ts: int
+    #: the KGE family and relations of its dense columns (`RankerConfig.kge_scores`); () without any
+    dense: tuple[str, ...] = ()
+
+
+def start_ranker(
+    snap: RankerSnapshot,
+    inputs: Inputs,
+    train: RankerRows,
+    days: list[int],
+    label_cutoff_ts: int,
+    fitted: FittedWide | None = None,
+    kge: KGELookup | None = None,
+) -> dict[str, Any] | None:
+    """A fresh ranker's start before its first epoch (`train_ranker` and the benchmarks: one path). Each
+    head's output bias starts at its training base rate (CVR: post-click); with `wide_fit` "regression" the
+    wide part is then fitted on the impressions of `days` (labels as known at `label_cutoff_ts`), its KGE
+    score columns read through `kge` (`RankerConfig.kge_scores`), and the deep logits set to 0
+    (`ranking.wide.fit_wide_part`). `fitted`: a wide part already fitted on the same days, spec and dense
+    columns, copied instead of refitted (ConfigError when any differs). Returns the wide fit's record (None
+    without a fitted wide part)."""
+    clicked = train.arrays.click > 0
+    snap.ranker.init_output_bias(
+        float(train.arrays.click.mean()) if len(train) else 0.5,
+        float(train.arrays.conversion[clicked].mean()) if clicked.any() else 0.5,
+    )
+    wide = snap.ranker.wide
+    if snap.config.wide_fit != "regression" or wide is None:
+        return None
+    if fitted is None:
+        dense = kge.score_features if kge is not None else None
+        return fit_wide_part(snap.ranker, inputs, days, label_cutoff_ts, dense=dense)
+    if (fitted.spec, fitted.days, fitted.label_cutoff_ts, fitted.dense) != (
+        snap.spec.to_json(),
+        tuple(sorted(days)),
+        int(label_cutoff_ts),
+        dense_columns(snap.config),
+    ):
+        raise ConfigError(
+            "the fitted wide part was fitted on another feature spec, days, label cutoff or dense columns"
+        )
+    wide.load_state_dict(fitted.state)
+    snap.ranker.zero_deep_output()
+    return dict(fitted.record)
+
+
+def fitted_wide(
+    snap: RankerSnapshot, record: dict[str, Any] | None, label_cutoff_ts: int
+) -> FittedWide | None:
+    """The wide part `start_ranker` fitted in `snap` (its returned `record`; None when it fitted none), to
+    start others with."""
+    if record is None or snap.ranker.wide is None:
+        return None
+    state = {k: v.detach().clone() for k, v in snap.ranker.wide.state_dict().items()}
+    return FittedWide(
+        state,
+        dict(record),
+        snap.spec.to_json(),
+        tuple(record["days"]),
+        int(label_cutoff_ts),
+        dense_columns(snap.config),
+    )
+
+
+def dense_columns(cfg: RankerConfig) -> tuple[str, ...]:
+    """The wide part's dense columns of a config: the KGE family, then its score relations; () without any."""
+    return (cfg.kge_family or "", *cfg.wide_dense) if cfg.wide_dense else ()
+
+
 def kge_record(snap: RankerSnapshot, kge: KGELookup | None) -> dict[str, Any]:
     """The KGE fields of a ranker manifest: dim, table sizes and the version they started from, and every KGE
     store version (and lineage) read, this run's and its parents' (a fine-tune must stay on them)."""
@@ -530,24 +609,24 @@ def train_ranker(
 
     train = rows(train_days, shard=True)
     val = rows(val_days, shard=False) if val_days else None
-    if parent is None:
-        clicked = train.arrays.click > 0
-        snap.ranker.init_output_bias(
-            float(train.arrays.click.mean()),
-            float(train.arrays.conversion[clicked].mean()) if clicked.any() else 0.5,
-        )
     wide_rec = None
-    if cfg.wide_fit == "regression" and snap.ranker.wide is not None:
-        # every worker of a data-parallel group fits on all rows (the fit is deterministic), before the deep part
-        if parent is None:
-            wide_rec = fit_wide_part(snap.ranker, inputs, train_days, cutoff)
-        else:
-            seen = sorted(set(days_seen) | set(days))
-            window = [d for d in seen if d > last - cfg.wide_window]
-            prior = (snap.manifest.get("wide_fit") or {}).get("prior")
-            wide_rec = fit_wide_part(
-                snap.ranker, inputs, window, cutoff, tuple(prior) if prior else None, True, WIDE_REFIT_ITERS
-            )
+    if parent is None:
+        # every worker of a data-parallel group fits the wide part on all rows (the fit is deterministic)
+        wide_rec = start_ranker(snap, inputs, train, train_days, cutoff, kge=kge)
+    elif cfg.wide_fit == "regression" and snap.ranker.wide is not None:
+        seen = sorted(set(days_seen) | set(days))
+        window = [d for d in seen if d > last - cfg.wide_window]
+        prior = (snap.manifest.get("wide_fit") or {}).get("prior")
+        wide_rec = fit_wide_part(
+            snap.ranker,
+            inputs,
+            window,
+            cutoff,
+            tuple(prior) if prior else None,
+            True,
+            WIDE_REFIT_ITERS,
+            dense=kge.score_features if kge is not None else None,
+        )
     stats = fit(snap, train, val, epochs, dev, progress, seed=cfg.seed + last, parallel=parallel)
     stats.update(calibration_report(predict(snap.ranker, train), train.arrays))
     stats["device"] = dev.type

@@ -15,6 +15,13 @@ the ranker starts as the regression and the deep part (with the wide part frozen
 A daily fine-tune refits each column on the window of days the ranker has seen (at most `wide_window` days,
 ending with the new day), warm-started from yesterday's weights, with the prior chosen at bootstrap (the L2
 weight times the rows it was chosen on, divided by the window's rows).
+
+Dense columns (`RankerConfig.kge_scores`): beside the hashed one-hot keys, real-valued columns (the KGE relation
+scores f_r(user, candidate) and their found flags, `ranking.kge`) get one weight per task, fitted in the same
+L-BFGS objective with the same L2 (`dermtrain.logistic.lbfgs_logistic`). Why here and not only in the deep
+part: the deep part, started at zero logits after the fit, learns a small residual in its one pass (on
+kge_ranker.json's synthetic rows every deep input, KGE vectors and DERM embeddings alike, moved CVR ROC-AUC by
+< 0.001), while a converged linear model uses a scalar signal fully (`benchmarks/kge_signal.py`).
 """
 
 from __future__ import annotations
@@ -72,12 +79,14 @@ def wide_keys(
 @dataclass(frozen=True)
 class WideColumn:
     """One task's fitted column: weight float64 (buckets,) (untouched buckets keep their start), intercept,
-    the mean-loss L2 weight, and whether L-BFGS stopped before `max_iter` iterations."""
+    the mean-loss L2 weight, whether L-BFGS stopped before `max_iter` iterations, and the weights float64 (D,)
+    of the real-valued columns (D = 0 without any)."""
 
     weight: torch.Tensor
     bias: float
     l2: float
     converged: bool
+    dense: torch.Tensor = torch.zeros(0, dtype=torch.float64)
 
 
 def fit_column(
@@ -88,20 +97,24 @@ def fit_column(
     start: torch.Tensor | None = None,
     start_bias: float | None = None,
     max_iter: int = 300,
+    dense: torch.Tensor | None = None,
+    start_dense: torch.Tensor | None = None,
 ) -> WideColumn:
     """L2 logistic regression of labels `y` [n] on the hashed one-hot features `keys` int64 (n, F) (rows of a
-    `buckets`-row table) by L-BFGS (strong Wolfe, float64): mean log loss + l2 / 2 * |w_touched|^2 with an
-    unpenalised intercept. `start` (buckets,) / `start_bias`: a warm start (zero / the base-rate logit
-    otherwise)."""
+    `buckets`-row table) and the real-valued columns `dense` float (n, D) (None: none) by L-BFGS (strong Wolfe,
+    float64): mean log loss + l2 / 2 * (|w_touched|^2 + |v|^2) with an unpenalised intercept. `start`
+    (buckets,) / `start_bias` / `start_dense` (D,): a warm start (zero / the base-rate logit otherwise)."""
     yt = torch.from_numpy(np.asarray(y, np.float64))
     full = torch.zeros(buckets, dtype=torch.float64) if start is None else start.detach().double().clone()
+    n_dense = 0 if dense is None else int(dense.shape[1])
+    v0 = torch.zeros(n_dense, dtype=torch.float64) if start_dense is None else start_dense.detach().double()
     if len(yt) == 0:
-        return WideColumn(full, 0.0 if start_bias is None else start_bias, l2, True)
+        return WideColumn(full, 0.0 if start_bias is None else start_bias, l2, True, v0.clone())
     uniq, inv = torch.unique(keys, return_inverse=True)
     b0 = base_rate_logit(yt) if start_bias is None else start_bias
-    w, b, iters = lbfgs_logistic(inv, yt, full[uniq], b0, l2, max_iter)
+    w, b, iters, v = lbfgs_logistic(inv, yt, full[uniq], b0, l2, max_iter, dense, v0)
     full[uniq] = w
-    return WideColumn(full, b, l2, iters < max_iter)
+    return WideColumn(full, b, l2, iters < max_iter, v)
 
 
 def choose_l2(
@@ -111,10 +124,13 @@ def choose_l2(
     val_y: np.ndarray,
     buckets: int,
     grid: tuple[float, ...] = WIDE_L2,
+    train_dense: torch.Tensor | None = None,
+    val_dense: torch.Tensor | None = None,
 ) -> tuple[WideColumn, dict[float, float]]:
     """The fit on the train rows whose L2 weight of `grid` scores the best ROC-AUC on the validation rows (the
     smaller on ties; the largest when validation has one class only), and the ROC-AUC of each weight. The
-    weights are fitted from the largest down, each warm-started from the previous solution (fewer steps)."""
+    weights are fitted from the largest down, each warm-started from the previous solution (fewer steps).
+    `train_dense` / `val_dense`: the rows' real-valued columns (`fit_column`), or None for both."""
     by_l2: dict[float, float] = {}
     fits: dict[float, WideColumn] = {}
     prev: WideColumn | None = None
@@ -126,9 +142,14 @@ def choose_l2(
             buckets,
             None if prev is None else prev.weight,
             None if prev is None else prev.bias,
+            dense=train_dense,
+            start_dense=None if prev is None else prev.dense,
         )
         fits[l2] = prev
-        by_l2[l2] = roc_auc(prev.weight[val_keys].sum(1).numpy() + prev.bias, val_y)
+        z = prev.weight[val_keys].sum(1) + prev.bias
+        if val_dense is not None:
+            z = z + val_dense.double() @ prev.dense
+        by_l2[l2] = roc_auc(z.numpy(), val_y)
     finite = {k: v for k, v in by_l2.items() if not math.isnan(v)}
     best = max(finite, key=lambda k: (finite[k], -k)) if finite else max(grid)
     return fits[best], dict(sorted(by_l2.items()))
@@ -142,9 +163,12 @@ def fit_wide_part(
     prior: tuple[float, float] | None = None,
     warm: bool = False,
     max_iter: int = 300,
+    dense: Callable[[ImpressionArrays], dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Fit `ranker`'s wide table (in place) on the impressions of `days` (labels as known at
-    `label_cutoff_ts`): the CTR column on every row, the CVR column on the clicked rows. `prior`: (ctr, cvr)
+    `label_cutoff_ts`): the CTR column on every row, the CVR column on the clicked rows. With dense columns
+    (`RankerConfig.kge_scores`), `dense` gives the impressions' arrays they are read from
+    (`ranking.kge.KGELookup.score_features`) and their weights are fitted with the table. `prior`: (ctr, cvr)
     L2 weights on the *summed* log loss, so a window of n rows is fitted at l2 = prior / n (a prior does not
     grow with the data: on the demo, a 13-day refit at the L2 the 7-day window chose scored ROC-AUC 0.7177,
     against 0.7209 at the L2 chosen on 13 days); None = the mean-loss l2 chosen per task on the last of `days`
@@ -159,6 +183,13 @@ def fit_wide_part(
     days = sorted(days)
     a = inputs.impressions(days, label_cutoff_ts=label_cutoff_ts)
     keys = wide_keys(inputs, a, wide.keys)
+    xd: torch.Tensor | None = None
+    if wide.dense is not None:
+        if dense is None:
+            raise ConfigError("the wide part has dense columns (kge_scores): fitting it needs their arrays")
+        feats = {k: torch.from_numpy(np.asarray(v)) for k, v in dense(a).items()}
+        xd = ranker.wide_dense(feats)
+        assert xd is not None
     rec: dict[str, Any] = {"days": days, "rows": len(a)}
     chosen: list[float] = []
     priors: list[float] = []
@@ -166,9 +197,12 @@ def fit_wide_part(
     for t, (task, y, rows) in enumerate(
         (("ctr", a.click, np.ones(len(a), bool)), ("cvr", a.conversion, a.click > 0))
     ):
-        k, yt = keys[torch.from_numpy(rows)], y[rows]
+        sel = torch.from_numpy(rows)
+        k, yt = keys[sel], y[rows]
+        xt = None if xd is None else xd[sel]
         start = wide.table.weight[:, t] if warm else None
         start_bias = float(wide.intercept[t]) if warm else None
+        start_dense = wide.dense[:, t] if warm and wide.dense is not None else None
         if prior is not None:
             best = float(prior[t]) / max(len(yt), 1)
         elif len(days) < 2:
@@ -176,13 +210,25 @@ def fit_wide_part(
         else:
             d = a.day[rows]
             tr, va = torch.from_numpy(d < days[-1]), torch.from_numpy(d == days[-1])
-            chosen_fit, by_l2 = choose_l2(k[tr], yt[d < days[-1]], k[va], yt[d == days[-1]], wide.buckets)
+            chosen_fit, by_l2 = choose_l2(
+                k[tr],
+                yt[d < days[-1]],
+                k[va],
+                yt[d == days[-1]],
+                wide.buckets,
+                train_dense=None if xt is None else xt[tr],
+                val_dense=None if xt is None else xt[va],
+            )
             # the refit on every day starts from the chosen fit
             best, start, start_bias = chosen_fit.l2, chosen_fit.weight, chosen_fit.bias
+            start_dense = chosen_fit.dense
             rec[f"{task}_validation_roc_auc_by_l2"] = {repr(x): v for x, v in by_l2.items()}
-        col = fit_column(k, yt, best, wide.buckets, start, start_bias, max_iter)
+        col = fit_column(k, yt, best, wide.buckets, start, start_bias, max_iter, xt, start_dense)
         with torch.no_grad():
             wide.table.weight[:, t] = col.weight.to(wide.table.weight.dtype)
+            if wide.dense is not None:
+                wide.dense[:, t] = col.dense.to(wide.dense.dtype)
+                rec[f"{task}_dense_weights"] = [float(x) for x in col.dense]
         chosen.append(best)
         priors.append(best * len(yt))
         biases.append(col.bias)

@@ -24,7 +24,7 @@ from dermfeatures.batches import Inputs
 from embstore.store import embeddings_dir, open_version
 from ranking.kge import KGELookup
 from ranking.model import RankerConfig
-from ranking.train import load_ranker, ranker_dir, ranker_kge_features, train_ranker
+from ranking.train import load_ranker, ranker_dir, ranker_kge_features, ranker_spec, train_ranker
 
 DAY0 = 20_000
 KCFG = KGEConfig(dim=8, epochs=2, incremental_epochs=1, batch_size=256, negatives=4)
@@ -381,3 +381,108 @@ def test_run_config_kge_section(tmp_path: Path) -> None:
         parse_run_config({"kge": {"margin": 2.0}}, tmp_path / "c.toml")
     with pytest.raises(DataError, match="needs kge.enabled"):
         parse_run_config({"ranker": {"kge_family": "kge-transra"}}, tmp_path / "c.toml")
+
+
+def test_kge_score_features_are_the_scores_of_the_model_behind_the_store_version(
+    kws: Workspace, tmp_path: Path
+) -> None:
+    """Rows of day d read f_r(user, candidate) of KGE model version d - 1, the one store version d - 1 was
+    published from (tail: the ad, or its advertiser for the offsite relation); a KGE model version other than
+    the store version's is refused."""
+    from adgraph.graph import Relation
+    from adslog.sequences import AdvertiserMap
+
+    ds = kws.dataset()
+    rels = ("user_converted_offsite_advertiser", "user_converted_ad", "user_clicked_ad")
+    lk = KGELookup(kws, ds, FAMILY, ("user",), scores=rels)
+    inputs = Inputs(ds, _spec(kws), ActivityLog.from_dataset(ds, DAY0 + 3), 5)
+    a = inputs.impressions([DAY0 + 2, DAY0 + 3])
+    f = lk.score_features(a)
+    adv = AdvertiserMap.from_dataset(ds)(a.ad_id)
+    for d in (DAY0 + 2, DAY0 + 3):
+        model = open_kge(kws, ModelKind.TRANSRA, d - 1).model
+        rows = np.flatnonzero(a.day == d)
+        for r in rels:
+            tail = adv if r == "user_converted_offsite_advertiser" else a.ad_id
+            want, found = model.relation_scores(Relation(r), a.user_id[rows], tail[rows])
+            np.testing.assert_array_equal(f[f"kge_score_{r}"][rows], want)
+            np.testing.assert_array_equal(f[f"kge_score_{r}_found"][rows], found.astype(np.float32))
+            assert found.mean() > 0.3 and np.abs(want[found]).min() > 0
+    # a KGE model version retrained under the published store version is not the one behind it
+    import shutil
+
+    ws2 = Workspace.create(tmp_path / "w2", kws.dataset().root)
+    for sub in ("graph", "kge", "embeddings"):
+        shutil.copytree(kws.root / sub, ws2.root / sub)
+    train_kge(ws2, DAY0 + 1, KCFG, overwrite=True)
+    with pytest.raises(VersionMismatchError, match="is not the one store version"):
+        KGELookup(ws2, ds, FAMILY, ("user",), scores=rels).score_features(inputs.impressions([DAY0 + 2]))
+
+
+def test_ranker_fits_kge_scores_in_its_wide_part(kws: Workspace) -> None:
+    """With a wide part, the KGE relation scores are dense columns fitted with it (weights recorded, logits =
+    table + scores . weights + intercept before the deep part trains); a fine-tune refits them; a wide part
+    fitted with other dense columns cannot start the ranker."""
+    from ranking.model import KGE_SCORES, Ranker
+    from ranking.train import FittedWide, RankerRows, fitted_wide, new_snapshot, start_ranker
+    from ranking.wide import wide_keys
+
+    cfg = replace(TINY_RANKER, wide_buckets=1 << 12)
+    assert cfg.wide_dense == KGE_SCORES
+    ds = kws.dataset()
+    days = [DAY0 + 1, DAY0 + 2]
+    m = train_ranker(kws, ds, days, cfg, overwrite=True)
+    w = m["wide_fit"]
+    assert len(w["ctr_dense_weights"]) == len(w["cvr_dense_weights"]) == 2 * len(KGE_SCORES)
+    assert max(abs(x) for x in w["ctr_dense_weights"]) > 1e-3
+    snap = load_ranker(ranker_dir(kws) / version_name(DAY0 + 2))
+    assert snap.ranker.wide is not None and snap.ranker.wide.dense is not None
+    np.testing.assert_allclose(
+        snap.ranker.wide.dense[:, 1].numpy(), np.array(w["cvr_dense_weights"], np.float32), rtol=1e-6
+    )
+    # before the deep part trains the ranker is the fitted regression, dense columns included
+    spec = ranker_spec(ds, days, cfg)  # with the one-hot fields the default wide part reads
+    fresh = new_snapshot(spec, cfg, 0, torch.device("cpu"), 8)
+    inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, DAY0 + 3), cfg.seq_len)
+    cutoff = (days[-1] + 1) * 86400
+    a = inputs.impressions(days, label_cutoff_ts=cutoff)
+    lk = KGELookup(kws, ds, FAMILY, cfg.kge_inputs, 0, scores=cfg.kge_scores)
+    rows = RankerRows(inputs, a, lk.features(a, 8))
+    rec = start_ranker(fresh, inputs, rows, days, cutoff, kge=lk)
+    assert rec is not None and len(rec["cvr_dense_weights"]) == 6
+    r: Ranker = fresh.ranker
+    assert r.wide is not None and r.wide.dense is not None and r.wide.intercept is not None
+    idx = np.arange(0, len(a), 5)[:300]
+    b = rows.batch(idx)
+    dense = torch.stack(
+        [b[f"kge_score_{x}{s}"] for x in KGE_SCORES for s in ("", "_found")], dim=1
+    )  # the column order the weights were fitted in
+    with torch.no_grad():
+        want = r.wide.table.weight[wide_keys(inputs, a.take(idx), r.wide.keys)].sum(1)
+        want = want + dense @ r.wide.dense + r.wide.intercept
+        torch.testing.assert_close(r(b), want, atol=1e-5, rtol=0)
+        # a copy of the fitted part starts another ranker identically; other dense columns are refused
+        f = fitted_wide(fresh, rec, cutoff)
+        assert isinstance(f, FittedWide)
+        other = new_snapshot(spec, replace(cfg, seed=5), 0, torch.device("cpu"), 8)
+        start_ranker(other, inputs, rows, days, cutoff, f)
+        torch.testing.assert_close(other.ranker(b), want, atol=1e-5, rtol=0)
+    fewer = new_snapshot(spec, replace(cfg, kge_scores=("user_clicked_ad",)), 0, torch.device("cpu"), 8)
+    with pytest.raises(ConfigError, match="dense columns"):
+        start_ranker(fewer, inputs, rows, days, cutoff, f)
+    # a daily fine-tune refits the dense weights with the table, warm-started
+    m2 = train_ranker(kws, ds, [DAY0 + 3], cfg, ranker_dir(kws) / version_name(DAY0 + 2), overwrite=True)
+    assert len(m2["wide_fit"]["cvr_dense_weights"]) == 6
+    assert m2["wide_fit"]["cvr_dense_weights"] != w["cvr_dense_weights"]
+
+
+def test_kge_scores_config() -> None:
+    with pytest.raises(ConfigError, match="kge_scores"):
+        RankerConfig(kge_family=FAMILY, kge_scores=("ad_in_category",))
+    assert RankerConfig(kge_family=FAMILY, wide_buckets=0).wide_dense == ()
+    assert RankerConfig().wide_dense == ()  # no family: no scores
+    c = RankerConfig(kge_family=FAMILY, kge_scores=("user_clicked_ad",))
+    assert RankerConfig.from_json(json.loads(json.dumps(c.to_json()))) == c
+    old = c.to_json()
+    del old["kge_scores"]  # a ranker written before the scores read none
+    assert RankerConfig.from_json(old).kge_scores == ()

@@ -44,6 +44,14 @@ def test_graph_build_then_kge_train_scratch_and_increment(data: Path, tmp_path: 
     second = json.loads(out)
     assert second["mode"] == "incremental" and second["lineage"] == first["lineage"]
     assert (Path(second["kge"]) / "weights.pt").is_file()
+    cfg = json.loads((Path(first["kge"]) / "manifest.json").read_text())["config"]
+    assert (cfg["sampling"], cfg["lr"]) == ("degree", 0.1)  # KGEConfig's defaults, not the CLI's
+    code, out, err = _run(
+        *args, "--day", str(DAY0), "--model", "transe", "--sampling", "uniform", "--lr", "0.02"
+    )
+    assert code == 0 and err == "", err
+    cfg = json.loads((Path(json.loads(out)["kge"]) / "manifest.json").read_text())["config"]
+    assert (cfg["sampling"], cfg["lr"]) == ("uniform", 0.02)
 
 
 def test_kge_train_errors(data: Path, tmp_path: Path) -> None:

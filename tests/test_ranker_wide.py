@@ -160,6 +160,29 @@ def test_fit_column_is_the_one_hot_regression() -> None:
     assert float(strong.weight.abs().max()) < 0.2 * float(col.weight.abs().max())
 
 
+def test_dense_columns_are_fitted_with_the_one_hot_features() -> None:
+    """A real-valued column beside hashed one-hot keys: its planted weight is recovered, a column of noise
+    gets ~0, and with no dense columns the fit is the one-hot regression alone (no dense weights)."""
+    rng = np.random.default_rng(1)
+    n = 20000
+    a = rng.integers(0, 10, n)
+    x = rng.normal(0, 1, n)
+    noise = rng.normal(0, 1, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(-1.0 + 0.3 * (a - 4.5) / 3 + 1.5 * x)))).astype(np.float64)
+    keys = torch.from_numpy(a[:, None].astype(np.int64))
+    dense = torch.from_numpy(np.stack([x, noise], 1))
+    col = fit_column(keys, y, 1e-6, buckets=16, dense=dense)
+    assert col.converged and col.dense.shape == (2,)
+    assert abs(float(col.dense[0]) - 1.5) < 0.1 and abs(float(col.dense[1])) < 0.05
+    plain = fit_column(keys, y, 1e-6, buckets=16)
+    assert plain.dense.shape == (0,)
+    z_dense = col.weight[keys].sum(1) + col.bias + dense @ col.dense
+    z_plain = plain.weight[keys].sum(1) + plain.bias
+    loss = torch.nn.functional.binary_cross_entropy_with_logits
+    yt = torch.from_numpy(y)
+    assert float(loss(z_dense, yt)) < float(loss(z_plain, yt)) - 0.05
+
+
 def test_fitted_wide_part_starts_the_ranker_as_the_regression(demo_ws: tuple[Path, dict]) -> None:
     """After `fit_wide_part` the ranker's logits are the fitted wide part's, intercept included (deep part 0;
     that the fit is the regression is the test above); an optimiser step

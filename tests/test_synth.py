@@ -313,3 +313,35 @@ def test_offsite_conversions_carry_conversion_signal_clicks_do_not(tmp_path: Pat
         auc[strength] = sig["oracle_roc_auc"]["offsite"]
     assert auc[1.5] > 0.53
     assert gap[1.5] > 0.1 and gap[0.0] < 0.05
+
+
+def test_conversion_terms_decompose_the_oracle_conversion_logit(tmp_path: Path) -> None:
+    """`adgraph.offsite.conversion_terms` reproduces the logged P(conversion | click), and its ceiling adds
+    exactly conv_strength x AD_CONV_ADVERTISER_SHARE x a to the logit without the conversion-specific term."""
+    import pyarrow.compute as pc
+
+    from adgraph.offsite import conversion_terms
+    from adslog.oracle import Oracle
+    from adslog.synth import AD_CONV_ADVERTISER_SHARE
+
+    cfg = SynthConfig(n_users=300, n_ads=200, n_days=2, impressions_per_day=4000, n_advertisers=20, seed=4)
+    generate(cfg, tmp_path / "d")
+    ds = Dataset.open(tmp_path / "d")
+    t = ds.impressions([cfg.start_day + 1], ["user_id", "ad_id", "day", "surface", "click", "p_conversion"])
+    t = t.filter(pc.equal(t.column("click"), 1))
+    col = {k: t.column(k).to_numpy() for k in t.column_names}
+    out = conversion_terms(ds, col["user_id"], col["ad_id"], col["day"], col["surface"])
+    np.testing.assert_allclose(out["p_conv"], col["p_conversion"], rtol=1e-5)
+    truth = Oracle.load(ds.root).truth
+    gap = out["logit_with_offsite"] - out["logit_without"]
+    strength = float(truth.params["conv_strength"])
+    np.testing.assert_allclose(
+        gap, strength * AD_CONV_ADVERTISER_SHARE * out["affinity"], rtol=1e-6, atol=1e-9
+    )
+    urow = Oracle.load(ds.root).user_rows(col["user_id"][:1])
+    arow = Oracle.load(ds.root).ad_rows(col["ad_id"][:1])
+    v = truth.ad_advertiser[arow]
+    a0 = float(truth.user_conv[urow[0]] @ truth.advertiser_conv[v[0]]) / np.sqrt(truth.user_conv.shape[1])
+    assert out["affinity"][0] == pytest.approx(a0, rel=1e-5)
+    # the conversion-specific term moves the logit: p_conv is not a function of logit_without alone
+    assert np.abs(np.log(out["p_conv"] / (1 - out["p_conv"])) - out["logit_without"]).max() > 0.1

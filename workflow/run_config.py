@@ -329,6 +329,8 @@ KEY_DOCS: dict[str, str] = {
     "(needs kge_finetune)",
     "ranker.kge_lr": "learning rate of the KGE ID tables (null: ranker.lr)",
     "ranker.kge_neighbours": "graph neighbours of each kind (ads, advertisers) the attention reads",
+    "ranker.kge_scores": "KGE relations whose score f_r(user, candidate) enters the wide part (with a found "
+    "flag): user_converted_offsite_advertiser, user_converted_ad, user_clicked_ad; []: none",
     "ranker.seed": "random seed of the ranker",
     "aggregation.users.heuristic": "users' pool heuristic: ma (moving average) | acc (latest) | ap",
     "aggregation.users.weight": "w of the users' moving average",
