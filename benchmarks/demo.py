@@ -7,6 +7,7 @@ of each stage, the total, the dataset's statistics, and the machine. Usage: pyth
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 from common import ROOT, write_result
@@ -19,6 +20,7 @@ from workflow.demo import run_demo
 def main() -> None:
     work = ROOT / "benchmarks" / "work" / "demo"
     shutil.rmtree(work, ignore_errors=True)
+    load_start = list(os.getloadavg())
     s = run_demo(work)
     baselines = logistic_vs_ranker(Workspace.open(work), s["eval_day"])
     result = {
@@ -31,6 +33,9 @@ def main() -> None:
         "daily_days": s["daily_days"],
         "eval_day": s["eval_day"],
         "baselines": baselines,
+        # the machine's load average before and after: stage seconds from a loaded machine are not the demo's
+        "load_average_start": load_start,
+        "load_average_end": list(os.getloadavg()),
     }
     path = write_result("demo", result)
     r = s["report"]
