@@ -362,8 +362,8 @@ RATIONALE = {
     "With a 20-slot history (this script at 0a0a371, stopped after its validation) validation recall@20 after epochs 1-8: "
     "0.151, 0.170, 0.178, 0.181, 0.182, 0.182, 0.181, 0.181: it starts far faster than without history (0.111, "
     "0.160, 0.176, 0.182 after 1-4 in gowalla_ablation.json at 3b82ab3) but plateaus at 0.182 and declines, while "
-    "without history the curve reached 0.2016 after 12 epochs (gowalla.json at 7c7f80b). The history's own id "
-    "tables overfit the train pairs; it is kept out of the base and measured as an arm of gowalla_ablation.py",
+    "without history the curve reached 0.2016 after 12 epochs (gowalla.json at 7c7f80b); perhaps the history's own "
+    "id tables overfit the train pairs (not measured). It is kept out of the base, an arm of gowalla_ablation.py",
     "epochs": "the validation curve's best epoch, within the wall-clock budget",
 }
 
