@@ -394,8 +394,6 @@ def within_day_order(users: np.ndarray, seed: int) -> np.ndarray:
     first = np.searchsorted(sorted_users, sorted_users, side="left")
     out = np.empty(len(users), np.int64)
     out[order] = np.arange(len(users)) - first
-    if len(out) and out.max() >= 86400:
-        raise DataError("train.txt", "a user has more than 86,400 train pairs: they do not fit in day 0")
     return out
 
 
@@ -424,7 +422,12 @@ def import_gowalla(
         day = np.full(n, split, np.int32)
         ts = day.astype(np.int64) * 86400
         if split == 0 and order_seed is not None:
-            ts = ts + within_day_order(users, order_seed)
+            within = within_day_order(users, order_seed)
+            if len(within) and within.max() >= 86400:
+                raise DataError(
+                    f, "a user has more than 86,400 train pairs: they do not fit in day 0's seconds"
+                )
+            ts = ts + within
         parts.append(
             pa.table(
                 {

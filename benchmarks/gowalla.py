@@ -190,9 +190,9 @@ def embed_all(snap: Snapshot, inputs: Inputs, split: Split) -> tuple[np.ndarray,
 
 
 def tower_config(**overrides: Any) -> TowerConfig:
-    """Ids-only towers: CTR/CVR heads off, a one-slot sequence (always empty here), the mlp backbone unless
-    `overrides` names one (BASE does: sum)."""
-    base: dict[str, Any] = {"weight_ctr": 0.0, "weight_cvr": 0.0, "seq_len": 1}
+    """Ids-only towers: CTR/CVR heads off, the mlp backbone unless `overrides` names one (BASE does: sum, and
+    its history length `seq_len`)."""
+    base: dict[str, Any] = {"weight_ctr": 0.0, "weight_cvr": 0.0}
     if "backbone" in {f.name for f in dataclasses.fields(TowerConfig)}:
         base["backbone"] = "mlp"
     base.update(overrides)

@@ -166,6 +166,18 @@ def test_gowalla_order_seed_spreads_train_pairs_over_day_0(tmp_path: Path) -> No
     assert set(plain.tolist()) == {0}
 
 
+def test_gowalla_order_seed_refuses_a_user_too_long_for_one_day(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.txt").write_text("0 " + " ".join(map(str, range(86_401))) + "\n")
+    (src / "test.txt").write_text("0 5\n")
+    import_gowalla(src, tmp_path / "plain")  # without order_seed every pair sits at ts 0: fine
+    with pytest.raises(DataError) as e:
+        import_gowalla(src, tmp_path / "gw", order_seed=0)
+    assert str(e.value).startswith(f"{src / 'train.txt'}: a user has more than 86,400 train pairs")
+    assert not (tmp_path / "gw").exists()
+
+
 def test_within_day_order_is_a_per_user_random_rank() -> None:
     users = np.array([5, 3, 5, 5, 3, 9], np.int64)
     orders = {tuple(within_day_order(users, seed).tolist()) for seed in range(20)}
