@@ -20,6 +20,10 @@ end on that set, so in-flight requests finish on the version they started with a
 versions. A set that fails is not swapped in: the old one keeps serving, the failure is reported by /readyz
 and /metrics, and the same set is retried only after `retry_failed_s` (or a forced reload). Rollback moves
 the LATEST pointers back, which changes the key: it is picked up the same way.
+
+The key takes the day and all three versions from one reading of the rule, and the key is read again after the
+load: a poll that reads while a cycle or a rollback moves the pointers (the day from before the move, versions
+from after it) drops what it loaded (`VersionsMoved`) instead of serving one day with another day's versions.
 """
 
 from __future__ import annotations
@@ -93,15 +97,26 @@ def candidate_key(ws: Workspace, online: OnlineStore | None = None) -> SetKey:
     manifests only (no payload hashing): cheap enough to poll every few seconds."""
     sdir, idir, rdir = embeddings_dir(ws, "ctr"), index_dir(ws), ranker_dir(ws)
     common = ws.serving_version([sdir, idir, rdir], 2**31 - 1, warn=False)
-    day = common + 1 if common is not None else serving_day(ws)
-    both = ws.serving_version([sdir, idir], day, warn=False)
+    if common is not None:  # one reading of the pointers decides the day of all three (see below)
+        day, both, ranker = common + 1, common, common
+    else:
+        day = serving_day(ws)
+        both = ws.serving_version([sdir, idir], day, warn=False)
+        ranker = ws.version_before(rdir, day)
     return SetKey(
         day=day,
         store=_artifact_id(ws, sdir, both, "embedding store"),
         index=_artifact_id(ws, idir, both, "index"),
-        ranker=_artifact_id(ws, rdir, ws.version_before(rdir, day), "ranker"),
+        ranker=_artifact_id(ws, rdir, ranker, "ranker"),
         online=None if online is None else online.live_slot("ctr"),
     )
+
+
+def _key_or_none(ws: Workspace, online: OnlineStore | None) -> SetKey | None:
+    try:
+        return candidate_key(ws, online)
+    except (DermError, OSError):
+        return None
 
 
 @dataclass
@@ -149,7 +164,9 @@ def load_set(ws: Workspace, cfg: ServiceConfig, key: SetKey, online: OnlineStore
         ts.retriever.index_manifest.get("artifact_id"),
         ts.ranker.manifest["artifact_id"],
     )
-    if got != (key.store, key.index, key.ranker):  # the workspace moved between the key and the load
+    # the workspace moved between the key and the load, or the key was read while a cycle or a rollback was
+    # moving the pointers (a day from before the move beside versions from after it): never swapped in
+    if got != (key.store, key.index, key.ranker) or _key_or_none(ws, online) != key:
         raise VersionsMoved(f"{ws.root}: versions changed while loading; the next poll reads them again")
     check = check_set(ts, cfg)
     check["load_seconds"] = round(time.perf_counter() - t0, 3)
@@ -222,7 +239,10 @@ class VersionManager:
             self._failed = {k: t for k, t in self._failed.items() if now - t < self.cfg.retry_failed_s}
             cur = self._current
             try:
-                key = candidate_key(self.ws, self.online)
+                try:
+                    key = candidate_key(self.ws, self.online)
+                except (DermError, OSError):  # a read racing a move: pointers move first, so read them again
+                    key = candidate_key(self.ws, self.online)
             except (DermError, OSError) as e:  # nothing to load (yet), or the store unreachable: not a swap
                 return self._fail(None, e)
             if cur is not None and cur.key == key:

@@ -317,6 +317,45 @@ def test_hot_swap_new_day_corrupt_version_and_rollback(
         assert c.post("/v1/query", json={"user_id": user}).json()["versions"] == old
 
 
+def test_poll_racing_a_rollback_never_serves_a_mixed_set(
+    ws_copy: tuple[Workspace, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback that moves the pointers between the watcher's reads of them (here: right after the rule has
+    picked the day) is never served as the old day beside the restored versions; the next poll serves the
+    restored set under its own day."""
+    from dermserve.versions import VersionManager
+
+    ws, _ = ws_copy
+    day = latest_day(ws)
+    mgr = VersionManager(ServiceConfig(work=str(ws.root), retry_failed_s=3600))
+    real = type(mgr.ws).serving_version
+    calls = {"n": 0}
+
+    def racing(self: Workspace, parents: list[Path], d: int, **kw: Any) -> int | None:
+        out = real(self, parents, d, **kw)
+        calls["n"] += 1
+        if calls["n"] == 1:  # the rule has read the pointers of day `day`: now a rollback moves them
+            with self.lock():
+                rollback(self, day - 1)
+        return out
+
+    monkeypatch.setattr(type(mgr.ws), "serving_version", racing)
+    mgr.poll()
+
+    def served_day_of_versions() -> tuple[int, int]:
+        cur = mgr.current
+        assert cur is not None
+        days = {v.split(":")[1] for v in cur.versions.values()}
+        assert len(days) == 1, cur.versions
+        return cur.day, int(days.pop()[len("day=") :])
+
+    if mgr.current is not None:
+        served, of = served_day_of_versions()
+        assert served == of + 1
+    mgr.poll()
+    assert served_day_of_versions() == (day, day - 1)
+
+
 def test_swap_under_concurrent_http_requests(ws_copy: tuple[Workspace, dict], tmp_path: Path) -> None:
     """A real server process; four clients query without pause while a new day is published and then
     rolled back: no request fails and every response carries one consistent version set."""
@@ -386,7 +425,9 @@ def test_swap_under_concurrent_http_requests(ws_copy: tuple[Workspace, dict], tm
     assert [s for s in seen if s[0] != 200] == []
     sets = {(d, v) for _, d, v in seen}
     old = (day, json.dumps(first["versions"]))
-    assert old in sets and len(sets) == 2, sets  # the old set and the new one, never a mix
+    assert old in sets and len(sets) == 2, "\n".join(
+        map(str, sorted(sets))
+    )  # the old and the new set, never a mix
     (new,) = sets - {old}
     assert new[0] == day + 1 and f"index:{version_name(day)}:" in new[1]
     assert swapped["swaps"] == 2 and swapped["swap_failures"] == 0
