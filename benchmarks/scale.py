@@ -39,8 +39,8 @@ from typing import Any
 
 from common import ROOT, write_result
 
-# 100k and 300k first: on 2 shared cores (load average ~10 measured while this was written) a 1M day plus its
-# bootstrap does not fit the budget, and the growth of the cost per impression needs measured sizes
+# 100k and 300k first: the growth of the cost per impression needs several measured sizes, and the budget guard
+# projects each larger size from the smaller ones (on 2 cores 3M and 10M do not fit the 45 minutes)
 SIZES = (100_000, 300_000, 1_000_000, 3_000_000, 10_000_000)
 ENGINES = (("local", 1), ("ray", 2))
 BUDGET_S = 45 * 60
@@ -328,7 +328,10 @@ def main() -> None:
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        "shared_machine": "2 cores shared with other sessions: figures measured under that load",
+        "shared_machine": (
+            f"{os.cpu_count()} cores; the load average before and after each run is recorded with it "
+            "(a load well above the core count means other work shared the machine)"
+        ),
         "config": cycle_config("local", 1).to_json(),
         "synthetic": {
             "users_per_impression": USERS_PER_IMPRESSION,
