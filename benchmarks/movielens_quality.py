@@ -61,7 +61,7 @@ from eval.bootstrap import paired_bootstrap
 from eval.metrics import recall_per_user, roc_auc
 from eval.upstream import head_probabilities
 from ranking.model import RankerConfig
-from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict, ranker_spec
+from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict, ranker_spec, start_ranker
 from retrieval.prior import DEFAULT_BETAS, LogPrior, PriorConfig, PriorFit, apply_prior, fit_beta
 from retrieval.retrieve import popularity, window_clicks
 from towers.config import Backbone, TowerConfig
@@ -278,10 +278,7 @@ def ranking_seed(ds: Dataset, ws: Workspace, weeks: dict[str, list[int]], seed: 
 
     train, val, test = rows(weeks["fit"], cutoff), rows(weeks["val"], cutoff), rows(weeks["test"], None)
     snap = new_snapshot(spec, cfg, dim, torch.device("cpu"))
-    clicked = train.arrays.click > 0
-    snap.ranker.init_output_bias(
-        float(train.arrays.click.mean()), float(train.arrays.conversion[clicked].mean())
-    )
+    start_ranker(snap, inputs, train, weeks["fit"], cutoff)  # bias init and the wide fit, as train_ranker
     stats = fit(snap, train, val, cfg.epochs_initial, torch.device("cpu"), seed=seed)
     return {
         "p_ctr": predict(snap.ranker, test)[:, 0],

@@ -35,7 +35,18 @@ from adslog.workspace import Workspace
 from dermfeatures.batches import Inputs
 from eval.metrics import pr_auc, roc_auc
 from ranking.model import DERM_INPUTS, RankerConfig
-from ranking.train import DermLookup, RankerRows, RankerTask, fit, new_snapshot, predict, ranker_spec
+from ranking.train import (
+    DermLookup,
+    FittedWide,
+    RankerRows,
+    RankerTask,
+    fit,
+    fitted_wide,
+    new_snapshot,
+    predict,
+    ranker_spec,
+    start_ranker,
+)
 from towers.config import Backbone, TowerConfig
 
 WORK = ROOT / "benchmarks" / "work" / "projection"
@@ -126,13 +137,12 @@ def main() -> None:
         )
         if seed == SEEDS[0]:
             tput = throughput(spec, ranker, train)
-        clicked = train.arrays.click > 0
+        wide: FittedWide | None = None  # reads no DERM input: fitted once per seed, copied into every arm
         for arm, (derm, proj) in ARMS.items():
             cfg = replace(ranker, derm_inputs=derm, derm_projection=proj, seed=seed)
             snap = new_snapshot(spec, cfg, DIM, torch.device("cpu"))
-            snap.ranker.init_output_bias(
-                float(train.arrays.click.mean()), float(train.arrays.conversion[clicked].mean())
-            )
+            rec = start_ranker(snap, inputs, train, train_days, cutoff, wide)  # the path train_ranker takes
+            wide = wide or fitted_wide(snap, rec, cutoff)
             st = fit(snap, train, val, cfg.epochs_initial, torch.device("cpu"), seed=seed)
             fit_rates[arm].append(st["samples_per_second"])
             p = predict(snap.ranker, tst)[:, 0]

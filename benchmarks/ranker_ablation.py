@@ -39,7 +39,18 @@ from adslog.workspace import Workspace
 from dermfeatures.batches import Inputs
 from eval.metrics import pr_auc, roc_auc
 from ranking.model import DERM_INPUTS, RankerConfig
-from ranking.train import DermLookup, RankerRows, calibration, fit, new_snapshot, predict, ranker_spec
+from ranking.train import (
+    DermLookup,
+    FittedWide,
+    RankerRows,
+    calibration,
+    fit,
+    fitted_wide,
+    new_snapshot,
+    predict,
+    ranker_spec,
+    start_ranker,
+)
 from towers.config import Backbone, TowerConfig
 
 WORK = ROOT / "benchmarks" / "work" / "ranker_ablation_v3"
@@ -101,15 +112,14 @@ def run_seed(
         return RankerRows(inputs, a, lookup.features(a, dim))
 
     train, val, test = rows(days["train"], cutoff), rows(days["val"], cutoff), rows(days["test"], None)
-    clicked = train.arrays.click > 0
     out: dict[str, dict[str, Any]] = {}
+    wide: FittedWide | None = None  # the wide part reads no DERM input: fitted once, copied into every arm
     for arm, derm in ARMS.items():
         cfg = replace(ranker, derm_inputs=derm, seed=seed)
         snap = new_snapshot(spec, cfg, dim, torch.device("cpu"))
-        snap.ranker.init_output_bias(
-            float(train.arrays.click.mean()), float(train.arrays.conversion[clicked].mean())
-        )
         t0 = time.perf_counter()
+        rec = start_ranker(snap, inputs, train, days["train"], cutoff, wide)  # the path train_ranker takes
+        wide = wide or fitted_wide(snap, rec, cutoff)
         stats = fit(snap, train, val, cfg.epochs_initial, torch.device("cpu"), seed=seed)
         p = predict(snap.ranker, test)
         out[arm] = {

@@ -11,6 +11,9 @@ impressions (DERM embeddings from the store version before that day):
 - `one_pass`: one epoch over the 11 days before the last day (1.65M impressions);
 - `daily`: the daily cycle's schedule: `epochs_initial` (2) epochs over the first 8 days, then one epoch on
   each of days 8, 9 and 10 (a fresh learning-rate decay per call, as `train_ranker` does).
+Each regime starts and continues the ranker the way `train_ranker` does (`ranking.train.start_ranker`: output
+biases at the base rates and the wide part fitted as the regression; `continue_ranker` before each day: the
+wide part refitted on the last `wide_window` days).
 Seeds vary the ranker's initialisation and row order (the log and the upstream models are shared). Reported:
 CTR-head ROC-AUC, PR-AUC and log loss per arm, regime and seed; the paired difference per seed with a
 bootstrap 95 % interval over users (whole users resampled), and a t interval of the mean difference over seeds.
@@ -38,7 +41,16 @@ from adslog.workspace import Workspace
 from dermfeatures.batches import Inputs
 from eval.bootstrap import paired_bootstrap
 from eval.metrics import log_loss, pr_auc, roc_auc
-from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict, ranker_spec
+from ranking.train import (
+    DermLookup,
+    RankerRows,
+    continue_ranker,
+    fit,
+    new_snapshot,
+    predict,
+    ranker_spec,
+    start_ranker,
+)
 from workflow.demo import DemoConfig
 
 WORK = ROOT / "benchmarks" / "work" / "ranker_init"
@@ -101,19 +113,17 @@ def main() -> None:
     assert first is not None
     dim = int(first.manifest["dim"])
 
+    def cut(ds_days: list[int]) -> int:
+        return (ds_days[-1] + 1) * 86400
+
     def rows(ds_days: list[int]) -> RankerRows:
-        a = inputs.impressions(ds_days, label_cutoff_ts=(ds_days[-1] + 1) * 86400)
+        a = inputs.impressions(ds_days, label_cutoff_ts=cut(ds_days))
         return RankerRows(inputs, a, lookup.features(a, dim))
 
     all_rows, window_rows = rows(train_days), rows(window)
     day_rows = {d: rows([d]) for d in later}
     test_rows = rows([test])
     y, users = test_rows.arrays.click, test_rows.arrays.user_id
-    clicked = window_rows.arrays.click > 0
-    base_rates = (
-        float(window_rows.arrays.click.mean()),
-        float(window_rows.arrays.conversion[clicked].mean()),
-    )
     preds: dict[str, dict[str, list[np.ndarray]]] = {g: {a: [] for a in ARMS} for g in REGIMES}
     seconds: dict[str, dict[str, list[float]]] = {g: {a: [] for a in ARMS} for g in REGIMES}
     cpu = torch.device("cpu")
@@ -122,13 +132,18 @@ def main() -> None:
             for arm, std in ARMS.items():
                 cfg = replace(base, embedding_init_std=std, seed=seed)
                 snap = new_snapshot(spec, cfg, dim, cpu)
-                snap.ranker.init_output_bias(*base_rates)
                 t = time.perf_counter()
+                # train_ranker's path: start_ranker (bias init, the wide fit), then per day continue_ranker
                 if regime == "one_pass":
+                    start_ranker(snap, inputs, all_rows, train_days, cut(train_days))
                     fit(snap, all_rows, None, 1, cpu, seed=seed)
                 else:
+                    rec = start_ranker(snap, inputs, window_rows, window, cut(window))
                     fit(snap, window_rows, None, cfg.epochs_initial, cpu, seed=seed + window[-1])
+                    seen = list(window)
                     for d, r in day_rows.items():
+                        seen.append(d)
+                        continue_ranker(snap, inputs, seen, cut([d]), rec["prior"] if rec else None)
                         fit(snap, r, None, cfg.epochs_incremental, cpu, seed=seed + d)
                 seconds[regime][arm].append(round(time.perf_counter() - t, 1))
                 preds[regime][arm].append(predict(snap.ranker, test_rows)[:, 0])

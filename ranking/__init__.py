@@ -20,12 +20,14 @@ from ranking.train import (
     RankerRows,
     RankerSnapshot,
     calibration,
+    continue_ranker,
     fit,
     load_ranker,
     predict,
     ranker_dir,
     ranker_spec,
     score,
+    start_ranker,
     train_ranker,
 )
 from ranking.wide import WIDE_L2, fit_column, fit_wide_part
@@ -44,6 +46,7 @@ __all__ = [
     "SequenceTransformer",
     "WIDE_L2",
     "calibration",
+    "continue_ranker",
     "fit",
     "forward_shared_sequence",
     "fit_column",
@@ -53,6 +56,7 @@ __all__ = [
     "ranker_dir",
     "ranker_spec",
     "score",
+    "start_ranker",
     "train_ranker",
     "user_runs",
 ]

@@ -495,6 +495,35 @@ def start_ranker(
     return dict(fitted.record)
 
 
+def continue_ranker(
+    snap: RankerSnapshot,
+    inputs: Inputs,
+    days_seen: list[int],
+    label_cutoff_ts: int,
+    prior: list[float] | tuple[float, float] | None,
+    kge: KGELookup | None = None,
+) -> dict[str, Any] | None:
+    """A daily increment's step before its epochs (`train_ranker` and the benchmarks: one path): with
+    `wide_fit` "regression" the wide part is refitted, warm-started for `WIDE_REFIT_ITERS` iterations, on the
+    impressions of the last `wide_window` days of `days_seen` (every day the lineage has trained on, this
+    increment's included; labels as known at `label_cutoff_ts`) under `prior`, the summed-loss L2 the first
+    fit recorded (its record's "prior"). Returns the refit's record (None without a fitted wide part)."""
+    if snap.config.wide_fit != "regression" or snap.ranker.wide is None:
+        return None
+    last = max(days_seen)
+    window = [d for d in sorted(days_seen) if d > last - snap.config.wide_window]
+    return fit_wide_part(
+        snap.ranker,
+        inputs,
+        window,
+        label_cutoff_ts,
+        tuple(prior) if prior else None,  # type: ignore[arg-type]
+        True,
+        WIDE_REFIT_ITERS,
+        dense=kge.score_features if kge is not None else None,
+    )
+
+
 def fitted_wide(
     snap: RankerSnapshot, record: dict[str, Any] | None, label_cutoff_ts: int
 ) -> FittedWide | None:
@@ -613,20 +642,9 @@ def train_ranker(
     if parent is None:
         # every worker of a data-parallel group fits the wide part on all rows (the fit is deterministic)
         wide_rec = start_ranker(snap, inputs, train, train_days, cutoff, kge=kge)
-    elif cfg.wide_fit == "regression" and snap.ranker.wide is not None:
-        seen = sorted(set(days_seen) | set(days))
-        window = [d for d in seen if d > last - cfg.wide_window]
+    else:
         prior = (snap.manifest.get("wide_fit") or {}).get("prior")
-        wide_rec = fit_wide_part(
-            snap.ranker,
-            inputs,
-            window,
-            cutoff,
-            tuple(prior) if prior else None,
-            True,
-            WIDE_REFIT_ITERS,
-            dense=kge.score_features if kge is not None else None,
-        )
+        wide_rec = continue_ranker(snap, inputs, sorted(set(days_seen) | set(days)), cutoff, prior, kge)
     stats = fit(snap, train, val, epochs, dev, progress, seed=cfg.seed + last, parallel=parallel)
     stats.update(calibration_report(predict(snap.ranker, train), train.arrays))
     stats["device"] = dev.type
