@@ -97,7 +97,9 @@ def candidate_key(ws: Workspace, online: OnlineStore | None = None) -> SetKey:
     manifests only (no payload hashing): cheap enough to poll every few seconds."""
     sdir, idir, rdir = embeddings_dir(ws, "ctr"), index_dir(ws), ranker_dir(ws)
     common = ws.serving_version([sdir, idir, rdir], 2**31 - 1, warn=False)
-    if common is not None:  # one reading of the pointers decides the day of all three (see below)
+    both: int | None
+    ranker: int | None
+    if common is not None:  # one reading of the pointers decides the day of all three (module docstring)
         day, both, ranker = common + 1, common, common
     else:
         day = serving_day(ws)

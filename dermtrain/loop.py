@@ -109,7 +109,9 @@ def run_epochs(
     then this worker's shard, `batch_size` is the global batch and `task` is stepped under DDP."""
     if n == 0:
         raise DermError("no impressions to train on")
-    forward, batch_size, steps_per_epoch, seed = training_plan(parallel, task, n, batch_size, seed, device)
+    forward, batch_size, steps_per_epoch, seed, sync = training_plan(
+        parallel, task, n, batch_size, seed, device
+    )
     rng = np.random.default_rng(seed)
     total = steps_per_epoch * epochs
     # Linear decay to 10 % of the learning rate over the run: with rare positive labels, a constant Adam step
@@ -130,6 +132,7 @@ def run_epochs(
                 raise DermError(f"{what} diverged: loss is not finite")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            sync()  # data-parallel: the sparse tables' gradients (DDP averages the dense ones)
             optimizer.set_lr_scale(1.0 - 0.9 * step / max(total - 1, 1))
             optimizer.step()
             for k, v in {"loss": loss.item(), **parts}.items():

@@ -19,18 +19,25 @@ Rules, each chosen so that W workers train what one process would, W times faste
   DDP must not overwrite from worker 0: `broadcast_buffers=False`) work on each worker's local batch, so a
   positive meets batch_size // W - 1 negatives instead of batch_size - 1; the snapshot keeps worker 0's
   estimate (the workers' batches are drawn alike, so their estimates estimate the same Q).
-- sparse gradients: the id tables keep sparse gradients and SparseAdam under DDP. DDP all-reduces a sparse
-  gradient with the gloo backend (an all-gather of the touched rows: its cost grows with the rows a batch
-  touches, not with the tables); dense tables would all-reduce every row of every table each step (the
-  default 2^17-bucket tables are ~16 MB a table a step) and lose SparseAdam's lazy moments (see
-  `TowerConfig.sparse_embeddings`). Measured (`benchmarks/ddp_sparse.py`: 2 gloo workers, 4 tables of
-  2^17 x 32, local batch 1,024, 2 shared cores): 0.028 s a step sparse, 0.43 s dense (15.5x). NCCL cannot all-reduce sparse tensors: on CUDA the group must be gloo, or
-  the model must have dense tables (`towers.sparse_embeddings = false`), else `wrap` raises DermError.
+- sparse gradients: the id tables keep sparse gradients and SparseAdam under DDP (an all-gather of the
+  touched rows: its cost grows with the rows a batch touches, not with the tables); dense tables would
+  all-reduce every row of every table each step (the default 2^17-bucket tables are ~16 MB a table a step)
+  and lose SparseAdam's lazy moments (see `TowerConfig.sparse_embeddings`). Measured
+  (`benchmarks/ddp_sparse.py`: 2 gloo workers, 4 tables of 2^17 x 32, local batch 1,024, 2 shared cores):
+  0.028 s a step sparse, 0.43 s dense (15.5x). DDP does not reduce the sparse tables itself: torch 2.13's
+  gloo sparse all-reduce runs on the process group's two worker threads, and with the towers' ~10 sparse
+  tables two of them coalesced gradients at once and corrupted the heap ("malloc(): unaligned tcache chunk
+  detected", SIGABRT in `AsyncSparseAllreduceWork` on both `pt_gloo_runloop` threads, seen under gdb; the
+  default cycle on a 100k-impression day crashed at its 23rd step every run). The tables are excluded from
+  DDP and `sync_sparse_grads` all-gathers their coalesced rows on the training thread after backward, one
+  table at a time, in the same order on every worker. NCCL is refused for sparse tables (untested path): on
+  CUDA the group must be gloo, or the model must have dense tables (`towers.sparse_embeddings = false`).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,11 +90,12 @@ class DataParallel:
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         """`module` under DistributedDataParallel (parameters are not copied: the caller's optimiser still
-        steps them). Worker 0's parameters are broadcast to the group here; buffers are never synchronised."""
+        steps them), its sparse id tables excluded (`sparse_tables`: synchronised by `sync_sparse_grads`).
+        Worker 0's parameters are broadcast to the group here (the tables too); buffers never are."""
         import torch.distributed as dist
 
-        sparse = any(isinstance(m, nn.Embedding) and m.sparse for m in module.modules())
-        if sparse and dist.get_backend() == "nccl":
+        tables = sparse_tables(module)
+        if tables and dist.get_backend() == "nccl":
             raise DermError(
                 "NCCL cannot all-reduce the sparse gradients of the id tables: train the data-parallel "
                 "workers on CPU (gloo) or set towers.sparse_embeddings = false"
@@ -96,11 +104,69 @@ class DataParallel:
         # find_unused_parameters: a batch with no positive skips the sampled softmax (and so the temperature).
         # broadcast_buffers=False keeps each worker's logQ estimate its own; torch 2.13 deprecates the name but
         # its replacement still syncs buffers at init, and says to keep this one until `init_sync_buffers`.
+        if tables:
+            for _, p in tables:  # DDP's broadcast of worker 0's parameters skips ignored ones: done here
+                dist.broadcast(p.data, src=0)
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                module, [name for name, _ in tables]
+            )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
             return nn.parallel.DistributedDataParallel(
                 module, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True
             )
+
+
+def sparse_tables(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, weight) of every `nn.Embedding(sparse=True)` in `module`, in `named_parameters` order."""
+    ids = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding) and m.sparse}
+    return [(n, p) for n, p in module.named_parameters() if id(p) in ids]
+
+
+def sync_sparse_grads(tables: list[tuple[str, nn.Parameter]], world: int) -> None:
+    """Replace each table's sparse gradient by the group's mean (what DDP does to a dense gradient): the
+    coalesced rows of every worker are all-gathered (padded to the longest; a table without a gradient on a
+    worker counts as no rows) and summed, divided by `world`. A collective call: every worker calls it with
+    the same tables in the same order after each backward."""
+    import torch.distributed as dist
+
+    if not tables:
+        return
+    grads = []
+    for name, p in tables:
+        g = p.grad
+        if g is not None and not g.is_sparse:
+            raise DermError(f"{name}: a sparse id table got a dense gradient")
+        if g is None:
+            g = torch.sparse_coo_tensor(
+                torch.zeros((1, 0), dtype=torch.int64, device=p.device),
+                p.new_zeros((0, *p.shape[1:])),
+                p.shape,
+            )
+        grads.append(g.coalesce())
+    counts = torch.tensor(
+        [g.indices().shape[1] for g in grads], dtype=torch.int64, device=tables[0][1].device
+    )
+    every = [torch.empty_like(counts) for _ in range(world)]
+    dist.all_gather(every, counts)
+    per = torch.stack(every)  # (world, tables)
+    for t, ((_, p), g) in enumerate(zip(tables, grads, strict=True)):
+        n_max = int(per[:, t].max())
+        if n_max == 0:
+            p.grad = None
+            continue
+        idx, val = g.indices()[0], g.values()
+        pad = n_max - idx.shape[0]
+        idx = torch.cat([idx, idx.new_zeros(pad)])
+        val = torch.cat([val, val.new_zeros((pad, *val.shape[1:]))])
+        all_idx = [torch.empty_like(idx) for _ in range(world)]
+        all_val = [torch.empty_like(val) for _ in range(world)]
+        dist.all_gather(all_idx, idx)
+        dist.all_gather(all_val, val)
+        keep = [int(c) for c in per[:, t]]
+        i = torch.cat([x[:k] for x, k in zip(all_idx, keep, strict=True)])
+        v = torch.cat([x[:k] for x, k in zip(all_val, keep, strict=True)]) / world
+        p.grad = torch.sparse_coo_tensor(i.unsqueeze(0), v, p.shape).coalesce()
 
 
 def training_plan(
@@ -110,11 +176,19 @@ def training_plan(
     batch_size: int,
     seed: int,
     device: torch.device,
-) -> tuple[nn.Module, int, int, int]:
+) -> tuple[nn.Module, int, int, int, Callable[[], None]]:
     """What a training loop over n rows steps: (the module to call, the local batch size, steps per epoch, the
-    shuffle seed). One process: (task, batch_size, n // batch_size (>= 1), seed). Data-parallel: `task` under
-    DDP, this worker's share of the global batch, the steps every worker runs, seed + rank."""
+    shuffle seed, what to call after each backward). One process: (task, batch_size, n // batch_size (>= 1),
+    seed, nothing). Data-parallel: `task` under DDP, this worker's share of the global batch, the steps every
+    worker runs, seed + rank, and `sync_sparse_grads` over the sparse tables DDP leaves out."""
     if parallel is None:
-        return task, batch_size, max(1, n // batch_size), seed
+        return task, batch_size, max(1, n // batch_size), seed, lambda: None
     local = parallel.local_batch(batch_size)
-    return parallel.wrap(task, device), local, parallel.steps(n, local), seed + parallel.rank
+    tables = sparse_tables(task)
+    return (
+        parallel.wrap(task, device),
+        local,
+        parallel.steps(n, local),
+        seed + parallel.rank,
+        lambda: sync_sparse_grads(tables, parallel.world),
+    )

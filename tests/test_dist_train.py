@@ -91,6 +91,52 @@ def test_one_worker_equals_single_process(ws_copy: tuple[Workspace, dict], group
     assert ranker["ddp"][0]["train_stats"]["data_parallel"]["workers"] == 1
 
 
+def _sync_worker(rank: int, store: str, out: str) -> None:
+    """One of two gloo workers: three sparse tables with different rows per worker (table b unused on
+    worker 0, table c on both), their gradients synchronised by `sync_sparse_grads`."""
+    from torch import nn
+
+    from dermtrain.parallel import sparse_tables, sync_sparse_grads
+
+    dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
+    m = nn.ModuleDict({k: nn.Embedding(50, 3, padding_idx=0, sparse=True) for k in "abc"})
+    for i, t in enumerate(m.values()):
+        nn.init.constant_(t.weight, float(i + 1))
+    ids = {"a": [[1, 2, 2, 7], [2, 9, 0, 3]][rank], "b": [[], [4, 4, 5]][rank]}
+    loss = sum((m[k](torch.tensor(v)) * (rank + 1)).sum() for k, v in ids.items() if v)
+    loss.backward()  # type: ignore[union-attr]
+    tables = sparse_tables(m)
+    sync_sparse_grads(tables, 2)
+    torch.save({n: None if p.grad is None else p.grad.to_dense() for n, p in tables}, out)
+    dist.destroy_process_group()
+
+
+def test_sparse_grads_are_the_groups_mean(tmp_path: Path) -> None:
+    """Each sparse table's gradient after `sync_sparse_grads` is the mean of the two workers' (rows one
+    worker never touched included; padding row 0 has none); a table no worker used keeps no gradient."""
+    outs = [str(tmp_path / f"g{r}.pt") for r in range(2)]
+    ctx = torch.multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_sync_worker, args=(r, f"file://{tmp_path / 'store'}", outs[r])) for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    g0, g1 = (torch.load(o) for o in outs)
+    expect_a = torch.zeros(50, 3)
+    for rank, rows in enumerate([[1, 2, 2, 7], [2, 9, 0, 3]]):
+        for r in rows:
+            if r:
+                expect_a[r] += (rank + 1) / 2
+    expect_b = torch.zeros(50, 3)
+    expect_b[4], expect_b[5] = 2 * 2 / 2, 2 / 2
+    for g in (g0, g1):
+        assert torch.equal(g["a.weight"], expect_a) and torch.equal(g["b.weight"], expect_b)
+        assert g["c.weight"] is None
+
+
 def test_shard_rules() -> None:
     """Rows r % world == rank: disjoint, together every row once, balanced to one row; global batch split."""
     n = 10
