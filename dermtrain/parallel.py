@@ -142,6 +142,7 @@ def sync_sparse_grads(tables: list[tuple[str, nn.Parameter]], world: int) -> Non
                 torch.zeros((1, 0), dtype=torch.int64, device=p.device),
                 p.new_zeros((0, *p.shape[1:])),
                 p.shape,
+                check_invariants=True,
             )
         grads.append(g.coalesce())
     counts = torch.tensor(
@@ -166,7 +167,9 @@ def sync_sparse_grads(tables: list[tuple[str, nn.Parameter]], world: int) -> Non
         keep = [int(c) for c in per[:, t]]
         i = torch.cat([x[:k] for x, k in zip(all_idx, keep, strict=True)])
         v = torch.cat([x[:k] for x, k in zip(all_val, keep, strict=True)]) / world
-        p.grad = torch.sparse_coo_tensor(i.unsqueeze(0), v, p.shape).coalesce()
+        # rows from other processes: checked against the table's shape (O(rows); a bad index is an error, not
+        # a heap corruption)
+        p.grad = torch.sparse_coo_tensor(i.unsqueeze(0), v, p.shape, check_invariants=True).coalesce()
 
 
 def training_plan(
