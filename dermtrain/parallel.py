@@ -136,7 +136,7 @@ def sync_sparse_grads(tables: list[tuple[str, nn.Parameter]], world: int) -> Non
     for name, p in tables:
         g = p.grad
         if g is not None and not g.is_sparse:
-            raise DermError(f"{name}: a sparse id table got a dense gradient")
+            raise RuntimeError(f"{name}: a sparse id table got a dense gradient")  # a bug, not bad input
         if g is None:
             g = torch.sparse_coo_tensor(
                 torch.zeros((1, 0), dtype=torch.int64, device=p.device),
