@@ -523,7 +523,7 @@ def continue_ranker(
         inputs,
         window,
         label_cutoff_ts,
-        tuple(prior) if prior else None,  # type: ignore[arg-type]
+        (float(prior[0]), float(prior[1])) if prior else None,
         True,
         WIDE_REFIT_ITERS,
         dense=kge.score_features if kge is not None else None,
