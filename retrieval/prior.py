@@ -224,6 +224,44 @@ def _hits(ids: np.ndarray, relevant: Sequence[np.ndarray]) -> tuple[np.ndarray, 
     return hit, np.array([len(r) for r in relevant], np.float64)
 
 
+def recall_by_weight(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    extra: np.ndarray,
+    relevant: Sequence[np.ndarray],
+    k: int,
+    weights: Sequence[float],
+) -> dict[float, float]:
+    """weight -> recall@k of the candidates `ids` int64[n, c] (-1 pads) re-ranked by scores + weight * extra
+    (float32[n, c]; -inf in either drops the candidate, at every weight), users without relevant ads skipped.
+    The order is the stable one serving uses (`top_k`), so ties at the cut fall as they will in serving."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    ids = np.asarray(ids, np.int64)
+    if (
+        ids.shape != np.shape(scores)
+        or ids.shape != np.shape(extra)
+        or ids.ndim != 2
+        or len(relevant) != len(ids)
+    ):
+        raise ValueError(
+            f"ids {ids.shape}, scores {np.shape(scores)}, extra {np.shape(extra)} and {len(relevant)} relevant "
+            "lists disagree"
+        )
+    keep = np.array([len(r) > 0 for r in relevant], bool)
+    ids = ids[keep]
+    scores, extra = np.asarray(scores, np.float32)[keep], np.asarray(extra, np.float32)[keep]
+    rel = [np.asarray(r, np.int64) for r, kp in zip(relevant, keep, strict=True) if kp]
+    hit, n_rel = _hits(ids, rel)
+    out: dict[float, float] = {}
+    for w in sorted(float(x) for x in weights):
+        final = prior_scores(ids, scores, extra, w)
+        top = np.argsort(-final, axis=1, kind="stable")[:, :k]
+        got = np.take_along_axis(hit & np.isfinite(final), top, 1)
+        out[w] = float((got.sum(1) / n_rel).mean()) if len(rel) else 0.0
+    return out
+
+
 def fit_beta(
     ids: np.ndarray,
     scores: np.ndarray,
@@ -262,24 +300,14 @@ def fit_beta(
             f"ids {ids.shape}, scores {scores.shape} and {len(relevant)} relevant lists disagree"
         )
     base = base or PriorConfig()
-    keep = np.array([len(r) > 0 for r in relevant], bool)
-    ids, scores = ids[keep], scores[keep]
-    rel = [r for r, kp in zip(relevant, keep, strict=True) if kp]
-    hit, n_rel = _hits(ids, rel)
     table: dict[int, dict[float, float]] = {}
     best: tuple[float, int, float] | None = None
     for w, lp in log_prior.items():
-        lp = np.asarray(lp, np.float32)[keep]
+        lp = np.asarray(lp, np.float32)
         if lp.shape != ids.shape:
             raise ValueError(f"log_prior[{w}] has shape {lp.shape}, candidates {ids.shape}")
-        table[int(w)] = {}
-        for beta in sorted(float(b) for b in betas):
-            final = prior_scores(ids, scores, lp, beta)
-            # the stable order `top_k` serves with, so ties at the cut fall as they will in serving
-            top = np.argsort(-final, axis=1, kind="stable")[:, :k]
-            got = np.take_along_axis(hit & np.isfinite(final), top, 1)
-            recall = float((got.sum(1) / n_rel).mean()) if len(rel) else 0.0
-            table[int(w)][beta] = recall
+        table[int(w)] = recall_by_weight(ids, scores, lp, relevant, k, betas)
+        for beta, recall in table[int(w)].items():
             if best is None or recall > best[0] + 1e-12:
                 best = (recall, int(w), beta)
     assert best is not None
@@ -290,4 +318,5 @@ def fit_beta(
         overfetch=base.overfetch,
         popular_pool=base.popular_pool,
     )
-    return PriorFit(cfg, int(k), table, len(rel), tuple(int(d) for d in validation_days))
+    n_users = sum(1 for r in relevant if len(r))
+    return PriorFit(cfg, int(k), table, n_users, tuple(int(d) for d in validation_days))
