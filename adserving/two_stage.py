@@ -282,7 +282,9 @@ class TwoStage:
         t1 = time.perf_counter()
         out: list[tuple[np.ndarray, np.ndarray, str] | UnknownUserError] = []
         rows = np.flatnonzero(found)
-        ann_ids, ann_scores = self.retriever.search(vecs[rows], n, excluded) if len(rows) else (None, None)
+        ann_ids, ann_scores = (
+            self.retriever.search(vecs[rows], n, excluded, user_ids[rows]) if len(rows) else (None, None)
+        )
         t2 = time.perf_counter()
         popular = self.retriever.popular
         if excluded is not None:

@@ -311,6 +311,15 @@ def gowalla_section(r: dict[str, Any]) -> list[str]:
             ("**derm (ours)**", f"**{_f(r.get('recall_at_20'))}**", f"**{_f(r.get('ndcg_at_20'))}**"),
         )
     ]
+    graph = (r.get("graph") or {}).get("test")
+    if isinstance(graph, dict):  # the blend's two sources alone, same run, same users
+        for name, d in (
+            ("derm towers alone", graph.get("towers")),
+            ("co-click graph alone", graph.get("graph_alone")),
+        ):
+            if isinstance(d, dict):
+                rec, nd = _f(d.get("recall_at_20")), _f(d.get("ndcg_at_20"))
+                mine.append((d.get("recall_at_20") or 0, (f"*{name} (this run)*", f"*{rec}*", f"*{nd}*")))
     ref = r.get("reference_mf")
     if isinstance(ref, dict):  # measured in the same run, same protocol
         mine.append(
@@ -339,6 +348,21 @@ def gowalla_section(r: dict[str, Any]) -> list[str]:
         f"Chosen on the validation split: {chosen.get('params')}, {chosen.get('epochs')} epochs (validation "
         f"recall@20 {_f(chosen.get('val_recall_at_20'))}); bar 0.1754 (YoutubeDNN) met: {r.get('bar_met')}.",
         "",
+    ]
+    if isinstance(graph, dict):
+        val = (r.get("graph") or {}).get("validation", {})
+        by = ", ".join(f"{g}: {_f(x)}" for g, x in (val.get("recall_at_k_by_gamma") or {}).items())
+        ci = graph.get("diff_ci") or {}
+        lines += [
+            f"Towers + co-click graph: gamma {graph.get('gamma')} chosen on the validation split (recall@20 by "
+            f"gamma: {by}; the graph alone {_f((val.get('graph_alone') or {}).get('recall_at_20'))}). On test, "
+            f"blend minus towers alone {ci.get('blend_minus_towers')}, blend minus graph alone "
+            f"{ci.get('blend_minus_graph_alone')} (95 % paired bootstrap over users). Graph fit "
+            f"{graph.get('graph_fit_seconds')} s (rank {graph.get('graph_rank')}), the graph path "
+            f"{graph.get('seconds')} s for all users.",
+            "",
+        ]
+    lines += [
         "Validation curves (recall@20 on the held-out 10 % after each epoch):",
         "",
     ]

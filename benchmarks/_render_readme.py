@@ -70,9 +70,9 @@ ROWS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
         ),
     ),
     (
-        "Gowalla: recall@20 derm / plain MF reference (same run)",
+        "Gowalla: recall@20 derm (towers + co-click graph) / towers alone / plain MF reference (same run)",
         "gowalla",
-        lambda r: _vs(r, "recall_at_20", "reference_mf.recall_at_20"),
+        lambda r: _vs(r, "recall_at_20", "towers_recall_at_20", "reference_mf.recall_at_20"),
     ),
     (
         "KGE ranker, CVR ROC-AUC none / finetune_attention: synthetic",

@@ -226,6 +226,8 @@ def evaluate_day(
         "n_users": int(len(users)),
         # the popularity prior the served index version recorded (None: the ANN order), see retrieval.prior
         "prior": retriever.prior.to_json() if retriever.prior is not None else None,
+        # the co-click graph blended in (None: none recorded, or gamma 0), see retrieval.graph_filter
+        "graph": retriever.graph.to_json() if retriever.graph is not None else None,
         "n_impressions": int(imp.num_rows),
         "n_clicks": int(clicked.num_rows),
         "n_cold": int(n_cold),

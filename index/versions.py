@@ -56,12 +56,14 @@ def publish_workspace_index(
     min_recall: float | None = None,
     retrieval_prior: dict[str, Any] | None = None,
     popularity_window: int | None = None,
+    retrieval_graph: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Publish index version `day` over store version `day`, from the previous index version; move LATEST.
     A self-check recall under `min_recall` raises QualityGateError and nothing is published.
     `retrieval_prior` (a `retrieval.prior.PriorFit.to_json()` record) is recorded as `upstream.retrieval_prior`:
     the popularity prior the retrievers serving this version apply; `popularity_window` as
-    `upstream.popularity_window`: the days of clicks behind their popularity list and cold-start fallback.
+    `upstream.popularity_window`: the days of clicks behind their popularity list and cold-start fallback;
+    `retrieval_graph` (a `retrieval.graph_filter.GraphFit.to_json()` record) as `upstream.retrieval_graph`.
 
     An already published version is returned as is unless `overwrite`. `params` become the version's
     query-time defaults (None: the previous version's). Returns the manifest.
@@ -88,6 +90,7 @@ def publish_workspace_index(
             "day": day,
             **({"retrieval_prior": retrieval_prior} if retrieval_prior is not None else {}),
             **({"popularity_window": int(popularity_window)} if popularity_window is not None else {}),
+            **({"retrieval_graph": retrieval_graph} if retrieval_graph is not None else {}),
         },
         refresh=refresh,
         self_check_queries=self_check_sample(store, self_check_queries, seed=day),

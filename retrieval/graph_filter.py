@@ -30,13 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from dermcore.errors import ConfigError
+from dermcore.errors import ConfigError, DataError
 from retrieval.prior import recall_by_weight
 
 #: gamma grid for `fit_gamma`, cosine units: 0 (the towers' order) up to values where the graph decides
@@ -172,7 +173,8 @@ class CoClickGraph:
         allowed: np.ndarray | None = None,
         excluded: Sequence[np.ndarray] = (),
     ) -> np.ndarray:
-        """int64[n, k] each user's k best ads by graph score (-1 pads: fewer than k ads with a score > 0).
+        """int64[n, k] each user's k best ads by graph score, ties by ad id (-1 pads: fewer than k ads with a
+        score > 0).
         `allowed`: int64 ads that may be returned (e.g. the live ones); `excluded`: per user, ads to skip (e.g.
         seen ones)."""
         s = scores.copy()
@@ -188,7 +190,7 @@ class CoClickGraph:
             return out
         part = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
         val = np.take_along_axis(s, part, 1)
-        order = np.argsort(-val, axis=1, kind="stable")
+        order = np.lexsort((part, -val), axis=1)  # best first, ties by ad id
         part, val = np.take_along_axis(part, order, 1), np.take_along_axis(val, order, 1)
         out[:, :kk] = np.where(val > 0, self.ads[part], -1)
         return out
@@ -268,3 +270,14 @@ def fit_gamma(
     cfg = GraphConfig(**{**base.to_json(), "gamma": best})
     n = sum(1 for r in relevant if len(r))
     return GraphFit(cfg, int(k), table, n, validation)
+
+
+def graph_from_record(record: Any, source: Path) -> GraphConfig | None:
+    """The GraphConfig of a `GraphFit.to_json()` record in a manifest (`source` names it in errors); None for
+    no record."""
+    if record is None:
+        return None
+    try:
+        return GraphConfig.from_json(record["config"])
+    except (KeyError, TypeError, ConfigError) as e:
+        raise DataError(source, f"invalid retrieval_graph record ({e})") from None

@@ -37,6 +37,16 @@ from index import SearchParams, load_index_artifact
 from index.boundary import compact_rows
 from index.versions import index_dir
 from retrieval.cold_start import ColdStart
+from retrieval.graph_filter import (
+    DEFAULT_GAMMAS,
+    CoClickGraph,
+    GraphConfig,
+    GraphFit,
+    blend,
+    fit_gamma,
+    graph_from_record,
+    union,
+)
 from retrieval.prior import (
     DEFAULT_BETAS,
     POPULARITY_DAYS,
@@ -46,6 +56,8 @@ from retrieval.prior import (
     apply_prior,
     fit_beta,
     prior_from_record,
+    prior_scores,
+    top_k,
 )
 
 log = logging.getLogger(__name__)
@@ -115,13 +127,17 @@ class Retriever:
         params: SearchParams | None = None,
         prior: PriorConfig | None | Literal["index"] = "index",
         store: StoreVersion | None = None,
+        graph: GraphConfig | None | Literal["index"] = "index",
     ) -> None:
         """`prior`: re-rank ANN candidates with a popularity prior (`retrieval.prior`). "index" (the default,
         what serving and eval use): the prior the daily cycle fitted and recorded in the served index version
         (`upstream.retrieval_prior`), none when it recorded none; None: the ANN order; a PriorConfig: that one.
         `store`: the store version to read, from elsewhere (an online feature store) instead of the workspace;
         it must be the version the workspace serves at this day, and the index is checked against its artifact
-        id and lineage as against the workspace's own."""
+        id and lineage as against the workspace's own. `graph`: blend the co-click graph's candidates and score
+        in (`retrieval.graph_filter`); "index" (the default): the one the cycle recorded in the served index
+        version (`upstream.retrieval_graph`), none when it recorded none or gamma 0; None: off; a GraphConfig:
+        that one (the graph is fitted on its window's clicks even at gamma 0, for `fit_graph`)."""
         self.ws = ws
         self.ds = ds if ds is not None else ws.dataset()
         self.day = int(day)
@@ -186,6 +202,20 @@ class Retriever:
         self.log_prior: LogPrior | None = None
         if prior is not None:
             self.log_prior = self.window_prior(prior.window, prior.alpha)
+        if graph == "index":
+            recorded = (self.index_manifest.get("upstream") or {}).get("retrieval_graph")
+            graph = graph_from_record(recorded, Path(index_dir(ws)) / version_name(index_day or 0))
+            graph = graph if graph is not None and graph.gamma > 0 else None
+        self.graph: GraphConfig | None = graph
+        #: the co-click graph of the graph's window and each user's clicks in it (None without a graph)
+        self.graph_filter: CoClickGraph | None = None
+        self._histories: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if graph is not None:
+            g_users, g_ads = window_clicks(self.ds, self.day, graph.window)
+            self.graph_filter = CoClickGraph.fit(g_users, g_ads, graph.rank, graph.ideal_weight)
+            order = np.argsort(g_users, kind="stable")
+            h_users, start = np.unique(g_users[order], return_index=True)
+            self._histories = (h_users, np.r_[start, len(order)], g_ads[order])
         # Indexed ads that are not live today. Excluding them is the same filter as allowing only live ads, and
         # far cheaper per query when they are few (the filter is rebuilt per search); none: no filter at all.
         self._dead = np.zeros(0, np.int64)
@@ -236,11 +266,22 @@ class Retriever:
         return LogPrior.from_clicks(self.live, clicked, alpha)
 
     def search(
-        self, vecs: np.ndarray, k: int, excluded_ids: np.ndarray | None = None
+        self,
+        vecs: np.ndarray,
+        k: int,
+        excluded_ids: np.ndarray | None = None,
+        user_ids: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over the live ads in the index: (ids int64[n, k], scores float32[n, k]), -1 / -inf pads where
         fewer than k live ads have an embedding. Without a prior: the ANN's top k and inner products; with one:
-        the top k by inner product + beta x log click share, and that score (`retrieval.prior`)."""
+        the top k by inner product + beta x log click share, and that score (`retrieval.prior`). With a graph
+        (and `user_ids` int64[n], whose window clicks it reads): the top k of the candidate union by that score
+        + gamma x the graph score (`graph_candidates`)."""
+        if self.graph is not None and user_ids is not None:
+            ids, base, g = self.graph_candidates(
+                vecs, np.asarray(user_ids, np.int64), k, self.graph, excluded_ids
+            )
+            return top_k(ids, blend(base, g, self.graph.gamma), k)
         if self.prior is not None and self.log_prior is not None:
             return self._search_with_prior(vecs, k, excluded_ids, self.prior, self.log_prior)
         return self.ann_search(vecs, k, excluded_ids)
@@ -337,6 +378,73 @@ class Retriever:
             depth = min(4 * depth, n_index)
         return out_ids, out_scores
 
+    def graph_histories(self, user_ids: np.ndarray) -> list[np.ndarray]:
+        """Each user's clicked ads in the graph's window (empty for a user without any, or without a graph)."""
+        if self._histories is None:
+            return [np.zeros(0, np.int64) for _ in user_ids]
+        users, bounds, ads = self._histories
+        pos = np.clip(np.searchsorted(users, user_ids), 0, max(len(users) - 1, 0))
+        hit = users[pos] == user_ids if len(users) else np.zeros(len(user_ids), bool)
+        return [
+            ads[bounds[p] : bounds[p + 1]] if h else np.zeros(0, np.int64)
+            for p, h in zip(pos, hit, strict=True)
+        ]
+
+    def graph_candidates(
+        self,
+        vecs: np.ndarray,
+        user_ids: np.ndarray,
+        k: int,
+        cfg: GraphConfig,
+        excluded_ids: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The candidate union of the graph path: the ANN top `cfg.depth * k` (plus the prior's popular pool when
+        this retriever has a prior) and the co-click graph's top `cfg.depth * k` live ads. Returns ids int64[n,
+        c] (-1 pads and repeats), their score without the graph float32[n, c] (exact inner product, + beta x log
+        click share with a prior; -inf for pads, ads without a vector and, with a prior, ads not live) and
+        their graph score float32[n, c] (0: no graph evidence). The top k of the union is served, not the exact
+        top k over every eligible ad."""
+        if self.index is None or self.store is None or self.graph_filter is None:
+            raise DermError(f"{index_dir(self.ws)}: no index or graph before day {self.day}")
+        depth = min(max(cfg.depth * k, k), self.index.ntotal)
+        if self.prior is not None and self.log_prior is not None:
+            pool_ids, pool_vecs = self._pool(self.log_prior.order(excluded_ids), self.prior.popular_pool * k)
+            ann_ids = self.prior_candidates(vecs, depth, pool_ids, pool_vecs, excluded_ids)[0]
+        else:
+            ann_ids = self.ann_search(vecs, depth, excluded_ids)[0]
+        g_all = self.graph_filter.scores(self.graph_histories(user_ids))
+        allowed = self.live if excluded_ids is None else np.setdiff1d(self.live, excluded_ids)
+        ids = union(ann_ids, self.graph_filter.top(g_all, depth, allowed=allowed))
+        uniq = np.unique(ids[ids >= 0])
+        ad_vecs, found = self.store.lookup("ad", uniq)
+        pos = np.clip(np.searchsorted(uniq, ids), 0, max(len(uniq) - 1, 0))
+        ok = (ids >= 0) & (found[pos] if len(uniq) else False)
+        scores = np.where(ok, np.einsum("nd,ncd->nc", vecs, ad_vecs[pos]) if len(uniq) else 0.0, -np.inf)
+        scores = scores.astype(np.float32)
+        if self.prior is not None and self.log_prior is not None:
+            scores = prior_scores(ids, scores, self.log_prior.at(ids), self.prior.beta)
+        return ids, scores, self.graph_filter.at(g_all, ids)
+
+    def fit_graph(
+        self,
+        user_ids: np.ndarray,
+        relevant: Sequence[np.ndarray],
+        k: int,
+        gammas: Sequence[float] = DEFAULT_GAMMAS,
+    ) -> GraphFit:
+        """Choose the graph's gamma by recall@k of this query day's clicks, over the candidates serving draws
+        (`graph_candidates`, with this retriever's prior, if any, at its beta). Call it with the Retriever of a
+        validation day D made with `graph=GraphConfig(...)`; users without an embedding are skipped."""
+        if self.graph is None:
+            raise DermError("fit_graph needs a Retriever made with graph=GraphConfig(...)")
+        user_ids = np.asarray(user_ids, np.int64)
+        if len(relevant) != len(user_ids):
+            raise DermError(f"{len(user_ids)} users but {len(relevant)} relevant lists")
+        vecs, found = self.user_embeddings(user_ids)
+        ids, base, g = self.graph_candidates(vecs[found], user_ids[found], k, self.graph)
+        rel = [np.asarray(relevant[int(i)], np.int64) for i in np.flatnonzero(found)]
+        return fit_gamma(ids, base, g, rel, k, gammas, self.graph, validation=f"day {self.day}")
+
     def fit_prior(
         self,
         user_ids: np.ndarray,
@@ -389,7 +497,7 @@ class Retriever:
         scores = np.full((n, k), -np.inf, np.float32)
         vecs, found = self.user_embeddings(user_ids)
         if found.any():
-            ids[found], scores[found] = self.search(vecs[found], k, excluded_ids)
+            ids[found], scores[found] = self.search(vecs[found], k, excluded_ids, user_ids[found])
         path = ["ann" if f else "cold_start" for f in found]
         if cold_start is not None:
             for r in np.flatnonzero(~found):

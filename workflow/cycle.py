@@ -61,6 +61,7 @@ from index.refresh import RefreshConfig
 from index.versions import index_dir
 from ranking.model import RankerConfig
 from ranking.train import ranker_dir, train_ranker
+from retrieval.graph_filter import GraphConfig
 from retrieval.prior import POPULARITY_DAYS
 from retrieval.retrieve import Retriever
 from towers.config import Task, TowerConfig
@@ -103,6 +104,10 @@ class CycleConfig:
     # record it in that day's index version, which serves the next day
     retrieval_prior: bool = True
     prior_windows: tuple[int, ...] = (1, 3, 7)
+    # fit the co-click graph's weight (`retrieval.graph_filter`, gamma; 0, no graph, is on the grid) the same
+    # way, over `graph_window` days of clicks, and record it beside the prior
+    retrieval_graph: bool = True
+    graph_window: int = 28
     # days (periods) of clicks behind the popularity list, the cold-start fallback and eval's popularity
     # baseline; recorded in each index version so every reader of that version uses the same window
     popularity_window: int = POPULARITY_DAYS
@@ -157,6 +162,12 @@ class CycleConfig:
             raise ConfigError(f"popularity_window must be an integer >= 1, got {self.popularity_window!r}")
         if self.popularity_window < 1:
             raise ConfigError(f"popularity_window must be an integer >= 1, got {self.popularity_window!r}")
+        if (
+            isinstance(self.graph_window, bool)
+            or not isinstance(self.graph_window, int)
+            or self.graph_window < 1
+        ):
+            raise ConfigError(f"graph_window must be an integer >= 1 (days), got {self.graph_window!r}")
         if not self.prior_windows or any(not isinstance(w, int) or w < 1 for w in self.prior_windows):
             raise ConfigError("prior_windows must be one or more integers >= 1 (days)")
 
@@ -180,6 +191,8 @@ class CycleConfig:
             "store_float16": self.store_float16,
             "retrieval_prior": self.retrieval_prior,
             "prior_windows": list(self.prior_windows),
+            "retrieval_graph": self.retrieval_graph,
+            "graph_window": self.graph_window,
             "popularity_window": self.popularity_window,
             "feature_store": self.feature_store,
             "engine": self.engine.value,
@@ -215,6 +228,9 @@ class CycleConfig:
             # workspaces written before the option served the ANN order
             retrieval_prior=bool(d.get("retrieval_prior", False)),
             prior_windows=tuple(d.get("prior_windows", cls.prior_windows)),
+            # workspaces written before the option served without the graph
+            retrieval_graph=bool(d.get("retrieval_graph", False)),
+            graph_window=int(d.get("graph_window", cls.graph_window)),
             popularity_window=d.get("popularity_window", POPULARITY_DAYS),
             device=device,
             feature_store=d.get("feature_store"),
@@ -473,7 +489,7 @@ def publish_index(
     """Publish the ad index over store version `day` of the ctr model (skips if published): the one path of
     the daily cycle, `derm index build` (refresh mode rebuild) and `derm index refresh`, so every one applies
     the self-check gate (`cfg.min_index_recall`: QualityGateError, nothing published) and records the
-    retrieval prior fitted on `day`'s clicks (`fit_retrieval_prior`).
+    retrieval prior and graph fitted on `day`'s clicks (`fit_retrieval_rerank`).
 
     By default the previous index version is updated in place when few ads changed and the index type allows
     it, else rebuilt; the manifest's `refresh` records which and why (see `index.refresh`). `params` become the
@@ -495,40 +511,58 @@ def publish_index(
         k=cfg.self_check_k,
         overwrite=overwrite,
         min_recall=cfg.min_index_recall,
-        retrieval_prior=fit_retrieval_prior(ws, ws.dataset(), day, cfg),
         popularity_window=cfg.popularity_window,
+        **fit_retrieval_rerank(ws, ws.dataset(), day, cfg),
     )
 
 
-def fit_retrieval_prior(ws: Workspace, ds: Dataset, day: int, cfg: CycleConfig) -> dict[str, Any] | None:
-    """The popularity prior for the days after `day`, fitted on `day`'s clicks with the versions that served
-    it (a validation period strictly before the days it will serve): `PriorFit.to_json()`, or None when the
-    cycle fits none, nothing served `day` or nobody clicked."""
-    if not cfg.retrieval_prior or ws.version_before(index_dir(ws), day) is None:
-        return None
+def fit_retrieval_rerank(ws: Workspace, ds: Dataset, day: int, cfg: CycleConfig) -> dict[str, Any]:
+    """The retrieval re-ranking for the days after `day`, fitted on `day`'s clicks with the versions that served
+    it (a validation period strictly before the days it will serve): {"retrieval_prior": `PriorFit.to_json()`,
+    "retrieval_graph": `GraphFit.to_json()`}, each left out when the cycle fits none, nothing served `day` or
+    nobody clicked. The graph's gamma is fitted on top of the prior just fitted (its beta fixed)."""
+    out: dict[str, Any] = {}
+    if not (cfg.retrieval_prior or cfg.retrieval_graph) or ws.version_before(index_dir(ws), day) is None:
+        return out
     users, relevant = day_clicks(ds, day)
     if len(users) == 0:
-        return None
+        return out
     try:
-        retriever = Retriever(ws, day, ds, prior=None)
+        retriever = Retriever(ws, day, ds, prior=None, graph=None)
     except DataError as e:
         # the versions that served `day` cannot be read (a corrupt index file): the index of `day` is rebuilt
         # from its verified store version below, serving the ANN order until the next day's fit
-        log.warning("no retrieval prior fitted on day %d: %s", day, e)
-        return None
+        log.warning("no retrieval prior or graph fitted on day %d: %s", day, e)
+        return out
     if retriever.index is None:
-        return None
-    fit = retriever.fit_prior(users, relevant, cfg.self_check_k, windows=cfg.prior_windows)
-    log.info(
-        "retrieval prior fitted on day %d: beta %s, window %d (recall@%d %.4f vs %.4f without)",
-        day,
-        fit.config.beta,
-        fit.config.window,
-        fit.k,
-        fit.recall_chosen,
-        fit.recall_without_prior,
-    )
-    return fit.to_json()
+        return out
+    prior = None
+    if cfg.retrieval_prior:
+        fit = retriever.fit_prior(users, relevant, cfg.self_check_k, windows=cfg.prior_windows)
+        log.info(
+            "retrieval prior fitted on day %d: beta %s, window %d (recall@%d %.4f vs %.4f without)",
+            day,
+            fit.config.beta,
+            fit.config.window,
+            fit.k,
+            fit.recall_chosen,
+            fit.recall_without_prior,
+        )
+        out["retrieval_prior"] = fit.to_json()
+        prior = fit.config
+    if cfg.retrieval_graph:
+        with_graph = Retriever(ws, day, ds, prior=prior, graph=GraphConfig(window=cfg.graph_window))
+        gfit = with_graph.fit_graph(users, relevant, cfg.self_check_k)
+        log.info(
+            "retrieval graph fitted on day %d: gamma %s (recall@%d %.4f vs %.4f without)",
+            day,
+            gfit.config.gamma,
+            gfit.k,
+            gfit.recall_chosen,
+            gfit.recall_without_graph,
+        )
+        out["retrieval_graph"] = gfit.to_json()
+    return out
 
 
 def bootstrap(
