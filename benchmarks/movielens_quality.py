@@ -15,9 +15,12 @@ Retrieval arms, each a per-user recall (seeds averaged per user) with a paired b
   share of the window before the week), beta and window chosen by `fit_beta` on the last training week with a
   model of the same config trained on the weeks before it (point-in-time: the validation week is never trained
   on when it chooses beta, and the counts are from before each week);
-- `plain_mf` (+ prior): `eval.baselines.plain_mf` on the click pairs of the same training weeks; users it never
+- `... + prior + graph`: the prior's order blended with the co-click graph (`retrieval.graph_filter`: cos + beta x
+  log share + gamma x the graph score of the 28 weeks before the week), gamma fitted on the same validation week
+  with the prior fixed, as the daily cycle fits it;
+- `plain_mf` (+ prior, + graph): `eval.baselines.plain_mf` on the click pairs of the same training weeks; users it never
   saw get popularity (the cold-start path).
-Headline `retrieval.recall_at_100` is derm + prior with the default (DHEN) towers.
+Headline `retrieval.recall_at_100` is derm + prior + graph with the default (DHEN) towers (what the cycle serves).
 
 Ranking, on the same rows: train = every training week but the last, validation = the last (the ranker's early
 stopping, the logistic regression's L2), test = the 4 test weeks. `derm ranker`: `ranking.train.fit` with
@@ -62,7 +65,16 @@ from eval.metrics import recall_per_user, roc_auc
 from eval.upstream import head_probabilities
 from ranking.model import RankerConfig
 from ranking.train import DermLookup, RankerRows, fit, new_snapshot, predict, ranker_spec, start_ranker
-from retrieval.prior import DEFAULT_BETAS, LogPrior, PriorConfig, PriorFit, apply_prior, fit_beta
+from retrieval.graph_filter import DEFAULT_GAMMAS, CoClickGraph, GraphConfig, GraphFit, blend, fit_gamma
+from retrieval.prior import (
+    DEFAULT_BETAS,
+    LogPrior,
+    PriorConfig,
+    PriorFit,
+    fit_beta,
+    prior_scores,
+    top_k,
+)
 from retrieval.retrieve import popularity, window_clicks
 from towers.config import Backbone, TowerConfig
 from towers.infer import embed_ads, embed_users
@@ -75,6 +87,9 @@ K = 100
 BOOT = 1000
 WINDOWS = (1, 2, 4, 7)  # weeks of clicks behind the prior
 ALPHA = PriorConfig().alpha
+GRAPH = (
+    GraphConfig()
+)  # the cycle's co-click graph: 28 periods (weeks here) of clicks, GF-CF's rank and weight
 TOWERS = replace(TowerConfig(), batch_size=1024, epochs_initial=2)  # towers_ablation's MovieLens `full`
 ARMS = {"derm": TOWERS, "derm_mlp": replace(TOWERS, backbone=Backbone.MLP)}
 MF = MFConfig()
@@ -120,6 +135,15 @@ class Period:
             for w in WINDOWS
         }
         self.popular = {(d, w): self.priors[(d, w)].order() for d in weeks for w in WINDOWS}
+        # the co-click graph of the GRAPH.window weeks before each week, and each row's clicks in it
+        self.graphs: dict[int, CoClickGraph] = {}
+        self.history: list[np.ndarray] = [np.zeros(0, np.int64)] * len(self.rows)
+        for d in weeks:
+            gu, ga = window_clicks(ds, d, GRAPH.window)
+            self.graphs[d] = CoClickGraph.fit(gu, ga, GRAPH.rank, GRAPH.ideal_weight)
+            for i, (u, week, _) in enumerate(self.rows):
+                if week == d:
+                    self.history[i] = ga[gu == u]
         # protocol popularity: 7 buckets before the week, ties by id (retrieval.retrieve.popularity)
         self.popular_protocol = {d: popularity(ds, d, self.live[d])[0] for d in weeks}
 
@@ -183,15 +207,37 @@ def fit_prior(p: Period, vec_fn: VecFn) -> PriorFit:
     )
 
 
-def recall(p: Period, vec_fn: VecFn, cfg: PriorConfig | None) -> np.ndarray:
-    """float64[n rows]: recall@K per (user, week) in `p.rows` order; users without a vector get popularity."""
+def scored(
+    p: Period, d: int, rows: np.ndarray, vec_fn: VecFn, cfg: PriorConfig | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Week d's candidates for `rows` (`candidates`) scored as serving scores them before the graph (cos + beta x
+    log share of the prior's window; the cos alone without a prior), their graph scores and found."""
+    ids, scores, found = candidates(p, d, rows, vec_fn)
+    window = cfg.window if cfg is not None else 7
+    beta = cfg.beta if cfg is not None else 0.0
+    base = prior_scores(ids, scores, p.priors[(d, window)].at(ids), beta)
+    graph = p.graphs[d]
+    g = graph.at(graph.scores([p.history[i] for i in rows]), ids)
+    return ids, base, g, found
+
+
+def fit_graph(p: Period, vec_fn: VecFn, cfg: PriorConfig) -> GraphFit:
+    """gamma by recall@K on the validation period, on top of the prior `cfg` (its beta fixed), as the cycle
+    fits it (`workflow.cycle.fit_retrieval_rerank`)."""
+    parts = [scored(p, d, p.week_rows(d), vec_fn, cfg) for d in p.weeks]
+    rel = [p.rows[i][2] for d, x in zip(p.weeks, parts, strict=True) for i in p.week_rows(d)[x[3]]]
+    ids, base, g = (np.concatenate([x[j][x[3]] for x in parts]) for j in range(3))
+    return fit_gamma(ids, base, g, rel, K, DEFAULT_GAMMAS, GRAPH, validation=f"weeks {p.weeks}")
+
+
+def recall(p: Period, vec_fn: VecFn, cfg: PriorConfig | None, gamma: float = 0.0) -> np.ndarray:
+    """float64[n rows]: recall@K per (user, week) in `p.rows` order, by cos (+ the prior `cfg`) (+ gamma x the
+    co-click graph's score); users without a vector get popularity."""
     top = np.full((len(p.rows), K), -1, np.int64)
     for d in p.weeks:
         rows = p.week_rows(d)
-        ids, scores, found = candidates(p, d, rows, vec_fn)
-        window = cfg.window if cfg is not None else 7
-        beta = cfg.beta if cfg is not None else 0.0
-        top[rows] = apply_prior(ids, scores, p.priors[(d, window)], beta, K)[0]
+        ids, base, g, found = scored(p, d, rows, vec_fn, cfg)
+        top[rows] = top_k(ids, blend(base, g, gamma), K)[0]
         for j in np.flatnonzero(~found):
             top[rows[j]] = masked_popular(p.popular_protocol[d], p.seen[rows[j]])
     return recall_per_user(top, p.relevant, K)
@@ -246,7 +292,15 @@ def retrieval_seed(
             train_towers(ds, weeks["train"], cfg, mdir, device="cpu")
         snap = load_snapshot(mdir / version_name(weeks["train"][-1]), "cpu", with_state=False)
         vec = towers_vectors(ds, snap, act)
-        out[arm] = {"plain": recall(test, vec, None), "prior": recall(test, vec, prior.config), "fit": prior}
+        vfn = towers_vectors(ds, vsnap, act)
+        gfit = fit_graph(val, vfn, prior.config)
+        out[arm] = {
+            "plain": recall(test, vec, None),
+            "prior": recall(test, vec, prior.config),
+            "fit": prior,
+            "graph": recall(test, vec, prior.config, gfit.config.gamma),
+            "gfit": gfit,
+        }
         out[arm]["seconds"] = round(time.perf_counter() - t0, 1)
         if arm == "derm":
             inputs = Inputs(ds, snap.spec, act, snap.config.seq_len)
@@ -255,8 +309,15 @@ def retrieval_seed(
     t0 = time.perf_counter()
     mf_val = plain_mf(*click_pairs(ds, weeks["fit"]), replace(MF, seed=seed))
     prior = fit_prior(val, mf_vectors(ds, mf_val))
+    gfit = fit_graph(val, mf_vectors(ds, mf_val), prior.config)
     mf = mf_vectors(ds, plain_mf(*click_pairs(ds, weeks["train"]), replace(MF, seed=seed)))
-    out["plain_mf"] = {"plain": recall(test, mf, None), "prior": recall(test, mf, prior.config), "fit": prior}
+    out["plain_mf"] = {
+        "plain": recall(test, mf, None),
+        "prior": recall(test, mf, prior.config),
+        "fit": prior,
+        "graph": recall(test, mf, prior.config, gfit.config.gamma),
+        "gfit": gfit,
+    }
     out["plain_mf"]["seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -333,8 +394,8 @@ def summarise_retrieval(val: Period, test: Period, per_seed: list[dict[str, Any]
         },
     }
     for arm in per_seed[0]:
-        for variant in ("plain", "prior"):
-            name = arm if variant == "plain" else f"{arm}+prior"
+        for variant in ("plain", "prior", "graph"):
+            name = {"plain": arm, "prior": f"{arm}+prior", "graph": f"{arm}+prior+graph"}[variant]
             per_user = np.mean([s[arm][variant] for s in per_seed], axis=0)
             row: dict[str, Any] = {
                 "recall_at_100": float(per_user.mean()),
@@ -350,6 +411,11 @@ def summarise_retrieval(val: Period, test: Period, per_seed: list[dict[str, Any]
                 row["fits"] = [s[arm]["fit"].to_json() for s in per_seed]
                 row["beta_per_seed"] = [s[arm]["fit"].config.beta for s in per_seed]
                 row["window_per_seed"] = [s[arm]["fit"].config.window for s in per_seed]
+            if variant == "graph":
+                with_prior = np.mean([s[arm]["prior"] for s in per_seed], axis=0)
+                row["vs_prior_only"] = _ci(paired_bootstrap(np.mean, per_user, with_prior, n=BOOT, seed=0))
+                row["fits"] = [s[arm]["gfit"].to_json() for s in per_seed]
+                row["gamma_per_seed"] = [s[arm]["gfit"].config.gamma for s in per_seed]
             out[name] = row
     return out
 
@@ -451,14 +517,17 @@ def main() -> None:
         rank.append(ranking_seed(ds, ws, weeks, seed))
         print(
             f"seed {seed}: "
-            + " ".join(f"{a} {r[a]['plain'].mean():.4f}/{r[a]['prior'].mean():.4f}" for a in r)
+            + " ".join(
+                f"{a} {r[a]['plain'].mean():.4f}/{r[a]['prior'].mean():.4f}/{r[a]['graph'].mean():.4f}"
+                for a in r
+            )
             + f" ranker {roc_auc(rank[-1]['p_ctr'], rank[-1]['arrays']['test'].click):.4f}"
             + f" ({time.perf_counter() - ts:.0f} s)",
             flush=True,
         )
     retrieval = summarise_retrieval(val, test, retr)
     ranking = summarise_ranking(ds, rank, retr)
-    head = retrieval["derm+prior"]
+    head = retrieval["derm+prior+graph"]
     lr_auc = ranking["logistic"]["roc_auc"]
     result: dict[str, Any] = {
         "command": "python benchmarks/movielens_quality.py",
@@ -472,11 +541,13 @@ def main() -> None:
             "recall_at_100": head["recall_at_100"],
             "popularity_recall_at_100": retrieval["popularity"]["recall_at_100"],
             "diff_ci": head["vs_popularity"]["diff_ci"],
-            "headline": "derm+prior: default (DHEN) towers, prior fitted on the last training week",
+            "headline": "derm+prior+graph: default (DHEN) towers, the prior and then the co-click graph's gamma "
+            "fitted on the last training week (as the daily cycle serves)",
             "bar_met": bool(head["recall_at_100"] >= retrieval["popularity"]["recall_at_100"]),
             "arms": retrieval,
             "configs": {a: c.to_json() for a, c in ARMS.items()} | {"plain_mf": MF.to_json()},
             "prior_grid": {"betas": list(DEFAULT_BETAS), "windows": list(WINDOWS), "alpha": ALPHA},
+            "graph": {"config": GRAPH.to_json(), "gammas": list(DEFAULT_GAMMAS)},
         },
         "ranking": {
             "roc_auc": ranking["ranker"]["roc_auc"]["mean"],
