@@ -27,7 +27,9 @@ sparse matrices, and torch's `svd_lowrank` is a randomised approximation whose t
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -129,6 +131,28 @@ class CoClickGraph:
         d_half = (1.0 / np.sqrt(np.maximum(da, 1))).astype(np.float32)
         return cls(ads, rt, vt, d_half, ideal_weight)
 
+    @classmethod
+    def fit_cached(
+        cls, user_ids: np.ndarray, ad_ids: np.ndarray, rank: int = 256, ideal_weight: float = 0.3
+    ) -> CoClickGraph:
+        """`fit`, memoised on the content of the clicks and the settings (the last 4 graphs of this process): the
+        evaluation and the serving path of one day, and the cycle's fit, read the same window's clicks. The
+        graph is never modified after the fit, so sharing it is safe."""
+        u, a = np.ascontiguousarray(user_ids, np.int64), np.ascontiguousarray(ad_ids, np.int64)
+        h = hashlib.blake2b(digest_size=16)
+        for part in (u, a, np.array([rank], np.int64), np.array([ideal_weight], np.float64)):
+            h.update(part.tobytes())
+            h.update(b"|")
+        key = h.hexdigest()
+        if key in _FITTED:
+            _FITTED.move_to_end(key)
+            return _FITTED[key]
+        graph = cls.fit(u, a, rank, ideal_weight)
+        _FITTED[key] = graph
+        while len(_FITTED) > 4:
+            _FITTED.popitem(last=False)
+        return graph
+
     def rows(self, histories: Sequence[np.ndarray]) -> sp.csr_matrix:
         """The users' click rows over the graph's ads (ads outside the graph are dropped)."""
         indptr, cols = [0], []
@@ -194,6 +218,9 @@ class CoClickGraph:
         part, val = np.take_along_axis(part, order, 1), np.take_along_axis(val, order, 1)
         out[:, :kk] = np.where(val > 0, self.ads[part], -1)
         return out
+
+
+_FITTED: OrderedDict[str, CoClickGraph] = OrderedDict()
 
 
 def union(a: np.ndarray, b: np.ndarray) -> np.ndarray:

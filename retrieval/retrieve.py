@@ -212,7 +212,7 @@ class Retriever:
         self._histories: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if graph is not None:
             g_users, g_ads = window_clicks(self.ds, self.day, graph.window)
-            self.graph_filter = CoClickGraph.fit(g_users, g_ads, graph.rank, graph.ideal_weight)
+            self.graph_filter = CoClickGraph.fit_cached(g_users, g_ads, graph.rank, graph.ideal_weight)
             order = np.argsort(g_users, kind="stable")
             h_users, start = np.unique(g_users[order], return_index=True)
             self._histories = (h_users, np.r_[start, len(order)], g_ads[order])

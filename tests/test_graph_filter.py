@@ -225,3 +225,15 @@ def test_old_cycle_config_has_no_graph_and_bad_records_are_data_errors(tmp_path:
         with pytest.raises(DataError, match="retrieval_graph"):
             graph_from_record(rec, tmp_path / "manifest.json")
     assert graph_from_record(None, tmp_path) is None
+
+
+def test_fit_cached_returns_the_same_graph_for_the_same_clicks_only() -> None:
+    users, ads = _clicks(3)
+    a = CoClickGraph.fit_cached(users, ads, rank=4)
+    assert CoClickGraph.fit_cached(users.copy(), ads.copy(), rank=4) is a
+    assert CoClickGraph.fit_cached(users, ads, rank=3) is not a
+    b = CoClickGraph.fit_cached(users[:-1], ads[:-1], rank=4)
+    assert b is not a
+    np.testing.assert_array_equal(
+        b.scores([ads[:3]]), CoClickGraph.fit(users[:-1], ads[:-1], 4).scores([ads[:3]])
+    )
