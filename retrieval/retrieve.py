@@ -337,16 +337,10 @@ class Retriever:
         ann_ids, ann_scores = self.ann_search(vecs, depth, excluded_ids)
         floor = np.where((ann_ids >= 0).all(axis=1), ann_scores[:, -1], -np.inf).astype(np.float32)
         n = len(vecs)
-        ids = np.concatenate([ann_ids, np.broadcast_to(pool_ids, (n, len(pool_ids)))], axis=1)
+        # a pool ad the ANN also returned keeps its ANN entry (the first)
+        ids = union(ann_ids, np.broadcast_to(pool_ids, (n, len(pool_ids))))
         scores = np.concatenate([ann_scores, (vecs @ pool_vecs.T).astype(np.float32)], axis=1)
-        # a pool ad the ANN also returned keeps its ANN entry (the first; the sort is stable)
-        order = np.argsort(ids, axis=1, kind="stable")
-        s = np.take_along_axis(ids, order, axis=1)
-        repeat = np.zeros(s.shape, bool)
-        repeat[:, 1:] = (s[:, 1:] == s[:, :-1]) & (s[:, 1:] >= 0)
-        rows, cols = np.nonzero(repeat)
-        ids[rows, order[rows, cols]] = -1
-        scores[rows, order[rows, cols]] = -np.inf
+        scores[ids < 0] = -np.inf
         return ids, scores, floor
 
     def _search_with_prior(
