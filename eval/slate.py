@@ -61,8 +61,14 @@ def slate_value(
     kmax = max(ks)
     per = {m: {k: {s: np.zeros(len(users)) for s in SYSTEMS} for k in ks} for m in ("clicks", "revenue")}
     paths: dict[str, int] = {}
-    for i, u in enumerate(np.asarray(users, np.int64).tolist()):
-        ids, _, path = ts.candidates(u, candidates)
+    users = np.asarray(users, np.int64)
+    # stage 1 for every user at once (one ANN search and one graph product), as serving batches it
+    stage1 = ts.candidates_many(users, candidates)
+    for i, u in enumerate(users.tolist()):
+        got = stage1[i]
+        if isinstance(got, Exception):
+            raise got
+        ids, _, path = got
         paths[path] = paths.get(path, 0) + 1
         p_ctr, p_cvr = ts.rank(u, ids)
         rows = book.rows(ids)
