@@ -177,6 +177,10 @@ class CoClickGraph:
         best = g.max(axis=1, keepdims=True) if g.shape[1] else np.zeros((len(g), 1), np.float32)
         return np.where(best > 0, g / np.where(best > 0, best, 1), 0.0).astype(np.float32)
 
+    def mask(self, ids: np.ndarray) -> np.ndarray:
+        """bool[m]: which of the graph's ads are in `ids`."""
+        return np.isin(self.ads, np.asarray(ids, np.int64))
+
     def at(self, scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """float32 of `ids`' shape [n, c]: `scores` (from `scores`, one row per user) of the ads `ids`; 0 for
         -1 pads and ads outside the graph."""
@@ -198,12 +202,11 @@ class CoClickGraph:
         excluded: Sequence[np.ndarray] = (),
     ) -> np.ndarray:
         """int64[n, k] each user's k best ads by graph score, ties by ad id (-1 pads: fewer than k ads with a
-        score > 0).
-        `allowed`: int64 ads that may be returned (e.g. the live ones); `excluded`: per user, ads to skip (e.g.
-        seen ones)."""
+        score > 0). `allowed`: int64 ads that may be returned (e.g. the live ones), or their `mask`;
+        `excluded`: per user, ads to skip (e.g. seen ones)."""
         s = scores.copy()
         if allowed is not None:
-            s[:, ~np.isin(self.ads, np.asarray(allowed, np.int64))] = 0.0
+            s[:, ~(allowed if allowed.dtype == bool else self.mask(allowed))] = 0.0
         for row, ex in enumerate(excluded):
             if len(ex):
                 pos = np.clip(np.searchsorted(self.ads, ex), 0, max(len(self.ads) - 1, 0))

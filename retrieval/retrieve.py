@@ -62,6 +62,9 @@ from retrieval.prior import (
 
 log = logging.getLogger(__name__)
 
+#: floats of the co-click graph's dense score rows held at once by `Retriever.graph_candidates` (64 MB)
+GRAPH_CHUNK = 1 << 24
+
 
 def popularity_window_of(index_manifest: dict[str, Any], source: Path) -> int:
     """The popularity window an index version records (`upstream.popularity_window`; POPULARITY_DAYS when it
@@ -406,9 +409,17 @@ class Retriever:
             ann_ids = self.prior_candidates(vecs, depth, pool_ids, pool_vecs, excluded_ids)[0]
         else:
             ann_ids = self.ann_search(vecs, depth, excluded_ids)[0]
-        g_all = self.graph_filter.scores(self.graph_histories(user_ids))
-        allowed = self.live if excluded_ids is None else np.setdiff1d(self.live, excluded_ids)
-        ids = union(ann_ids, self.graph_filter.top(g_all, depth, allowed=allowed))
+        graph = self.graph_filter
+        allowed = graph.mask(self.live if excluded_ids is None else np.setdiff1d(self.live, excluded_ids))
+        histories = self.graph_histories(user_ids)
+        ids = np.full((len(ann_ids), ann_ids.shape[1] + depth), -1, np.int64)
+        g = np.zeros(ids.shape, np.float32)
+        # the graph's dense score rows in chunks (GRAPH_CHUNK floats): all of a day's users at once would not fit
+        chunk = max(1, GRAPH_CHUNK // max(len(graph.ads), 1))
+        for s in range(0, len(ids), chunk):
+            g_all = graph.scores(histories[s : s + chunk])
+            ids[s : s + chunk] = union(ann_ids[s : s + chunk], graph.top(g_all, depth, allowed=allowed))
+            g[s : s + chunk] = graph.at(g_all, ids[s : s + chunk])
         uniq = np.unique(ids[ids >= 0])
         ad_vecs, found = self.store.lookup("ad", uniq)
         pos = np.clip(np.searchsorted(uniq, ids), 0, max(len(uniq) - 1, 0))
@@ -417,7 +428,7 @@ class Retriever:
         scores = scores.astype(np.float32)
         if self.prior is not None and self.log_prior is not None:
             scores = prior_scores(ids, scores, self.log_prior.at(ids), self.prior.beta)
-        return ids, scores, self.graph_filter.at(g_all, ids)
+        return ids, scores, g
 
     def fit_graph(
         self,

@@ -12,6 +12,7 @@ from adslog.workspace import Workspace
 from dermcore.errors import ConfigError, DataError
 from eval.evaluate import day_clicks, eval_path
 from index.versions import index_dir
+from retrieval import retrieve as retrieve_module
 from retrieval.graph_filter import (
     DEFAULT_GAMMAS,
     CoClickGraph,
@@ -178,6 +179,22 @@ def test_retriever_blends_the_graph_over_the_candidate_union(demo_ws: tuple[Path
     excluded = base.ids[0, :5]
     ex = r.retrieve(users[:2], 30, excluded_ids=excluded)
     assert not np.isin(ex.ids, excluded).any() and (ex.ids >= 0).all()
+
+
+def test_graph_candidates_in_chunks_equal_one_pass(
+    demo_ws: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work, s = demo_ws
+    r = Retriever(
+        Workspace.open(work), s["eval_day"], prior=PriorConfig(beta=0.05), graph=GraphConfig(gamma=1.0)
+    )
+    users = r.store.ids("user")[:50]  # type: ignore[union-attr]
+    one = r.retrieve(users, 20)
+    assert r.graph_filter is not None
+    monkeypatch.setattr(retrieve_module, "GRAPH_CHUNK", 7 * len(r.graph_filter.ads))  # 7 users per chunk
+    chunked = r.retrieve(users, 20)
+    assert np.array_equal(one.ids, chunked.ids)
+    np.testing.assert_allclose(one.scores, chunked.scores, rtol=1e-5)  # BLAS blocks differ with the batch
 
 
 def test_the_cycle_fits_gamma_and_serving_applies_it(demo_ws: tuple[Path, dict]) -> None:
