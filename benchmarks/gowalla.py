@@ -78,7 +78,14 @@ from eval.bootstrap import paired_bootstrap  # noqa: E402
 from eval.metrics import ndcg_at_k, recall_at_k, recall_per_user  # noqa: E402
 from eval.protocols import full_ranking_eval  # noqa: E402
 from index import exact_search  # noqa: E402
-from retrieval.graph_filter import CoClickGraph, GraphConfig, GraphFit, blend, fit_gamma, union  # noqa: E402
+from retrieval.graph_filter import (  # noqa: E402
+    CoClickGraph,
+    GraphConfig,
+    GraphFit,
+    blend,
+    fit_gamma,
+    with_graph_top,
+)
 from retrieval.prior import top_k  # noqa: E402
 from towers.config import TowerConfig  # noqa: E402
 from towers.infer import embed_ads, embed_users  # noqa: E402
@@ -350,17 +357,9 @@ def graph_candidates(
     fit_s = time.perf_counter() - t0
     depth = cfg.depth * K
     towers_top = retrieve_topk(user_vecs, split.item_ids, item_vecs, split.train, depth)
-    ids = np.full((split.n_users, 2 * depth), -1, np.int64)
-    g = np.zeros(ids.shape, np.float32)
-    alone = np.full((split.n_users, K), -1, np.int64)
-    for s in range(0, split.n_users, 1024):
-        rows = np.arange(s, min(split.n_users, s + 1024))
-        hist = [split.train[r] for r in rows]
-        gs = graph.scores(hist)
-        graph_top = graph.top(gs, depth, excluded=hist)
-        alone[rows] = graph_top[:, :K]
-        ids[rows] = union(towers_top[rows], graph_top)
-        g[rows] = graph.at(gs, ids[rows])
+    ids, g = with_graph_top(graph, towers_top, split.train, depth, excluded=split.train)
+    # the graph alone: its top K, which the union holds (its top depth >= K, train items excluded)
+    alone = top_k(ids, np.where(g > 0, g, -np.inf).astype(np.float32), K)[0]
     safe = np.where(ids >= 0, ids, 0)
     scores = np.einsum("nd,ncd->nc", user_vecs, item_vecs[safe]).astype(np.float32)
     scores[ids < 0] = -np.inf

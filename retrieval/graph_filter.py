@@ -42,6 +42,8 @@ from scipy.sparse.linalg import svds
 from dermcore.errors import ConfigError, DataError
 from retrieval.prior import recall_by_weight
 
+#: floats of the graph's dense score rows held at once by `with_graph_top` (64 MB)
+GRAPH_CHUNK = 1 << 24
 #: gamma grid for `fit_gamma`, cosine units: 0 (the towers' order) up to values where the graph decides
 DEFAULT_GAMMAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 
@@ -85,6 +87,15 @@ class GraphConfig:
         return cls(**d)
 
 
+def find_sorted(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pos, hit) of `ids` (any shape) in the sorted int64 `keys`: keys[pos[hit]] == ids[hit]."""
+    ids = np.asarray(ids, np.int64)
+    if len(keys) == 0:
+        return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, bool)
+    pos = np.clip(np.searchsorted(keys, ids), 0, len(keys) - 1)
+    return pos, keys[pos] == ids
+
+
 class CoClickGraph:
     """The graph filter fitted on one window's clicks. `ads`: int64[m] sorted, the ads with a click in it."""
 
@@ -94,13 +105,14 @@ class CoClickGraph:
         self.ads = ads
         self._rt = rt  # R~, users x ads
         self._rtt = rt.T.tocsr()
-        self._vt = vt  # float32[rank, m]
-        self._d_half = d_half  # float32[m]: D_A^-1/2
+        # the low-pass part r D^-1/2 V^T V D^1/2 as two factors: (r @ _into) @ _out
+        self._into = np.ascontiguousarray((vt * d_half[None, :]).T)  # float32[m, rank]
+        self._out = np.ascontiguousarray(vt / d_half[None, :])  # float32[rank, m]
         self._w = float(w)
 
     @property
     def rank(self) -> int:
-        return int(self._vt.shape[0])
+        return int(self._out.shape[0])
 
     @classmethod
     def fit(
@@ -157,9 +169,8 @@ class CoClickGraph:
         """The users' click rows over the graph's ads (ads outside the graph are dropped)."""
         indptr, cols = [0], []
         for h in histories:
-            h = np.unique(np.asarray(h, np.int64))
-            pos = np.clip(np.searchsorted(self.ads, h), 0, max(len(self.ads) - 1, 0))
-            c = pos[self.ads[pos] == h] if len(self.ads) else np.zeros(0, np.int64)
+            pos, hit = find_sorted(self.ads, np.unique(np.asarray(h, np.int64)))
+            c = pos[hit]
             cols.append(c)
             indptr.append(indptr[-1] + len(c))
         col = np.concatenate(cols) if cols else np.zeros(0, np.int64)
@@ -173,7 +184,7 @@ class CoClickGraph:
         r = self.rows(histories)
         g = np.asarray((r @ self._rtt @ self._rt).todense(), np.float32)
         if self.rank and self._w > 0:
-            g += self._w * (((r @ sp.diags(self._d_half)) @ self._vt.T) @ self._vt) / self._d_half[None, :]
+            g += self._w * ((r @ self._into) @ self._out)
         best = g.max(axis=1, keepdims=True) if g.shape[1] else np.zeros((len(g), 1), np.float32)
         return np.where(best > 0, g / np.where(best > 0, best, 1), 0.0).astype(np.float32)
 
@@ -186,10 +197,8 @@ class CoClickGraph:
         -1 pads and ads outside the graph."""
         ids = np.asarray(ids, np.int64)
         out = np.zeros(ids.shape, np.float32)
-        if len(self.ads) == 0:
-            return out
-        pos = np.clip(np.searchsorted(self.ads, ids), 0, len(self.ads) - 1)
-        hit = (self.ads[pos] == ids) & (ids >= 0)
+        pos, hit = find_sorted(self.ads, ids)
+        hit &= ids >= 0
         rows = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)
         out[hit] = scores[rows[hit], pos[hit]]
         return out
@@ -208,9 +217,8 @@ class CoClickGraph:
         if allowed is not None:
             s[:, ~(allowed if allowed.dtype == bool else self.mask(allowed))] = 0.0
         for row, ex in enumerate(excluded):
-            if len(ex):
-                pos = np.clip(np.searchsorted(self.ads, ex), 0, max(len(self.ads) - 1, 0))
-                s[row, pos[self.ads[pos] == ex]] = 0.0
+            pos, hit = find_sorted(self.ads, ex)
+            s[row, pos[hit]] = 0.0
         kk = min(k, s.shape[1])
         out = np.full((len(s), k), -1, np.int64)
         if kk == 0:
@@ -237,6 +245,31 @@ def union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     rows, cols = np.nonzero(repeat)
     ids[rows, order[rows, cols]] = -1
     return ids
+
+
+def with_graph_top(
+    graph: CoClickGraph,
+    ids: np.ndarray,
+    histories: Sequence[np.ndarray],
+    depth: int,
+    allowed: np.ndarray | None = None,
+    excluded: Sequence[np.ndarray] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate union of the graph path: each row's `ids` int64[n, c] (another source's candidates, e.g.
+    the ANN's top) then the graph's top `depth` ads for the user of `histories` (`CoClickGraph.top` with
+    `allowed` / `excluded`). Returns (ids int64[n, c + depth] as `union` gives them, their graph score float32
+    [n, c + depth]); the dense score rows are computed `GRAPH_CHUNK` floats at a time (a day's users at once
+    would hold n x m floats)."""
+    ids = np.asarray(ids, np.int64)
+    out = np.full((len(ids), ids.shape[1] + depth), -1, np.int64)
+    g = np.zeros(out.shape, np.float32)
+    chunk = max(1, GRAPH_CHUNK // max(len(graph.ads), 1))
+    for s in range(0, len(ids), chunk):
+        g_all = graph.scores(histories[s : s + chunk])
+        top = graph.top(g_all, depth, allowed, excluded[s : s + chunk] if len(excluded) else ())
+        out[s : s + chunk] = union(ids[s : s + chunk], top)
+        g[s : s + chunk] = graph.at(g_all, out[s : s + chunk])
+    return out, g
 
 
 def blend(scores: np.ndarray, graph: np.ndarray, gamma: float) -> np.ndarray:

@@ -43,9 +43,11 @@ from retrieval.graph_filter import (
     GraphConfig,
     GraphFit,
     blend,
+    find_sorted,
     fit_gamma,
     graph_from_record,
     union,
+    with_graph_top,
 )
 from retrieval.prior import (
     DEFAULT_BETAS,
@@ -61,9 +63,6 @@ from retrieval.prior import (
 )
 
 log = logging.getLogger(__name__)
-
-#: floats of the co-click graph's dense score rows held at once by `Retriever.graph_candidates` (64 MB)
-GRAPH_CHUNK = 1 << 24
 
 
 def popularity_window_of(index_manifest: dict[str, Any], source: Path) -> int:
@@ -213,9 +212,11 @@ class Retriever:
         #: the co-click graph of the graph's window and each user's clicks in it (None without a graph)
         self.graph_filter: CoClickGraph | None = None
         self._histories: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._graph_live = np.zeros(0, bool)  # which of the graph's ads are live today
         if graph is not None:
             g_users, g_ads = window_clicks(self.ds, self.day, graph.window)
             self.graph_filter = CoClickGraph.fit_cached(g_users, g_ads, graph.rank, graph.ideal_weight)
+            self._graph_live = self.graph_filter.mask(self.live)
             order = np.argsort(g_users, kind="stable")
             h_users, start = np.unique(g_users[order], return_index=True)
             self._histories = (h_users, np.r_[start, len(order)], g_ads[order])
@@ -380,8 +381,7 @@ class Retriever:
         if self._histories is None:
             return [np.zeros(0, np.int64) for _ in user_ids]
         users, bounds, ads = self._histories
-        pos = np.clip(np.searchsorted(users, user_ids), 0, max(len(users) - 1, 0))
-        hit = users[pos] == user_ids if len(users) else np.zeros(len(user_ids), bool)
+        pos, hit = find_sorted(users, user_ids)
         return [
             ads[bounds[p] : bounds[p + 1]] if h else np.zeros(0, np.int64)
             for p, h in zip(pos, hit, strict=True)
@@ -410,19 +410,13 @@ class Retriever:
         else:
             ann_ids = self.ann_search(vecs, depth, excluded_ids)[0]
         graph = self.graph_filter
-        allowed = graph.mask(self.live if excluded_ids is None else np.setdiff1d(self.live, excluded_ids))
-        histories = self.graph_histories(user_ids)
-        ids = np.full((len(ann_ids), ann_ids.shape[1] + depth), -1, np.int64)
-        g = np.zeros(ids.shape, np.float32)
-        # the graph's dense score rows in chunks (GRAPH_CHUNK floats): all of a day's users at once would not fit
-        chunk = max(1, GRAPH_CHUNK // max(len(graph.ads), 1))
-        for s in range(0, len(ids), chunk):
-            g_all = graph.scores(histories[s : s + chunk])
-            ids[s : s + chunk] = union(ann_ids[s : s + chunk], graph.top(g_all, depth, allowed=allowed))
-            g[s : s + chunk] = graph.at(g_all, ids[s : s + chunk])
+        allowed = self._graph_live
+        if excluded_ids is not None:
+            allowed = allowed & ~graph.mask(excluded_ids)
+        ids, g = with_graph_top(graph, ann_ids, self.graph_histories(user_ids), depth, allowed)
         uniq = np.unique(ids[ids >= 0])
         ad_vecs, found = self.store.lookup("ad", uniq)
-        pos = np.clip(np.searchsorted(uniq, ids), 0, max(len(uniq) - 1, 0))
+        pos, _ = find_sorted(uniq, ids)
         ok = (ids >= 0) & (found[pos] if len(uniq) else False)
         scores = np.where(ok, np.einsum("nd,ncd->nc", vecs, ad_vecs[pos]) if len(uniq) else 0.0, -np.inf)
         scores = scores.astype(np.float32)
