@@ -353,7 +353,15 @@ def kge_ranker_section(r: dict[str, Any]) -> list[str]:
                 "",
                 f"Bar (finetune_attention beats none on CVR ROC-AUC by more than the seed spread, and >= frozen): "
                 f"{'met' if b.get('met') else 'not met'} (lift {b.get('cvr_lift_vs_none'):+.4f} vs spread "
-                f"{_f(b.get('spread_max_std'))}; vs frozen {b.get('cvr_diff_vs_frozen'):+.4f}).",
+                f"{_f(b.get('spread_max_std'))}; vs frozen {b.get('cvr_diff_vs_frozen'):+.4f}"
+                + (
+                    f", paired 95 % interval over test impressions [{b['vs_frozen_ci'][0]:+.4f}, "
+                    f"{b['vs_frozen_ci'][1]:+.4f}]: "
+                    f"{'not worse than frozen' if b.get('not_worse_than_frozen') else 'worse than frozen'}"
+                    if b.get("vs_frozen_ci")
+                    else ""
+                )
+                + ").",
             ]
         lines.append("")
     return lines
