@@ -234,6 +234,42 @@ def run_arms(
     return out
 
 
+def headroom(
+    ds: Dataset, split: dict[str, list[int]], base: RankerConfig, inputs_kge: tuple[str, ...], ws: Workspace
+) -> dict[str, Any]:
+    """How much a KGE / offsite input *could* add to CVR, on the bar's own rows (the clicked test impressions,
+    realised conversions): the ROC-AUC of the generator's true P(conversion | click), of its logit without the
+    conversion-specific term (what nobody can know without seeing who converts where), of the ceiling of any
+    offsite-derived signal (`adgraph.offsite.conversion_terms`: that logit plus the true user x advertiser
+    conversion affinity's share), of the affinity alone, and of each TransRA relation score the frozen arm's
+    wide part reads, alone. Synthetic logs only (they carry the oracle)."""
+    from adgraph.offsite import conversion_terms
+
+    spec = ranker_spec(ds, split["train"], base)
+    inputs = Inputs(ds, spec, ActivityLog.from_dataset(ds, split["test"][-1]), base.seq_len)
+    a = inputs.impressions(split["test"])
+    ev = ds.impressions(split["test"], ["ts", "user_id", "ad_id", "surface"])
+    assert (ev.column("user_id").to_numpy() == a.user_id).all() and (ev.column("ts").to_numpy() == a.ts).all()
+    c = np.flatnonzero(a.click > 0)
+    rows, y = a.take(c), a.conversion[c]
+    surface = ev.column("surface").to_numpy().astype(np.int64)[c]
+    t = conversion_terms(ds, rows.user_id, rows.ad_id, rows.day.astype(np.int64), surface)
+    out: dict[str, Any] = {
+        "rows": int(len(c)),
+        "conversions": int(y.sum()),
+        "true_p_conversion": roc_auc(t["p_conv"], y),
+        "logit_without_conversion_term": roc_auc(t["logit_without"], y),
+        "offsite_ceiling": roc_auc(t["logit_with_offsite"], y),
+        "affinity_alone": roc_auc(t["affinity"], y),
+    }
+    fam = kge_family(ModelKind.TRANSRA)
+    lookup = KGELookup(ws, ds, fam, inputs_kge, base.kge_neighbours, scores=base.kge_scores)
+    for k, v in sorted(lookup.score_features(rows).items()):
+        if not k.endswith("_found"):
+            out[f"{k}_alone"] = roc_auc(np.asarray(v, np.float64), y)
+    return out
+
+
 def _vs(rows_by_key: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     vs: dict[str, Any] = {}
     for key, rows in rows_by_key.items():
@@ -330,6 +366,7 @@ def run_dataset(
         info["derm"] = prepare_derm(ws, split, towers)
         print(f"  derm towers: {info['derm']['seconds']} s", flush=True)
     per_seed = run_arms(ws, ds, split, base, inputs_kge, list(names), SEEDS)
+    room = headroom(ds, split, base, inputs_kge, ws) if ds.has_oracle() else None
     c = per_seed[0]["_labels"]["click"]
     a = summarise(per_seed, list(names))
     return {
@@ -345,6 +382,7 @@ def run_dataset(
         "bar_finetune_attention_cvr": bar(a)
         if {"none", "frozen", "finetune_attention"} <= set(names)
         else None,
+        "cvr_headroom": room,
         "seconds": round(time.perf_counter() - t0, 1),
     }
 

@@ -363,6 +363,21 @@ def kge_ranker_section(r: dict[str, Any]) -> list[str]:
                 )
                 + ").",
             ]
+        h = d.get("cvr_headroom")
+        if h:
+            scores = ", ".join(
+                f"{k.removeprefix('kge_score_').removesuffix('_alone')} {_f(v)}"
+                for k, v in h.items()
+                if k.startswith("kge_score_")
+            )
+            lines += [
+                "",
+                f"CVR headroom on the same {h['rows']:,} clicked test impressions ({h['conversions']} conversions), "
+                f"ROC-AUC: the true P(conversion | click) {_f(h['true_p_conversion'])}; its logit without the "
+                f"conversion-specific term {_f(h['logit_without_conversion_term'])}; plus the best any offsite "
+                f"signal could know {_f(h['offsite_ceiling'])}; the true user x advertiser conversion affinity alone "
+                f"{_f(h['affinity_alone'])}; each TransRA relation score alone: {scores}.",
+            ]
         lines.append("")
     return lines
 
