@@ -51,10 +51,26 @@ def demo_cfg() -> DemoConfig:
 
 @pytest.fixture(scope="session")
 def demo_ws(tmp_path_factory: pytest.TempPathFactory, demo_cfg: DemoConfig) -> tuple[Path, dict]:
-    """(workspace path, demo summary) of the tests' demo run (`demo_config`)."""
-    work = tmp_path_factory.mktemp("demo") / "work"
-    summary = run_demo(work, demo_cfg)
-    return work, summary
+    """(workspace path, demo summary) of the tests' demo run (`demo_config`). Under pytest-xdist (`make test`
+    runs two workers) the first worker to need it builds it in the folder the workers share, under a lock,
+    and the other waits for it and reads it: one build per session, not one per worker. Its summary then
+    comes back through JSON in every worker alike."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        work = tmp_path_factory.mktemp("demo") / "work"
+        return work, run_demo(work, demo_cfg)
+    import fcntl
+    import json
+
+    shared = tmp_path_factory.getbasetemp().parent / "demo-shared"
+    shared.mkdir(exist_ok=True)
+    done = shared / "summary.json"
+    with open(shared / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            summary = run_demo(shared / "work", demo_cfg)
+            (shared / "summary.tmp").write_text(json.dumps(summary))
+            os.replace(shared / "summary.tmp", done)
+    return shared / "work", json.loads(done.read_text())
 
 
 @pytest.fixture()
@@ -82,3 +98,15 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Any:
         return Dataset.open(root)
 
     return make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The first test that needs the demo workspace goes first, the other tests that need it last (a stable
+    sort: each group keeps its order). Under pytest-xdist (`make test`: two workers, `--dist worksteal`, which
+    gives each worker a contiguous half of the tests and lets an idle one take over the rest of the other's)
+    one worker builds the workspace at once while the other starts on its half, which begins with tests that
+    do not need it. Run serially, only the order changes."""
+    needs = ["demo_ws" in getattr(it, "fixturenames", ()) for it in items]
+    first = needs.index(True) if any(needs) else -1
+    rank = [0 if i == first else 2 if n else 1 for i, n in enumerate(needs)]
+    items[:] = [it for _, it in sorted(zip(rank, items, strict=True), key=lambda p: p[0])]
