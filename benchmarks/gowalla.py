@@ -83,6 +83,7 @@ from retrieval.graph_filter import (  # noqa: E402
     GraphConfig,
     GraphFit,
     blend,
+    candidate_inner,
     fit_gamma,
     with_graph_top,
 )
@@ -361,7 +362,7 @@ def graph_candidates(
     # the graph alone: its top K, which the union holds (its top depth >= K, train items excluded)
     alone = top_k(ids, np.where(g > 0, g, -np.inf).astype(np.float32), K)[0]
     safe = np.where(ids >= 0, ids, 0)
-    scores = np.einsum("nd,ncd->nc", user_vecs, item_vecs[safe]).astype(np.float32)
+    scores = candidate_inner(user_vecs, item_vecs, safe)
     scores[ids < 0] = -np.inf
     return {
         "ids": ids,

@@ -60,7 +60,15 @@ from eval.metrics import (
     roc_auc,
 )
 from eval.warnings import WarningConfig, eval_warnings
-from ranking.train import DermLookup, RankerSnapshot, load_ranker, ranker_dir, ranker_kge_features, score
+from ranking.train import (
+    DermLookup,
+    RankerSnapshot,
+    feature_fn,
+    kge_lookup,
+    load_ranker,
+    ranker_dir,
+    score,
+)
 from retrieval.retrieve import Retriever
 from towers.train import models_dir
 
@@ -388,11 +396,14 @@ def ranker_predictions(
     activity = activity if activity is not None else ActivityLog.from_dataset(ds, day)
     inputs = Inputs(ds, snap.spec, activity, snap.config.seq_len)
     arrays = inputs.arrays(imp)
-    derm = DermLookup(ws, snap.config.derm_inputs, snap.manifest).features(
-        arrays, int(snap.manifest["derm_dim"])
+    features = feature_fn(
+        DermLookup(ws, snap.config.derm_inputs, snap.manifest),
+        kge_lookup(ws, ds, snap.config, snap.manifest),
+        int(snap.manifest["derm_dim"]),
+        int(snap.manifest.get("kge_dim", 0)),
+        check=arrays,
     )
-    derm.update(ranker_kge_features(ws, ds, snap, arrays))
-    p_ctr, _ = score(snap, inputs, arrays, derm)
+    p_ctr, _ = score(snap, inputs, arrays, features)  # features looked up per batch
     return snap, arrays, p_ctr
 
 

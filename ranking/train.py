@@ -278,6 +278,32 @@ class RankerRows:
         return attach(self.inputs.impression_batch(a, reference_context), self.derm, idx)
 
 
+Features = Callable[[ImpressionArrays], dict[str, np.ndarray]]
+
+
+def feature_fn(
+    derm: DermLookup,
+    kge: KGELookup | None,
+    derm_dim: int,
+    kge_dim: int,
+    check: ImpressionArrays | None = None,
+) -> Features:
+    """The DERM (and KGE) features of a batch's impressions, looked up when `RankerRows` asks for a batch
+    (`train_ranker`, eval's scoring of a day): a day's features are never all in memory (at 1M impressions
+    the two default DERM inputs alone are 512 MB). With `check`, one row of each of its days is looked up
+    first, so a store version of the wrong dim or lineage fails before any training or scoring."""
+
+    def features(a: ImpressionArrays) -> dict[str, np.ndarray]:
+        feats = derm.features(a, derm_dim)
+        if kge is not None:
+            feats.update(kge.features(a, kge_dim))
+        return feats
+
+    if check is not None:
+        features(check.take(np.unique(check.day, return_index=True)[1]))
+    return features
+
+
 def _derm_dim(ws: Workspace, inputs: tuple[str, ...]) -> int:
     for name in inputs:
         task = name.split("-")[0]
@@ -340,12 +366,13 @@ def score(
     snap: RankerSnapshot,
     inputs: Inputs,
     a: ImpressionArrays,
-    derm: dict[str, np.ndarray],
+    derm: dict[str, np.ndarray] | Features,
     reference_context: bool = False,
     batch: int = 16384,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(p_ctr float32[n], p_cvr float32[n]) for impressions `a`; with `reference_context` position is fixed to
-    the reference slot (serving)."""
+    """(p_ctr float32[n], p_cvr float32[n]) for impressions `a` with their features `derm` (every row's, or
+    `feature_fn`'s per-batch lookup); with `reference_context` position is fixed to the reference slot
+    (serving)."""
     p = predict(snap.ranker, RankerRows(inputs, a, derm), reference_context, batch)
     return p[:, 0], p[:, 1]
 
@@ -634,18 +661,10 @@ def train_ranker(
     k_dim = snap.ranker.kge_dim
     cutoff = (last + 1) * 86400  # labels as known at the end of the last day (delayed conversions)
 
-    def features(a: ImpressionArrays) -> dict[str, np.ndarray]:
-        feats = lookup.features(a, derm_dim)
-        if kge is not None:
-            feats.update(kge.features(a, k_dim))
-        return feats
-
     def rows(ds_days: list[int], shard: bool) -> RankerRows:
         keep = parallel.rows if parallel is not None and shard else None
         a = inputs.impressions(ds_days, label_cutoff_ts=cutoff, rows=keep)
-        # one row of each day now: a store version of the wrong dim or lineage fails here, before training
-        features(a.take(np.unique(a.day, return_index=True)[1]))
-        return RankerRows(inputs, a, features)  # looked up per batch
+        return RankerRows(inputs, a, feature_fn(lookup, kge, derm_dim, k_dim, check=a))
 
     train = rows(train_days, shard=True)
     val = rows(val_days, shard=False) if val_days else None

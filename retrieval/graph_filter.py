@@ -272,6 +272,19 @@ def with_graph_top(
     return out, g
 
 
+def candidate_inner(vecs: np.ndarray, table: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """float32[n, c]: vecs[i] . table[pos[i, j]] for query vectors `vecs` float32[n, d] and their candidates'
+    rows `pos` int64[n, c] of `table` float32[m, d], gathered `GRAPH_CHUNK` floats at a time: gathering every
+    row's candidates at once holds n x c x d floats (a day's 3,000 validation users x ~1,000 candidates x 64
+    dims: 0.8 GB)."""
+    pos = np.asarray(pos, np.int64)
+    out = np.empty(pos.shape, np.float32)
+    step = max(1, GRAPH_CHUNK // max(pos.shape[1] * table.shape[1], 1))
+    for s in range(0, len(pos), step):
+        out[s : s + step] = np.einsum("nd,ncd->nc", vecs[s : s + step], table[pos[s : s + step]])
+    return out
+
+
 def blend(scores: np.ndarray, graph: np.ndarray, gamma: float) -> np.ndarray:
     """float32[n, c]: scores (the towers' inner products, -inf for pads) + gamma * graph (`CoClickGraph.at`)."""
     return (np.asarray(scores, np.float32) + np.float32(gamma) * np.asarray(graph, np.float32)).astype(

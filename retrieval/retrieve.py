@@ -43,6 +43,7 @@ from retrieval.graph_filter import (
     GraphConfig,
     GraphFit,
     blend,
+    candidate_inner,
     find_sorted,
     fit_gamma,
     graph_from_record,
@@ -418,7 +419,7 @@ class Retriever:
         ad_vecs, found = self.store.lookup("ad", uniq)
         pos, _ = find_sorted(uniq, ids)
         ok = (ids >= 0) & (found[pos] if len(uniq) else False)
-        scores = np.where(ok, np.einsum("nd,ncd->nc", vecs, ad_vecs[pos]) if len(uniq) else 0.0, -np.inf)
+        scores = np.where(ok, candidate_inner(vecs, ad_vecs, pos) if len(uniq) else 0.0, -np.inf)
         scores = scores.astype(np.float32)
         if self.prior is not None and self.log_prior is not None:
             scores = prior_scores(ids, scores, self.log_prior.at(ids), self.prior.beta)

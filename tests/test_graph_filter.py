@@ -18,6 +18,7 @@ from retrieval.graph_filter import (
     CoClickGraph,
     GraphConfig,
     blend,
+    candidate_inner,
     fit_gamma,
     graph_from_record,
     union,
@@ -103,6 +104,17 @@ def test_top_skips_excluded_and_not_allowed_ads_and_pads() -> None:
 def test_union_keeps_the_first_of_each_id() -> None:
     got = union(np.array([[5, 3, -1]]), np.array([[3, 7, 5]]))
     assert got.tolist() == [[5, 3, -1, -1, 7, -1]]
+
+
+def test_candidate_inner_in_chunks_is_the_gathered_inner_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    vecs, table = rng.normal(size=(11, 4)).astype(np.float32), rng.normal(size=(9, 4)).astype(np.float32)
+    pos = rng.integers(0, 9, size=(11, 5))
+    want = np.array([[vecs[i] @ table[j] for j in row] for i, row in enumerate(pos)], np.float32)
+    np.testing.assert_allclose(candidate_inner(vecs, table, pos), want, rtol=1e-5)
+    monkeypatch.setattr(graph_module, "GRAPH_CHUNK", 3 * 5 * 4)  # 3 rows per chunk, the last one short
+    np.testing.assert_allclose(candidate_inner(vecs, table, pos), want, rtol=1e-5)
+    assert candidate_inner(vecs[:0], table, pos[:0]).shape == (0, 5)
 
 
 def test_fit_gamma_follows_the_signal_and_keeps_zero_on_ties() -> None:
