@@ -366,7 +366,7 @@ def run_dataset(
         info["derm"] = prepare_derm(ws, split, towers)
         print(f"  derm towers: {info['derm']['seconds']} s", flush=True)
     per_seed = run_arms(ws, ds, split, base, inputs_kge, list(names), SEEDS)
-    room = headroom(ds, split, base, inputs_kge, ws) if ds.has_oracle() else None
+    room = headroom(ds, split, base, inputs_kge, ws) if ds.has_oracle else None
     c = per_seed[0]["_labels"]["click"]
     a = summarise(per_seed, list(names))
     return {
