@@ -42,7 +42,8 @@ from scipy.sparse.linalg import svds
 from dermcore.errors import ConfigError, DataError
 from retrieval.prior import recall_by_weight
 
-#: floats of the graph's dense score rows held at once by `with_graph_top` (64 MB)
+#: floats held at once (64 MB) by `with_graph_top` (the graph's dense score rows) and `candidate_inner` (the
+#: candidates' gathered vectors)
 GRAPH_CHUNK = 1 << 24
 #: gamma grid for `fit_gamma`, cosine units: 0 (the towers' order) up to values where the graph decides
 DEFAULT_GAMMAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
