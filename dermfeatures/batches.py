@@ -34,6 +34,13 @@ class ImpressionArrays:
     conversion: np.ndarray  # float32[n]
     ctx: np.ndarray  # int64[n, F_ctx]
     ctx_ref: np.ndarray  # int64[n, F_ctx], position fixed to the reference slot
+    #: float32[n]: each row's weight in the training losses (1 everywhere, except the negatives kept by
+    #: negative downsampling, which stand for 1 / rate rows each: `Inputs.impressions(negative_rate=...)`)
+    weight: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.weight is None:
+            self.weight = np.ones(len(self.user_id), np.float32)
 
     def __len__(self) -> int:
         return len(self.user_id)
@@ -71,10 +78,21 @@ class Inputs:
         days: list[int],
         label_cutoff_ts: int | None = None,
         rows: Callable[[int], np.ndarray] | None = None,
+        negative_rate: float = 1.0,
+        seed: int = 0,
     ) -> ImpressionArrays:
         """The impressions of `days` (dataset order: by day, then as written). `rows(n)`: the indices of the n
         rows to keep (a data-parallel worker's shard, `dermtrain.parallel.DataParallel.rows`), taken before
-        any feature is built."""
+        any feature is built.
+
+        `negative_rate` < 1: negative downsampling for training (He et al. 2014, "Practical lessons from
+        predicting clicks on ads at Facebook", section 6.2): every impression with a click or a conversion is
+        kept, each other one with probability `negative_rate` (one draw per row from a generator seeded with
+        `seed`, before `rows` shards them, so every data-parallel worker draws the same rows), and the kept
+        negatives get weight 1 / `negative_rate` (`ImpressionArrays.weight`), so weighted losses and rates
+        estimate the full day's."""
+        if not 0.0 < negative_rate <= 1.0:
+            raise ValueError(f"negative_rate must be in (0, 1], got {negative_rate}")
         cols = ["user_id", "ad_id", "ts", "day", "click"]
         imp_cols = self.ds.columns["impressions"]
         has_conv = "conversion" in imp_cols
@@ -84,9 +102,21 @@ class Inputs:
                 cols.append("conversion_ts")
         cols += [f.name for f in self.spec.context if f.name in imp_cols]
         t = self.ds.impressions(days, cols)
+        if negative_rate < 1.0:
+            positive = t.column("click").to_numpy() > 0
+            if has_conv:
+                positive |= t.column("conversion").to_numpy() > 0
+            draw = np.random.default_rng((seed, 0x6E6473)).random(t.num_rows) < negative_rate
+            t = t.filter(pa.array(positive | draw))
         if rows is not None:
             t = t.take(pa.array(rows(t.num_rows), pa.int64()))
-        return self.arrays(t, label_cutoff_ts)
+        a = self.arrays(t, label_cutoff_ts)
+        if negative_rate < 1.0:
+            positive = t.column("click").to_numpy() > 0
+            if has_conv:
+                positive |= t.column("conversion").to_numpy() > 0
+            a.weight = np.where(positive, 1.0, 1.0 / negative_rate).astype(np.float32)
+        return a
 
     def arrays(self, t: pa.Table, label_cutoff_ts: int | None = None) -> ImpressionArrays:
         n = t.num_rows
@@ -156,6 +186,8 @@ class Inputs:
             b["onehot"] = torch.from_numpy(self.onehot_keys(a, reference_context))
         b["click"] = torch.from_numpy(a.click)
         b["conversion"] = torch.from_numpy(a.conversion)
+        assert a.weight is not None
+        b["weight"] = torch.from_numpy(a.weight)
         b["ad_id"] = torch.from_numpy(a.ad_id)
         b["ad_bucket"] = torch.from_numpy(hash_ids(a.ad_id, self.spec.id_buckets, LOGQ_SALT))
         return b

@@ -131,6 +131,12 @@ class RankerConfig:
     #: without, none 0.6138 (kge_ranker.json). () = none; unused without a wide part (wide_buckets 0), like
     #: kge_inputs without a kge_family
     kge_scores: tuple[str, ...] = KGE_SCORES
+    #: negative downsampling of the training rows and of the wide part's refit window
+    #: (`dermfeatures.batches.Inputs.impressions`): impressions with a click or conversion are all kept, the
+    #: others with this probability and weight 1 / rate in the CTR loss and the wide fit, so the predictions
+    #: stay calibrated without correction. Validation, calibration reports and scoring read every row. 1.0:
+    #: every row (the default)
+    negative_rate: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -165,6 +171,8 @@ class RankerConfig:
             raise ConfigError(f"wide_features must be one of {', '.join(WIDE_FEATURES)}")
         if not isinstance(self.wide_window, int) or self.wide_window < 1:
             raise ConfigError("wide_window must be an integer >= 1 (days)")
+        if not 0 < self.negative_rate <= 1:
+            raise ConfigError(f"negative_rate must be in (0, 1], got {self.negative_rate}")
         from dermtrain.optim import SPARSE_OPTIMIZERS
 
         if self.sparse_optimizer not in SPARSE_OPTIMIZERS:

@@ -4,10 +4,12 @@ Point-in-time rule: for impressions of day d, the DERM embeddings come from the 
 *before* d (`Workspace.version_before`), never from version d itself, in training, validation, evaluation and
 serving alike (`DermLookup`).
 
-Calibration: the ranker trains with plain BCE on every impression (CTR head) and every clicked impression (CVR
-head, post-click), with no negative downsampling, so its probabilities need no correction; the output biases
-start at the base rates and the manifest reports predicted vs observed rates on the training days and on the
-validation day.
+Calibration: the ranker trains with BCE on every impression (CTR head) and every clicked impression (CVR
+head, post-click). With negative downsampling (`RankerConfig.negative_rate` < 1) the kept negatives carry
+weight 1 / rate in the CTR loss and the wide fit, so the probabilities still need no correction; the output
+biases start at the (weighted) base rates and the manifest reports predicted vs observed rates on the training
+days and on the validation day, over every row (a uniform sample of at most `CALIBRATION_ROWS` rows on larger
+days).
 
 Early stopping (`RankerConfig.early_stopping`, from-scratch training only): the last of the training days is
 held out as the validation day; after each epoch the validation loss (CTR BCE + post-click CVR BCE) is
@@ -59,9 +61,12 @@ def ranker_dir(ws: Workspace) -> Path:
     return ws.inside(RANKER)
 
 
-def losses(logits: torch.Tensor, click: torch.Tensor, conversion: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(total, ctr BCE over all rows, cvr BCE over clicked rows): logits (B, 2), labels float32 (B,)."""
-    l_ctr, l_cvr = multitask_bce(logits, click, conversion)
+def losses(
+    logits: torch.Tensor, click: torch.Tensor, conversion: torch.Tensor, weight: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """(total, ctr BCE over all rows, cvr BCE over clicked rows): logits (B, 2), labels float32 (B,); `weight`
+    (B,): the rows' weights in the CTR loss (`towers.losses.multitask_bce`)."""
+    l_ctr, l_cvr = multitask_bce(logits, click, conversion, weight)
     return l_ctr + l_cvr, l_ctr, l_cvr
 
 
@@ -71,7 +76,7 @@ class RankerTask(nn.Module):
         self.ranker = ranker
 
     def forward(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        total, l_ctr, l_cvr = losses(self.ranker(b), b["click"], b["conversion"])
+        total, l_ctr, l_cvr = losses(self.ranker(b), b["click"], b["conversion"], b.get("weight"))
         return total, {"ctr": l_ctr.item(), "cvr": l_cvr.item()}
 
 
@@ -397,6 +402,24 @@ def calibration(pred: np.ndarray, label: np.ndarray, buckets: int = 10) -> dict[
     return {"predicted": float(pred.mean()), "observed": float(label.mean()), "buckets": rows}
 
 
+#: the calibration report of a ranker's training (and validation) days reads a uniform sample of at most this
+#: many of their rows (all of them on smaller days): its cost stays flat as the days grow (at 10M impressions
+#: scoring every training row cost as much as the day's evaluation)
+CALIBRATION_ROWS = 1 << 19
+
+
+def uniform_rows(cap: int, seed: int) -> Callable[[int], np.ndarray]:
+    """`rows(n)` for `Inputs.impressions`: every row when n <= cap, else `cap` rows drawn uniformly without
+    replacement (a generator seeded with `seed`), in their dataset order."""
+
+    def rows(n: int) -> np.ndarray:
+        if n <= cap:
+            return np.arange(n)
+        return np.sort(np.random.default_rng((seed, 0x63616C)).choice(n, cap, replace=False))
+
+    return rows
+
+
 def calibration_report(p: np.ndarray, a: ImpressionArrays) -> dict[str, Any]:
     """CTR calibration over all rows and CVR calibration over clicked rows; p float32[n, 2]."""
     clicked = a.click > 0
@@ -505,7 +528,7 @@ def start_ranker(
     without a fitted wide part)."""
     clicked = train.arrays.click > 0
     snap.ranker.init_output_bias(
-        float(train.arrays.click.mean()) if len(train) else 0.5,
+        float(np.average(train.arrays.click, weights=train.arrays.weight)) if len(train) else 0.5,
         float(train.arrays.conversion[clicked].mean()) if clicked.any() else 0.5,
     )
     wide = snap.ranker.wide
@@ -513,7 +536,15 @@ def start_ranker(
         return None
     if fitted is None:
         dense = kge.score_features if kge is not None else None
-        return fit_wide_part(snap.ranker, inputs, days, label_cutoff_ts, dense=dense)
+        return fit_wide_part(
+            snap.ranker,
+            inputs,
+            days,
+            label_cutoff_ts,
+            dense=dense,
+            negative_rate=snap.config.negative_rate,
+            seed=snap.config.seed + max(days),
+        )
     if (fitted.spec, fitted.days, fitted.label_cutoff_ts, fitted.dense) != (
         snap.spec.to_json(),
         tuple(sorted(days)),
@@ -554,6 +585,8 @@ def continue_ranker(
         True,
         WIDE_REFIT_ITERS,
         dense=kge.score_features if kge is not None else None,
+        negative_rate=snap.config.negative_rate,
+        seed=snap.config.seed + last,
     )
 
 
@@ -661,12 +694,17 @@ def train_ranker(
     k_dim = snap.ranker.kge_dim
     cutoff = (last + 1) * 86400  # labels as known at the end of the last day (delayed conversions)
 
-    def rows(ds_days: list[int], shard: bool) -> RankerRows:
+    def rows(ds_days: list[int], shard: bool, rate: float = 1.0) -> RankerRows:
         keep = parallel.rows if parallel is not None and shard else None
-        a = inputs.impressions(ds_days, label_cutoff_ts=cutoff, rows=keep)
+        a = inputs.impressions(ds_days, cutoff, keep, negative_rate=rate, seed=cfg.seed + last)
         return RankerRows(inputs, a, feature_fn(lookup, kge, derm_dim, k_dim, check=a))
 
-    train = rows(train_days, shard=True)
+    def sample(ds_days: list[int]) -> RankerRows:
+        """At most CALIBRATION_ROWS of every row of `ds_days` (not downsampled), for the calibration report."""
+        a = inputs.impressions(ds_days, cutoff, uniform_rows(CALIBRATION_ROWS, cfg.seed + last))
+        return RankerRows(inputs, a, feature_fn(lookup, kge, derm_dim, k_dim))
+
+    train = rows(train_days, shard=True, rate=cfg.negative_rate)
     val = rows(val_days, shard=False) if val_days else None
     wide_rec = None
     if parent is None:
@@ -676,13 +714,18 @@ def train_ranker(
         prior = (snap.manifest.get("wide_fit") or {}).get("prior")
         wide_rec = continue_ranker(snap, inputs, sorted(set(days_seen) | set(days)), cutoff, prior, kge)
     stats = fit(snap, train, val, epochs, dev, progress, seed=cfg.seed + last, parallel=parallel)
-    stats.update(calibration_report(predict(snap.ranker, train), train.arrays))
+    calib = sample(train_days)
+    stats.update(calibration_report(predict(snap.ranker, calib), calib.arrays))
+    stats["calibration_rows"] = len(calib)
+    stats["negative_rate"] = cfg.negative_rate
     stats["device"] = dev.type
     if val is not None:
+        calib = sample(val_days)
         stats["validation"] = {
             "days": val_days,
             "rows": len(val),
-            **calibration_report(predict(snap.ranker, val), val.arrays),
+            "calibration_rows": len(calib),
+            **calibration_report(predict(snap.ranker, calib), calib.arrays),
         }
     m = make_manifest(
         RANKER_KIND,

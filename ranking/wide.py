@@ -99,20 +99,27 @@ def fit_column(
     max_iter: int = 300,
     dense: torch.Tensor | None = None,
     start_dense: torch.Tensor | None = None,
+    weight: np.ndarray | None = None,
 ) -> WideColumn:
     """L2 logistic regression of labels `y` [n] on the hashed one-hot features `keys` int64 (n, F) (rows of a
     `buckets`-row table) and the real-valued columns `dense` float (n, D) (None: none) by L-BFGS (strong Wolfe,
     float64): mean log loss + l2 / 2 * (|w_touched|^2 + |v|^2) with an unpenalised intercept. `start`
-    (buckets,) / `start_bias` / `start_dense` (D,): a warm start (zero / the base-rate logit otherwise)."""
+    (buckets,) / `start_bias` / `start_dense` (D,): a warm start (zero / the base-rate logit otherwise).
+    `weight` [n]: row weights (negative downsampling), the mean log loss then weighted."""
     yt = torch.from_numpy(np.asarray(y, np.float64))
+    wt = None if weight is None else torch.from_numpy(np.asarray(weight, np.float64))
     full = torch.zeros(buckets, dtype=torch.float64) if start is None else start.detach().double().clone()
     n_dense = 0 if dense is None else int(dense.shape[1])
     v0 = torch.zeros(n_dense, dtype=torch.float64) if start_dense is None else start_dense.detach().double()
     if len(yt) == 0:
         return WideColumn(full, 0.0 if start_bias is None else start_bias, l2, True, v0.clone())
     uniq, inv = torch.unique(keys, return_inverse=True)
-    b0 = base_rate_logit(yt) if start_bias is None else start_bias
-    w, b, iters, v = lbfgs_logistic(inv, yt, full[uniq], b0, l2, max_iter, dense, v0)
+    if len(uniq) < 2**31:
+        inv = inv.to(
+            torch.int32
+        )  # half the memory of the int64 inverse; the solver widens one chunk at a time
+    b0 = base_rate_logit(yt, wt) if start_bias is None else start_bias
+    w, b, iters, v = lbfgs_logistic(inv, yt, full[uniq], b0, l2, max_iter, dense, v0, weight=wt)
     full[uniq] = w
     return WideColumn(full, b, l2, iters < max_iter, v)
 
@@ -126,11 +133,14 @@ def choose_l2(
     grid: tuple[float, ...] = WIDE_L2,
     train_dense: torch.Tensor | None = None,
     val_dense: torch.Tensor | None = None,
+    train_weight: np.ndarray | None = None,
 ) -> tuple[WideColumn, dict[float, float]]:
     """The fit on the train rows whose L2 weight of `grid` scores the best ROC-AUC on the validation rows (the
     smaller on ties; the largest when validation has one class only), and the ROC-AUC of each weight. The
     weights are fitted from the largest down, each warm-started from the previous solution (fewer steps).
-    `train_dense` / `val_dense`: the rows' real-valued columns (`fit_column`), or None for both."""
+    `train_dense` / `val_dense`: the rows' real-valued columns (`fit_column`), or None for both; `train_weight`:
+    the train rows' weights (`fit_column`). The validation ROC-AUC is unweighted (uniformly downsampled
+    negatives leave its expectation unchanged)."""
     by_l2: dict[float, float] = {}
     fits: dict[float, WideColumn] = {}
     prev: WideColumn | None = None
@@ -144,6 +154,7 @@ def choose_l2(
             None if prev is None else prev.bias,
             dense=train_dense,
             start_dense=None if prev is None else prev.dense,
+            weight=train_weight,
         )
         fits[l2] = prev
         z = prev.weight[val_keys].sum(1) + prev.bias
@@ -164,6 +175,8 @@ def fit_wide_part(
     warm: bool = False,
     max_iter: int = 300,
     dense: Callable[[ImpressionArrays], dict[str, np.ndarray]] | None = None,
+    negative_rate: float = 1.0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Fit `ranker`'s wide table (in place) on the impressions of `days` (labels as known at
     `label_cutoff_ts`): the CTR column on every row, the CVR column on the clicked rows. With dense columns
@@ -175,13 +188,15 @@ def fit_wide_part(
     (fit on the others) from `WIDE_L2`, then refitted on all (prior = l2 x rows). With
     `warm` the fit starts from the table's weights and intercepts (a daily refit, the deep part untouched);
     otherwise the deep logits are set to 0 (`Ranker.zero_deep_output`), so the ranker starts as the fitted
-    regression. Returns what the manifest records (days, rows, l2 and prior per task, the validation ROC-AUC
+    regression. `negative_rate` < 1: the rows are negative-downsampled (`Inputs.impressions`, drawn with `seed`)
+    and the fit weights the kept negatives by 1 / rate; a prior divides by the weighted row count. Returns what
+    the manifest records (days, rows, l2 and prior per task, the validation ROC-AUC
     of each L2 weight when chosen, convergence)."""
     wide = ranker.wide
     if wide is None or wide.intercept is None:
         raise ConfigError("fitting the wide part needs wide_buckets > 0 and wide_fit 'regression'")
     days = sorted(days)
-    a = inputs.impressions(days, label_cutoff_ts=label_cutoff_ts)
+    a = inputs.impressions(days, label_cutoff_ts=label_cutoff_ts, negative_rate=negative_rate, seed=seed)
     keys = wide_keys(inputs, a, wide.keys)
     xd: torch.Tensor | None = None
     if wide.dense is not None:
@@ -191,6 +206,8 @@ def fit_wide_part(
         xd = ranker.wide_dense(feats)
         assert xd is not None
     rec: dict[str, Any] = {"days": days, "rows": len(a)}
+    if negative_rate < 1.0:
+        rec["negative_rate"] = negative_rate
     chosen: list[float] = []
     priors: list[float] = []
     biases: list[float] = []
@@ -199,12 +216,14 @@ def fit_wide_part(
     ):
         sel = torch.from_numpy(rows)
         k, yt = keys[sel], y[rows]
+        wt = a.weight[rows] if negative_rate < 1.0 else None
+        n_eff = float(wt.sum()) if wt is not None else float(len(yt))
         xt = None if xd is None else xd[sel]
         start = wide.table.weight[:, t] if warm else None
         start_bias = float(wide.intercept[t]) if warm else None
         start_dense = wide.dense[:, t] if warm and wide.dense is not None else None
         if prior is not None:
-            best = float(prior[t]) / max(len(yt), 1)
+            best = float(prior[t]) / max(n_eff, 1.0)
         elif len(days) < 2:
             best, rec[f"{task}_validation_roc_auc_by_l2"] = WIDE_DEFAULT_L2, {}
         else:
@@ -218,19 +237,20 @@ def fit_wide_part(
                 wide.buckets,
                 train_dense=None if xt is None else xt[tr],
                 val_dense=None if xt is None else xt[va],
+                train_weight=None if wt is None else wt[d < days[-1]],
             )
             # the refit on every day starts from the chosen fit
             best, start, start_bias = chosen_fit.l2, chosen_fit.weight, chosen_fit.bias
             start_dense = chosen_fit.dense
             rec[f"{task}_validation_roc_auc_by_l2"] = {repr(x): v for x, v in by_l2.items()}
-        col = fit_column(k, yt, best, wide.buckets, start, start_bias, max_iter, xt, start_dense)
+        col = fit_column(k, yt, best, wide.buckets, start, start_bias, max_iter, xt, start_dense, wt)
         with torch.no_grad():
             wide.table.weight[:, t] = col.weight.to(wide.table.weight.dtype)
             if wide.dense is not None:
                 wide.dense[:, t] = col.dense.to(wide.dense.dtype)
                 rec[f"{task}_dense_weights"] = [float(x) for x in col.dense]
         chosen.append(best)
-        priors.append(best * len(yt))
+        priors.append(best * n_eff)
         biases.append(col.bias)
         rec[f"{task}_converged"] = col.converged
     with torch.no_grad():

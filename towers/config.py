@@ -89,6 +89,11 @@ class TowerConfig:
     # Gowalla: the learned temperature fell to 0.03 within 6 epochs and validation recall@20 peaked at epoch 3
     # (0.131) then fell, while a fixed 0.1 kept rising (0.150 at epoch 4)
     learn_temperature: bool = True
+    #: negative downsampling of the training rows (`dermfeatures.batches.Inputs.impressions`): every impression
+    #: with a click or conversion is kept, every other with this probability and weight 1 / rate in the CTR loss
+    #: (1.0: every row, the default). The contrastive loss reads only the positives, which are all kept; the
+    #: batches hold more of them, so a step sees more in-batch positives and fewer negatives of the CTR head
+    negative_rate: float = 1.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # recorded, never interpreted
 
@@ -114,6 +119,8 @@ class TowerConfig:
             raise ConfigError("batch_size must be >= 2 (in-batch negatives)")
         if self.extra_negatives < 0:
             raise ConfigError("extra_negatives must be >= 0")
+        if not 0 < self.negative_rate <= 1:
+            raise ConfigError(f"negative_rate must be in (0, 1], got {self.negative_rate}")
         if self.backbone is Backbone.SUM and self.token_dim != self.dim:
             raise ConfigError(
                 f"backbone sum: token_dim ({self.token_dim}) must equal dim ({self.dim}): the embedding is the "

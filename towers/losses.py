@@ -76,11 +76,23 @@ def sampled_softmax_loss(
 
 
 def multitask_bce(
-    logits: torch.Tensor, click: torch.Tensor, conversion: torch.Tensor
+    logits: torch.Tensor,
+    click: torch.Tensor,
+    conversion: torch.Tensor,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(CTR BCE over all rows, CVR BCE over clicked rows: post-click conversion) for logits (B, 2) = (ctr, cvr)
-    and float32 labels (B,). A batch without clicks gives a CVR loss of 0 that keeps the graph."""
-    l_ctr = F.binary_cross_entropy_with_logits(logits[:, 0], click)
+    and float32 labels (B,). A batch without clicks gives a CVR loss of 0 that keeps the graph. `weight` (B,):
+    the rows' weights (negative downsampling: `ImpressionArrays.weight`); the CTR loss is then the weighted
+    mean sum(w * bce) / sum(w) (self-normalised, so its scale is the full day's mean loss). Clicked rows are
+    never downsampled, so the CVR loss is unweighted."""
+    if weight is None:
+        l_ctr = F.binary_cross_entropy_with_logits(logits[:, 0], click)
+    else:
+        w = weight.to(logits.dtype)
+        l_ctr = (
+            F.binary_cross_entropy_with_logits(logits[:, 0], click, reduction="none") * w
+        ).sum() / w.sum()
     clicked = click > 0
     l_cvr = (
         F.binary_cross_entropy_with_logits(logits[clicked, 1], conversion[clicked])

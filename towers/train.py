@@ -62,7 +62,7 @@ class TrainTask(nn.Module):
         cfg = self.cfg
         u, a, logits = self.model(batch)
         click, conv = batch["click"], batch["conversion"]
-        l_ctr, l_cvr = multitask_bce(logits, click, conv)
+        l_ctr, l_cvr = multitask_bce(logits, click, conv, batch.get("weight"))
         positive = (click if cfg.task is Task.CTR else conv) > 0
         if self.training:
             self.freq.update(batch["ad_bucket"])
@@ -182,11 +182,14 @@ def save_snapshot(
 
 
 @torch.no_grad()
-def init_output_bias(head: nn.Module, click: np.ndarray, conversion: np.ndarray) -> None:
-    """Start the (ctr, cvr) output bias at the logit of the training base rates (CVR: post-click), so the
-    first steps are not spent learning the rate and rare-label probabilities start calibrated."""
+def init_output_bias(
+    head: nn.Module, click: np.ndarray, conversion: np.ndarray, weight: np.ndarray | None = None
+) -> None:
+    """Start the (ctr, cvr) output bias at the logit of the training base rates (CVR: post-click; CTR weighted
+    by `weight` when the negatives were downsampled), so the first steps are not spent learning the rate and
+    rare-label probabilities start calibrated."""
     last = [m for m in head.modules() if isinstance(m, nn.Linear)][-1]
-    ctr = float(np.clip(click.mean(), 1e-4, 1 - 1e-4)) if len(click) else 0.5
+    ctr = float(np.clip(np.average(click, weights=weight), 1e-4, 1 - 1e-4)) if len(click) else 0.5
     clicked = click > 0
     cvr = float(np.clip(conversion[clicked].mean(), 1e-4, 1 - 1e-4)) if clicked.any() else 0.5
     last.bias.copy_(torch.tensor([np.log(ctr / (1 - ctr)), np.log(cvr / (1 - cvr))], dtype=last.bias.dtype))
@@ -238,9 +241,11 @@ def train_towers(
         sorted(days),
         label_cutoff_ts=(last + 1) * 86400,
         rows=parallel.rows if parallel is not None else None,
+        negative_rate=snap.config.negative_rate,
+        seed=snap.config.seed + last,
     )
     if parent is None:
-        init_output_bias(snap.model.interaction.head, arrays.click, arrays.conversion)
+        init_output_bias(snap.model.interaction.head, arrays.click, arrays.conversion, arrays.weight)
     stats = run_epochs(
         snap.task,
         snap.optimizer,
