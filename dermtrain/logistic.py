@@ -18,10 +18,9 @@ import torch.nn.functional as F
 LBFGS_CHUNK = 1 << 16
 
 
-def base_rate_logit(y: torch.Tensor, weight: torch.Tensor | None = None) -> float:
-    """The logit of the (`weight`-weighted) mean label (clipped to [1e-6, 1 - 1e-6]; 0.5 for no rows)."""
-    mean = float(y.mean()) if weight is None else float((y * weight).sum() / weight.sum())
-    rate = min(max(mean, 1e-6), 1 - 1e-6) if len(y) else 0.5
+def base_rate_logit(y: torch.Tensor) -> float:
+    """The logit of the mean label (clipped to [1e-6, 1 - 1e-6]; 0.5 for no rows)."""
+    rate = min(max(float(y.mean()), 1e-6), 1 - 1e-6) if len(y) else 0.5
     return math.log(rate / (1 - rate))
 
 
@@ -35,20 +34,18 @@ def lbfgs_logistic(
     dense: torch.Tensor | None = None,
     v0: torch.Tensor | None = None,
     chunk: int = LBFGS_CHUNK,
-    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, int, torch.Tensor]:
     """logit_i = sum_j w[x[i, j]] + dense[i] . v + b, fitted by L-BFGS (strong Wolfe line search, float64) from
     (w0, v0, b0): minimises mean log loss + l2 / 2 * (|w|^2 + |v|^2) with the intercept b unpenalised. x: integer
     (n, F) indices into w (int32 or int64); dense: float (n, D) real-valued columns (None: none, D = 0); y: float
-    (n,) labels; weight: float (n,) row weights (None: 1 each), the mean log loss then sum(weight * loss) /
-    sum(weight). Returns (w, b, iterations run, v float64 (D,)). The sums run over `chunk` rows at a time."""
+    (n,) labels. Returns (w, b, iterations run, v float64 (D,)). The sums run over `chunk` rows at a time."""
     n, n_dense = len(y), (0 if dense is None else int(dense.shape[1]))
     w = w0.detach().double().clone()
     v = torch.zeros(n_dense, dtype=torch.float64) if v0 is None else v0.detach().double().clone()
     b = torch.tensor(float(b0), dtype=torch.float64)
     params = [w, v, b]
     opt = torch.optim.LBFGS(params, max_iter=max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
-    scale = 1.0 / max(n if weight is None else float(weight.sum()), 1e-12)
+    scale = 1.0 / max(n, 1)
 
     def closure() -> torch.Tensor:
         gw, gv, gb = torch.zeros_like(w), torch.zeros_like(v), torch.zeros((), dtype=torch.float64)
@@ -61,11 +58,8 @@ def lbfgs_logistic(
                 dc = dense[s : s + chunk].double()
                 z = z + dc @ v
             # mean log loss, summed here: softplus(z) - y z, and its derivative sigmoid(z) - y
-            loss, r = F.softplus(z) - yc * z, torch.sigmoid(z) - yc
-            if weight is not None:
-                wc = weight[s : s + chunk].double()
-                loss, r = loss * wc, r * wc
-            total += loss.sum()
+            total += (F.softplus(z) - yc * z).sum()
+            r = torch.sigmoid(z) - yc
             gw.index_add_(0, xc.reshape(-1), r.repeat_interleave(xc.shape[1]))
             gb += r.sum()
             if dense is not None:

@@ -131,11 +131,12 @@ class RankerConfig:
     #: without, none 0.6138 (kge_ranker.json). () = none; unused without a wide part (wide_buckets 0), like
     #: kge_inputs without a kge_family
     kge_scores: tuple[str, ...] = KGE_SCORES
-    #: negative downsampling of the training rows and of the wide part's refit window
-    #: (`dermfeatures.batches.Inputs.impressions`): impressions with a click or conversion are all kept, the
-    #: others with this probability and weight 1 / rate in the CTR loss and the wide fit, so the predictions
-    #: stay calibrated without correction. Validation, calibration reports and scoring read every row. 1.0:
-    #: every row (the default)
+    #: negative downsampling of the deep part's training rows (`dermfeatures.batches.Inputs.impressions`):
+    #: impressions with a click or conversion are all kept, the others with this probability and weight
+    #: 1 / rate in the CTR loss, so the predictions stay calibrated without correction. The wide part is fitted
+    #: on every row: fitted on the kept rows (weighted), the one-hot ids of users with a few impressions a day
+    #: overshot (mean prediction 3x the observed rate at rate 0.1 on a synthetic day). Validation, calibration
+    #: reports and scoring read every row. 1.0: every row (the default)
     negative_rate: float = 1.0
     seed: int = 0
 

@@ -542,8 +542,6 @@ def start_ranker(
             days,
             label_cutoff_ts,
             dense=dense,
-            negative_rate=snap.config.negative_rate,
-            seed=snap.config.seed + max(days),
         )
     if (fitted.spec, fitted.days, fitted.label_cutoff_ts, fitted.dense) != (
         snap.spec.to_json(),
@@ -585,8 +583,6 @@ def continue_ranker(
         True,
         WIDE_REFIT_ITERS,
         dense=kge.score_features if kge is not None else None,
-        negative_rate=snap.config.negative_rate,
-        seed=snap.config.seed + last,
     )
 
 

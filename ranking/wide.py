@@ -58,9 +58,11 @@ def wide_keys(
     keys_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     chunk: int = 1 << 17,
 ) -> torch.Tensor:
-    """int64 (n, n_features): the wide table row of every feature of impressions `a` (`keys_fn` is
+    """int32 (n, n_features): the wide table row of every feature of impressions `a` (`keys_fn` is
     `WidePart.keys`), built from the one-hot keys (`Inputs.onehot_keys`) when the spec names one-hot fields,
-    else from the user / ad categorical rows and the context (no sequence)."""
+    else from the user / ad categorical rows and the context (no sequence). int32 (the table has fewer than
+    2^31 rows: `RankerConfig.wide_buckets`) halves what a refit window's keys hold: at 10M impressions a day,
+    a two-day window's 24 keys per row are 1.9 GB."""
     out = []
     for s in range(0, len(a), chunk):
         sl = slice(s, s + chunk)
@@ -72,8 +74,24 @@ def wide_keys(
                 "ad_cat": torch.from_numpy(inputs.ads.rows(a.ad_id[sl])[0]),
                 "ctx": torch.from_numpy(a.ctx[sl]),
             }
-        out.append(keys_fn(b))
-    return torch.cat(out) if out else torch.zeros((0, 0), dtype=torch.long)
+        out.append(keys_fn(b).to(torch.int32))
+    return torch.cat(out) if out else torch.zeros((0, 0), dtype=torch.int32)
+
+
+def touched_rows(keys: torch.Tensor, buckets: int, chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sorted distinct rows int64 (u,) of a `buckets`-row table that `keys` (n, F) touch, and each key's
+    position among them int32 (n, F)): `torch.unique(keys, return_inverse=True)` without its sort of every key
+    and its int64 copies, `chunk` rows at a time (memory: the int32 result plus a mask and map of the table)."""
+    seen = torch.zeros(buckets, dtype=torch.bool)
+    for s in range(0, len(keys), chunk):
+        seen[keys[s : s + chunk].reshape(-1).long()] = True
+    uniq = seen.nonzero().squeeze(1)
+    where = torch.full((buckets,), -1, dtype=torch.int32)
+    where[uniq] = torch.arange(len(uniq), dtype=torch.int32)
+    inv = torch.empty(keys.shape, dtype=torch.int32)
+    for s in range(0, len(keys), chunk):
+        inv[s : s + chunk] = where[keys[s : s + chunk].long()]
+    return uniq, inv
 
 
 @dataclass(frozen=True)
@@ -99,27 +117,20 @@ def fit_column(
     max_iter: int = 300,
     dense: torch.Tensor | None = None,
     start_dense: torch.Tensor | None = None,
-    weight: np.ndarray | None = None,
 ) -> WideColumn:
-    """L2 logistic regression of labels `y` [n] on the hashed one-hot features `keys` int64 (n, F) (rows of a
+    """L2 logistic regression of labels `y` [n] on the hashed one-hot features `keys` int32 / int64 (n, F) (rows of a
     `buckets`-row table) and the real-valued columns `dense` float (n, D) (None: none) by L-BFGS (strong Wolfe,
     float64): mean log loss + l2 / 2 * (|w_touched|^2 + |v|^2) with an unpenalised intercept. `start`
-    (buckets,) / `start_bias` / `start_dense` (D,): a warm start (zero / the base-rate logit otherwise).
-    `weight` [n]: row weights (negative downsampling), the mean log loss then weighted."""
+    (buckets,) / `start_bias` / `start_dense` (D,): a warm start (zero / the base-rate logit otherwise)."""
     yt = torch.from_numpy(np.asarray(y, np.float64))
-    wt = None if weight is None else torch.from_numpy(np.asarray(weight, np.float64))
     full = torch.zeros(buckets, dtype=torch.float64) if start is None else start.detach().double().clone()
     n_dense = 0 if dense is None else int(dense.shape[1])
     v0 = torch.zeros(n_dense, dtype=torch.float64) if start_dense is None else start_dense.detach().double()
     if len(yt) == 0:
         return WideColumn(full, 0.0 if start_bias is None else start_bias, l2, True, v0.clone())
-    uniq, inv = torch.unique(keys, return_inverse=True)
-    if len(uniq) < 2**31:
-        inv = inv.to(
-            torch.int32
-        )  # half the memory of the int64 inverse; the solver widens one chunk at a time
-    b0 = base_rate_logit(yt, wt) if start_bias is None else start_bias
-    w, b, iters, v = lbfgs_logistic(inv, yt, full[uniq], b0, l2, max_iter, dense, v0, weight=wt)
+    uniq, inv = touched_rows(keys, buckets)
+    b0 = base_rate_logit(yt) if start_bias is None else start_bias
+    w, b, iters, v = lbfgs_logistic(inv, yt, full[uniq], b0, l2, max_iter, dense, v0)
     full[uniq] = w
     return WideColumn(full, b, l2, iters < max_iter, v)
 
@@ -133,14 +144,11 @@ def choose_l2(
     grid: tuple[float, ...] = WIDE_L2,
     train_dense: torch.Tensor | None = None,
     val_dense: torch.Tensor | None = None,
-    train_weight: np.ndarray | None = None,
 ) -> tuple[WideColumn, dict[float, float]]:
     """The fit on the train rows whose L2 weight of `grid` scores the best ROC-AUC on the validation rows (the
     smaller on ties; the largest when validation has one class only), and the ROC-AUC of each weight. The
     weights are fitted from the largest down, each warm-started from the previous solution (fewer steps).
-    `train_dense` / `val_dense`: the rows' real-valued columns (`fit_column`), or None for both; `train_weight`:
-    the train rows' weights (`fit_column`). The validation ROC-AUC is unweighted (uniformly downsampled
-    negatives leave its expectation unchanged)."""
+    `train_dense` / `val_dense`: the rows' real-valued columns (`fit_column`), or None for both."""
     by_l2: dict[float, float] = {}
     fits: dict[float, WideColumn] = {}
     prev: WideColumn | None = None
@@ -154,7 +162,6 @@ def choose_l2(
             None if prev is None else prev.bias,
             dense=train_dense,
             start_dense=None if prev is None else prev.dense,
-            weight=train_weight,
         )
         fits[l2] = prev
         z = prev.weight[val_keys].sum(1) + prev.bias
@@ -175,8 +182,6 @@ def fit_wide_part(
     warm: bool = False,
     max_iter: int = 300,
     dense: Callable[[ImpressionArrays], dict[str, np.ndarray]] | None = None,
-    negative_rate: float = 1.0,
-    seed: int = 0,
 ) -> dict[str, Any]:
     """Fit `ranker`'s wide table (in place) on the impressions of `days` (labels as known at
     `label_cutoff_ts`): the CTR column on every row, the CVR column on the clicked rows. With dense columns
@@ -188,15 +193,13 @@ def fit_wide_part(
     (fit on the others) from `WIDE_L2`, then refitted on all (prior = l2 x rows). With
     `warm` the fit starts from the table's weights and intercepts (a daily refit, the deep part untouched);
     otherwise the deep logits are set to 0 (`Ranker.zero_deep_output`), so the ranker starts as the fitted
-    regression. `negative_rate` < 1: the rows are negative-downsampled (`Inputs.impressions`, drawn with `seed`)
-    and the fit weights the kept negatives by 1 / rate; a prior divides by the weighted row count. Returns what
-    the manifest records (days, rows, l2 and prior per task, the validation ROC-AUC
+    regression. Returns what the manifest records (days, rows, l2 and prior per task, the validation ROC-AUC
     of each L2 weight when chosen, convergence)."""
     wide = ranker.wide
     if wide is None or wide.intercept is None:
         raise ConfigError("fitting the wide part needs wide_buckets > 0 and wide_fit 'regression'")
     days = sorted(days)
-    a = inputs.impressions(days, label_cutoff_ts=label_cutoff_ts, negative_rate=negative_rate, seed=seed)
+    a = inputs.impressions(days, label_cutoff_ts=label_cutoff_ts)
     keys = wide_keys(inputs, a, wide.keys)
     xd: torch.Tensor | None = None
     if wide.dense is not None:
@@ -206,8 +209,6 @@ def fit_wide_part(
         xd = ranker.wide_dense(feats)
         assert xd is not None
     rec: dict[str, Any] = {"days": days, "rows": len(a)}
-    if negative_rate < 1.0:
-        rec["negative_rate"] = negative_rate
     chosen: list[float] = []
     priors: list[float] = []
     biases: list[float] = []
@@ -215,15 +216,13 @@ def fit_wide_part(
         (("ctr", a.click, np.ones(len(a), bool)), ("cvr", a.conversion, a.click > 0))
     ):
         sel = torch.from_numpy(rows)
-        k, yt = keys[sel], y[rows]
-        wt = a.weight[rows] if negative_rate < 1.0 else None
-        n_eff = float(wt.sum()) if wt is not None else float(len(yt))
+        k, yt = (keys, y) if rows.all() else (keys[sel], y[rows])  # no copy of every row's keys
         xt = None if xd is None else xd[sel]
         start = wide.table.weight[:, t] if warm else None
         start_bias = float(wide.intercept[t]) if warm else None
         start_dense = wide.dense[:, t] if warm and wide.dense is not None else None
         if prior is not None:
-            best = float(prior[t]) / max(n_eff, 1.0)
+            best = float(prior[t]) / max(len(yt), 1)
         elif len(days) < 2:
             best, rec[f"{task}_validation_roc_auc_by_l2"] = WIDE_DEFAULT_L2, {}
         else:
@@ -237,20 +236,19 @@ def fit_wide_part(
                 wide.buckets,
                 train_dense=None if xt is None else xt[tr],
                 val_dense=None if xt is None else xt[va],
-                train_weight=None if wt is None else wt[d < days[-1]],
             )
             # the refit on every day starts from the chosen fit
             best, start, start_bias = chosen_fit.l2, chosen_fit.weight, chosen_fit.bias
             start_dense = chosen_fit.dense
             rec[f"{task}_validation_roc_auc_by_l2"] = {repr(x): v for x, v in by_l2.items()}
-        col = fit_column(k, yt, best, wide.buckets, start, start_bias, max_iter, xt, start_dense, wt)
+        col = fit_column(k, yt, best, wide.buckets, start, start_bias, max_iter, xt, start_dense)
         with torch.no_grad():
             wide.table.weight[:, t] = col.weight.to(wide.table.weight.dtype)
             if wide.dense is not None:
                 wide.dense[:, t] = col.dense.to(wide.dense.dtype)
                 rec[f"{task}_dense_weights"] = [float(x) for x in col.dense]
         chosen.append(best)
-        priors.append(best * n_eff)
+        priors.append(best * len(yt))
         biases.append(col.bias)
         rec[f"{task}_converged"] = col.converged
     with torch.no_grad():

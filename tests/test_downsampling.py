@@ -3,6 +3,7 @@ and the weighted, chunked logistic solver it relies on."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from dermfeatures.spec import build_feature_spec
 from dermtrain.logistic import lbfgs_logistic
 from dermtrain.parallel import DataParallel
 from ranking.model import RankerConfig
-from ranking.train import uniform_rows
+from ranking.train import train_ranker, uniform_rows
+from ranking.wide import touched_rows
 from towers.config import TowerConfig
 from towers.losses import multitask_bce
 
@@ -91,19 +93,29 @@ def test_chunked_solver_matches_one_chunk() -> None:
     assert torch.allclose(one[3], many[3], atol=1e-8)
 
 
-def test_weighted_solver_on_downsampled_rows_recovers_the_intercept() -> None:
-    """Fitted on a quarter of the negatives with weight 4, the regression's intercept and weights are the full
-    fit's (up to sampling noise), while the unweighted fit on the same rows is off by about log 4."""
-    x, y, _ = _problem(60000, 1)
-    w0 = torch.zeros(300, dtype=torch.float64)
-    full = lbfgs_logistic(x, y, w0, -3.0, 1e-4, 300)
-    keep = (y > 0) | (torch.rand(len(y), generator=torch.Generator().manual_seed(2)) < 0.25)
-    wt = torch.where(y[keep] > 0, 1.0, 4.0).double()
-    weighted = lbfgs_logistic(x[keep], y[keep], w0, -3.0, 1e-4, 300, weight=wt)
-    plain = lbfgs_logistic(x[keep], y[keep], w0, -3.0, 1e-4, 300)
-    assert abs(weighted[1] - full[1]) < 0.15
-    assert plain[1] - full[1] > 1.0  # about log 4 = 1.39 higher: the rows' inflated click rate
-    assert torch.corrcoef(torch.stack([weighted[0], full[0]]))[0, 1] > 0.95
+def test_touched_rows_is_unique_with_inverse() -> None:
+    keys = torch.randint(0, 1000, (5000, 7), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    uniq, inv = touched_rows(keys, 1000, chunk=333)
+    want_uniq, want_inv = torch.unique(keys.long(), return_inverse=True)
+    assert inv.dtype == torch.int32 and torch.equal(uniq, want_uniq) and torch.equal(inv.long(), want_inv)
+
+
+def test_downsampled_ranker_stays_calibrated(tmp_path: Path, demo_ws: tuple[Path, dict]) -> None:
+    """A ranker trained on a fifth of the negatives (weight 5) predicts the day's click rate, not the kept rows'
+    (about 4x higher): the deep part's CTR loss is weighted and the wide part is fitted on every row (fitted on
+    the kept rows, weighted, the one-hot ids of users with few impressions overshot: mean prediction 3x the
+    observed rate on a synthetic day)."""
+    work, summary = demo_ws
+    days = summary["train_days"][-2:]
+    ws = Workspace.open(tmp_path / "ws", work / "data")
+    shutil.copytree(work / "embeddings", ws.root / "embeddings")
+    cfg = RankerConfig(token_dim=8, hidden=(16,), batch_size=512, lr=5e-3, negative_rate=0.2)
+    m = train_ranker(ws, ws.dataset(), days, cfg, device="cpu")
+    st = m["train_stats"]
+    assert st["negative_rate"] == 0.2 and st["rows"] < 0.5 * st["calibration_rows"]
+    assert m["wide_fit"]["rows"] == st["calibration_rows"]  # the wide part read every row
+    c = st["calibration_ctr"]
+    assert abs(c["predicted"] - c["observed"]) < 0.2 * c["observed"], c
 
 
 def test_uniform_rows_and_config_checks() -> None:

@@ -299,6 +299,8 @@ KEY_DOCS: dict[str, str] = {
     "towers.logq_decay": "decay of the running ad-frequency estimate behind logQ",
     "towers.temperature_init": "initial softmax temperature",
     "towers.learn_temperature": "train the temperature (false: fixed at temperature_init)",
+    "towers.negative_rate": "negative downsampling of the training rows: impressions without click or conversion "
+    "kept with this probability and weight 1 / rate in the CTR loss (1.0: every row)",
     "towers.seed": "random seed of the towers (the cvr model uses seed + 1)",
     "ranker.derm_inputs": "DERM embeddings the ranker reads: ctr-user, ctr-ad, cvr-user, cvr-ad",
     "ranker.token_dim": "width of every ranker feature token",
@@ -337,6 +339,8 @@ KEY_DOCS: dict[str, str] = {
     "ranker.kge_neighbours": "graph neighbours of each kind (ads, advertisers) the attention reads",
     "ranker.kge_scores": "KGE relations whose score f_r(user, candidate) enters the wide part (with a found "
     "flag): user_converted_offsite_advertiser, user_converted_ad, user_clicked_ad; []: none",
+    "ranker.negative_rate": "negative downsampling of the deep part's training rows (weight 1 / rate; the wide "
+    "fit, validation, calibration and scoring read every row; 1.0: every row)",
     "ranker.seed": "random seed of the ranker",
     "aggregation.users.heuristic": "users' pool heuristic: ma (moving average) | acc (latest) | ap",
     "aggregation.users.weight": "w of the users' moving average",
