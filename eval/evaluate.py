@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from adslog.sequences import ActivityLog
@@ -82,6 +83,12 @@ SLATE_USERS = 300  # users sampled for the slate's true value on synthetic data 
 #: that grew was the random baselines' per-user membership test (`eval.metrics._live_share`, now one test).
 #: Every committed benchmark has fewer clicked users per day than the cap, so their documents are unchanged
 ORACLE_USERS = 20_000
+#: retrieval is scored on at most this many of the day's clicked users (a seeded sample, recorded as
+#: `retrieval_sample`; all of them below it): each user's serving path scores every live ad with the co-click
+#: graph (rank x ads), so users x ads made the stage grow as N^2 with the day's impressions N (issue 16; at 10M
+#: impressions a day ~160,000 clicked users against 600,000 ads). Every committed benchmark has fewer clicked
+#: users per day than the cap, so their documents are unchanged
+RETRIEVAL_USERS = 10_000
 CURVE_KS = (10, 20, 50, 100, 200)
 BOOTSTRAP_REPLICATES = 1000
 #: eval's folder of a workspace: WORK/evals/day=<D>.json (the `derm eval --json` document of each day)
@@ -166,9 +173,10 @@ def oracle_topk(
 
 
 def oracle_sample(n: int, cap: int, seed: int) -> np.ndarray | None:
-    """Sorted positions of a seeded sample of `cap` of n users; None (all of them) when n <= cap."""
+    """Sorted positions of a seeded sample of `cap` of n users; None (all of them) when n <= cap (the oracle's
+    and the retrieval figures' user samples)."""
     if cap < 1:
-        raise ValueError("oracle_users must be >= 1")
+        raise ValueError("a user sample's cap (oracle_users, retrieval_users) must be >= 1")
     if n <= cap:
         return None
     return np.sort(np.random.default_rng(seed).choice(n, size=cap, replace=False))
@@ -197,12 +205,15 @@ def evaluate_day(
     slate_users: int = SLATE_USERS,
     warn: WarningConfig | None = None,
     oracle_users: int = ORACLE_USERS,
+    retrieval_users: int = RETRIEVAL_USERS,
 ) -> dict[str, Any]:
     """The `derm eval --json` document for `day` (default: the data's last day); the ranker scores on
     `device` (auto | cpu | cuda). On synthetic data (a dataset with an oracle) the document gains `slate`: the
     true expected clicks and revenue per user of each ordering (`eval.slate`) for a seeded sample of
     `slate_users` users shown ads that day (0: skip); its oracle figures (`oracle_*`, `relevance_recall_at_k`)
-    rest on at most `oracle_users` clicked users (a seeded sample, recorded as `oracle_sample`). `warnings` lists what makes a figure mean little
+    rest on at most `oracle_users` clicked users (a seeded sample, recorded as `oracle_sample`); the retrieval
+    figures on at most `retrieval_users` (likewise, `retrieval_sample`). `warnings` lists what makes a figure
+    mean little
     (`eval.warnings`, thresholds from `warn`); `version_days` the day of each version that served the day,
     `period` what one day of the dataset is."""
     ds = ws.dataset()
@@ -221,6 +232,11 @@ def evaluate_day(
     imp = ds.impressions(day, imp_cols)
     clicked = imp.filter(pc.equal(imp.column("click"), 1))
     users, relevant = group_by_user(clicked.column("user_id").to_numpy(), clicked.column("ad_id").to_numpy())
+    r_idx = oracle_sample(len(users), retrieval_users, day + 1)
+    n_clicked_users, rclicked = len(users), clicked
+    if r_idx is not None:
+        users, relevant = users[r_idx], [relevant[i] for i in r_idx]
+        rclicked = clicked.filter(pc.is_in(clicked.column("user_id"), pa.array(users)))
     # users without an embedding get serving's fallback (`adserving.two_stage.TwoStage` with the default knobs)
     from adserving.two_stage import ServeConfig
 
@@ -241,6 +257,11 @@ def evaluate_day(
         "n_cold": int(n_cold),
         "n_live_ads": int(len(retriever.live)),
         "popularity_window_periods": retriever.popularity_window,
+        **(
+            {"retrieval_sample": {"n_users": len(users), "of": n_clicked_users, "seed": day + 1}}
+            if r_idx is not None
+            else {}
+        ),
         "recall_at_k": {str(k): recall_at_k(cand.ids, relevant, k) for k in ks},
         "popularity_recall_at_k": {str(k): recall_at_k(pop, relevant, k) for k in ks},
     }
@@ -288,13 +309,13 @@ def evaluate_day(
         )
         retrieval["vs_popularity"][str(k)] = {x: b[x] for x in ("diff", "lo", "hi", "p_value", "n_boot")}
     names = surface_names(ds)
-    if "surface" in clicked.column_names and len(users):
+    if "surface" in rclicked.column_names and len(users):
         by_surface = {}
-        surf = clicked.column("surface").to_numpy()
+        surf = rclicked.column("surface").to_numpy()
         for code in np.unique(surf):
             sel = surf == code
             su, srel = group_by_user(
-                clicked.column("user_id").to_numpy()[sel], clicked.column("ad_id").to_numpy()[sel]
+                rclicked.column("user_id").to_numpy()[sel], rclicked.column("ad_id").to_numpy()[sel]
             )
             rows = np.searchsorted(users, su)
             by_surface[names.get(int(code), str(int(code)))] = {

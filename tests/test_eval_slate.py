@@ -91,3 +91,30 @@ def test_oracle_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[Pat
     assert top is not None
     assert r["oracle_recall_at_k"]["100"] == pytest.approx(recall_at_k(top, [relevant[i] for i in idx], 100))
     assert r["oracle_recall_at_k"]["100"] != pytest.approx(full["retrieval"]["oracle_recall_at_k"]["100"])
+
+
+def test_retrieval_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[Path, dict]) -> None:
+    """Eval's retrieval (every live ad scored with the co-click graph per user) runs on at most
+    `retrieval_users` clicked users: the sample is recorded, the per-surface figures read only its users'
+    clicks, and the ranking figures do not depend on it."""
+    from eval.evaluate import evaluate_day, group_by_user, oracle_sample
+
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    day = s["eval_day"]
+    full = evaluate_day(ws, day, slate_users=0)
+    assert "retrieval_sample" not in full["retrieval"]
+    r_full = full["retrieval"]
+    capped = evaluate_day(ws, day, slate_users=0, retrieval_users=30)
+    r = capped["retrieval"]
+    assert r["retrieval_sample"] == {"n_users": 30, "of": r_full["n_users"], "seed": day + 1}
+    assert r["n_users"] == 30 and r["n_clicks"] == r_full["n_clicks"]
+    assert capped["ranking"]["roc_auc"] == full["ranking"]["roc_auc"]
+    imp = ws.dataset().impressions(day, ["user_id", "ad_id", "click"])
+    click = imp.column("click").to_numpy() == 1
+    uid = imp.column("user_id").to_numpy()[click]
+    users, _ = group_by_user(uid, imp.column("ad_id").to_numpy()[click])
+    idx = oracle_sample(len(users), 30, day + 1)
+    assert idx is not None
+    sampled_clicks = int(np.isin(uid, users[idx]).sum())
+    assert sum(v["n_clicks"] for v in r["by_surface"].values()) == sampled_clicks < r_full["n_clicks"]

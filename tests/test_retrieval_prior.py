@@ -234,3 +234,24 @@ def test_corrupt_prior_record_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="retrieval_prior"):
         prior_from_record({"cfg": {}}, tmp_path / "manifest.json")
     assert prior_from_record(None, tmp_path) is None
+
+
+def test_rerank_fits_read_a_seeded_sample_of_users_above_the_cap(
+    demo_ws: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fit_retrieval_rerank` fits the prior and the graph on at most `RERANK_FIT_USERS` of the validation
+    day's clicked users (their cost is users x live ads), the same sample for both."""
+    from workflow import cycle
+
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    day = int(Retriever(ws, s["eval_day"]).store.day)  # type: ignore[union-attr]
+    cfg = cycle.load_cycle_config(ws, "cpu")
+    users, _ = day_clicks(ws.dataset(), day)
+    full = cycle.fit_retrieval_rerank(ws, ws.dataset(), day, cfg)
+    assert full["retrieval_prior"]["n_users"] > 12
+    monkeypatch.setattr(cycle, "RERANK_FIT_USERS", 12)
+    capped = cycle.fit_retrieval_rerank(ws, ws.dataset(), day, cfg)
+    assert 0 < capped["retrieval_prior"]["n_users"] <= 12 and len(users) > 12
+    assert capped["retrieval_graph"]["n_users"] == capped["retrieval_prior"]["n_users"]
+    assert capped != full

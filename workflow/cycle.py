@@ -54,7 +54,7 @@ from dermcore.progress import Progress, no_progress
 from dermdist.config import Engine, RayInferenceConfig, RayTrainConfig
 from embstore.aggregate import AggregationConfig, Heuristic
 from embstore.store import StoreGates, StoreVersion, embeddings_dir, open_version, publish_day
-from eval.evaluate import SLATE_USERS, day_clicks, eval_path, evaluate_day
+from eval.evaluate import SLATE_USERS, day_clicks, eval_path, evaluate_day, oracle_sample
 from eval.warnings import WarningConfig
 from index import Backend, IndexConfig, SearchParams
 from index.refresh import RefreshConfig
@@ -73,6 +73,11 @@ from workflow.lineage import check_cycle_lineage
 log = logging.getLogger(__name__)
 
 CYCLE_FILE = "cycle.json"
+#: the retrieval prior's beta and the graph's gamma are fitted on at most this many of the validation day's
+#: clicked users (a seeded sample, recorded in each fit's `n_users`): the fits score every live ad per user
+#: (the graph: rank x ads), so users x ads grew the index stage as N^2 with the day's impressions N (issue 16).
+#: Below the cap (every committed benchmark's days) the fits are unchanged
+RERANK_FIT_USERS = 10_000
 
 # (dataset, snapshot, day, known ad ids int64 | None, activity log | None) -> the day's embeddings
 Embedder = Callable[[Dataset, Towers, int, "np.ndarray | None", "ActivityLog | None"], DailyEmbeddings]
@@ -527,6 +532,9 @@ def fit_retrieval_rerank(ws: Workspace, ds: Dataset, day: int, cfg: CycleConfig)
     users, relevant = day_clicks(ds, day)
     if len(users) == 0:
         return out
+    idx = oracle_sample(len(users), RERANK_FIT_USERS, day)
+    if idx is not None:
+        users, relevant = users[idx], [relevant[i] for i in idx]
     try:
         retriever = Retriever(ws, day, ds, prior=None, graph=None)
     except DataError as e:
