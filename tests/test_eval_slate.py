@@ -118,3 +118,24 @@ def test_retrieval_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[
     assert idx is not None
     sampled_clicks = int(np.isin(uid, users[idx]).sum())
     assert sum(v["n_clicks"] for v in r["by_surface"].values()) == sampled_clicks < r_full["n_clicks"]
+
+
+def test_ranking_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[Path, dict]) -> None:
+    """The ranker's figures are scored on at most `ranking_rows` impressions (a recorded seeded sample); the
+    retrieval and embedding figures still read the whole day."""
+    from eval.evaluate import evaluate_day
+
+    work, s = demo_ws
+    ws = Workspace.open(work)
+    day = s["eval_day"]
+    full = evaluate_day(ws, day, slate_users=0)
+    assert "ranking_sample" not in full["ranking"]
+    capped = evaluate_day(ws, day, slate_users=0, ranking_rows=800)
+    n = full["ranking"]["n_impressions"]
+    assert capped["ranking"]["ranking_sample"] == {"n_impressions": 800, "of": n, "seed": day + 2}
+    assert capped["ranking"]["n_impressions"] == 800 < n
+    assert sum(v["n_impressions"] for v in capped["ranking"]["by_surface"].values()) == 800
+    assert capped["ranking"]["roc_auc"] != full["ranking"]["roc_auc"]
+    assert capped["retrieval"] == full["retrieval"] and capped["embeddings"] == full["embeddings"]
+    with pytest.raises(ValueError, match="ranking_rows"):
+        evaluate_day(ws, day, slate_users=0, ranking_rows=0)
