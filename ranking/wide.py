@@ -78,17 +78,22 @@ def wide_keys(
     return torch.cat(out) if out else torch.zeros((0, 0), dtype=torch.int32)
 
 
-def touched_rows(keys: torch.Tensor, buckets: int, chunk: int = 1 << 18) -> tuple[torch.Tensor, torch.Tensor]:
+def touched_rows(
+    keys: torch.Tensor, buckets: int, chunk: int = 1 << 18, inplace: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(the sorted distinct rows int64 (u,) of a `buckets`-row table that `keys` (n, F) touch, and each key's
     position among them int32 (n, F)): `torch.unique(keys, return_inverse=True)` without its sort of every key
-    and its int64 copies, `chunk` rows at a time (memory: the int32 result plus a mask and map of the table)."""
+    and its int64 copies, `chunk` rows at a time (memory: the int32 result plus a mask and map of the table).
+    `inplace` (int32 `keys` only): the positions overwrite `keys` (no second copy of a refit window's keys)."""
     seen = torch.zeros(buckets, dtype=torch.bool)
     for s in range(0, len(keys), chunk):
         seen[keys[s : s + chunk].reshape(-1).long()] = True
     uniq = seen.nonzero().squeeze(1)
     where = torch.full((buckets,), -1, dtype=torch.int32)
     where[uniq] = torch.arange(len(uniq), dtype=torch.int32)
-    inv = torch.empty(keys.shape, dtype=torch.int32)
+    if inplace and keys.dtype != torch.int32:
+        raise ValueError("touched_rows(inplace=True) needs int32 keys")
+    inv = keys if inplace else torch.empty(keys.shape, dtype=torch.int32)
     for s in range(0, len(keys), chunk):
         inv[s : s + chunk] = where[keys[s : s + chunk].long()]
     return uniq, inv
@@ -117,18 +122,21 @@ def fit_column(
     max_iter: int = 300,
     dense: torch.Tensor | None = None,
     start_dense: torch.Tensor | None = None,
+    consume_keys: bool = False,
 ) -> WideColumn:
     """L2 logistic regression of labels `y` [n] on the hashed one-hot features `keys` int32 / int64 (n, F) (rows of a
     `buckets`-row table) and the real-valued columns `dense` float (n, D) (None: none) by L-BFGS (strong Wolfe,
     float64): mean log loss + l2 / 2 * (|w_touched|^2 + |v|^2) with an unpenalised intercept. `start`
-    (buckets,) / `start_bias` / `start_dense` (D,): a warm start (zero / the base-rate logit otherwise)."""
+    (buckets,) / `start_bias` / `start_dense` (D,): a warm start (zero / the base-rate logit otherwise).
+    `consume_keys`: int32 `keys` are overwritten with their positions among the touched rows (the caller's
+    last use of them: a refit window's keys are not copied)."""
     yt = torch.from_numpy(np.asarray(y, np.float64))
     full = torch.zeros(buckets, dtype=torch.float64) if start is None else start.detach().double().clone()
     n_dense = 0 if dense is None else int(dense.shape[1])
     v0 = torch.zeros(n_dense, dtype=torch.float64) if start_dense is None else start_dense.detach().double()
     if len(yt) == 0:
         return WideColumn(full, 0.0 if start_bias is None else start_bias, l2, True, v0.clone())
-    uniq, inv = touched_rows(keys, buckets)
+    uniq, inv = touched_rows(keys, buckets, inplace=consume_keys and keys.dtype == torch.int32)
     b0 = base_rate_logit(yt) if start_bias is None else start_bias
     w, b, iters, v = lbfgs_logistic(inv, yt, full[uniq], b0, l2, max_iter, dense, v0)
     full[uniq] = w
@@ -208,12 +216,14 @@ def fit_wide_part(
         feats = {k: torch.from_numpy(np.asarray(v)) for k, v in dense(a).items()}
         xd = ranker.wide_dense(feats)
         assert xd is not None
-    rec: dict[str, Any] = {"days": days, "rows": len(a)}
-    chosen: list[float] = []
-    priors: list[float] = []
-    biases: list[float] = []
-    for t, (task, y, rows) in enumerate(
-        (("ctr", a.click, np.ones(len(a), bool)), ("cvr", a.conversion, a.click > 0))
+    n_rows, click, conversion, row_day = len(a), a.click, a.conversion, a.day
+    del a  # the window's other columns (ids, timestamps, context): only the labels and days are read below
+    rec: dict[str, Any] = {"days": days, "rows": n_rows}
+    chosen, priors, biases = [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]
+    # CVR first: the CTR fit (every row) is the keys' last use, so it may overwrite them (`consume_keys`)
+    for t, (task, y, rows) in (
+        (1, ("cvr", conversion, click > 0)),
+        (0, ("ctr", click, np.ones(n_rows, bool))),
     ):
         sel = torch.from_numpy(rows)
         k, yt = (keys, y) if rows.all() else (keys[sel], y[rows])  # no copy of every row's keys
@@ -226,7 +236,7 @@ def fit_wide_part(
         elif len(days) < 2:
             best, rec[f"{task}_validation_roc_auc_by_l2"] = WIDE_DEFAULT_L2, {}
         else:
-            d = a.day[rows]
+            d = row_day[rows]
             tr, va = torch.from_numpy(d < days[-1]), torch.from_numpy(d == days[-1])
             chosen_fit, by_l2 = choose_l2(
                 k[tr],
@@ -241,20 +251,29 @@ def fit_wide_part(
             best, start, start_bias = chosen_fit.l2, chosen_fit.weight, chosen_fit.bias
             start_dense = chosen_fit.dense
             rec[f"{task}_validation_roc_auc_by_l2"] = {repr(x): v for x, v in by_l2.items()}
-        col = fit_column(k, yt, best, wide.buckets, start, start_bias, max_iter, xt, start_dense)
+        col = fit_column(
+            k,
+            yt,
+            best,
+            wide.buckets,
+            start,
+            start_bias,
+            max_iter,
+            xt,
+            start_dense,
+            consume_keys=task == "ctr",
+        )
         with torch.no_grad():
             wide.table.weight[:, t] = col.weight.to(wide.table.weight.dtype)
             if wide.dense is not None:
                 wide.dense[:, t] = col.dense.to(wide.dense.dtype)
                 rec[f"{task}_dense_weights"] = [float(x) for x in col.dense]
-        chosen.append(best)
-        priors.append(best * len(yt))
-        biases.append(col.bias)
+        chosen[t], priors[t], biases[t] = best, best * len(yt), col.bias
         rec[f"{task}_converged"] = col.converged
     with torch.no_grad():
         wide.intercept.copy_(torch.tensor(biases))
     if not warm:
         ranker.zero_deep_output()
     rec["l2"], rec["prior"] = chosen, priors
-    log.info("wide part fitted on days %s..%s (%d rows), l2 %s", days[0], days[-1], len(a), chosen)
+    log.info("wide part fitted on days %s..%s (%d rows), l2 %s", days[0], days[-1], n_rows, chosen)
     return rec
