@@ -487,7 +487,53 @@ def query_latency_section(r: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def downsampling_section(r: dict[str, Any]) -> list[str]:
+    """Negative downsampling's quality and cost against every row (benchmarks/downsampling.py)."""
+    lo, hi = r["rates"]
+    syn = r["synthetic"]
+    lines = _head(f"Negative downsampling: rate {hi} against every row", r, "downsampling")
+    lines += [
+        f"Synthetic log of {syn['impressions_per_day']:,} impressions a day ({syn['n_users']:,} users, "
+        f"{syn['n_ads']:,} ads), bootstrap on day 0, daily cycles on days 1 and 2; seeds {r['seeds']} (towers, "
+        "ranker and draws). Day 2 is scored by the versions after one daily increment, day 1 by the bootstrap's. "
+        f"Difference = rate {hi} - rate {lo} paired by seed, 95 % t interval over seeds.",
+        "",
+    ]
+    for day in ("day2", "day1"):
+        d = r[day]
+        diff = d[f"rate_{hi}_minus_rate_{lo}"]
+        rows = []
+        for m, e in diff.items():
+            a, b = d["by_rate"][repr(lo)][m], d["by_rate"][repr(hi)][m]
+            ci = e["ci"]
+            rows.append(
+                (
+                    m,
+                    f"{_f(a['mean'])} ± {_f(a['std'])}",
+                    f"{_f(b['mean'])} ± {_f(b['std'])}",
+                    f"{e['mean']:+.4f}",
+                    f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "-",
+                )
+            )
+        lines += [f"{day} (mean ± sd over seeds):", ""]
+        lines += table(("metric", f"rate {lo}", f"rate {hi}", "difference", "95 % interval"), rows)
+        cyc = d["by_rate"]
+        lines += [
+            "",
+            f"Daily cycle seconds: rate {lo} {cyc[repr(lo)]['cycle_seconds']['mean']:.0f}, rate {hi} "
+            f"{cyc[repr(hi)]['cycle_seconds']['mean']:.0f}.",
+            "",
+        ]
+    sp = r["day2_stage_speedup"]
+    lines += [
+        "Day 2 stage seconds, every row over downsampled: " + ", ".join(f"{k} {v}x" for k, v in sp.items()),
+        "",
+    ]
+    return lines
+
+
 SECTIONS = {
+    "downsampling": downsampling_section,
     "gowalla": gowalla_section,
     "projection": projection_section,
     "query_latency": query_latency_section,

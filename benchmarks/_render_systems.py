@@ -291,13 +291,30 @@ def scale_section(r: dict[str, Any]) -> list[str]:
     stages = r["stages"]
     la = r["load_average_start"]
     lines = [
-        "## Scale: one daily cycle from 100k to 10M impressions (cost model)",
+        "## Scale: one daily cycle from 1M to 10M impressions (cost model)",
         "",
         f"Command: `{r['command']}`. Machine: {_machine(r)}. {r['shared_machine']}; load average "
         f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} at the start, {r['load_average_end'][0]:.1f} at the end. "
         f"Memory: {r['memory']}. Budget {r['budget_seconds'] / 60:.0f} min, used {r['wall_seconds'] / 60:.0f}.",
         "",
     ]
+    if "negative_rate" in r:
+        smp = r["samples"]
+        lines += [
+            f"Config: the cycle's defaults with negative downsampling at rate {r['negative_rate']} (towers and "
+            f"the ranker's deep part; benchmarks/downsampling.py). Samples: eval's retrieval on at most "
+            f"{smp['eval_retrieval_users']:,} clicked users, its ranking on at most "
+            f"{smp['eval_ranking_impressions']:,} impressions; the daily prior / graph fits on at most "
+            f"{smp['rerank_fit_users']:,} users; the ranker's calibration report on at most "
+            f"{smp['ranker_calibration_rows']:,} rows. Bootstrap (not measured, with the data's generation): "
+            + "; ".join(
+                f"{int(n) / 1e6:g}M {v['bootstrap_seconds'] + v['seconds']:.0f} s, peak "
+                f"{v.get('bootstrap_peak_rss_mb', 0):,.0f} MB"
+                for n, v in r["synthetic"]["sizes"].items()
+            )
+            + ".",
+            "",
+        ]
     rows = [
         (f"{x['impressions']:,}", x["engine"], x["workers"])
         + tuple(f"{x['stage_seconds'].get(s, 0.0):.1f}" for s in stages)
@@ -329,6 +346,14 @@ def scale_section(r: dict[str, Any]) -> list[str]:
         f"impressions: {g['exponent']} over sizes {g['sizes']} (cost per impression over the smallest: {over}). "
         "Projections to 100M and 1B: docs/SCALING.md.",
     ]
+    by_stage = r.get("growth_1m_to_10m_by_stage")
+    if by_stage:
+        lines += [
+            "",
+            "Cost per impression at 10M over 1M, by stage: "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in by_stage.items())
+            + ".",
+        ]
     for x in r.get("not_run", []):
         lines.append(f"- Not run: {x['impressions']:,} {x['engine']}: {x['reason']}.")
     lines.append("")

@@ -1,4 +1,4 @@
-"""The cost model: one daily cycle on synthetic days of 100k to 10M impressions, one process and Ray.
+"""The cost model: one daily cycle on synthetic days of 1M, 3M and 10M impressions, one process and Ray.
 
 For each size N the synthetic log (`adslog.synth`, users and ads scaled with N from the generator's defaults:
 10,000 users and 6,000 ads per 100,000 impressions a day) has two days of N impressions. Day 0 bootstraps the
@@ -9,14 +9,22 @@ workspace (not measured: towers and ranker from scratch, one epoch); day 1 is th
 (proportional set size: shared pages such as Ray's object store counted once) of the child's whole process
 tree every 0.25 s and reports the peak per stage and per run.
 
+The cycle config is the default on CPU with negative downsampling at rate 0.1 for the towers and the ranker's
+deep part (`negative_rate`: every click and conversion kept, a tenth of the other impressions with weight 10;
+quality against every row: benchmarks/downsampling.py). Eval scores retrieval on at most 10,000 clicked users and
+the ranker on at most 2M impressions (`eval.evaluate.RETRIEVAL_USERS`, `RANKING_ROWS`), and the daily prior /
+graph fits read at most 10,000 users (`workflow.cycle.RERANK_FIT_USERS`): at 3M and 10M those samples are taken,
+and the per-stage table shows what they leave.
+
 Stages: eval (day 1 scored with the bootstrap versions), train (the towers' increment, 2 epochs), embed (the
 day's users and ads through the towers), aggregate (the store's aggregation and atomic publish), index (the
-refresh, with the retrieval prior's fit and the self-check gate), ranker (its one-epoch increment).
+refresh, with the retrieval prior's and graph's fits and the self-check gate), ranker (its one-epoch increment
+and the wide part's refit on the window).
 
-The machine is shared (2 cores, other sessions running): the load average is recorded before and after each
-run. Runs are made in order of size; a run whose projected time (the measured seconds per million impressions
-of the largest finished run of its engine, times N, plus the bootstrap's likewise) would end past the 45-minute
-budget is not started, and the projection that ruled it out is recorded under `not_run`.
+Runs are made in the order of `PLAN` (the bar's pair first: 1M and 10M in one process); a run whose projected
+time (the measured seconds per million impressions of the bootstrap and of the engine's day at the largest size
+measured so far, times N) would end past the 45-minute budget is not started, and the projection that ruled it
+out is recorded under `not_run`. The load average is recorded before and after each run.
 
 Writes benchmarks/results/scale.json. Usage (from the repository root): python benchmarks/scale.py
 """
@@ -39,10 +47,16 @@ from typing import Any
 
 from common import ROOT, write_result
 
-# 100k and 300k first: the growth of the cost per impression needs several measured sizes, and the budget guard
-# projects each larger size from the smaller ones (on 2 cores 3M and 10M do not fit the 45 minutes)
-SIZES = (100_000, 300_000, 1_000_000, 3_000_000, 10_000_000)
-ENGINES = (("local", 1), ("ray", 2))
+#: (impressions, engine, workers) in the order they are run: the bar's pair (1M and 10M, one process) first
+PLAN: tuple[tuple[int, str, int], ...] = (
+    (1_000_000, "local", 1),
+    (10_000_000, "local", 1),
+    (1_000_000, "ray", 2),
+    (3_000_000, "local", 1),
+    (3_000_000, "ray", 2),
+    (10_000_000, "ray", 2),
+)
+NEGATIVE_RATE = 0.1
 BUDGET_S = 45 * 60
 USERS_PER_IMPRESSION = 10_000 / 100_000
 ADS_PER_IMPRESSION = 6_000 / 100_000
@@ -50,12 +64,14 @@ STAGES = ("eval", "train", "embed", "aggregate", "index", "ranker")
 
 
 def cycle_config(engine: str, workers: int) -> Any:
-    """The default cycle config on CPU; one epoch from scratch at bootstrap (not measured)."""
+    """The default cycle config on CPU with negative downsampling (`NEGATIVE_RATE`) for the towers and the
+    ranker; one epoch from scratch at bootstrap (not measured)."""
     from dermdist.config import Engine
     from workflow.cycle import CycleConfig
 
     base = CycleConfig(device="cpu")
-    cfg = replace(base, towers=replace(base.towers, epochs_initial=1))
+    towers = replace(base.towers, epochs_initial=1, negative_rate=NEGATIVE_RATE)
+    cfg = replace(base, towers=towers, ranker=replace(base.ranker, negative_rate=NEGATIVE_RATE))
     if engine == "ray":
         cfg = replace(cfg, engine=Engine.RAY, ray_actors=workers, train_workers=workers)
     return cfg
@@ -227,92 +243,88 @@ def growth(runs: list[dict[str, Any]], engine: str) -> dict[str, Any]:
     }
 
 
-def main() -> None:
+def stage_growth(runs: list[dict[str, Any]], small: int, large: int) -> dict[str, float] | None:
+    """Per stage, its seconds per impression at `large` over at `small` (single process): which stage grows."""
+    a = next((x for x in runs if x["impressions"] == small and x["engine"] == "local"), None)
+    b = next((x for x in runs if x["impressions"] == large and x["engine"] == "local"), None)
+    if a is None or b is None:
+        return None
+    return {
+        k: round((b["stage_seconds"][k] / large) / (a["stage_seconds"][k] / small), 3)
+        for k in STAGES
+        if a["stage_seconds"].get(k) and k in b["stage_seconds"]
+    }
+
+
+def _cap(module: str, attr: str) -> int:
+    import importlib
+
+    return int(getattr(importlib.import_module(module), attr))
+
+
+def main(plan: tuple[tuple[int, str, int], ...] = PLAN, name: str = "scale") -> None:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     runs: list[dict[str, Any]] = []
     not_run: list[dict[str, Any]] = []
     data_info: dict[str, Any] = {}
-    boot_rate: float | None = None  # bootstrap seconds per million impressions
-    day_rate: dict[str, float] = {}
-    ratio_to_local: dict[str, float] = {}
+    boot_rate: float | None = None  # the data's generation and the bootstrap, seconds per million impressions
+    day_rate: dict[str, float] = {}  # the engine's day at the largest size measured, seconds per million
     tmp = Path(tempfile.mkdtemp(prefix="derm-scale-"))
+    booted: dict[int, tuple[Path, Path]] = {}
     try:
-        for n in SIZES:
+        for i, (n, engine, workers) in enumerate(plan):
             m = n / 1e6
             elapsed = time.perf_counter() - t_start
-            if boot_rate is not None and "local" in day_rate:
-                need = (boot_rate + day_rate["local"]) * m
+            rate = day_rate.get(engine, day_rate.get("local"))
+            if rate is not None and boot_rate is not None:
+                need = rate * m + (0.0 if n in booted else boot_rate * m)
                 if elapsed + need > BUDGET_S:
-                    for engine, workers in ENGINES:
-                        not_run.append(
-                            {
-                                "impressions": n,
-                                "engine": engine,
-                                "workers": workers,
-                                "projected_seconds": round(
-                                    (boot_rate + day_rate.get(engine, day_rate["local"])) * m, 1
-                                ),
-                                "reason": f"at {elapsed:.0f} s of the {BUDGET_S} s budget, the bootstrap "
-                                f"({boot_rate:.0f} s/M) and the local day ({day_rate['local']:.0f} s/M) "
-                                f"measured at the smaller sizes project {need:.0f} s for {m:g}M impressions",
-                            }
-                        )
-                    continue
-            size_dir = tmp / f"n{n}"
-            data = size_dir / "data"
-            info = make_data(n, data)
-            boot_ws = size_dir / "boot"
-            boot = run_child("bootstrap", boot_ws, data, "local", 1)
-            boot_rate = boot["total_seconds"] / m
-            data_info[str(n)] = {**info, "bootstrap_seconds": boot["total_seconds"]}
-            for engine, workers in ENGINES:
-                elapsed = time.perf_counter() - t_start
-                rate = day_rate.get(engine)
-                local_now = next(
-                    (x["total_seconds"] for x in runs if x["impressions"] == n and x["engine"] == "local"),
-                    None,
-                )
-                if engine != "local" and engine in ratio_to_local and local_now is not None:
-                    # this engine's time relative to the local day's, as measured at the previous size
-                    ratio = ratio_to_local[engine]
-                    projected = local_now * ratio
-                    how = f"the local day at this size ({local_now:.0f} s) times the {engine}/local ratio "
-                    how += f"measured at the previous size ({ratio:.2f})"
-                elif rate is not None:
-                    projected = rate * m
-                    how = f"the {engine} day measured at a smaller size ({rate:.0f} s/M)"
-                else:
-                    projected = 0.0
-                if projected and elapsed + projected > BUDGET_S:
+                    how = "" if n in booted else f"the data and bootstrap ({boot_rate:.0f} s/M) and "
+                    how += f"the {engine if engine in day_rate else 'local'} day ({rate:.0f} s/M)"
                     not_run.append(
                         {
                             "impressions": n,
                             "engine": engine,
                             "workers": workers,
-                            "projected_seconds": round(projected, 1),
-                            "reason": f"at {elapsed:.0f} s of the {BUDGET_S} s budget, {how} projects "
-                            f"{projected:.0f} s",
+                            "projected_seconds": round(need, 1),
+                            "reason": f"at {elapsed:.0f} s of the {BUDGET_S} s budget, {how} measured at a "
+                            f"smaller size project {need:.0f} s for {m:g}M impressions",
                         }
                     )
                     continue
-                work = size_dir / f"day-{engine}"
-                shutil.copytree(boot_ws, work)
-                r = run_child("day", work, data, engine, workers)
-                shutil.rmtree(work, ignore_errors=True)
-                day_rate[engine] = r["total_seconds"] / m
-                if engine != "local" and local_now:
-                    ratio_to_local[engine] = r["total_seconds"] / local_now
-                run = {
-                    "impressions": n,
-                    "engine": engine,
-                    "workers": workers,
-                    **r,
-                    "seconds_per_million": round(r["total_seconds"] / m, 2),
+            if n not in booted:
+                size_dir = tmp / f"n{n}"
+                data = size_dir / "data"
+                info = make_data(n, data)
+                boot_ws = size_dir / "boot"
+                boot = run_child("bootstrap", boot_ws, data, "local", 1)
+                boot_rate = (boot["total_seconds"] + info["seconds"]) / m
+                data_info[str(n)] = {
+                    **info,
+                    "bootstrap_seconds": boot["total_seconds"],
+                    "bootstrap_peak_rss_mb": boot["peak_rss_mb"],
                 }
-                runs.append(run)
-                print(json.dumps({k: run[k] for k in ("impressions", "engine", "total_seconds")}), flush=True)
-            shutil.rmtree(size_dir, ignore_errors=True)
+                booted[n] = (data, boot_ws)
+            data, boot_ws = booted[n]
+            work = boot_ws.parent / f"day-{engine}"
+            shutil.copytree(boot_ws, work)
+            r = run_child("day", work, data, engine, workers)
+            shutil.rmtree(work, ignore_errors=True)
+            if n >= max((x["impressions"] for x in runs if x["engine"] == engine), default=0):
+                day_rate[engine] = r["total_seconds"] / m
+            run = {
+                "impressions": n,
+                "engine": engine,
+                "workers": workers,
+                **r,
+                "seconds_per_million": round(r["total_seconds"] / m, 2),
+            }
+            runs.append(run)
+            print(json.dumps({k: run[k] for k in ("impressions", "engine", "total_seconds")}), flush=True)
+            if all(x[0] != n for x in plan[i + 1 :]):  # no later run of this size
+                shutil.rmtree(boot_ws.parent, ignore_errors=True)
+                booted.pop(n)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -321,9 +333,8 @@ def main() -> None:
         return r["total_seconds"] / n if r else None
 
     c1, c3, c10 = per_impression(1_000_000), per_impression(3_000_000), per_impression(10_000_000)
-    local_growth = growth(runs, "local")
     result = {
-        "command": "python benchmarks/scale.py",
+        "command": f"python benchmarks/{name}.py",
         "budget_seconds": BUDGET_S,
         "wall_seconds": round(time.perf_counter() - t_start, 1),
         "load_average_start": [round(x, 2) for x in load_start],
@@ -333,6 +344,14 @@ def main() -> None:
             "(a load well above the core count means other work shared the machine)"
         ),
         "config": cycle_config("local", 1).to_json(),
+        "negative_rate": NEGATIVE_RATE,
+        "samples": {
+            "eval_retrieval_users": _cap("eval.evaluate", "RETRIEVAL_USERS"),
+            "eval_ranking_impressions": _cap("eval.evaluate", "RANKING_ROWS"),
+            "rerank_fit_users": _cap("workflow.cycle", "RERANK_FIT_USERS"),
+            "ranker_calibration_rows": _cap("ranking.train", "CALIBRATION_ROWS"),
+        },
+        "plan": [list(x) for x in plan],
         "synthetic": {
             "users_per_impression": USERS_PER_IMPRESSION,
             "ads_per_impression": ADS_PER_IMPRESSION,
@@ -345,9 +364,10 @@ def main() -> None:
         "not_run": not_run,
         "growth_1m_to_10m": round(c10 / c1, 3) if c1 and c10 else None,
         "growth_1m_to_3m": round(c3 / c1, 3) if c1 and c3 else None,
-        "growth_exponent": {"local": local_growth, "ray": growth(runs, "ray")},
+        "growth_1m_to_10m_by_stage": stage_growth(runs, 1_000_000, 10_000_000),
+        "growth_exponent": {"local": growth(runs, "local"), "ray": growth(runs, "ray")},
     }
-    write_result("scale", result)
+    write_result(name, result)
     print(json.dumps({k: result[k] for k in ("growth_1m_to_10m", "growth_1m_to_3m", "wall_seconds")}))
 
 
@@ -355,13 +375,16 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", nargs=6, metavar=("MODE", "WORK", "DATA", "ENGINE", "WORKERS", "OUT"))
     ap.add_argument(
-        "--sizes", type=str, default=None, help="comma-separated impressions per day (default 1M,3M,10M)"
+        "--sizes",
+        type=str,
+        default=None,
+        help="comma-separated impressions per day, each run by both engines",
     )
     a = ap.parse_args()
     if a.child:
         mode, work, data, engine, workers, out = a.child
         child(mode, Path(work), Path(data), engine, int(workers), Path(out))
+    elif a.sizes:
+        main(tuple((int(x), e, w) for x in a.sizes.split(",") for e, w in (("local", 1), ("ray", 2))))
     else:
-        if a.sizes:
-            SIZES = tuple(int(x) for x in a.sizes.split(","))  # type: ignore[assignment]
         main()
