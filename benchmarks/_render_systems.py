@@ -291,7 +291,9 @@ def scale_section(r: dict[str, Any]) -> list[str]:
     stages = r["stages"]
     la = r["load_average_start"]
     lines = [
-        "## Scale: one daily cycle from 1M to 10M impressions (cost model)",
+        "## Scale: one daily cycle from 1M to 10M impressions (cost model)"
+        if "scale_ray" not in r["command"]
+        else "## Scale: one daily cycle at 1M and 3M impressions, one process and Ray (cost model)",
         "",
         f"Command: `{r['command']}`. Machine: {_machine(r)}. {r['shared_machine']}; load average "
         f"{la[0]:.1f} / {la[1]:.1f} / {la[2]:.1f} at the start, {r['load_average_end'][0]:.1f} at the end. "
@@ -368,6 +370,7 @@ SECTIONS = {
     "index_scale": index_scale_section,
     "robustness": robustness_section,
     "scale": scale_section,
+    "scale_ray": scale_section,
     "serve_load": serve_load_section,
     "serve_load_quick": serve_load_section,
     "store_speed": store_speed_section,
