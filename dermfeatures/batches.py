@@ -102,20 +102,19 @@ class Inputs:
                 cols.append("conversion_ts")
         cols += [f.name for f in self.spec.context if f.name in imp_cols]
         t = self.ds.impressions(days, cols)
+
+        def positive() -> np.ndarray:
+            pos = t.column("click").to_numpy() > 0
+            return pos | (t.column("conversion").to_numpy() > 0) if has_conv else pos
+
         if negative_rate < 1.0:
-            positive = t.column("click").to_numpy() > 0
-            if has_conv:
-                positive |= t.column("conversion").to_numpy() > 0
             draw = np.random.default_rng((seed, 0x6E6473)).random(t.num_rows) < negative_rate
-            t = t.filter(pa.array(positive | draw))
+            t = t.filter(pa.array(positive() | draw))
         if rows is not None:
             t = t.take(pa.array(rows(t.num_rows), pa.int64()))
         a = self.arrays(t, label_cutoff_ts)
         if negative_rate < 1.0:
-            positive = t.column("click").to_numpy() > 0
-            if has_conv:
-                positive |= t.column("conversion").to_numpy() > 0
-            a.weight = np.where(positive, 1.0, 1.0 / negative_rate).astype(np.float32)
+            a.weight = np.where(positive(), 1.0, 1.0 / negative_rate).astype(np.float32)
         return a
 
     def arrays(self, t: pa.Table, label_cutoff_ts: int | None = None) -> ImpressionArrays:

@@ -6,8 +6,8 @@ serving alike (`DermLookup`).
 
 Calibration: the ranker trains with BCE on every impression (CTR head) and every clicked impression (CVR
 head, post-click). With negative downsampling (`RankerConfig.negative_rate` < 1) the kept negatives carry
-weight 1 / rate in the CTR loss and the wide fit, so the probabilities still need no correction; the output
-biases start at the (weighted) base rates and the manifest reports predicted vs observed rates on the training
+weight 1 / rate in the deep part's CTR loss and the wide part is fitted on every row, so the probabilities still
+need no correction; the output biases start at the (weighted) base rates and the manifest reports predicted vs observed rates on the training
 days and on the validation day, over every row (a uniform sample of at most `CALIBRATION_ROWS` rows on larger
 days).
 
@@ -537,13 +537,7 @@ def start_ranker(
         return None
     if fitted is None:
         dense = kge.score_features if kge is not None else None
-        return fit_wide_part(
-            snap.ranker,
-            inputs,
-            days,
-            label_cutoff_ts,
-            dense=dense,
-        )
+        return fit_wide_part(snap.ranker, inputs, days, label_cutoff_ts, dense=dense)
     if (fitted.spec, fitted.days, fitted.label_cutoff_ts, fitted.dense) != (
         snap.spec.to_json(),
         tuple(sorted(days)),
