@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,17 +63,25 @@ def test_eval_document_carries_the_slate_on_synthetic_data(demo_ws: tuple[Path, 
     assert "slate" not in evaluate_day(Workspace.open(work), int(s["eval_day"]), slate_users=0)
 
 
-def test_oracle_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[Path, dict]) -> None:
-    """Eval's oracle top k (users x live ads) runs on at most `oracle_users` clicked users: below the cap the
-    document is unchanged, above it the oracle figures are those of the recorded seeded sample."""
-    from eval.evaluate import evaluate_day, group_by_user, oracle_sample, oracle_topk
-    from eval.metrics import recall_at_k
-    from retrieval.retrieve import Retriever
+@pytest.fixture(scope="module")
+def day_docs(demo_ws: tuple[Path, dict]) -> tuple[Workspace, int, dict[str, Any], Any]:
+    """(the demo workspace, its eval day, that day's eval document without caps reached, evaluate_day)."""
+    from eval.evaluate import evaluate_day
 
     work, s = demo_ws
     ws = Workspace.open(work)
-    day = s["eval_day"]
-    full = evaluate_day(ws, day, slate_users=0)
+    day = int(s["eval_day"])
+    return ws, day, evaluate_day(ws, day, slate_users=0), evaluate_day
+
+
+def test_oracle_figures_rest_on_a_seeded_sample_above_the_cap(day_docs: tuple) -> None:
+    """Eval's oracle top k (users x live ads) runs on at most `oracle_users` clicked users: below the cap the
+    document is unchanged, above it the oracle figures are those of the recorded seeded sample."""
+    from eval.evaluate import group_by_user, oracle_sample, oracle_topk
+    from eval.metrics import recall_at_k
+    from retrieval.retrieve import Retriever
+
+    ws, day, full, evaluate_day = day_docs
     assert "oracle_sample" not in full["retrieval"]
     capped = evaluate_day(ws, day, slate_users=0, oracle_users=25)
     r = capped["retrieval"]
@@ -93,16 +102,13 @@ def test_oracle_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[Pat
     assert r["oracle_recall_at_k"]["100"] != pytest.approx(full["retrieval"]["oracle_recall_at_k"]["100"])
 
 
-def test_retrieval_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[Path, dict]) -> None:
+def test_retrieval_figures_rest_on_a_seeded_sample_above_the_cap(day_docs: tuple) -> None:
     """Eval's retrieval (every live ad scored with the co-click graph per user) runs on at most
     `retrieval_users` clicked users: the sample is recorded, the per-surface figures read only its users'
     clicks, and the ranking figures do not depend on it."""
-    from eval.evaluate import evaluate_day, group_by_user, oracle_sample
+    from eval.evaluate import group_by_user, oracle_sample
 
-    work, s = demo_ws
-    ws = Workspace.open(work)
-    day = s["eval_day"]
-    full = evaluate_day(ws, day, slate_users=0)
+    ws, day, full, evaluate_day = day_docs
     assert "retrieval_sample" not in full["retrieval"]
     r_full = full["retrieval"]
     capped = evaluate_day(ws, day, slate_users=0, retrieval_users=30)
@@ -120,15 +126,10 @@ def test_retrieval_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[
     assert sum(v["n_clicks"] for v in r["by_surface"].values()) == sampled_clicks < r_full["n_clicks"]
 
 
-def test_ranking_figures_rest_on_a_seeded_sample_above_the_cap(demo_ws: tuple[Path, dict]) -> None:
+def test_ranking_figures_rest_on_a_seeded_sample_above_the_cap(day_docs: tuple) -> None:
     """The ranker's figures are scored on at most `ranking_rows` impressions (a recorded seeded sample); the
     retrieval and embedding figures still read the whole day."""
-    from eval.evaluate import evaluate_day
-
-    work, s = demo_ws
-    ws = Workspace.open(work)
-    day = s["eval_day"]
-    full = evaluate_day(ws, day, slate_users=0)
+    ws, day, full, evaluate_day = day_docs
     assert "ranking_sample" not in full["ranking"]
     capped = evaluate_day(ws, day, slate_users=0, ranking_rows=800)
     n = full["ranking"]["n_impressions"]
