@@ -267,3 +267,44 @@ def test_fit_cached_returns_the_same_graph_for_the_same_clicks_only() -> None:
     np.testing.assert_array_equal(
         b.scores([ads[:3]]), CoClickGraph.fit(users[:-1], ads[:-1], 4).scores([ads[:3]])
     )
+
+
+def test_randomized_vectors_span_the_top_singular_subspace() -> None:
+    """On a sparse matrix with a clear gap after the top 8 singular values, the randomized block method finds
+    the subspace ARPACK finds (the graph's ARPACK start is used below `EXACT_SVD_MAX`)."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    from retrieval.graph_filter import randomized_right_vectors
+
+    rng = np.random.default_rng(0)
+    m, n, k = 3000, 800, 8
+    dense = (rng.standard_normal((m, k)) * np.arange(k, 0, -1) * 3) @ rng.standard_normal((k, n))
+    mask = rng.random((m, n)) < 0.3
+    a = sp.csr_matrix(np.where(mask, dense + rng.standard_normal((m, n)), 0.0))
+    _, s, vt = svds(a, k=k, v0=np.full(n, 1 / np.sqrt(n)))
+    vr = randomized_right_vectors(a, k, oversample=16, power_iters=8).astype(np.float64)
+    assert vr.shape == (k, n)
+    np.testing.assert_allclose(vr @ vr.T, np.eye(k), atol=1e-4)  # orthonormal
+    overlap = np.linalg.norm(vt @ vr.T) ** 2  # k when the subspaces agree
+    assert overlap > k - 0.01
+    # descending singular values: |A v_i| decreases
+    sv = np.linalg.norm(a @ vr.T, axis=0)
+    assert (np.diff(sv) <= 1e-3 * sv[0]).all()
+    np.testing.assert_array_equal(vr, randomized_right_vectors(a, k, oversample=16, power_iters=8))
+
+
+def test_large_graphs_use_the_randomized_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above `EXACT_SVD_MAX` rows on its smaller side the graph's low-pass part comes from the randomized block
+    method; on a connected graph with a spectral gap it scores like the ARPACK graph."""
+    import retrieval.graph_filter as gf
+
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 400, 6000)
+    ads = (users % 4) * 30 + rng.integers(0, 30, 6000)  # four communities of 30 ads
+    exact = gf.CoClickGraph.fit(users, ads, rank=4)
+    monkeypatch.setattr(gf, "EXACT_SVD_MAX", 10)
+    approx = gf.CoClickGraph.fit(users, ads, rank=4)
+    hist = [ads[users == u] for u in range(0, 400, 7)]
+    np.testing.assert_allclose(approx.scores(hist), exact.scores(hist), atol=2e-3)
+    assert not np.array_equal(approx._out, exact._out)  # another basis of the same subspace
