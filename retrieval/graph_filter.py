@@ -52,7 +52,7 @@ from retrieval.prior import recall_by_weight
 #: candidates' gathered vectors)
 GRAPH_CHUNK = 1 << 24
 #: graphs whose smaller side has more rows than this get the randomized SVD (`randomized_right_vectors`)
-EXACT_SVD_MAX = 100_000
+EXACT_SVD_MAX = 50_000
 SVD_OVERSAMPLE = 64
 SVD_POWER_ITERS = 4
 #: gamma grid for `fit_gamma`, cosine units: 0 (the towers' order) up to values where the graph decides
