@@ -308,13 +308,14 @@ def scale_section(r: dict[str, Any]) -> list[str]:
             f"{smp['eval_retrieval_users']:,} clicked users, its ranking on at most "
             f"{smp['eval_ranking_impressions']:,} impressions; the daily prior / graph fits on at most "
             f"{smp['rerank_fit_users']:,} users; the ranker's calibration report on at most "
-            f"{smp['ranker_calibration_rows']:,} rows. Bootstrap (not measured, with the data's generation): "
+            f"{smp['ranker_calibration_rows']:,} rows. Bootstrap (not measured as part of the day): "
             + "; ".join(
-                f"{int(n) / 1e6:g}M {v['bootstrap_seconds'] + v['seconds']:.0f} s, peak "
-                f"{v.get('bootstrap_peak_rss_mb', 0):,.0f} MB"
+                f"{int(n) / 1e6:g}M {v['bootstrap_seconds']:.0f} s"
+                + (f", peak {v['bootstrap_peak_rss_mb']:,.0f} MB" if "bootstrap_peak_rss_mb" in v else "")
                 for n, v in r["synthetic"]["sizes"].items()
             )
-            + ".",
+            + "."
+            + (f" How this run was made: {r['assembled']}." if "assembled" in r else ""),
             "",
         ]
     rows = [
