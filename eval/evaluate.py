@@ -224,6 +224,8 @@ def evaluate_day(
     mean little
     (`eval.warnings`, thresholds from `warn`); `version_days` the day of each version that served the day,
     `period` what one day of the dataset is."""
+    if ranking_rows < 1:
+        raise ValueError("ranking_rows must be >= 1")
     ds = ws.dataset()
     day = ds.last_day if day is None else ds.check_day(day)
     ks = tuple(sorted(set(ks)))
@@ -339,8 +341,6 @@ def evaluate_day(
     rday = ws.version_before(ranker_dir(ws), day)
     if rday is not None:
         sample, rimp = None, imp
-        if ranking_rows < 1:
-            raise ValueError("ranking_rows must be >= 1")
         if imp.num_rows > ranking_rows:
             sample = {"n_impressions": ranking_rows, "of": imp.num_rows, "seed": day + 2}
             pick = np.random.default_rng(day + 2).choice(imp.num_rows, ranking_rows, replace=False)
