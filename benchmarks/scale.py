@@ -23,7 +23,8 @@ and the wide part's refit on the window).
 
 Runs are made in the order of `PLAN`: the bar's pair first (1M and 10M in one process, always run), then the
 others while they fit: a run whose projected time (the measured seconds per million impressions of the bootstrap
-and of the engine's day at the largest size measured so far, times N) would end past the 45-minute budget is
+and of the engine's day at the largest size measured so far, or the local day's times
+`UNMEASURED_ENGINE_FACTOR` for an engine not measured yet, times N) would end past the 45-minute budget is
 not started, and the projection that ruled it out is recorded under `not_run`. 1M and 3M on both engines are
 `scale_ray.py`'s (`scale_ray.json`). The load average is recorded before and after each run.
 
@@ -60,6 +61,9 @@ PLAN: tuple[Run, ...] = (
 )
 NEGATIVE_RATE = 0.1
 BUDGET_S = 45 * 60
+#: an engine whose day has not been measured yet is projected at the local rate times this (Ray with 2 workers
+#: took 1.4-1.6x the local day at 1M on 2 cores, scale.json and scale_ray.json at 98059a3)
+UNMEASURED_ENGINE_FACTOR = 2.0
 USERS_PER_IMPRESSION = 10_000 / 100_000
 ADS_PER_IMPRESSION = 6_000 / 100_000
 STAGES = ("eval", "train", "embed", "aggregate", "index", "ranker")
@@ -264,6 +268,36 @@ def _cap(module: str, attr: str) -> int:
     return int(getattr(importlib.import_module(module), attr))
 
 
+def over_budget(
+    n: int, engine: str, elapsed: float, day_rate: dict[str, float], boot_rate: float | None, booted: bool
+) -> dict[str, Any] | None:
+    """The budget guard: None when a run of `n` impressions on `engine` projects to end within `BUDGET_S` (or
+    nothing is measured yet to project from), else its `not_run` record (projected seconds, reason). The
+    projection: the engine's measured day rate (seconds per million impressions at the largest size measured so
+    far), or the local rate x `UNMEASURED_ENGINE_FACTOR` for an engine not measured yet, times n, plus the data
+    and bootstrap rate times n when this size is not booted yet."""
+    m = n / 1e6
+    rate = day_rate.get(engine)
+    if rate is None and "local" in day_rate:
+        rate = day_rate["local"] * (1.0 if engine == "local" else UNMEASURED_ENGINE_FACTOR)
+    if rate is None or boot_rate is None:
+        return None
+    need = rate * m + (0.0 if booted else boot_rate * m)
+    if elapsed + need <= BUDGET_S:
+        return None
+    how = "" if booted else f"the data and bootstrap ({boot_rate:.0f} s/M) and "
+    how += (
+        f"the {engine} day ({rate:.0f} s/M)"
+        if engine in day_rate
+        else f"the local day x {UNMEASURED_ENGINE_FACTOR:g} ({rate:.0f} s/M)"
+    )
+    return {
+        "projected_seconds": round(need, 1),
+        "reason": f"at {elapsed:.0f} s of the {BUDGET_S} s budget, {how} measured at a "
+        f"smaller size project {need:.0f} s for {m:g}M impressions",
+    }
+
+
 def main(plan: tuple[Run, ...] = PLAN, name: str = "scale") -> None:
     t_start = time.perf_counter()
     load_start = os.getloadavg()
@@ -279,23 +313,10 @@ def main(plan: tuple[Run, ...] = PLAN, name: str = "scale") -> None:
         for i, (n, engine, workers, required) in enumerate(plan):
             m = n / 1e6
             elapsed = time.perf_counter() - t_start
-            rate = day_rate.get(engine, day_rate.get("local"))
-            if rate is not None and boot_rate is not None and not required:
-                need = rate * m + (0.0 if n in booted else boot_rate * m)
-                if elapsed + need > BUDGET_S:
-                    how = "" if n in booted else f"the data and bootstrap ({boot_rate:.0f} s/M) and "
-                    how += f"the {engine if engine in day_rate else 'local'} day ({rate:.0f} s/M)"
-                    not_run.append(
-                        {
-                            "impressions": n,
-                            "engine": engine,
-                            "workers": workers,
-                            "projected_seconds": round(need, 1),
-                            "reason": f"at {elapsed:.0f} s of the {BUDGET_S} s budget, {how} measured at a "
-                            f"smaller size project {need:.0f} s for {m:g}M impressions",
-                        }
-                    )
-                    continue
+            skip = over_budget(n, engine, elapsed, day_rate, boot_rate, n in booted)
+            if skip is not None and not required:
+                not_run.append({"impressions": n, "engine": engine, "workers": workers, **skip})
+                continue
             if n not in booted:
                 size_dir = tmp / f"n{n}"
                 data = size_dir / "data"
