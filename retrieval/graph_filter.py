@@ -24,10 +24,14 @@ period (0 is always on the grid). On Gowalla the blend beats both sources alone 
 scipy is used for the sparse products and for ARPACK's truncated SVD (`scipy.sparse.linalg.svds`): numpy has no
 sparse matrices, and torch's `svd_lowrank` is a randomised approximation whose tail vectors are noisy. ARPACK's
 cost grew far faster than the graph, though: 14 s on a 1M-impression synthetic day's window, still running after
-12 minutes at 10M (scale.py, issue 16). Above `EXACT_SVD_MAX` rows on the graph's smaller side the vectors come
+12 minutes at 10M (scale.py, issue 16), and 172 s on a 3M day's one-day window of 47,459 x 21,499 (1.3 s for the
+block method below, holding sum(s^2) 253.4 against 255.9 of 256). That graph has 11,316 connected components,
+each with singular value 1: the top singular value repeats far more than `rank` times. So above `EXACT_SVD_MAX`
+rows on the graph's smaller side, or with at least `rank` connected components (`n_components`), the vectors come
 from seeded randomized subspace iteration instead (`randomized_right_vectors`: Halko, Martinsson and Tropp 2011,
 algorithm 4.4, with `SVD_OVERSAMPLE` extra directions and `SVD_POWER_ITERS` power iterations; linear in the
-clicks and the ads). Every committed benchmark's graph is below the threshold and keeps ARPACK's vectors.
+clicks and the ads). Real logs' click graphs (Gowalla, MovieLens) are one large component and keep ARPACK's
+vectors.
 (scikit-learn has `randomized_svd`, but it is a test-only dependency here.)
 """
 
@@ -51,7 +55,8 @@ from retrieval.prior import recall_by_weight
 #: floats held at once (64 MB) by `with_graph_top` (the graph's dense score rows) and `candidate_inner` (the
 #: candidates' gathered vectors)
 GRAPH_CHUNK = 1 << 24
-#: graphs whose smaller side has more rows than this get the randomized SVD (`randomized_right_vectors`)
+#: graphs whose smaller side has more rows than this get the randomized SVD (`randomized_right_vectors`), and so
+#: do graphs with at least `rank` connected components
 EXACT_SVD_MAX = 50_000
 SVD_OVERSAMPLE = 64
 SVD_POWER_ITERS = 4
@@ -96,6 +101,18 @@ class GraphConfig:
         if unknown:
             raise ConfigError(f"unknown graph config keys {sorted(unknown)}")
         return cls(**d)
+
+
+def n_components(r: sp.csr_matrix) -> int:
+    """Connected components of the bipartite graph of `r` (users x ads, every row and column with an edge). Each
+    gives R~ one singular value exactly 1, so with at least `rank` of them the top `rank` singular values all
+    repeat 1: the low-pass basis is arbitrary within their span, and ARPACK converges slowly on it."""
+    from scipy.sparse.csgraph import connected_components
+
+    m, n = r.shape
+    adj = sp.bmat([[None, r], [r.T, None]], format="csr")
+    assert adj.shape == (m + n, m + n)
+    return int(connected_components(adj, directed=False, return_labels=False))
 
 
 def randomized_right_vectors(
@@ -186,7 +203,7 @@ class CoClickGraph:
         vt = np.zeros((0, len(ads)), np.float32)
         if rank > 0 and ideal_weight > 0:
             # a fixed start vector: ARPACK's default is random, and the same clicks must give the same graph
-            if min(rt.shape) > EXACT_SVD_MAX:
+            if min(rt.shape) > EXACT_SVD_MAX or n_components(r) >= rank:
                 vt = randomized_right_vectors(rt, rank)
             else:
                 v0 = np.full(min(rt.shape), 1.0 / math.sqrt(min(rt.shape)))

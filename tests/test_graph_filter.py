@@ -297,14 +297,45 @@ def test_randomized_vectors_span_the_top_singular_subspace() -> None:
 def test_large_graphs_use_the_randomized_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
     """Above `EXACT_SVD_MAX` rows on its smaller side the graph's low-pass part comes from the randomized block
     method; on a connected graph with a spectral gap it scores like the ARPACK graph."""
+    import scipy.sparse as sp
+
     import retrieval.graph_filter as gf
 
     rng = np.random.default_rng(3)
     users = rng.integers(0, 400, 6000)
-    ads = (users % 4) * 30 + rng.integers(0, 30, 6000)  # four communities of 30 ads
+    ads = (users % 4) * 30 + rng.integers(0, 30, 6000)  # four communities of 30 ads,
+    ads = np.where(rng.random(6000) < 0.05, rng.integers(0, 120, 6000), ads)  # joined by 5 % of the clicks
+    assert gf.n_components(sp.csr_matrix((np.ones(6000), (users, ads)))) == 1
     exact = gf.CoClickGraph.fit(users, ads, rank=4)
     monkeypatch.setattr(gf, "EXACT_SVD_MAX", 10)
     approx = gf.CoClickGraph.fit(users, ads, rank=4)
     hist = [ads[users == u] for u in range(0, 400, 7)]
     np.testing.assert_allclose(approx.scores(hist), exact.scores(hist), atol=2e-3)
     assert not np.array_equal(approx._out, exact._out)  # another basis of the same subspace
+
+
+def test_fragmented_graphs_use_the_randomized_vectors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A click graph with at least `rank` connected components (each gives singular value 1, so the top ones
+    repeat) gets the randomized block method below `EXACT_SVD_MAX` too; one with fewer keeps ARPACK."""
+    import scipy.sparse as sp
+
+    import retrieval.graph_filter as gf
+
+    rng = np.random.default_rng(4)
+    users = rng.integers(0, 600, 4000)
+    ads = (users % 40) * 5 + rng.integers(0, 5, 4000)  # 40 separate communities of 15 users and 5 ads
+    r = sp.csr_matrix(
+        (np.ones(4000), (np.unique(users, return_inverse=True)[1], np.unique(ads, return_inverse=True)[1]))
+    )
+    assert gf.n_components(r) == 40
+
+    def no_arpack(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ARPACK called")
+
+    monkeypatch.setattr(gf, "svds", no_arpack)
+    g = gf.CoClickGraph.fit(users, ads, rank=32)  # 40 components >= 32
+    assert g.rank == 32
+    hist = [ads[users == u] for u in range(0, 600, 11)]
+    assert np.isfinite(g.scores(hist)).all()
+    with pytest.raises(AssertionError, match="ARPACK called"):
+        gf.CoClickGraph.fit(users, ads, rank=48)  # 40 components < 48: ARPACK
