@@ -109,9 +109,7 @@ def n_components(r: sp.csr_matrix) -> int:
     repeat 1: the low-pass basis is arbitrary within their span, and ARPACK converges slowly on it."""
     from scipy.sparse.csgraph import connected_components
 
-    m, n = r.shape
     adj = sp.bmat([[None, r], [r.T, None]], format="csr")
-    assert adj.shape == (m + n, m + n)
     return int(connected_components(adj, directed=False, return_labels=False))
 
 
